@@ -1,0 +1,148 @@
+//! Test helpers for iocp: the backend matrix, loopback pairs, deadlines.
+//!
+//! Every port-level test is written once with [`backend_test!`] and runs on epoll and on
+//! io_uring. Without io_uring the io_uring case prints `SKIP io_uring: <why>` and passes, unless
+//! `IOCP_REQUIRE_URING=1` is set (as `.ci/run` does), which turns the skip into a failure.
+//! `IOCP_BACKEND=epoll` skips the io_uring cases and makes [`auto_builder`] choose epoll.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use iocp::{BackendChoice, BackendKind, PortBuilder};
+
+/// How long any test waits for something that should happen: long enough for a loaded CI
+/// machine, short enough that a hang fails fast.
+pub fn deadline() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// A short wait for something that should *not* happen (a packet that must not arrive).
+pub fn quiet() -> Duration {
+    Duration::from_millis(200)
+}
+
+/// The backend selected by `IOCP_BACKEND` (read here, at the edge), default `Auto`.
+pub fn env_backend() -> BackendChoice {
+    match std::env::var("IOCP_BACKEND") {
+        Ok(v) => v.parse().unwrap_or_else(|e| panic!("IOCP_BACKEND: {e}")),
+        Err(_) => BackendChoice::Auto,
+    }
+}
+
+/// A builder for the backend `IOCP_BACKEND` names (tests that do not care which).
+pub fn auto_builder() -> PortBuilder {
+    iocp::CompletionPort::<()>::builder().backend(env_backend())
+}
+
+/// A builder for `kind`, or `None` (after printing why) when that case must be skipped.
+///
+/// # Panics
+/// When io_uring is unavailable and `IOCP_REQUIRE_URING=1`.
+pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
+    let b = iocp::CompletionPort::<()>::builder();
+    match kind {
+        BackendKind::Epoll => Some(b.backend(BackendChoice::Epoll)),
+        _ => {
+            let require = std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1");
+            if env_backend() == BackendChoice::Epoll {
+                assert!(
+                    !require,
+                    "IOCP_REQUIRE_URING=1 contradicts IOCP_BACKEND=epoll"
+                );
+                eprintln!("SKIP io_uring: IOCP_BACKEND=epoll");
+                return None;
+            }
+            let report = iocp::probe();
+            if report.kind() != BackendKind::Uring {
+                assert!(
+                    !require,
+                    "IOCP_REQUIRE_URING=1 but io_uring is unavailable: {}",
+                    report.reason()
+                );
+                eprintln!("SKIP io_uring: {}", report.reason());
+                return None;
+            }
+            Some(b.backend(BackendChoice::Uring))
+        }
+    }
+}
+
+/// Writes a test once and runs it on both backends: expands to `mod $name { fn epoll(); fn
+/// uring(); }`. The body gets a [`PortBuilder`] preset to the backend.
+///
+/// ```ignore
+/// backend_test!(post_then_get, |b| {
+///     let port = b.build::<u32>().unwrap();
+///     port.post(1, CompletionKey(2), 3).unwrap();
+///     assert_eq!(*port.get(Some(deadline())).unwrap().context(), 3);
+/// });
+/// ```
+#[macro_export]
+macro_rules! backend_test {
+    ($name:ident, |$b:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn epoll() {
+                if let Some($b) = $crate::builder_for(::iocp::BackendKind::Epoll) {
+                    $body
+                }
+            }
+
+            #[test]
+            fn uring() {
+                if let Some($b) = $crate::builder_for(::iocp::BackendKind::Uring) {
+                    $body
+                }
+            }
+        }
+    };
+}
+
+/// A listener on 127.0.0.1 with an ephemeral port.
+pub fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// A connected loopback TCP pair: (client, server side).
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = listener();
+    let client = TcpStream::connect(l.local_addr().expect("local_addr")).expect("connect");
+    let (server, _) = l.accept().expect("accept");
+    client.set_nodelay(true).ok();
+    server.set_nodelay(true).ok();
+    (client, server)
+}
+
+/// Closes `s` with a reset (SO_LINGER 0), as a crashing peer would.
+pub fn reset(s: TcpStream) {
+    let s = socket2::Socket::from(s);
+    s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+    drop(s);
+}
+
+/// An address on loopback where nothing listens (bound then closed), for refused connects.
+pub fn closed_addr() -> SocketAddr {
+    let l = listener();
+    l.local_addr().expect("local_addr")
+}
+
+/// Writes all of `data` to `s`.
+pub fn send_all(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("write_all");
+}
+
+/// Polls `f` until it returns `Some`, or panics at the [`deadline`].
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}

@@ -1,0 +1,316 @@
+//! Handles: a socket (or, later, a file) associated with one port and one key, for life.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use socket2::SockAddr;
+
+use crate::completion::{CompletionKey, OpId, Payload};
+use crate::error::SubmitError;
+use crate::port::PortInner;
+use crate::sys::op::{Op, OpKind};
+
+/// Backend bookkeeping for one handle, under the handle's lock.
+pub(crate) struct HandleIo<C> {
+    /// epoll: operations waiting for readability, in submission order.
+    pub(crate) read: VecDeque<Box<Op<C>>>,
+    /// epoll: operations waiting for writability, in submission order.
+    pub(crate) write: VecDeque<Box<Op<C>>>,
+    /// epoll: tokens of accepts parked on their accepted socket (initial receive).
+    /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
+    pub(crate) tokens: Vec<u64>,
+}
+
+/// What the port and the backends know of a handle. Operations hold an `Arc` of it, so the fd
+/// is closed only after the last operation on it has completed: no fd number is reused while
+/// the kernel may still act on it.
+pub(crate) struct HandleInner<C> {
+    pub(crate) fd: OwnedFd,
+    pub(crate) key: CompletionKey,
+    pub(crate) closed: AtomicBool,
+    /// epoll: the registration token.
+    pub(crate) token: AtomicU64,
+    io: Mutex<HandleIo<C>>,
+    identity: Option<(u64, u64)>,
+}
+
+impl<C> HandleInner<C> {
+    pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C>> {
+        self.io
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl<C> Drop for HandleInner<C> {
+    fn drop(&mut self) {
+        if let Some(id) = self.identity {
+            registry()
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+        }
+    }
+}
+
+/// Process-wide set of associated sockets and pipes, by (device, inode): on Linux each socket
+/// has its own inode, so a duplicated fd (`dup`, `try_clone`) is recognised as the same object,
+/// as Windows recognises the same file object behind two handles.
+fn registry() -> &'static Mutex<HashSet<(u64, u64)>> {
+    static REGISTRY: OnceLock<Mutex<HashSet<(u64, u64)>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn claim(fd: BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
+    let st = rustix::fs::fstat(fd)?;
+    let ty = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if !matches!(
+        ty,
+        rustix::fs::FileType::Socket | rustix::fs::FileType::Fifo
+    ) {
+        return Ok(None);
+    }
+    let id = (st.st_dev, st.st_ino);
+    if !registry()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(id)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",
+        ));
+    }
+    Ok(Some(id))
+}
+
+/// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a
+/// [`CompletionKey`]: every operation started on it completes on that port with that key.
+///
+/// The association lasts until the handle is closed ([`Handle::close`], or dropping the last
+/// clone). Closing aborts every pending operation: each completes once, with `ECANCELED`. The
+/// fd itself is closed after the last of those completions.
+pub struct Handle<C: Send + 'static> {
+    shared: Arc<Shared<C>>,
+}
+
+struct Shared<C: Send + 'static> {
+    inner: Arc<HandleInner<C>>,
+    port: Arc<PortInner<C>>,
+}
+
+impl<C: Send + 'static> Drop for Shared<C> {
+    fn drop(&mut self) {
+        self.port.close_handle(&self.inner);
+    }
+}
+
+impl<C: Send + 'static> Clone for Handle<C> {
+    fn clone(&self) -> Self {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for Handle<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("fd", &self.shared.inner.fd.as_raw_fd())
+            .field("key", &self.shared.inner.key)
+            .field("closed", &self.shared.inner.is_closed())
+            .finish()
+    }
+}
+
+impl<C: Send + 'static> Handle<C> {
+    pub(crate) fn associate(
+        port: &Arc<PortInner<C>>,
+        fd: OwnedFd,
+        key: CompletionKey,
+    ) -> io::Result<Self> {
+        let identity = claim(fd.as_fd())?;
+        let inner = Arc::new(HandleInner {
+            fd,
+            key,
+            closed: AtomicBool::new(false),
+            token: AtomicU64::new(0),
+            io: Mutex::new(HandleIo {
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+                tokens: Vec::new(),
+            }),
+            identity,
+        });
+        port.register(&inner)?;
+        Ok(Handle {
+            shared: Arc::new(Shared {
+                inner,
+                port: port.clone(),
+            }),
+        })
+    }
+
+    /// The key every packet of this handle carries.
+    pub fn key(&self) -> CompletionKey {
+        self.shared.inner.key
+    }
+
+    /// Receives into the spare capacity of `buf` (`capacity - len` bytes; WSARecv). Completes
+    /// when at least one byte arrived (the buffer grows by that much), with 0 bytes when the
+    /// peer closed, or with an error (`ECONNRESET` on reset).
+    ///
+    /// # Errors
+    /// Refused, with `buf` and `context` handed back and no completion to come, when `buf` has
+    /// no spare capacity (use [`Handle::recv_ready`] for a zero-byte receive), or the handle or
+    /// port is closed.
+    pub fn recv(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        if buf.capacity() == buf.len() {
+            return Err(invalid(
+                context,
+                Payload::Recv(buf),
+                "recv buffer has no spare capacity",
+            ));
+        }
+        self.start(OpKind::recv(buf), context)
+    }
+
+    /// Scatter receive (WSARecv with several WSABUFs): fills the spare capacity of each buffer
+    /// in order, with no gaps. Completes like [`Handle::recv`].
+    ///
+    /// # Errors
+    /// As [`Handle::recv`]; also when there are more than 1024 buffers.
+    pub fn recv_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
+        if bufs.iter().all(|b| b.capacity() == b.len()) || bufs.len() > 1024 {
+            return Err(invalid(
+                context,
+                Payload::RecvVectored(bufs),
+                "recv buffers have no spare capacity or too many",
+            ));
+        }
+        self.start(OpKind::recv_vectored(bufs), context)
+    }
+
+    /// Sends all of `buf` (WSASend). Short writes are resumed inside the operation; the
+    /// completion reports the bytes sent, also when it fails part-way.
+    ///
+    /// # Errors
+    /// Refused, with the buffer and context handed back, when the handle or port is closed.
+    pub fn send(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::send(buf), context)
+    }
+
+    /// Gather send (WSASend with several WSABUFs): sends every buffer, in order.
+    ///
+    /// # Errors
+    /// As [`Handle::send`]; also when there are more than 1024 buffers.
+    pub fn send_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
+        if bufs.len() > 1024 {
+            return Err(invalid(
+                context,
+                Payload::SendVectored(bufs),
+                "more than 1024 send buffers",
+            ));
+        }
+        self.start(OpKind::send_vectored(bufs), context)
+    }
+
+    /// The zero-byte receive: completes with 0 bytes when the socket becomes readable (data or
+    /// end of stream) and pins no buffer meanwhile; a reset completes it with the error. Then
+    /// read with a non-blocking `recv` into a pooled buffer.
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed.
+    pub fn recv_ready(&self, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::Ready, context)
+    }
+
+    /// Accepts one connection on this listening socket (AcceptEx). If `initial` has spare
+    /// capacity, the operation also receives the client's first bytes into it and completes only
+    /// when they arrived (bytes = their count); else it completes as soon as a connection is
+    /// accepted, with 0 bytes. The completion carries this listener's key and a
+    /// [`Payload::Accept`] with the new socket (not yet associated) and the peer address.
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed.
+    pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::accept(initial), context)
+    }
+
+    /// Connects this socket to `addr` and then sends `initial` (ConnectEx); the completion
+    /// reports the bytes of `initial` sent. A refused connection completes with
+    /// `ECONNREFUSED`.
+    ///
+    /// Deviation from Windows: the socket need not be bound first (Linux binds it on connect).
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed.
+    pub fn connect(
+        &self,
+        addr: impl Into<SockAddr>,
+        initial: Vec<u8>,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::connect(addr.into(), initial), context)
+    }
+
+    /// Shuts down one or both directions (`shutdown(2)`). Synchronous: no packet, as on Windows
+    /// (conformance case 27).
+    ///
+    /// # Errors
+    /// The syscall's error (`ENOTCONN` on an unconnected socket).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        let how = match how {
+            Shutdown::Read => rustix::net::Shutdown::Read,
+            Shutdown::Write => rustix::net::Shutdown::Write,
+            Shutdown::Both => rustix::net::Shutdown::Both,
+        };
+        rustix::net::shutdown(&self.shared.inner.fd, how)?;
+        Ok(())
+    }
+
+    /// Closes the handle: every pending operation completes once with `ECANCELED` (its buffers
+    /// handed back), later starts are refused, and the fd is closed after the last completion.
+    /// Idempotent; dropping the last clone does the same.
+    pub fn close(&self) {
+        self.shared.port.close_handle(&self.shared.inner);
+    }
+
+    /// True once [`Handle::close`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.shared.inner.is_closed()
+    }
+
+    fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {
+        self.shared.port.start(&self.shared.inner, kind, context)
+    }
+}
+
+impl<C: Send + 'static> AsFd for Handle<C> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.inner.fd.as_fd()
+    }
+}
+
+impl<C: Send + 'static> AsRawFd for Handle<C> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.shared.inner.fd.as_raw_fd()
+    }
+}
+
+fn invalid<C>(context: C, payload: Payload, msg: &'static str) -> SubmitError<C> {
+    SubmitError {
+        error: io::Error::new(io::ErrorKind::InvalidInput, msg),
+        context,
+        payload,
+    }
+}

@@ -1,0 +1,59 @@
+//! A Linux completion port: Windows I/O Completion Port semantics on io_uring, with an epoll
+//! fallback chosen at run time.
+//!
+//! - [`CompletionPort`]: any thread may dequeue any completion ([`CompletionPort::get`],
+//!   [`CompletionPort::get_many`]); packets come out FIFO; blocked threads are released LIFO;
+//!   a concurrency limit gates how many threads run packets at once; user packets can be posted.
+//! - [`Handle`]: a socket associated with one port and one [`CompletionKey`] for life, on which
+//!   overlapped operations start: accept (with an initial receive), connect (with an initial
+//!   send), scatter/gather receive and send, the zero-byte receive.
+//! - [`Completion`]: key, bytes transferred, result, and the operation's context handed back
+//!   whole: your context value `C` plus every buffer the operation owned (the "extended
+//!   OVERLAPPED"). Every started operation yields exactly one.
+//!
+//! # Implementation
+//! The port is a mutex-protected FIFO of packets, a LIFO stack of blocked threads and a running
+//! count (`port/state.rs`, a pure state machine that a test model-checks). One blocked thread at
+//! a time is the *poller*: it waits in the kernel (`io_uring_enter` or `epoll_wait`), turns what
+//! it reaps into packets, takes the first itself and hands the rest to other waiters. The
+//! io_uring backend shares one ring per port; the epoll backend emulates a proactor on
+//! edge-triggered readiness. `iocp::probe()` / [`CompletionPort::backend`] say which runs and
+//! why. docs/DESIGN.md has the full mapping and every deviation from Windows.
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use std::time::Duration;
+//! use iocp::{CompletionKey, CompletionPort, Payload};
+//!
+//! let port: CompletionPort<u32> = CompletionPort::new()?;
+//! println!("backend: {}", port.backend());
+//! let listener = port.associate(TcpListener::bind("127.0.0.1:0")?, CompletionKey(1))?;
+//! listener.accept(Vec::with_capacity(512), 0)?; // accept + first receive
+//! let mut done = port.get(Some(Duration::from_secs(5)))?;
+//! if let Payload::Accept(_) = done.payload() {
+//!     let acc = done.take_accepted().unwrap();
+//!     println!("{} bytes from {:?}", done.bytes(), acc.peer_addr());
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("iocp supports Linux only (io_uring and epoll)");
+
+mod backend;
+mod completion;
+mod error;
+mod handle;
+mod port;
+mod stats;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps, probe};
+pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload};
+pub use error::{GetError, PostError, SubmitError};
+pub use handle::Handle;
+pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
+pub use stats::PortStats;

@@ -1,0 +1,578 @@
+//! The completion port: queue, waiters, concurrency, and the backend driver under them.
+
+mod assoc;
+pub(crate) mod state;
+
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::backend::{self, BackendChoice, BackendKind, BackendReport, PortConfig};
+use crate::completion::{Completion, CompletionKey, OpId};
+use crate::error::{GetError, PostError, SubmitError};
+use crate::handle::{Handle, HandleInner};
+use crate::stats::PortStats;
+use crate::sys::op::{Op, OpKind};
+use crate::sys::{Driver, Submitted};
+use state::{State, Wake};
+
+/// Configures and creates a [`CompletionPort`].
+#[derive(Clone, Debug, Default)]
+pub struct PortBuilder {
+    cfg: PortConfig,
+}
+
+impl PortBuilder {
+    /// The most threads that may run packets from this port at once
+    /// (`NumberOfConcurrentThreads`); 0, the default, means the number of CPUs.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.cfg.concurrency = n;
+        self
+    }
+
+    /// Which backend to use (default [`BackendChoice::Auto`]).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.cfg.backend = choice;
+        self
+    }
+
+    /// io_uring submission queue entries (default 256, at most 32768).
+    pub fn ring_entries(mut self, n: u32) -> Self {
+        self.cfg.ring_entries = n;
+        self
+    }
+
+    /// io_uring completion queue entries (default 16 × `ring_entries`, at most 65536). It
+    /// bounds the operations the kernel holds at once: the port never gives the kernel more
+    /// requests than the CQ can take, and queues the rest in user space until room frees up.
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cfg.cq_entries = Some(n);
+        self
+    }
+
+    /// Creates the port.
+    ///
+    /// # Errors
+    /// `Unsupported` when [`BackendChoice::Uring`] was required and io_uring is unavailable (the
+    /// message says why); otherwise the setup syscall's error.
+    pub fn build<C: Send + 'static>(self) -> io::Result<CompletionPort<C>> {
+        let report = backend::choose(self.cfg.backend)?;
+        let driver = Driver::open(report.kind(), &self.cfg)?;
+        let max = if self.cfg.concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.cfg.concurrency
+        };
+        static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
+        let inner = Arc::new(PortInner {
+            id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+            state: Mutex::new(State::new(max)),
+            closed: AtomicBool::new(false),
+            driver,
+            reaped: Mutex::new(Vec::new()),
+            next_op: AtomicU64::new(1),
+            posted: AtomicU64::new(0),
+            dequeued: AtomicU64::new(0),
+            io_completions: AtomicU64::new(0),
+            max,
+            report,
+        });
+        Ok(CompletionPort {
+            shared: Arc::new(PortRef { inner }),
+        })
+    }
+}
+
+/// A completion port (Windows IOCP semantics): I/O completions and posted packets land in one
+/// FIFO queue that any thread may drain with [`get`](CompletionPort::get) or
+/// [`get_many`](CompletionPort::get_many).
+///
+/// - Packets come out FIFO; blocked threads are released LIFO (the most recent waiter first).
+/// - At most `concurrency` threads run packets at once. A thread counts as running from the
+///   moment it receives a packet until it calls `get` again (or enters [`blocking`]); see
+///   docs/DESIGN.md for how this differs from Windows, which also sees a thread block in any
+///   syscall.
+/// - Every operation started on an associated [`Handle`] yields exactly one packet, with its
+///   context and buffers handed back whole.
+///
+/// `C` is the per-operation context type: the "extended OVERLAPPED". Clones share the port;
+/// dropping the last clone closes it.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use iocp::{CompletionKey, CompletionPort};
+///
+/// let port: CompletionPort<&'static str> = CompletionPort::new()?;
+/// port.post(7, CompletionKey(1), "hello")?;
+/// let packet = port.get(Some(Duration::from_secs(1)))?;
+/// assert_eq!((packet.key(), packet.bytes(), *packet.context()), (CompletionKey(1), 7, "hello"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct CompletionPort<C: Send + 'static = ()> {
+    shared: Arc<PortRef<C>>,
+}
+
+/// The user-facing reference count: when the last `CompletionPort` clone goes, the port closes
+/// (Win32: closing the last port handle), even if handles still hold the inner state.
+struct PortRef<C: Send + 'static> {
+    inner: Arc<PortInner<C>>,
+}
+
+impl<C: Send + 'static> Drop for PortRef<C> {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl<C: Send + 'static> Clone for CompletionPort<C> {
+    fn clone(&self) -> Self {
+        CompletionPort {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for CompletionPort<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionPort")
+            .field("backend", &self.shared.inner.report.kind())
+            .field("concurrency", &self.shared.inner.max)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<C: Send + 'static> CompletionPort<C> {
+    /// A port with default settings: concurrency = CPUs, backend chosen by the probe.
+    ///
+    /// # Errors
+    /// As [`PortBuilder::build`].
+    pub fn new() -> io::Result<Self> {
+        PortBuilder::default().build()
+    }
+
+    /// Starts configuring a port.
+    pub fn builder() -> PortBuilder {
+        PortBuilder::default()
+    }
+
+    /// Which backend runs this port, and why.
+    pub fn backend(&self) -> &BackendReport {
+        &self.shared.inner.report
+    }
+
+    /// The concurrency limit in force.
+    pub fn concurrency(&self) -> usize {
+        self.shared.inner.max
+    }
+
+    /// Associates a socket with this port and `key` (CreateIoCompletionPort on an existing
+    /// port). The port takes ownership of the fd.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the same socket (even through another fd: a `dup`) is already
+    /// associated with a port (Win32 `ERROR_INVALID_PARAMETER`); `BrokenPipe` when the port is
+    /// closed; or the registration syscall's error.
+    pub fn associate(&self, fd: impl Into<OwnedFd>, key: CompletionKey) -> io::Result<Handle<C>> {
+        if self.is_closed() {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the completion port is closed",
+            ));
+        }
+        Handle::associate(&self.shared.inner, fd.into(), key)
+    }
+
+    /// Queues a user packet (PostQueuedCompletionStatus): it joins the same FIFO as I/O
+    /// completions and comes back from `get` with these values and `Payload::Posted`.
+    ///
+    /// # Errors
+    /// The port is closed; the context comes back.
+    pub fn post(&self, bytes: usize, key: CompletionKey, context: C) -> Result<(), PostError<C>> {
+        let inner = &self.shared.inner;
+        let mut st = inner.lock();
+        if st.is_closed() {
+            return Err(PostError(context));
+        }
+        inner.posted.fetch_add(1, Ordering::Relaxed);
+        let mut kick = false;
+        st.push(Completion::posted(bytes, key, context), &mut |w| {
+            wake(w, &mut kick)
+        });
+        drop(st);
+        if kick {
+            inner.driver.kick();
+        }
+        Ok(())
+    }
+
+    /// Dequeues one packet (GetQueuedCompletionStatus), waiting up to `timeout` (`None`: no
+    /// limit; zero: just poll).
+    ///
+    /// # Errors
+    /// [`GetError::TimedOut`], or [`GetError::Closed`] when the port is (or gets) closed. A
+    /// packet already handed to this thread before a close is still returned.
+    pub fn get(&self, timeout: Option<Duration>) -> Result<Completion<C>, GetError> {
+        let mut one = None;
+        self.shared
+            .inner
+            .get_inner(timeout, 1, &mut |c| one = Some(c))?;
+        Ok(one.expect("invariant: get_inner returned Ok with no packet"))
+    }
+
+    /// Dequeues up to `max` packets at once (GetQueuedCompletionStatusEx), appending them to
+    /// `out` in queue order; waits up to `timeout` for the first. The batch counts as one running
+    /// thread. Returns how many were appended (at least 1).
+    ///
+    /// # Errors
+    /// As [`CompletionPort::get`]; `max == 0` is not an error but returns `Ok(0)` at once.
+    pub fn get_many(
+        &self,
+        out: &mut Vec<Completion<C>>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, GetError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        self.shared
+            .inner
+            .get_inner(timeout, max, &mut |c| out.push(c))
+    }
+
+    /// Closes the port: every blocked `get` returns [`GetError::Closed`] (except a thread that
+    /// was already handed a packet: it gets the packet), later calls fail, queued packets are
+    /// dropped, and pending operations are cancelled (their buffers are freed only once the
+    /// kernel has let go of them). Idempotent.
+    pub fn close(&self) {
+        self.shared.inner.close();
+    }
+
+    /// True once the port is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Counters: packets posted and dequeued, operations in flight, waiters, SQ-full events,
+    /// CQ overflows (which must stay 0).
+    pub fn stats(&self) -> PortStats {
+        let inner = &self.shared.inner;
+        let (queued, waiters, running) = {
+            let st = inner.lock();
+            (st.queued() as u64, st.waiters() as u64, st.running() as u64)
+        };
+        let d = inner.driver.stats();
+        PortStats {
+            posted: inner.posted.load(Ordering::Relaxed),
+            dequeued: inner.dequeued.load(Ordering::Relaxed),
+            io_completions: inner.io_completions.load(Ordering::Relaxed),
+            queued,
+            waiters,
+            running,
+            in_flight: d.in_flight,
+            backlog: d.backlog,
+            sq_full: d.sq_full,
+            cq_overflow: d.cq_overflow,
+        }
+    }
+}
+
+/// A section in which the current thread blocks outside the port: while the guard lives, the
+/// thread does not count against its port's concurrency limit, so another waiter may be released
+/// (Windows does this by itself when an associated thread blocks in any wait; Linux gives no such
+/// hook, so the thread says so). Returned by [`blocking`].
+#[must_use = "the thread counts as blocked only while the guard lives"]
+pub struct BlockingGuard {
+    port: Option<Arc<dyn assoc::Accounting>>,
+}
+
+impl fmt::Debug for BlockingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingGuard")
+            .field("active", &self.port.is_some())
+            .finish()
+    }
+}
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.port.take() {
+            assoc::unblock(p);
+        }
+    }
+}
+
+/// Declares that the current thread is about to block (on a lock, a sleep, a blocking syscall)
+/// while handling a packet. Until the guard drops, it does not count as running on the port it
+/// last dequeued from, so the port may release another waiter (conformance case 40). When the
+/// guard drops, the thread counts again, and the running count may briefly exceed the limit, as
+/// on Windows. A no-op on a thread that is not running a packet.
+pub fn blocking() -> BlockingGuard {
+    BlockingGuard {
+        port: assoc::block(),
+    }
+}
+
+pub(crate) struct PortInner<C: Send + 'static> {
+    id: u64,
+    state: Mutex<State<Completion<C>, Arc<Condvar>>>,
+    closed: AtomicBool,
+    pub(crate) driver: Driver<C>,
+    /// The poller's scratch vector (one poller at a time).
+    reaped: Mutex<Vec<Completion<C>>>,
+    next_op: AtomicU64,
+    posted: AtomicU64,
+    dequeued: AtomicU64,
+    io_completions: AtomicU64,
+    max: usize,
+    report: BackendReport,
+}
+
+thread_local! {
+    static SIGNAL: Arc<Condvar> = Arc::new(Condvar::new());
+}
+
+fn wake(w: Wake<'_, Arc<Condvar>>, kick: &mut bool) {
+    match w {
+        Wake::Signal(cv) => cv.notify_one(),
+        Wake::Kick => *kick = true,
+    }
+}
+
+impl<C: Send + 'static> assoc::Accounting for PortInner<C> {
+    fn leave(&self) {
+        let mut st = self.lock();
+        st.leave_running();
+        let mut kick = false;
+        st.dispatch(false, &mut |w| wake(w, &mut kick));
+        drop(st);
+        if kick {
+            self.driver.kick();
+        }
+    }
+
+    fn rejoin(&self) {
+        self.lock().join_running();
+    }
+}
+
+impl<C: Send + 'static> PortInner<C> {
+    fn lock(&self) -> MutexGuard<'_, State<Completion<C>, Arc<Condvar>>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn as_accounting(self: &Arc<Self>) -> Arc<dyn assoc::Accounting> {
+        self.clone()
+    }
+
+    pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
+        self.driver.register(h)
+    }
+
+    pub(crate) fn start(
+        &self,
+        h: &Arc<HandleInner<C>>,
+        kind: OpKind,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        if self.closed.load(Ordering::Acquire) {
+            let error = io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed");
+            return Err(SubmitError {
+                error,
+                context,
+                payload: kind.into_payload(None),
+            });
+        }
+        let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
+        match self.driver.submit(Op::new(id, h.clone(), context, kind)) {
+            Submitted::Pending => Ok(id),
+            Submitted::Done(c) => {
+                self.deliver(std::iter::once(c));
+                Ok(id)
+            }
+            Submitted::Refused(error, op) => {
+                let Op { context, kind, .. } = *op;
+                Err(SubmitError {
+                    error,
+                    context,
+                    payload: kind.into_payload(None),
+                })
+            }
+        }
+    }
+
+    /// Queues I/O completions produced outside the poller (inline successes, aborts).
+    fn deliver(&self, cs: impl IntoIterator<Item = Completion<C>>) {
+        let mut st = self.lock();
+        if st.is_closed() {
+            drop(st);
+            // Dropped outside the lock: a context may own a Handle whose drop takes locks.
+            drop(cs.into_iter().collect::<Vec<_>>());
+            return;
+        }
+        let mut kick = false;
+        for c in cs {
+            self.io_completions.fetch_add(1, Ordering::Relaxed);
+            st.push(c, &mut |w| wake(w, &mut kick));
+        }
+        drop(st);
+        if kick {
+            self.driver.kick();
+        }
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>) {
+        if h.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut out = Vec::new();
+        self.driver.close_handle(h, &mut out);
+        if !out.is_empty() {
+            self.deliver(out);
+        }
+    }
+
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut kick = false;
+        let dropped = {
+            let mut st = self.lock();
+            st.close(&mut |w| wake(w, &mut kick))
+        };
+        if kick {
+            self.driver.kick();
+        }
+        drop(dropped);
+        self.driver.shutdown();
+    }
+
+    fn get_inner(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+        max: usize,
+        out: &mut dyn FnMut(Completion<C>),
+    ) -> Result<usize, GetError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let was_running = assoc::enter(self.id, &self.as_accounting());
+        let mut st = self.lock();
+        if was_running {
+            st.leave_running();
+        }
+        let mut count = |c: Completion<C>| out(c);
+        loop {
+            if st.is_closed() {
+                drop(st);
+                assoc::end(self.id);
+                return Err(GetError::Closed);
+            }
+            let n = st.take(max, &mut count);
+            if n > 0 {
+                return Ok(self.got(st, n, false));
+            }
+            if !st.is_polling() {
+                // Become the poller: wait in the kernel for I/O completions (or a kick).
+                let signal = SIGNAL.with(Arc::clone);
+                let id = st.add_waiter(signal, true);
+                drop(st);
+                let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if let Err(e) = self.driver.wait(left, &mut reaped) {
+                    tracing::error!("completion port wait failed: {e}");
+                }
+                self.io_completions
+                    .fetch_add(reaped.len() as u64, Ordering::Relaxed);
+                st = self.lock();
+                st.end_polling(id);
+                st.extend(reaped.drain(..));
+                drop(reaped);
+                let n = st.take_handed(id, max - 1, &mut count);
+                if n > 0 {
+                    return Ok(self.got(st, n, true));
+                }
+                let n = st.take(max, &mut count);
+                if n > 0 {
+                    return Ok(self.got(st, n, true));
+                }
+                // Hand what we cannot take to others; we poll again ourselves, so no promotion.
+                let mut kick = false;
+                st.dispatch(false, &mut |w| wake(w, &mut kick));
+                if st.is_closed() {
+                    continue;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(self.timed_out(st));
+                }
+                continue;
+            }
+            // Someone else polls: park until handed a packet, promoted, closed, or timed out.
+            let signal = SIGNAL.with(Arc::clone);
+            let id = st.add_waiter(signal.clone(), false);
+            loop {
+                st = match deadline {
+                    None => signal.wait(st).unwrap_or_else(PoisonError::into_inner),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        signal
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+                let n = st.take_handed(id, max - 1, &mut count);
+                if n > 0 {
+                    return Ok(self.got(st, n, false));
+                }
+                if !st.is_waiting(id) {
+                    break; // promoted to poller, or the port closed: re-evaluate
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    st.remove_waiter(id);
+                    return Err(self.timed_out(st));
+                }
+            }
+        }
+    }
+
+    /// Bookkeeping for a `get` that returns `n` packets; `was_poller` promotes another waiter to
+    /// poll the kernel in our place.
+    fn got(
+        &self,
+        mut st: MutexGuard<'_, State<Completion<C>, Arc<Condvar>>>,
+        n: usize,
+        was_poller: bool,
+    ) -> usize {
+        let mut kick = false;
+        if was_poller {
+            st.dispatch(true, &mut |w| wake(w, &mut kick));
+        }
+        drop(st);
+        if kick {
+            self.driver.kick();
+        }
+        self.dequeued.fetch_add(n as u64, Ordering::Relaxed);
+        assoc::set_running(self.id);
+        n
+    }
+
+    /// A thread leaving `get` on a timeout counts as running again (ReactOS `KeRemoveQueue`).
+    fn timed_out(&self, mut st: MutexGuard<'_, State<Completion<C>, Arc<Condvar>>>) -> GetError {
+        st.join_running();
+        drop(st);
+        assoc::set_running(self.id);
+        GetError::TimedOut
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<CompletionPort<()>>();
+    is::<Handle<()>>();
+    is::<BackendKind>();
+    is::<BackendChoice>();
+}

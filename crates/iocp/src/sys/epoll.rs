@@ -1,0 +1,394 @@
+//! The epoll backend: a proactor emulated on readiness.
+//!
+//! Every handle is registered once, edge-triggered, for both directions. An operation first
+//! tries its syscall at once (non-blocking) when nothing is queued ahead of it on the same side
+//! of the handle; if the kernel says "would block", it waits in that side's FIFO queue, and the
+//! poller makes the syscall again when the edge arrives. Queue access and syscall attempts happen
+//! under the handle's lock, so an edge that arrives between a failed attempt and the queueing is
+//! never lost.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::op::{Op, Progress};
+use super::{DriverStats, Submitted, timeout_ms};
+use crate::backend::PortConfig;
+use crate::completion::Completion;
+use crate::handle::{HandleInner, HandleIo};
+
+const KICK: u64 = u64::MAX;
+const EVENTS: usize = 256;
+
+enum Entry<C> {
+    Handle(Arc<HandleInner<C>>),
+    /// An accept waiting for its accepted socket to become readable (initial receive).
+    Parked(Box<Op<C>>),
+}
+
+struct Slot<C> {
+    generation: u32,
+    entry: Option<Entry<C>>,
+}
+
+struct Slab<C> {
+    slots: Vec<Slot<C>>,
+    free: Vec<u32>,
+}
+
+impl<C> Slab<C> {
+    fn insert(&mut self, entry: Entry<C>) -> u64 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.entry = Some(entry);
+        (u64::from(slot.generation) << 32) | u64::from(idx)
+    }
+
+    fn slot(&mut self, token: u64) -> Option<&mut Slot<C>> {
+        let idx = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        self.slots
+            .get_mut(idx)
+            .filter(|s| s.generation == generation && s.entry.is_some())
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Entry<C>> {
+        let entry = self.slot(token)?.entry.take();
+        self.free.push((token & 0xffff_ffff) as u32);
+        entry
+    }
+}
+
+pub(crate) struct Driver<C> {
+    epfd: OwnedFd,
+    eventfd: OwnedFd,
+    slab: Mutex<Slab<C>>,
+    events: Mutex<Vec<libc::epoll_event>>,
+    in_flight: AtomicU64,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl<C: Send + 'static> Driver<C> {
+    pub(crate) fn open(_cfg: &PortConfig) -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked and owned below.
+        let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `epfd` is a new fd that nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        // SAFETY: plain syscall; the result is checked and owned below.
+        let efd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `efd` is a new fd that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let d = Driver {
+            epfd,
+            eventfd,
+            slab: Mutex::new(Slab {
+                slots: Vec::new(),
+                free: Vec::new(),
+            }),
+            events: Mutex::new(Vec::with_capacity(EVENTS)),
+            in_flight: AtomicU64::new(0),
+        };
+        d.ctl(
+            libc::EPOLL_CTL_ADD,
+            d.eventfd.as_raw_fd(),
+            libc::EPOLLIN | libc::EPOLLET,
+            KICK,
+        )?;
+        Ok(d)
+    }
+
+    fn slab(&self) -> MutexGuard<'_, Slab<C>> {
+        self.slab.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: libc::c_int, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
+        rustix::io::ioctl_fionbio(&h.fd, true)?;
+        let token = self.slab().insert(Entry::Handle(h.clone()));
+        h.token.store(token, Ordering::Release);
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, h.fd.as_raw_fd(), events, token) {
+            self.slab().remove(token);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit(&self, mut op: Box<Op<C>>) -> Submitted<C> {
+        let h = op.handle.clone();
+        let mut io = h.io();
+        if h.is_closed() {
+            return Submitted::Refused(closed_error(), op);
+        }
+        let read = op.kind.is_read();
+        let queue = if read { &mut io.read } else { &mut io.write };
+        if queue.is_empty() {
+            match op.try_io() {
+                Progress::Done(status) => return Submitted::Done(op.complete(status)),
+                Progress::Again => {}
+                Progress::AgainOnAccepted => {
+                    drop(io);
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return match self.park(op) {
+                        Ok(()) => Submitted::Pending,
+                        Err(c) => {
+                            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            Submitted::Done(*c)
+                        }
+                    };
+                }
+            }
+        }
+        let queue = if read { &mut io.read } else { &mut io.write };
+        queue.push_back(op);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Submitted::Pending
+    }
+
+    /// Registers an accept's accepted socket so that the op resumes when it is readable. On
+    /// failure the op completes with the error.
+    fn park(&self, op: Box<Op<C>>) -> Result<(), Box<Completion<C>>> {
+        let Some(fd) = op.accepted_fd() else {
+            return Err(Box::new(op.complete(libc::EINVAL)));
+        };
+        let handle = op.handle.clone();
+        let mut io = handle.io();
+        if handle.is_closed() {
+            return Err(Box::new(op.abort()));
+        }
+        let token = self.slab().insert(Entry::Parked(op));
+        if let Err(e) = self.ctl(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET,
+            token,
+        ) {
+            let status = e.raw_os_error().unwrap_or(libc::EIO);
+            return match self.slab().remove(token) {
+                Some(Entry::Parked(op)) => Err(Box::new(op.complete(status))),
+                _ => Ok(()),
+            };
+        }
+        io.tokens.push(token);
+        Ok(())
+    }
+
+    /// Takes a parked accept out (exactly one caller wins) and unregisters its socket.
+    fn unpark(&self, token: u64) -> Option<Box<Op<C>>> {
+        let Some(Entry::Parked(op)) = self.slab().remove(token) else {
+            return None;
+        };
+        if let Some(fd) = op.accepted_fd() {
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+        }
+        let mut io = op.handle.io();
+        io.tokens.retain(|t| *t != token);
+        drop(io);
+        Some(op)
+    }
+
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion<C>>,
+    ) -> io::Result<()> {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        events.clear();
+        // SAFETY: the kernel writes at most `EVENTS` entries into the spare capacity, which
+        // holds at least that many; the count it returns is used to set the length below.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                timeout_ms(timeout),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: `epoll_wait` initialised the first `n <= EVENTS` entries.
+        unsafe { events.set_len(n as usize) };
+        for ev in events.iter() {
+            let (token, flags) = (ev.u64, ev.events as libc::c_int);
+            if token == KICK {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&self.eventfd, &mut buf);
+                continue;
+            }
+            let handle = {
+                let mut slab = self.slab();
+                match slab.slot(token).and_then(|s| s.entry.as_ref()) {
+                    Some(Entry::Handle(h)) => Some(h.clone()),
+                    Some(Entry::Parked(_)) => None,
+                    None => continue,
+                }
+            };
+            match handle {
+                Some(h) => self.ready(&h, flags, out),
+                None => {
+                    if let Some(mut op) = self.unpark(token) {
+                        match op.try_io() {
+                            Progress::Done(status) => {
+                                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                out.push(op.complete(status));
+                            }
+                            _ => {
+                                if let Err(c) = self.park(op) {
+                                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                    out.push(*c);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the queued operations of `h` that readiness `flags` may unblock, in FIFO order.
+    fn ready(&self, h: &Arc<HandleInner<C>>, flags: libc::c_int, out: &mut Vec<Completion<C>>) {
+        let mut parked = Vec::new();
+        {
+            let mut io = h.io();
+            let any = libc::EPOLLHUP | libc::EPOLLERR;
+            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
+                self.run_queue(&mut io, true, out, &mut parked);
+            }
+            if flags & (libc::EPOLLOUT | any) != 0 {
+                self.run_queue(&mut io, false, out, &mut parked);
+            }
+        }
+        for op in parked {
+            if let Err(c) = self.park(op) {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                out.push(*c);
+            }
+        }
+    }
+
+    fn run_queue(
+        &self,
+        io: &mut HandleIo<C>,
+        read: bool,
+        out: &mut Vec<Completion<C>>,
+        parked: &mut Vec<Box<Op<C>>>,
+    ) {
+        let queue = if read { &mut io.read } else { &mut io.write };
+        while let Some(op) = queue.front_mut() {
+            let progress = match op.connect_outcome() {
+                Some(p) => p,
+                None => op.try_io(),
+            };
+            match progress {
+                Progress::Again => break,
+                Progress::Done(status) => {
+                    let op = pop(queue);
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    out.push(op.complete(status));
+                }
+                Progress::AgainOnAccepted => parked.push(pop(queue)),
+            }
+        }
+    }
+
+    pub(crate) fn kick(&self) {
+        let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+        let (ops, tokens) = {
+            let mut io = h.io();
+            let mut ops: Vec<Box<Op<C>>> = io.read.drain(..).collect();
+            ops.extend(io.write.drain(..));
+            (ops, std::mem::take(&mut io.tokens))
+        };
+        let token = h.token.load(Ordering::Acquire);
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, h.fd.as_raw_fd(), 0, 0);
+        self.slab().remove(token);
+        for op in ops {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            out.push(op.abort());
+        }
+        for t in tokens {
+            if let Some(op) = self.unpark(t) {
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                out.push(op.abort());
+            }
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        // Nothing is in the kernel between syscalls: queued operations are plain memory. Take
+        // the registrations and the queued ops out under the locks, and drop them after: an
+        // op's context may own a `Handle`, whose drop takes these locks again.
+        let entries: Vec<Entry<C>> = {
+            let mut slab = self.slab();
+            slab.free.clear();
+            slab.slots.drain(..).filter_map(|s| s.entry).collect()
+        };
+        let mut ops = Vec::new();
+        for e in &entries {
+            if let Entry::Handle(h) = e {
+                let mut io = h.io();
+                ops.extend(io.read.drain(..));
+                ops.extend(io.write.drain(..));
+                io.tokens.clear();
+            }
+        }
+        self.in_flight.store(0, Ordering::Relaxed);
+        drop(ops);
+        drop(entries);
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        DriverStats {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            ..DriverStats::default()
+        }
+    }
+}
+
+fn pop<C>(q: &mut VecDeque<Box<Op<C>>>) -> Box<Op<C>> {
+    q.pop_front()
+        .expect("invariant: front_mut just returned an element")
+}
+
+pub(crate) fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the handle is closed")
+}

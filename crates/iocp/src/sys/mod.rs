@@ -1,0 +1,136 @@
+//! The kernel backends. Only this module (and its children) may use `unsafe`.
+//!
+//! Each backend is a `Driver` with the same contract:
+//! - `submit(op)`: takes ownership of a boxed operation. `Pending`: the driver owns it until it
+//!   hands back its completion from `wait` or `close_handle`. `Done`: it completed inline (its
+//!   packet must still be queued: the one-packet rule). `Refused`: never started; the op comes
+//!   back untouched.
+//! - `wait(timeout, out)`: called by one thread at a time (the port's poller); blocks until at
+//!   least one completion, a `kick`, or the timeout, and appends completions to `out`.
+//! - `kick()`: makes a concurrent `wait` return soon.
+//! - `close_handle(h, out)`: aborts every pending operation of `h`; completions that are ready
+//!   at once go to `out`, the rest arrive through `wait`.
+//! - `shutdown()`: the port is closing: abort everything and reclaim what the kernel released.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{BackendKind, PortConfig};
+use crate::completion::Completion;
+use crate::handle::HandleInner;
+
+pub(crate) mod epoll;
+pub(crate) mod op;
+#[cfg(feature = "uring")]
+pub(crate) mod uring;
+
+use op::Op;
+
+/// The outcome of `Driver::submit`.
+pub(crate) enum Submitted<C> {
+    Pending,
+    Done(Completion<C>),
+    Refused(io::Error, Box<Op<C>>),
+}
+
+/// Counters the drivers keep for `PortStats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DriverStats {
+    pub(crate) in_flight: u64,
+    pub(crate) sq_full: u64,
+    pub(crate) cq_overflow: u64,
+    pub(crate) backlog: u64,
+}
+
+pub(crate) enum Driver<C> {
+    Epoll(epoll::Driver<C>),
+    #[cfg(feature = "uring")]
+    Uring(uring::Driver<C>),
+}
+
+impl<C: Send + 'static> Driver<C> {
+    pub(crate) fn open(kind: BackendKind, cfg: &PortConfig) -> io::Result<Self> {
+        match kind {
+            BackendKind::Epoll => epoll::Driver::open(cfg).map(Driver::Epoll),
+            #[cfg(feature = "uring")]
+            BackendKind::Uring => uring::Driver::open(cfg).map(Driver::Uring),
+            #[cfg(not(feature = "uring"))]
+            BackendKind::Uring => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "built without the `uring` feature",
+            )),
+        }
+    }
+
+    pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
+        match self {
+            Driver::Epoll(d) => d.register(h),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.register(h),
+        }
+    }
+
+    pub(crate) fn submit(&self, op: Box<Op<C>>) -> Submitted<C> {
+        match self {
+            Driver::Epoll(d) => d.submit(op),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.submit(op),
+        }
+    }
+
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion<C>>,
+    ) -> io::Result<()> {
+        match self {
+            Driver::Epoll(d) => d.wait(timeout, out),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.wait(timeout, out),
+        }
+    }
+
+    pub(crate) fn kick(&self) {
+        match self {
+            Driver::Epoll(d) => d.kick(),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.kick(),
+        }
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+        match self {
+            Driver::Epoll(d) => d.close_handle(h, out),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.close_handle(h, out),
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        match self {
+            Driver::Epoll(d) => d.shutdown(),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.shutdown(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        match self {
+            Driver::Epoll(d) => d.stats(),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.stats(),
+        }
+    }
+}
+
+/// Converts a timeout to epoll's milliseconds, rounding up so a wait never ends early.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            i32::try_from(ms).unwrap_or(i32::MAX)
+        }
+    }
+}

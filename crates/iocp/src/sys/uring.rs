@@ -1,0 +1,583 @@
+//! The io_uring backend: one shared ring per port.
+//!
+//! - Submission: any thread pushes an SQE under the `sq` lock, then calls `io_uring_enter` to
+//!   submit it (outside the lock), so an operation starts at once, as on Windows.
+//! - Completion: only the port's poller reaps the CQ (the port guarantees one poller at a time;
+//!   the `cq` lock makes that explicit), so the multi-consumer port needs no multi-consumer CQ.
+//! - Wake-up: `kick` pushes a NOP, whose CQE ends the poller's `io_uring_enter` wait.
+//! - Overflow: the kernel is never given more requests than the CQ can hold. Operations beyond
+//!   `op_limit` wait in a user-space backlog (counted in `sq_full`) and are pushed as
+//!   completions free room; a reserve of CQ slots is kept for cancels and the kick, so a close
+//!   can always make progress even when idle receives hold every other slot.
+//!
+//! Each in-flight operation lives in a slab slot; its `user_data` is the slot index plus a
+//! generation, so a late cancel can never hit a newer operation in a reused slot.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
+use io_uring::{IoUring, opcode, squeue};
+
+use super::op::{Op, Progress};
+use super::{DriverStats, Submitted};
+use crate::backend::{PortConfig, UringCaps};
+use crate::completion::Completion;
+use crate::handle::HandleInner;
+
+const KICK: u64 = u64::MAX;
+const CANCEL: u64 = u64::MAX - 1;
+/// Generations stay below this, so no op token can equal `KICK` or `CANCEL`.
+const GENERATION_MASK: u32 = 0x7fff_ffff;
+
+struct Slot<C> {
+    generation: u32,
+    op: Option<Box<Op<C>>>,
+    in_kernel: bool,
+    cancel_sent: bool,
+}
+
+enum Backlogged {
+    Op(u64),
+    Cancel(u64),
+}
+
+struct Sq<C> {
+    slots: Vec<Slot<C>>,
+    free: Vec<u32>,
+    /// Operations whose SQE the kernel has (or will get with the next enter).
+    ops_in_kernel: usize,
+    /// Cancel SQEs in the kernel.
+    cancels_in_kernel: usize,
+    /// Waiting for room, in order.
+    backlog: VecDeque<Backlogged>,
+}
+
+impl<C> Sq<C> {
+    fn slot(&mut self, token: u64) -> Option<&mut Slot<C>> {
+        let idx = (token & 0xffff_ffff) as usize;
+        let generation = (token >> 32) as u32;
+        self.slots
+            .get_mut(idx)
+            .filter(|s| s.generation == generation && s.op.is_some())
+    }
+
+    fn insert(&mut self, op: Box<Op<C>>) -> u64 {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    op: None,
+                    in_kernel: false,
+                    cancel_sent: false,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.generation = (slot.generation + 1) & GENERATION_MASK;
+        slot.op = Some(op);
+        slot.in_kernel = false;
+        slot.cancel_sent = false;
+        (u64::from(slot.generation) << 32) | u64::from(idx)
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Box<Op<C>>> {
+        let op = self.slot(token)?.op.take();
+        self.free.push((token & 0xffff_ffff) as u32);
+        op
+    }
+}
+
+pub(crate) struct Driver<C> {
+    ring: IoUring,
+    sq: Mutex<Sq<C>>,
+    cq: Mutex<Vec<(u64, i32)>>,
+    /// Most operations the kernel holds at once.
+    op_limit: usize,
+    /// Most cancels the kernel holds at once (the rest of the CQ, less one slot for the kick).
+    cancel_limit: usize,
+    kick_pending: AtomicBool,
+    sq_full: AtomicU64,
+    shut: AtomicBool,
+}
+
+impl<C: Send + 'static> Driver<C> {
+    pub(crate) fn open(cfg: &PortConfig) -> io::Result<Self> {
+        let entries = cfg.ring_entries.clamp(2, 32768);
+        let cq_entries = cfg.cq_entries.unwrap_or(entries * 16).clamp(entries, 65536);
+        let ring = IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .setup_clamp()
+            .build(entries)?;
+        let cq = ring.params().cq_entries() as usize;
+        // Keep an eighth of the CQ (at least 2 slots) for cancels and the kick.
+        let reserve = (cq / 8).max(2);
+        Ok(Driver {
+            ring,
+            sq: Mutex::new(Sq {
+                slots: Vec::new(),
+                free: Vec::new(),
+                ops_in_kernel: 0,
+                cancels_in_kernel: 0,
+                backlog: VecDeque::new(),
+            }),
+            cq: Mutex::new(Vec::with_capacity(256)),
+            op_limit: cq - reserve,
+            cancel_limit: reserve - 1,
+            kick_pending: AtomicBool::new(false),
+            sq_full: AtomicU64::new(0),
+            shut: AtomicBool::new(false),
+        })
+    }
+
+    fn sq(&self) -> MutexGuard<'_, Sq<C>> {
+        self.sq.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
+        // io_uring waits for readiness itself; a blocking fd keeps connect and accept from
+        // returning EINPROGRESS/EAGAIN to us.
+        rustix::io::ioctl_fionbio(&h.fd, false)?;
+        Ok(())
+    }
+
+    /// Pushes one SQE. The caller holds the `sq` lock (so no other `SubmissionQueue` exists)
+    /// and has checked the budget.
+    fn push(&self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the `sq` mutex is held by the caller, so this is the only live
+        // `SubmissionQueue` of the ring.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        // SAFETY: every pointer in `entry` points into a boxed `Op` held in the slab (or is
+        // none, for NOP and cancel entries). The box is neither moved nor freed until its CQE is
+        // reaped in `reap`, or it is leaked by `shutdown`, so the memory stays valid for as long
+        // as the kernel may use it.
+        let pushed = unsafe { sq.push(entry) }.is_ok();
+        if !pushed {
+            drop(sq);
+            // The SQ ring is full of entries not yet submitted: submit them and retry.
+            let _ = self.ring.submitter().submit();
+            // SAFETY: as above; the `sq` lock is still held.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: as above.
+            return unsafe { sq.push(entry) }.is_ok();
+        }
+        true
+    }
+
+    /// Gives the kernel the op in `token`'s slot if the budget allows; else backlogs it.
+    fn issue(&self, sq: &mut Sq<C>, token: u64) {
+        if sq.ops_in_kernel < self.op_limit {
+            if let Some(slot) = sq.slot(token) {
+                let op = slot
+                    .op
+                    .as_mut()
+                    .expect("invariant: slot() only returns occupied slots");
+                let entry = op.sqe().user_data(token);
+                if self.push(&entry) {
+                    slot.in_kernel = true;
+                    sq.ops_in_kernel += 1;
+                    return;
+                }
+            }
+        }
+        self.sq_full.fetch_add(1, Ordering::Relaxed);
+        sq.backlog.push_back(Backlogged::Op(token));
+    }
+
+    fn issue_cancel(&self, sq: &mut Sq<C>, token: u64) {
+        let Some(slot) = sq.slot(token) else { return };
+        if slot.cancel_sent || !slot.in_kernel {
+            return;
+        }
+        slot.cancel_sent = true;
+        if sq.cancels_in_kernel < self.cancel_limit {
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token))
+                .build()
+                .user_data(CANCEL);
+            if self.push(&entry) {
+                sq.cancels_in_kernel += 1;
+                return;
+            }
+        }
+        sq.backlog.push_back(Backlogged::Cancel(token));
+    }
+
+    fn enter(&self) {
+        if let Err(e) = self.ring.submitter().submit() {
+            // EBUSY/EAGAIN: the kernel will take the SQEs at the poller's next enter.
+            tracing::trace!("io_uring_enter(submit): {e}");
+        }
+    }
+
+    pub(crate) fn submit(&self, op: Box<Op<C>>) -> Submitted<C> {
+        let mut sq = self.sq();
+        if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
+            return Submitted::Refused(super::epoll::closed_error(), op);
+        }
+        let handle = op.handle.clone();
+        let token = sq.insert(op);
+        handle.io().tokens.push(token);
+        self.issue(&mut sq, token);
+        drop(sq);
+        self.enter();
+        Submitted::Pending
+    }
+
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion<C>>,
+    ) -> io::Result<()> {
+        let res = match timeout {
+            Some(t) if t.is_zero() => self.ring.submitter().submit(),
+            Some(t) => {
+                let ts = Timespec::from(t);
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        if let Err(e) = res {
+            match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                _ => return Err(e),
+            }
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    /// Moves every available CQE into `out` as completions, resubmitting multi-stage ops.
+    fn reap(&self, out: &mut Vec<Completion<C>>) {
+        let mut cqes = self.cq.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`.
+            let cq = unsafe { self.ring.completion_shared() };
+            cqes.extend(cq.map(|e| (e.user_data(), e.result())));
+        }
+        if cqes.is_empty() {
+            return;
+        }
+        let mut sq = self.sq();
+        for (token, res) in cqes.drain(..) {
+            match token {
+                KICK => {
+                    self.kick_pending.store(false, Ordering::Release);
+                    continue;
+                }
+                CANCEL => {
+                    sq.cancels_in_kernel -= 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(slot) = sq.slot(token) else {
+                debug_assert!(false, "CQE for an unknown op {token:#x}");
+                continue;
+            };
+            slot.in_kernel = false;
+            let op = slot
+                .op
+                .as_mut()
+                .expect("invariant: slot() only returns occupied slots");
+            let progress = op.on_cqe(res);
+            sq.ops_in_kernel -= 1;
+            match progress {
+                Progress::Done(status) => out.push(self.finish(&mut sq, token, status)),
+                Progress::Again | Progress::AgainOnAccepted => {
+                    let shut = self.shut.load(Ordering::Acquire);
+                    let closed = shut
+                        || sq.slot(token).is_some_and(|s| {
+                            s.cancel_sent || s.op.as_ref().is_some_and(|o| o.handle.is_closed())
+                        });
+                    if closed {
+                        out.push(self.finish(&mut sq, token, libc::ECANCELED));
+                    } else {
+                        self.issue(&mut sq, token);
+                    }
+                }
+            }
+        }
+        self.drain_backlog(&mut sq);
+        drop(sq);
+        drop(cqes);
+        self.enter();
+    }
+
+    fn finish(&self, sq: &mut Sq<C>, token: u64, status: i32) -> Completion<C> {
+        let op = sq
+            .remove(token)
+            .expect("invariant: finishing an occupied slot");
+        op.handle.io().tokens.retain(|t| *t != token);
+        op.complete(status)
+    }
+
+    fn drain_backlog(&self, sq: &mut Sq<C>) {
+        while let Some(front) = sq.backlog.front() {
+            match *front {
+                Backlogged::Op(token) => {
+                    if sq.ops_in_kernel >= self.op_limit {
+                        break;
+                    }
+                    sq.backlog.pop_front();
+                    self.issue(sq, token);
+                }
+                Backlogged::Cancel(token) => {
+                    if sq.cancels_in_kernel >= self.cancel_limit {
+                        break;
+                    }
+                    sq.backlog.pop_front();
+                    if let Some(slot) = sq.slot(token) {
+                        slot.cancel_sent = false;
+                        self.issue_cancel(sq, token);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn kick(&self) {
+        if self.kick_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sq = self.sq();
+        let pushed = self.push(&opcode::Nop::new().build().user_data(KICK));
+        drop(sq);
+        if pushed {
+            self.enter();
+        } else {
+            self.kick_pending.store(false, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+        let mut sq = self.sq();
+        let tokens = h.io().tokens.clone();
+        for token in tokens {
+            let Some(slot) = sq.slot(token) else { continue };
+            if slot.in_kernel {
+                self.issue_cancel(&mut sq, token);
+            } else {
+                // Backlogged, never seen by the kernel: abort it here.
+                sq.backlog
+                    .retain(|b| !matches!(b, Backlogged::Op(t) if *t == token));
+                out.push(self.finish(&mut sq, token, libc::ECANCELED));
+            }
+        }
+        drop(sq);
+        self.enter();
+    }
+
+    /// Port close: cancels everything, reaps for up to a second, and leaks (never frees) what
+    /// the kernel still holds after that.
+    pub(crate) fn shutdown(&self) {
+        if self.shut.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut dropped: Vec<Completion<C>> = Vec::new();
+        let mut backlogged = Vec::new();
+        {
+            let mut sq = self.sq();
+            let tokens: Vec<u64> = sq
+                .backlog
+                .drain(..)
+                .filter_map(|b| match b {
+                    Backlogged::Op(t) => Some(t),
+                    Backlogged::Cancel(_) => None,
+                })
+                .collect();
+            for t in tokens {
+                if let Some(op) = sq.remove(t) {
+                    backlogged.push(op);
+                }
+            }
+            if sq.ops_in_kernel > 0 {
+                let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
+                    .build()
+                    .user_data(CANCEL);
+                if self.push(&entry) {
+                    sq.cancels_in_kernel += 1;
+                }
+            }
+        }
+        self.enter();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let left = {
+                let sq = self.sq();
+                sq.ops_in_kernel
+            };
+            let now = Instant::now();
+            if left == 0 || now >= deadline {
+                break;
+            }
+            let _ = self.wait(
+                Some((deadline - now).min(Duration::from_millis(50))),
+                &mut dropped,
+            );
+        }
+        let leaked: Vec<Box<Op<C>>> = {
+            let mut sq = self.sq();
+            let live: Vec<u64> = sq
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.op.is_some())
+                .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+                .collect();
+            live.into_iter().filter_map(|t| sq.remove(t)).collect()
+        };
+        if !leaked.is_empty() {
+            tracing::warn!(
+                count = leaked.len(),
+                "io_uring ops still in the kernel at port close; leaking them"
+            );
+            for op in leaked {
+                // The kernel may still write into this op's buffers: never free it.
+                std::mem::forget(op);
+            }
+        }
+        drop(backlogged);
+        drop(dropped);
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        let sq = self.sq();
+        let overflow = {
+            let _cq = self.cq.lock().unwrap_or_else(PoisonError::into_inner);
+            // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`; it is
+            // only read, not consumed.
+            let cq = unsafe { self.ring.completion_shared() };
+            u64::from(cq.overflow())
+        };
+        let in_flight = sq.slots.iter().filter(|s| s.op.is_some()).count() as u64;
+        DriverStats {
+            in_flight,
+            sq_full: self.sq_full.load(Ordering::Relaxed),
+            cq_overflow: overflow,
+            backlog: sq.backlog.len() as u64,
+        }
+    }
+}
+
+impl<C> Drop for Driver<C> {
+    fn drop(&mut self) {
+        // `shutdown` needs `C: Send + 'static` bounds that Drop cannot name; the port always
+        // calls it before the last reference goes. Anything still in the slab here is leaked.
+        let sq = self.sq.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
+        for slot in &mut sq.slots {
+            if let Some(op) = slot.op.take() {
+                if slot.in_kernel {
+                    std::mem::forget(op);
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            tracing::warn!(
+                count = n,
+                "io_uring driver dropped with ops in the kernel; leaked them"
+            );
+        }
+    }
+}
+
+/// The io_uring probe: setup, a NOP round trip, the opcode probe and the features the port needs.
+pub(crate) fn probe() -> Result<UringCaps, String> {
+    use io_uring::register::Probe;
+
+    use crate::backend::{errno_name, io_uring_disabled};
+
+    let ring = IoUring::new(8).map_err(|e| {
+        let mut why = format!("io_uring_setup failed with {}", errno_name(&e));
+        match (e.raw_os_error(), io_uring_disabled()) {
+            (Some(libc::EPERM), Some(v)) => {
+                why.push_str(&format!("; kernel.io_uring_disabled = {v}"));
+                if v == "0" {
+                    why.push_str(" (so a seccomp filter blocks it, e.g. Docker's default profile)");
+                }
+            }
+            (Some(libc::ENOSYS), _) => {
+                why.push_str(" (kernel without io_uring, or blocked by seccomp)")
+            }
+            (Some(libc::ENOMEM), _) => why.push_str(" (RLIMIT_MEMLOCK too low for the ring)"),
+            _ => {}
+        }
+        why
+    })?;
+    // A NOP round trip: io_uring_enter can be filtered even when setup is not.
+    // SAFETY: a NOP entry points at no memory, and this function owns the only queue handle.
+    let pushed = unsafe {
+        ring.submission_shared()
+            .push(&opcode::Nop::new().build().user_data(0x4e4f50))
+    };
+    if pushed.is_err() {
+        return Err("could not queue a NOP on a fresh ring".into());
+    }
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring_enter failed with {}", errno_name(&e)))?;
+    // SAFETY: this function owns the ring; no other CompletionQueue exists.
+    let cqe = unsafe { ring.completion_shared() }.next();
+    match cqe {
+        Some(c) if c.user_data() == 0x4e4f50 && c.result() >= 0 => {}
+        Some(c) => return Err(format!("NOP round trip returned {}", c.result())),
+        None => return Err("NOP round trip produced no completion".into()),
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("IORING_REGISTER_PROBE failed with {}", errno_name(&e)))?;
+    let needed = [
+        ("NOP", opcode::Nop::CODE),
+        ("ACCEPT", opcode::Accept::CODE),
+        ("CONNECT", opcode::Connect::CODE),
+        ("RECV", opcode::Recv::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("RECVMSG", opcode::RecvMsg::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+    ];
+    let optional = [
+        ("READ", opcode::Read::CODE),
+        ("WRITE", opcode::Write::CODE),
+        ("SPLICE", opcode::Splice::CODE),
+        ("LINK_TIMEOUT", opcode::LinkTimeout::CODE),
+        ("MSG_RING", opcode::MsgRingData::CODE),
+        ("SEND_ZC", opcode::SendZc::CODE),
+    ];
+    let caps = UringCaps {
+        opcodes: needed
+            .iter()
+            .map(|(n, c)| (*n, probe.is_supported(*c)))
+            .collect(),
+        ext_arg: ring.params().is_feature_ext_arg(),
+        nodrop: ring.params().is_feature_nodrop(),
+        optional: optional
+            .iter()
+            .map(|(n, c)| (*n, probe.is_supported(*c)))
+            .collect(),
+    };
+    let missing: Vec<&str> = caps
+        .opcodes
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "kernel lacks io_uring opcodes {}",
+            missing.join(", ")
+        ));
+    }
+    if !caps.ext_arg {
+        return Err("kernel lacks IORING_FEAT_EXT_ARG (timed waits need Linux 5.11)".into());
+    }
+    Ok(caps)
+}

@@ -1,0 +1,6 @@
+//! The integration suite: every test here runs on epoll and on io_uring (`backend_test!`).
+
+mod assoc;
+mod net;
+mod port;
+mod stress;

@@ -38,7 +38,7 @@ pub enum Payload {
     /// [`Handle::send_vectored`](crate::Handle::send_vectored): the buffers that were sent.
     SendVectored(Vec<Vec<u8>>),
     /// [`Handle::accept`](crate::Handle::accept): the accepted connection.
-    Accept(Accepted),
+    Accept(Box<Accepted>),
     /// [`Handle::connect`](crate::Handle::connect): the initial-send buffer (possibly empty).
     Connect(Vec<u8>),
     /// [`Handle::recv_ready`](crate::Handle::recv_ready) (the zero-byte receive): nothing.
@@ -225,7 +225,7 @@ impl<C> Completion<C> {
     /// The accepted connection of an `Accept` packet (taken out), or `None`.
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         match std::mem::replace(&mut self.payload, Payload::Posted) {
-            Payload::Accept(a) => Some(a),
+            Payload::Accept(a) => Some(*a),
             other => {
                 self.payload = other;
                 None

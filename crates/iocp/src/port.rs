@@ -498,13 +498,16 @@ impl<C: Send + 'static> PortInner<C> {
                 if n > 0 {
                     return Ok(self.got(st, n, true));
                 }
-                // Hand what we cannot take to others; we poll again ourselves, so no promotion.
+                // Hand what we cannot take to others. If we poll again ourselves, nobody needs
+                // promoting; if we time out, the most recent waiter must take over the polling.
+                let expired = deadline.is_some_and(|d| Instant::now() >= d);
                 let mut kick = false;
-                st.dispatch(false, &mut |w| wake(w, &mut kick));
+                st.dispatch(expired, &mut |w| wake(w, &mut kick));
+                debug_assert!(!kick, "no poller to kick while we were the poller");
                 if st.is_closed() {
                     continue;
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if expired {
                     return Err(self.timed_out(st));
                 }
                 continue;

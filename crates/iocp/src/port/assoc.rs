@@ -28,12 +28,13 @@ struct Slot(Option<Assoc>);
 impl Drop for Slot {
     fn drop(&mut self) {
         // Thread exit: a thread that was running gives its slot back.
-        if let Some(a) = self.0.take() {
-            if a.counted {
-                if let Some(p) = a.port.upgrade() {
-                    p.leave();
-                }
-            }
+        if let Some(p) = self
+            .0
+            .take()
+            .filter(|a| a.counted)
+            .and_then(|a| a.port.upgrade())
+        {
+            p.leave();
         }
     }
 }
@@ -66,10 +67,10 @@ pub(crate) fn enter(id: u64, port: &Arc<dyn Accounting>) -> bool {
     match previous {
         Ok(was) => was,
         Err(old) => {
-            if let Some(old) = old.filter(|o| o.counted) {
-                if let Some(p) = old.port.upgrade() {
-                    p.leave();
-                }
+            if let Some(old) = old.filter(|o| o.counted)
+                && let Some(p) = old.port.upgrade()
+            {
+                p.leave();
             }
             false
         }
@@ -112,11 +113,11 @@ pub(crate) fn block() -> Option<Arc<dyn Accounting>> {
 /// Ends a blocking section started by [`block`].
 pub(crate) fn unblock(port: Arc<dyn Accounting>) {
     ASSOC.with(|a| {
-        if let Some(x) = a.borrow_mut().0.as_mut() {
-            if std::ptr::addr_eq(x.port.as_ptr(), Arc::as_ptr(&port)) {
-                x.counted = true;
-                port.rejoin();
-            }
+        if let Some(x) = a.borrow_mut().0.as_mut()
+            && std::ptr::addr_eq(x.port.as_ptr(), Arc::as_ptr(&port))
+        {
+            x.counted = true;
+            port.rejoin();
         }
     });
 }

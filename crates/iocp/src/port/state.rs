@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 /// Identifies one blocked call to `get`.
 pub(crate) type WaiterId = u64;
 
+#[cfg_attr(test, derive(Clone, Hash, PartialEq, Eq))]
 #[derive(Debug)]
 struct Waiter<S> {
     id: WaiterId,
@@ -32,6 +33,7 @@ pub(crate) enum Wake<'a, S> {
     Kick,
 }
 
+#[cfg_attr(test, derive(Clone, Hash, PartialEq, Eq))]
 #[derive(Debug)]
 pub(crate) struct State<P, S> {
     queue: VecDeque<P>,
@@ -142,11 +144,12 @@ impl<P, S> State<P, S> {
                 wake(Wake::Signal(&w.signal));
             }
         }
-        if promote && !self.polling {
-            if let Some(w) = self.waiters.pop() {
-                debug_assert!(!w.poller);
-                wake(Wake::Signal(&w.signal));
-            }
+        if promote
+            && !self.polling
+            && let Some(w) = self.waiters.pop()
+        {
+            debug_assert!(!w.poller);
+            wake(Wake::Signal(&w.signal));
         }
     }
 
@@ -166,6 +169,16 @@ impl<P, S> State<P, S> {
     pub(crate) fn end_polling(&mut self, id: WaiterId) {
         self.polling = false;
         self.remove_waiter(id);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_handed(&self, id: WaiterId) -> bool {
+        self.handed.iter().any(|(w, _)| *w == id)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queue(&self) -> &VecDeque<P> {
+        &self.queue
     }
 
     pub(crate) fn is_waiting(&self, id: WaiterId) -> bool {

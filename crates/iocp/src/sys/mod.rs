@@ -43,6 +43,7 @@ pub(crate) struct DriverStats {
     pub(crate) backlog: u64,
 }
 
+#[allow(clippy::large_enum_variant)] // one per port, never moved after creation
 pub(crate) enum Driver<C> {
     Epoll(epoll::Driver<C>),
     #[cfg(feature = "uring")]

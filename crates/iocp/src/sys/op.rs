@@ -105,14 +105,13 @@ impl AddrBuf {
         // SAFETY: `storage` was zero-initialised at creation and the kernel wrote at most `len`
         // bytes of a valid address into it, so it is initialised, and `len` is in bounds.
         let storage = unsafe { self.storage.assume_init() };
-        // SAFETY: `sockaddr_storage` and socket2's storage are both the C `sockaddr_storage`;
-        // `len` bytes of it hold the address.
-        Some(unsafe {
-            SockAddr::new(
-                std::mem::transmute::<libc::sockaddr_storage, socket2::SockAddrStorage>(storage),
-                self.len,
-            )
-        })
+        // SAFETY: `sockaddr_storage` and socket2's storage are both the C `sockaddr_storage`
+        // (same size and layout), so the bytes are a valid value of the target type.
+        let storage = unsafe {
+            std::mem::transmute::<libc::sockaddr_storage, socket2::SockAddrStorage>(storage)
+        };
+        // SAFETY: `len` bytes of `storage` hold the address the kernel wrote.
+        Some(unsafe { SockAddr::new(storage, self.len) })
     }
 }
 
@@ -198,7 +197,7 @@ impl OpKind {
             OpKind::Send { buf } => Payload::Send(buf),
             OpKind::SendV { bufs, .. } => Payload::SendVectored(bufs),
             OpKind::Accept { accepted, buf, .. } => {
-                Payload::Accept(Accepted::new(accepted, peer, buf))
+                Payload::Accept(Box::new(Accepted::new(accepted, peer, buf)))
             }
             OpKind::Connect { buf, .. } => Payload::Connect(buf),
             OpKind::Ready => Payload::Ready,
@@ -245,6 +244,7 @@ impl<C> Op<C> {
     }
 
     /// Builds the completion packet, handing back the context and every buffer.
+    #[allow(clippy::boxed_local)] // ops live boxed (stable addresses) until they complete
     pub(crate) fn complete(self: Box<Self>, status: i32) -> Completion<C> {
         let Op {
             id,
@@ -615,16 +615,16 @@ impl<C> Op<C> {
     /// io_uring: records a CQE result. A poll result is an event mask, not a byte count.
     #[cfg(feature = "uring")]
     pub(crate) fn on_cqe(&mut self, res: i32) -> Progress {
-        if let OpKind::Ready = self.kind {
-            if res >= 0 {
-                if res & i32::from(libc::POLLERR as i16) != 0 {
-                    let e = so_error(self.fd());
-                    if e != 0 {
-                        return Progress::Done(e);
-                    }
+        if let OpKind::Ready = self.kind
+            && res >= 0
+        {
+            if res & i32::from(libc::POLLERR) != 0 {
+                let e = so_error(self.fd());
+                if e != 0 {
+                    return Progress::Done(e);
                 }
-                return Progress::Done(0);
             }
+            return Progress::Done(0);
         }
         if let (
             OpKind::Connect {

@@ -171,18 +171,18 @@ impl<C: Send + 'static> Driver<C> {
 
     /// Gives the kernel the op in `token`'s slot if the budget allows; else backlogs it.
     fn issue(&self, sq: &mut Sq<C>, token: u64) {
-        if sq.ops_in_kernel < self.op_limit {
-            if let Some(slot) = sq.slot(token) {
-                let op = slot
-                    .op
-                    .as_mut()
-                    .expect("invariant: slot() only returns occupied slots");
-                let entry = op.sqe().user_data(token);
-                if self.push(&entry) {
-                    slot.in_kernel = true;
-                    sq.ops_in_kernel += 1;
-                    return;
-                }
+        if sq.ops_in_kernel < self.op_limit
+            && let Some(slot) = sq.slot(token)
+        {
+            let op = slot
+                .op
+                .as_mut()
+                .expect("invariant: slot() only returns occupied slots");
+            let entry = op.sqe().user_data(token);
+            if self.push(&entry) {
+                slot.in_kernel = true;
+                sq.ops_in_kernel += 1;
+                return;
             }
         }
         self.sq_full.fetch_add(1, Ordering::Relaxed);
@@ -472,11 +472,11 @@ impl<C> Drop for Driver<C> {
         let sq = self.sq.get_mut().unwrap_or_else(PoisonError::into_inner);
         let mut n = 0;
         for slot in &mut sq.slots {
-            if let Some(op) = slot.op.take() {
-                if slot.in_kernel {
-                    std::mem::forget(op);
-                    n += 1;
-                }
+            if let Some(op) = slot.op.take()
+                && slot.in_kernel
+            {
+                std::mem::forget(op);
+                n += 1;
             }
         }
         if n > 0 {
@@ -512,11 +512,11 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
         why
     })?;
     // A NOP round trip: io_uring_enter can be filtered even when setup is not.
-    // SAFETY: a NOP entry points at no memory, and this function owns the only queue handle.
-    let pushed = unsafe {
-        ring.submission_shared()
-            .push(&opcode::Nop::new().build().user_data(0x4e4f50))
-    };
+    // SAFETY: this function owns the ring, so this is its only submission queue handle.
+    let mut sq = unsafe { ring.submission_shared() };
+    // SAFETY: a NOP entry points at no memory.
+    let pushed = unsafe { sq.push(&opcode::Nop::new().build().user_data(0x4e4f50)) };
+    drop(sq);
     if pushed.is_err() {
         return Err("could not queue a NOP on a fresh ring".into());
     }

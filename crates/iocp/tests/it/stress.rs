@@ -1,1 +1,163 @@
+//! Many threads and many operations at once: exactly one packet per operation, none lost.
 
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use iocp::{CompletionKey, CompletionPort, GetError};
+use iocp_testkit::{backend_test, deadline, quiet, tcp_pair};
+
+backend_test!(many_posters_and_getters_deliver_every_packet_once, |b| {
+    const PRODUCERS: u64 = 4;
+    const PER: u64 = 20_000;
+    let port: CompletionPort<u64> = b.concurrency(4).build().unwrap();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..4)
+        .map(|i| {
+            let (p, seen, count) = (port.clone(), seen.clone(), count.clone());
+            thread::spawn(move || {
+                let mut batch = Vec::new();
+                let mut local = Vec::new();
+                loop {
+                    let r = if i % 2 == 0 {
+                        p.get(Some(Duration::from_millis(500)))
+                            .map(|c| batch.push(c))
+                    } else {
+                        p.get_many(&mut batch, 64, Some(Duration::from_millis(500)))
+                            .map(|_| ())
+                    };
+                    match r {
+                        Ok(()) => {
+                            for c in batch.drain(..) {
+                                local.push(*c.context());
+                            }
+                        }
+                        Err(GetError::TimedOut)
+                            if count.load(Ordering::Relaxed) as u64 >= PRODUCERS * PER =>
+                        {
+                            break;
+                        }
+                        Err(GetError::TimedOut) => {}
+                        Err(GetError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                    count.fetch_add(local.len(), Ordering::Relaxed);
+                    let mut s = seen.lock().unwrap();
+                    for v in local.drain(..) {
+                        assert!(s.insert(v), "packet {v} delivered twice");
+                    }
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let port = port.clone();
+            thread::spawn(move || {
+                for i in 0..PER {
+                    port.post(0, CompletionKey(p), p * PER + i).unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    for c in consumers {
+        c.join().unwrap();
+    }
+    assert_eq!(seen.lock().unwrap().len() as u64, PRODUCERS * PER);
+    let s = port.stats();
+    assert_eq!(
+        (s.posted, s.dequeued, s.queued),
+        (PRODUCERS * PER, PRODUCERS * PER, 0)
+    );
+});
+
+backend_test!(
+    n_operations_on_n_sockets_give_exactly_n_packets_across_threads,
+    |b| {
+        const N: usize = 200;
+        let port: CompletionPort<usize> = b.concurrency(4).build().unwrap();
+        let mut clients = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..N {
+            let (client, server) = tcp_pair();
+            let h = port.associate(server, CompletionKey(i as u64)).unwrap();
+            h.recv(Vec::with_capacity(32), i).unwrap();
+            clients.push(client);
+            handles.push(h);
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (p, seen) = (port.clone(), seen.clone());
+                thread::spawn(move || {
+                    while let Ok(c) = p.get(Some(Duration::from_millis(500))) {
+                        assert_eq!(c.result().unwrap(), 4);
+                        seen.lock().unwrap().push(*c.context());
+                    }
+                })
+            })
+            .collect();
+        for c in &mut clients {
+            c.write_all(b"ping").unwrap();
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..N).collect::<Vec<_>>(),
+            "exactly one packet per operation"
+        );
+        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+        assert_eq!(port.stats().in_flight, 0);
+    }
+);
+
+backend_test!(close_while_threads_wait_and_ops_pend, |b| {
+    let port: CompletionPort<()> = b.concurrency(4).build().unwrap();
+    let mut handles = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let (client, server) = tcp_pair();
+        let h = port.associate(server, CompletionKey(i)).unwrap();
+        h.recv(Vec::with_capacity(16), ()).unwrap();
+        handles.push(h);
+        clients.push(client);
+    }
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let p = port.clone();
+            thread::spawn(move || p.get(Some(deadline())).map(|_| ()))
+        })
+        .collect();
+    iocp_testkit::eventually("4 waiters", || (port.stats().waiters == 4).then_some(()));
+    port.close();
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), Err(GetError::Closed));
+    }
+    // Operations refused after close; dropping everything frees nothing the kernel holds.
+    assert!(handles[0].recv(Vec::with_capacity(1), ()).is_err());
+    drop(handles);
+});
+
+backend_test!(port_dropped_with_operations_in_flight, |b| {
+    for _ in 0..20 {
+        let port: CompletionPort<Vec<u8>> = b.clone().build().unwrap();
+        let (client, server) = tcp_pair();
+        let h = port.associate(server, CompletionKey(1)).unwrap();
+        h.recv(Vec::with_capacity(1 << 16), vec![0; 128]).unwrap();
+        h.recv_ready(Vec::new()).unwrap();
+        drop(port);
+        drop(h);
+        drop(client);
+    }
+});

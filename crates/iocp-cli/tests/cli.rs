@@ -1,0 +1,134 @@
+//! Smoke tests of the `iocp` binary: it runs, exits 0 and prints what it should.
+
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What a finished run printed.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the `iocp` binary with `args`, killing it if it runs past `limit`.
+fn iocp(args: &[&str], limit: Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
+        .args(args)
+        .env_remove("IOCP_BACKEND")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning iocp");
+    // Drain both pipes on their own threads, so a full pipe cannot stall the child.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).expect("reading iocp output");
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for iocp") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("iocp {args:?} ran longer than {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
+#[test]
+fn probe_json_is_one_object_with_a_backend() {
+    let run = iocp(&["probe", "--json"], Duration::from_secs(30));
+    assert!(
+        run.status.success(),
+        "status {}; stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one JSON line, got:\n{}",
+        run.stdout
+    );
+    let line = lines[0];
+    assert!(
+        line.starts_with('{') && line.ends_with('}'),
+        "not an object: {line}"
+    );
+    assert!(
+        line.starts_with(r#"{"backend":"io_uring","#) || line.starts_with(r#"{"backend":"epoll","#),
+        "no backend field first: {line}"
+    );
+    assert!(line.contains(r#""kernel":"#), "no kernel field: {line}");
+    assert!(
+        line.contains(r#""io_uring":{"available":"#),
+        "no io_uring field: {line}"
+    );
+}
+
+#[test]
+fn probe_prints_a_table() {
+    let run = iocp(&["probe"], Duration::from_secs(30));
+    assert!(
+        run.status.success(),
+        "status {}; stderr:\n{}",
+        run.status,
+        run.stderr
+    );
+    assert!(
+        run.stdout.starts_with("backend "),
+        "stdout:\n{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\nkernel "), "stdout:\n{}", run.stdout);
+}
+
+#[test]
+fn demo_runs_on_epoll() {
+    let run = iocp(
+        &["demo", "--seconds", "1", "--backend", "epoll"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "status {}; stdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("epoll ") && l.contains('|'))
+        .unwrap_or_else(|| panic!("no epoll row in:\n{}", run.stdout));
+    assert_eq!(row.split('|').count(), 5, "row: {row}");
+    assert!(
+        run.stderr.contains("running epoll"),
+        "stderr:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_backend_exits_2() {
+    let run = iocp(&["demo", "--backend", "kqueue"], Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(2), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("kqueue"), "stderr:\n{}", run.stderr);
+}

@@ -18,9 +18,13 @@ use crate::sys::op::{Op, OpKind};
 /// Backend bookkeeping for one handle, under the handle's lock.
 pub(crate) struct HandleIo<C> {
     /// epoll: operations waiting for readability, in submission order.
+    /// io_uring: receives waiting for the one in the kernel to finish (stream order).
     pub(crate) read: VecDeque<Box<Op<C>>>,
     /// epoll: operations waiting for writability, in submission order.
+    /// io_uring: sends waiting for the one in the kernel to finish (stream order).
     pub(crate) write: VecDeque<Box<Op<C>>>,
+    /// io_uring: a receive / a send of this handle is in the kernel.
+    pub(crate) busy: [bool; 2],
     /// epoll: tokens of accepts parked on their accepted socket (initial receive).
     /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
     pub(crate) tokens: Vec<u64>,
@@ -147,6 +151,7 @@ impl<C: Send + 'static> Handle<C> {
             io: Mutex::new(HandleIo {
                 read: VecDeque::new(),
                 write: VecDeque::new(),
+                busy: [false; 2],
                 tokens: Vec::new(),
             }),
             identity,

@@ -26,6 +26,11 @@ pub struct PortBuilder {
 }
 
 impl PortBuilder {
+    /// A builder with the defaults: concurrency = CPUs, [`BackendChoice::Auto`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// The most threads that may run packets from this port at once
     /// (`NumberOfConcurrentThreads`); 0, the default, means the number of CPUs.
     pub fn concurrency(mut self, n: usize) -> Self {

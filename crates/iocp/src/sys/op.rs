@@ -181,6 +181,17 @@ impl OpKind {
         }
     }
 
+    /// The side of the stream whose order this op must keep (receives fill buffers in the order
+    /// they were started, sends go out in order): 0 = read, 1 = write; `None` when order does
+    /// not matter (accept, zero-byte receive).
+    pub(crate) fn ordered_side(&self) -> Option<usize> {
+        match self {
+            OpKind::Recv { .. } | OpKind::RecvV { .. } => Some(0),
+            OpKind::Send { .. } | OpKind::SendV { .. } | OpKind::Connect { .. } => Some(1),
+            OpKind::Accept { .. } | OpKind::Ready => None,
+        }
+    }
+
     /// True for operations served by the read side of a handle (epoll's read queue).
     pub(crate) fn is_read(&self) -> bool {
         matches!(

@@ -103,6 +103,8 @@ pub(crate) struct Driver<C> {
     cancel_limit: usize,
     kick_pending: AtomicBool,
     sq_full: AtomicU64,
+    /// Ops queued behind another op of their handle (stream order), not yet in the slab.
+    waiting: AtomicU64,
     shut: AtomicBool,
 }
 
@@ -131,6 +133,7 @@ impl<C: Send + 'static> Driver<C> {
             cancel_limit: reserve - 1,
             kick_pending: AtomicBool::new(false),
             sq_full: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
             shut: AtomicBool::new(false),
         })
     }
@@ -220,8 +223,24 @@ impl<C: Send + 'static> Driver<C> {
             return Submitted::Refused(super::epoll::closed_error(), op);
         }
         let handle = op.handle.clone();
+        let mut io = handle.io();
+        if let Some(side) = op.kind.ordered_side() {
+            if io.busy[side] {
+                // Keep stream order: wait for the receive (send) in the kernel to finish.
+                let queue = if side == 0 {
+                    &mut io.read
+                } else {
+                    &mut io.write
+                };
+                queue.push_back(op);
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                return Submitted::Pending;
+            }
+            io.busy[side] = true;
+        }
         let token = sq.insert(op);
-        handle.io().tokens.push(token);
+        io.tokens.push(token);
+        drop(io);
         self.issue(&mut sq, token);
         drop(sq);
         self.enter();
@@ -313,7 +332,34 @@ impl<C: Send + 'static> Driver<C> {
         let op = sq
             .remove(token)
             .expect("invariant: finishing an occupied slot");
-        op.handle.io().tokens.retain(|t| *t != token);
+        let handle = op.handle.clone();
+        let mut io = handle.io();
+        io.tokens.retain(|t| *t != token);
+        if let Some(side) = op.kind.ordered_side() {
+            // Start the next receive (send) of this handle, in order.
+            let queue = if side == 0 {
+                &mut io.read
+            } else {
+                &mut io.write
+            };
+            // A closed handle's queue is drained (and aborted) by `close_handle`, which runs
+            // under the `sq` lock we hold, right after the handle was marked closed.
+            let next = if handle.is_closed() {
+                None
+            } else {
+                queue.pop_front()
+            };
+            match next {
+                Some(next) => {
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let next_token = sq.insert(next);
+                    io.tokens.push(next_token);
+                    drop(io);
+                    self.issue(sq, next_token);
+                }
+                None => io.busy[side] = false,
+            }
+        }
         op.complete(status)
     }
 
@@ -357,7 +403,15 @@ impl<C: Send + 'static> Driver<C> {
 
     pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
         let mut sq = self.sq();
-        let tokens = h.io().tokens.clone();
+        let (tokens, queued) = {
+            let mut io = h.io();
+            let mut queued: Vec<Box<Op<C>>> = io.read.drain(..).collect();
+            queued.extend(io.write.drain(..));
+            (io.tokens.clone(), queued)
+        };
+        self.waiting
+            .fetch_sub(queued.len() as u64, Ordering::Relaxed);
+        out.extend(queued.into_iter().map(Op::abort));
         for token in tokens {
             let Some(slot) = sq.slot(token) else { continue };
             if slot.in_kernel {
@@ -383,6 +437,15 @@ impl<C: Send + 'static> Driver<C> {
         let mut backlogged = Vec::new();
         {
             let mut sq = self.sq();
+            // Ops waiting behind an in-kernel op of their handle never reached the kernel.
+            for slot in &sq.slots {
+                if let Some(op) = &slot.op {
+                    let mut io = op.handle.io();
+                    backlogged.extend(io.read.drain(..));
+                    backlogged.extend(io.write.drain(..));
+                }
+            }
+            self.waiting.store(0, Ordering::Relaxed);
             let tokens: Vec<u64> = sq
                 .backlog
                 .drain(..)
@@ -455,7 +518,8 @@ impl<C: Send + 'static> Driver<C> {
             let cq = unsafe { self.ring.completion_shared() };
             u64::from(cq.overflow())
         };
-        let in_flight = sq.slots.iter().filter(|s| s.op.is_some()).count() as u64;
+        let in_flight = sq.slots.iter().filter(|s| s.op.is_some()).count() as u64
+            + self.waiting.load(Ordering::Relaxed);
         DriverStats {
             in_flight,
             sq_full: self.sq_full.load(Ordering::Relaxed),

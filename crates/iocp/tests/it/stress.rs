@@ -161,3 +161,51 @@ backend_test!(port_dropped_with_operations_in_flight, |b| {
         drop(client);
     }
 });
+
+backend_test!(tiny_cq_with_ten_thousand_operations_loses_nothing, |b| {
+    const SOCKETS: usize = 10;
+    const OPS: usize = 10_000;
+    let port: CompletionPort<usize> = b.ring_entries(4).cq_entries(8).build().unwrap();
+    let mut handles = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..SOCKETS {
+        let (mut client, server) = tcp_pair();
+        handles.push(port.associate(server, CompletionKey(i as u64)).unwrap());
+        readers.push(thread::spawn(move || {
+            use std::io::Read;
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 1 << 16];
+            client.set_read_timeout(Some(deadline())).unwrap();
+            while total < OPS / SOCKETS * 16 {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0);
+                total += n;
+            }
+            total
+        }));
+    }
+    for i in 0..OPS {
+        handles[i % SOCKETS].send(vec![b'x'; 16], i).unwrap();
+    }
+    let mut seen = vec![false; OPS];
+    for _ in 0..OPS {
+        let c = port.get(Some(deadline())).unwrap();
+        assert_eq!(c.result().unwrap(), 16);
+        assert!(
+            !std::mem::replace(&mut seen[*c.context()], true),
+            "duplicate"
+        );
+    }
+    for r in readers {
+        assert_eq!(r.join().unwrap(), OPS / SOCKETS * 16);
+    }
+    let s = port.stats();
+    assert_eq!((s.cq_overflow, s.in_flight, s.backlog), (0, 0, 0));
+    if port.backend().kind() == iocp::BackendKind::Uring {
+        assert!(
+            s.sq_full > 0,
+            "the backlog must have been used with a CQ of 8"
+        );
+    }
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+});

@@ -463,7 +463,7 @@ impl<C: Send + 'static> PortInner<C> {
         out: &mut dyn FnMut(Completion<C>),
     ) -> Result<usize, GetError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let was_running = assoc::enter(self.id, &self.as_accounting());
+        let was_running = assoc::enter(self.id, || self.as_accounting());
         let mut st = self.lock();
         if was_running {
             st.leave_running();

@@ -46,7 +46,7 @@ thread_local! {
 /// Called at the start of `get` on port `id`. Returns true when the thread was counted as
 /// running on this same port (the caller then decrements under its own lock). If the thread was
 /// associated with another port, that port's slot is given back first (case 44).
-pub(crate) fn enter(id: u64, port: &Arc<dyn Accounting>) -> bool {
+pub(crate) fn enter(id: u64, port: impl FnOnce() -> Arc<dyn Accounting>) -> bool {
     let previous = ASSOC.with(|a| {
         let mut a = a.borrow_mut();
         match &mut a.0 {
@@ -58,7 +58,7 @@ pub(crate) fn enter(id: u64, port: &Arc<dyn Accounting>) -> bool {
             _ => {}
         }
         let old = a.0.replace(Assoc {
-            port: Arc::downgrade(port),
+            port: Arc::downgrade(&port()),
             id,
             counted: false,
         });

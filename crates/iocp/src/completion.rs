@@ -132,6 +132,8 @@ pub struct Completion<C> {
     pub(crate) status: i32,
     pub(crate) context: C,
     pub(crate) payload: Payload,
+    /// The operation's deadline, if it had one (the port disarms it).
+    pub(crate) timer: Option<crate::sys::op::TimerKey>,
 }
 
 impl<C> Completion<C> {
@@ -241,6 +243,7 @@ impl<C> Completion<C> {
             status: 0,
             context,
             payload: Payload::Posted,
+            timer: None,
         }
     }
 }

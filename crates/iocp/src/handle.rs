@@ -7,6 +7,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use socket2::SockAddr;
 
@@ -28,6 +29,27 @@ pub(crate) struct HandleIo<C> {
     /// epoll: tokens of accepts parked on their accepted socket (initial receive).
     /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
     pub(crate) tokens: Vec<u64>,
+}
+
+impl<C> HandleIo<C> {
+    /// Removes the queued operations `f` selects, keeping the others in order.
+    pub(crate) fn take_matching(&mut self, f: impl Fn(&Op<C>) -> bool) -> Vec<Box<Op<C>>> {
+        let mut taken = Vec::new();
+        for q in [&mut self.read, &mut self.write] {
+            if q.iter().any(|op| f(op)) {
+                let mut keep = VecDeque::with_capacity(q.len());
+                for op in q.drain(..) {
+                    if f(&op) {
+                        taken.push(op)
+                    } else {
+                        keep.push_back(op)
+                    }
+                }
+                *q = keep;
+            }
+        }
+        taken
+    }
 }
 
 /// What the port and the backends know of a handle. Operations hold an `Arc` of it, so the fd
@@ -179,14 +201,7 @@ impl<C: Send + 'static> Handle<C> {
     /// no spare capacity (use [`Handle::recv_ready`] for a zero-byte receive), or the handle or
     /// port is closed.
     pub fn recv(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        if buf.capacity() == buf.len() {
-            return Err(invalid(
-                context,
-                Payload::Recv(buf),
-                "recv buffer has no spare capacity",
-            ));
-        }
-        self.start(OpKind::recv(buf), context)
+        self.with_timeout_opt(None).recv(buf, context)
     }
 
     /// Scatter receive (WSARecv with several WSABUFs): fills the spare capacity of each buffer
@@ -195,14 +210,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// As [`Handle::recv`]; also when there are more than 1024 buffers.
     pub fn recv_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
-        if bufs.iter().all(|b| b.capacity() == b.len()) || bufs.len() > 1024 {
-            return Err(invalid(
-                context,
-                Payload::RecvVectored(bufs),
-                "recv buffers have no spare capacity or too many",
-            ));
-        }
-        self.start(OpKind::recv_vectored(bufs), context)
+        self.with_timeout_opt(None).recv_vectored(bufs, context)
     }
 
     /// Sends all of `buf` (WSASend). Short writes are resumed inside the operation; the
@@ -211,7 +219,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused, with the buffer and context handed back, when the handle or port is closed.
     pub fn send(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::send(buf), context)
+        self.with_timeout_opt(None).send(buf, context)
     }
 
     /// Gather send (WSASend with several WSABUFs): sends every buffer, in order.
@@ -219,14 +227,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// As [`Handle::send`]; also when there are more than 1024 buffers.
     pub fn send_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
-        if bufs.len() > 1024 {
-            return Err(invalid(
-                context,
-                Payload::SendVectored(bufs),
-                "more than 1024 send buffers",
-            ));
-        }
-        self.start(OpKind::send_vectored(bufs), context)
+        self.with_timeout_opt(None).send_vectored(bufs, context)
     }
 
     /// The zero-byte receive: completes with 0 bytes when the socket becomes readable (data or
@@ -236,7 +237,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when the handle or port is closed.
     pub fn recv_ready(&self, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::Ready, context)
+        self.with_timeout_opt(None).recv_ready(context)
     }
 
     /// Accepts one connection on this listening socket (AcceptEx). If `initial` has spare
@@ -248,7 +249,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when the handle or port is closed.
     pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::accept(initial), context)
+        self.with_timeout_opt(None).accept(initial, context)
     }
 
     /// Connects this socket to `addr` and then sends `initial` (ConnectEx); the completion
@@ -265,7 +266,69 @@ impl<C: Send + 'static> Handle<C> {
         initial: Vec<u8>,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::connect(addr.into(), initial), context)
+        self.with_timeout_opt(None).connect(addr, initial, context)
+    }
+
+    /// Starts the next operation with a deadline: if it has not completed `timeout` from now, it
+    /// is cancelled and completes with `ETIMEDOUT` (reporting any bytes it had moved). The race
+    /// between expiry and completion is decided once, by the single completion path: the op
+    /// either completes normally or times out, never both. Deadlines fire while some thread
+    /// waits in `get` (the poller wakes for them).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # fn f(h: iocp::Handle<()>) -> Result<(), iocp::SubmitError<()>> {
+    /// h.with_timeout(Duration::from_secs(30)).recv(Vec::with_capacity(4096), ())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> WithTimeout<'_, C> {
+        self.with_timeout_opt(Some(timeout))
+    }
+
+    fn with_timeout_opt(&self, timeout: Option<Duration>) -> WithTimeout<'_, C> {
+        WithTimeout {
+            handle: self,
+            timeout,
+        }
+    }
+
+    /// Cancels one pending operation (CancelIoEx with an OVERLAPPED). It completes once, with
+    /// `ECANCELED` and the bytes it had already moved, or normally if it finished first.
+    ///
+    /// # Errors
+    /// `NotFound` when no such operation is pending on this handle (it already completed, or
+    /// never belonged to it): no packet results (Win32 `ERROR_NOT_FOUND`).
+    pub fn cancel(&self, op: OpId) -> io::Result<()> {
+        match self
+            .shared
+            .port
+            .cancel(&self.shared.inner, Some(op), libc::ECANCELED)
+        {
+            0 => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no such pending operation (ERROR_NOT_FOUND)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Cancels every pending operation on this handle (CancelIoEx with NULL); returns how many.
+    /// Each completes once, as with [`Handle::cancel`].
+    ///
+    /// # Errors
+    /// `NotFound` when nothing is pending.
+    pub fn cancel_all(&self) -> io::Result<usize> {
+        match self
+            .shared
+            .port
+            .cancel(&self.shared.inner, None, libc::ECANCELED)
+        {
+            0 => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no pending operation (ERROR_NOT_FOUND)",
+            )),
+            n => Ok(n),
+        }
     }
 
     /// Shuts down one or both directions (`shutdown(2)`). Synchronous: no packet, as on Windows
@@ -294,9 +357,105 @@ impl<C: Send + 'static> Handle<C> {
     pub fn is_closed(&self) -> bool {
         self.shared.inner.is_closed()
     }
+}
+
+/// A [`Handle`] with a deadline for the next operation, from [`Handle::with_timeout`].
+pub struct WithTimeout<'a, C: Send + 'static> {
+    handle: &'a Handle<C>,
+    timeout: Option<Duration>,
+}
+
+impl<C: Send + 'static> fmt::Debug for WithTimeout<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithTimeout")
+            .field("handle", self.handle)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<C: Send + 'static> WithTimeout<'_, C> {
+    /// As [`Handle::recv`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::recv`].
+    pub fn recv(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        if buf.capacity() == buf.len() {
+            return Err(invalid(
+                context,
+                Payload::Recv(buf),
+                "recv buffer has no spare capacity",
+            ));
+        }
+        self.start(OpKind::recv(buf), context)
+    }
+    /// As [`Handle::recv_vectored`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::recv_vectored`].
+    pub fn recv_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
+        if bufs.iter().all(|b| b.capacity() == b.len()) || bufs.len() > 1024 {
+            return Err(invalid(
+                context,
+                Payload::RecvVectored(bufs),
+                "recv buffers have no spare capacity or too many",
+            ));
+        }
+        self.start(OpKind::recv_vectored(bufs), context)
+    }
+    /// As [`Handle::send`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::send`].
+    pub fn send(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::send(buf), context)
+    }
+    /// As [`Handle::send_vectored`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::send_vectored`].
+    pub fn send_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
+        if bufs.len() > 1024 {
+            return Err(invalid(
+                context,
+                Payload::SendVectored(bufs),
+                "more than 1024 send buffers",
+            ));
+        }
+        self.start(OpKind::send_vectored(bufs), context)
+    }
+    /// As [`Handle::recv_ready`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::recv_ready`].
+    pub fn recv_ready(&self, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::Ready, context)
+    }
+    /// As [`Handle::accept`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::accept`].
+    pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::accept(initial), context)
+    }
+    /// As [`Handle::connect`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::connect`].
+    pub fn connect(
+        &self,
+        addr: impl Into<SockAddr>,
+        initial: Vec<u8>,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::connect(addr.into(), initial), context)
+    }
 
     fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {
-        self.shared.port.start(&self.shared.inner, kind, context)
+        let shared = &self.handle.shared;
+        shared
+            .port
+            .start(&shared.inner, kind, context, self.timeout)
     }
 }
 

@@ -54,6 +54,6 @@ mod sys;
 pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps, probe};
 pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload};
 pub use error::{GetError, PostError, SubmitError};
-pub use handle::Handle;
+pub use handle::{Handle, WithTimeout};
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
 pub use stats::PortStats;

@@ -3,11 +3,12 @@
 mod assoc;
 pub(crate) mod state;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::{self, BackendChoice, BackendKind, BackendReport, PortConfig};
@@ -15,7 +16,7 @@ use crate::completion::{Completion, CompletionKey, OpId};
 use crate::error::{GetError, PostError, SubmitError};
 use crate::handle::{Handle, HandleInner};
 use crate::stats::PortStats;
-use crate::sys::op::{Op, OpKind};
+use crate::sys::op::{Op, OpKind, TimerKey};
 use crate::sys::{Driver, Submitted};
 use state::{State, Wake};
 
@@ -78,6 +79,9 @@ impl PortBuilder {
             closed: AtomicBool::new(false),
             driver,
             reaped: Mutex::new(Vec::new()),
+            timers: Mutex::new(BTreeMap::new()),
+            timers_armed: AtomicUsize::new(0),
+            timer_seq: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
             posted: AtomicU64::new(0),
             dequeued: AtomicU64::new(0),
@@ -334,7 +338,14 @@ pub(crate) struct PortInner<C: Send + 'static> {
     io_completions: AtomicU64,
     max: usize,
     report: BackendReport,
+    /// Operation deadlines: expiry cancels the op, which then completes with `ETIMEDOUT`.
+    timers: Mutex<Timers<C>>,
+    timers_armed: AtomicUsize,
+    timer_seq: AtomicU64,
 }
+
+/// Armed deadlines, earliest first: the op and its handle (weak: a closed handle's ops are gone).
+type Timers<C> = BTreeMap<TimerKey, (OpId, Weak<HandleInner<C>>)>;
 
 thread_local! {
     static SIGNAL: Arc<Condvar> = Arc::new(Condvar::new());
@@ -382,6 +393,7 @@ impl<C: Send + 'static> PortInner<C> {
         h: &Arc<HandleInner<C>>,
         kind: OpKind,
         context: C,
+        timeout: Option<Duration>,
     ) -> Result<OpId, SubmitError<C>> {
         if self.closed.load(Ordering::Acquire) {
             let error = io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed");
@@ -392,13 +404,21 @@ impl<C: Send + 'static> PortInner<C> {
             });
         }
         let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
-        match self.driver.submit(Op::new(id, h.clone(), context, kind)) {
+        let mut op = Op::new(id, h.clone(), context, kind);
+        if let Some(t) = timeout {
+            op.timer = Some(self.arm_timer(t, id, h));
+        }
+        let timer = op.timer;
+        match self.driver.submit(op) {
             Submitted::Pending => Ok(id),
             Submitted::Done(c) => {
                 self.deliver(std::iter::once(c));
                 Ok(id)
             }
             Submitted::Refused(error, op) => {
+                if let Some(k) = timer {
+                    self.disarm(std::iter::once(k));
+                }
                 let Op { context, kind, .. } = *op;
                 Err(SubmitError {
                     error,
@@ -409,8 +429,95 @@ impl<C: Send + 'static> PortInner<C> {
         }
     }
 
+    /// Cancels the pending operations of `h` (one, or all); each completes once with `reason`
+    /// unless it finished first. Returns how many were asked to stop.
+    pub(crate) fn cancel(
+        &self,
+        h: &Arc<HandleInner<C>>,
+        target: Option<OpId>,
+        reason: i32,
+    ) -> usize {
+        let mut out = Vec::new();
+        let n = self.driver.cancel(h, target, reason, &mut out);
+        if !out.is_empty() {
+            self.deliver(out);
+        }
+        n
+    }
+
+    fn arm_timer(&self, timeout: Duration, id: OpId, h: &Arc<HandleInner<C>>) -> TimerKey {
+        let at = Instant::now() + timeout;
+        let key = (at, self.timer_seq.fetch_add(1, Ordering::Relaxed));
+        let earliest = {
+            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            timers.insert(key, (id, Arc::downgrade(h)));
+            self.timers_armed.store(timers.len(), Ordering::Release);
+            timers.first_key_value().is_some_and(|(k, _)| *k == key)
+        };
+        // A poller blocked with a later (or no) timeout must recompute it.
+        if earliest && self.lock().is_polling() {
+            self.driver.kick();
+        }
+        key
+    }
+
+    fn disarm(&self, keys: impl Iterator<Item = TimerKey>) {
+        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+        for k in keys {
+            timers.remove(&k);
+        }
+        self.timers_armed.store(timers.len(), Ordering::Release);
+    }
+
+    /// Disarms the deadlines of operations that completed.
+    fn disarm_completed<'a>(&self, cs: impl Iterator<Item = &'a Completion<C>>) {
+        if self.timers_armed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let keys: Vec<TimerKey> = cs.filter_map(|c| c.timer).collect();
+        if !keys.is_empty() {
+            self.disarm(keys.into_iter());
+        }
+    }
+
+    /// The earliest deadline, if any.
+    fn next_timer(&self) -> Option<Instant> {
+        if self.timers_armed.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+        timers.first_key_value().map(|(k, _)| k.0)
+    }
+
+    /// Cancels the operations whose deadline has passed; they complete with `ETIMEDOUT`.
+    fn fire_timers(&self) {
+        if self.timers_armed.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<(OpId, Weak<HandleInner<C>>)> = {
+            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut expired = Vec::new();
+            while let Some(entry) = timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                expired.push(entry.remove());
+            }
+            self.timers_armed.store(timers.len(), Ordering::Release);
+            expired
+        };
+        for (id, h) in expired {
+            if let Some(h) = h.upgrade() {
+                self.cancel(&h, Some(id), libc::ETIMEDOUT);
+            }
+        }
+    }
+
     /// Queues I/O completions produced outside the poller (inline successes, aborts).
     fn deliver(&self, cs: impl IntoIterator<Item = Completion<C>>) {
+        let cs: Vec<Completion<C>> = cs.into_iter().collect();
+        self.disarm_completed(cs.iter());
         let mut st = self.lock();
         if st.is_closed() {
             drop(st);
@@ -485,10 +592,16 @@ impl<C: Send + 'static> PortInner<C> {
                 let id = st.add_waiter(signal, true);
                 drop(st);
                 let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let wake_at = match (deadline, self.next_timer()) {
+                    (Some(d), Some(t)) => Some(d.min(t)),
+                    (d, t) => d.or(t),
+                };
+                let left = wake_at.map(|d| d.saturating_duration_since(Instant::now()));
                 if let Err(e) = self.driver.wait(left, &mut reaped) {
                     tracing::error!("completion port wait failed: {e}");
                 }
+                self.disarm_completed(reaped.iter());
+                self.fire_timers();
                 self.io_completions
                     .fetch_add(reaped.len() as u64, Ordering::Relaxed);
                 st = self.lock();

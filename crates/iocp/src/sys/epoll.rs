@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::op::{Op, Progress};
 use super::{DriverStats, Submitted, timeout_ms};
 use crate::backend::PortConfig;
-use crate::completion::Completion;
+use crate::completion::{Completion, OpId};
 use crate::handle::{HandleInner, HandleIo};
 
 const KICK: u64 = u64::MAX;
@@ -331,26 +331,48 @@ impl<C: Send + 'static> Driver<C> {
         let _ = rustix::io::write(&self.eventfd, &1u64.to_ne_bytes());
     }
 
-    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+    /// Aborts the pending operations of `h` (all of them, or the one with id `target`), each
+    /// completing once with `reason` and the bytes it had moved. Returns how many.
+    pub(crate) fn cancel(
+        &self,
+        h: &Arc<HandleInner<C>>,
+        target: Option<OpId>,
+        reason: i32,
+        out: &mut Vec<Completion<C>>,
+    ) -> usize {
+        let matches = |op: &Op<C>| target.is_none_or(|t| op.id == t);
         let (ops, tokens) = {
             let mut io = h.io();
-            let mut ops: Vec<Box<Op<C>>> = io.read.drain(..).collect();
-            ops.extend(io.write.drain(..));
-            (ops, std::mem::take(&mut io.tokens))
+            let ops = io.take_matching(matches);
+            (ops, io.tokens.clone())
         };
+        let mut n = 0;
+        for mut op in ops {
+            op.cancel_reason = reason;
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            out.push(op.abort());
+            n += 1;
+        }
+        for t in tokens {
+            let wanted = match self.slab().slot(t).and_then(|s| s.entry.as_ref()) {
+                Some(Entry::Parked(op)) => matches(op),
+                _ => false,
+            };
+            if wanted && let Some(mut op) = self.unpark(t) {
+                op.cancel_reason = reason;
+                self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                out.push(op.abort());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+        self.cancel(h, None, libc::ECANCELED, out);
         let token = h.token.load(Ordering::Acquire);
         let _ = self.ctl(libc::EPOLL_CTL_DEL, h.fd.as_raw_fd(), 0, 0);
         self.slab().remove(token);
-        for op in ops {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            out.push(op.abort());
-        }
-        for t in tokens {
-            if let Some(op) = self.unpark(t) {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                out.push(op.abort());
-            }
-        }
     }
 
     pub(crate) fn shutdown(&self) {

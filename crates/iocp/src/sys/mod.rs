@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{BackendKind, PortConfig};
-use crate::completion::Completion;
+use crate::completion::{Completion, OpId};
 use crate::handle::HandleInner;
 
 pub(crate) mod epoll;
@@ -105,6 +105,20 @@ impl<C: Send + 'static> Driver<C> {
             Driver::Epoll(d) => d.close_handle(h, out),
             #[cfg(feature = "uring")]
             Driver::Uring(d) => d.close_handle(h, out),
+        }
+    }
+
+    pub(crate) fn cancel(
+        &self,
+        h: &Arc<HandleInner<C>>,
+        target: Option<OpId>,
+        reason: i32,
+        out: &mut Vec<Completion<C>>,
+    ) -> usize {
+        match self {
+            Driver::Epoll(d) => d.cancel(h, target, reason, out),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.cancel(h, target, reason, out),
         }
     }
 

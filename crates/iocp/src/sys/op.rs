@@ -236,7 +236,14 @@ pub(crate) struct Op<C> {
     pub(crate) kind: OpKind,
     /// Bytes moved so far (sends resumed after a short write; the result of a receive).
     pub(crate) bytes: usize,
+    /// Set by a cancel: the status an abort reports (`ECANCELED`, or `ETIMEDOUT` for a deadline).
+    pub(crate) cancel_reason: i32,
+    /// The op's deadline timer, removed from the port's timer set when it completes.
+    pub(crate) timer: Option<TimerKey>,
 }
+
+/// Identifies a deadline in the port's timer set.
+pub(crate) type TimerKey = (std::time::Instant, u64);
 
 impl<C> Op<C> {
     pub(crate) fn new(
@@ -251,6 +258,8 @@ impl<C> Op<C> {
             context,
             kind,
             bytes: 0,
+            cancel_reason: 0,
+            timer: None,
         })
     }
 
@@ -263,6 +272,8 @@ impl<C> Op<C> {
             context,
             kind,
             bytes,
+            cancel_reason,
+            timer,
         } = *self;
         let peer = match &kind {
             OpKind::Accept {
@@ -272,6 +283,12 @@ impl<C> Op<C> {
             } => addr.take(),
             _ => None,
         };
+        // An abort reports why it was asked for (a deadline reports ETIMEDOUT).
+        let status = if status == libc::ECANCELED && cancel_reason != 0 {
+            cancel_reason
+        } else {
+            status
+        };
         Completion {
             key: handle.key,
             op: id,
@@ -279,6 +296,7 @@ impl<C> Op<C> {
             status,
             context,
             payload: kind.into_payload(peer),
+            timer,
         }
     }
 

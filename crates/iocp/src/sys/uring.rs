@@ -25,7 +25,7 @@ use io_uring::{IoUring, opcode, squeue};
 use super::op::{Op, Progress};
 use super::{DriverStats, Submitted};
 use crate::backend::{PortConfig, UringCaps};
-use crate::completion::Completion;
+use crate::completion::{Completion, OpId};
 use crate::handle::HandleInner;
 
 const KICK: u64 = u64::MAX;
@@ -401,19 +401,43 @@ impl<C: Send + 'static> Driver<C> {
         }
     }
 
-    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+    /// Cancels the pending operations of `h` (all, or the one with id `target`): ops the kernel
+    /// has get an `ASYNC_CANCEL`, the others are aborted here. Each completes once, reporting
+    /// `reason` if it was aborted (or its normal result if it won the race). Returns how many.
+    pub(crate) fn cancel(
+        &self,
+        h: &Arc<HandleInner<C>>,
+        target: Option<OpId>,
+        reason: i32,
+        out: &mut Vec<Completion<C>>,
+    ) -> usize {
+        let matches = |op: &Op<C>| target.is_none_or(|t| op.id == t);
         let mut sq = self.sq();
         let (tokens, queued) = {
             let mut io = h.io();
-            let mut queued: Vec<Box<Op<C>>> = io.read.drain(..).collect();
-            queued.extend(io.write.drain(..));
+            let queued = io.take_matching(matches);
             (io.tokens.clone(), queued)
         };
+        let mut n = queued.len();
         self.waiting
             .fetch_sub(queued.len() as u64, Ordering::Relaxed);
-        out.extend(queued.into_iter().map(Op::abort));
+        for mut op in queued {
+            op.cancel_reason = reason;
+            out.push(op.abort());
+        }
         for token in tokens {
             let Some(slot) = sq.slot(token) else { continue };
+            let op = slot
+                .op
+                .as_mut()
+                .expect("invariant: slot() only returns occupied slots");
+            if !matches(op) {
+                continue;
+            }
+            if op.cancel_reason == 0 {
+                op.cancel_reason = reason;
+            }
+            n += 1;
             if slot.in_kernel {
                 self.issue_cancel(&mut sq, token);
             } else {
@@ -425,6 +449,11 @@ impl<C: Send + 'static> Driver<C> {
         }
         drop(sq);
         self.enter();
+        n
+    }
+
+    pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
+        self.cancel(h, None, libc::ECANCELED, out);
     }
 
     /// Port close: cancels everything, reaps for up to a second, and leaks (never frees) what

@@ -1,6 +1,7 @@
 //! The integration suite: every test here runs on epoll and on io_uring (`backend_test!`).
 
 mod assoc;
+mod cancel;
 mod net;
 mod port;
 mod stress;

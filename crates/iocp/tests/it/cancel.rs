@@ -13,7 +13,7 @@ use iocp_testkit::{backend_test, deadline, listener, quiet, tcp_pair};
 /// Reads what is waiting on `s` (up to `max` bytes) within a short time.
 fn drain(s: &mut TcpStream, max: usize) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+        .expect("test helper");
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     while out.len() < max {

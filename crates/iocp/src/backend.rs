@@ -117,6 +117,7 @@ pub(crate) struct PortConfig {
     pub(crate) backend: BackendChoice,
     pub(crate) ring_entries: u32,
     pub(crate) cq_entries: Option<u32>,
+    pub(crate) file_threads: usize,
 }
 
 impl Default for PortConfig {
@@ -126,6 +127,7 @@ impl Default for PortConfig {
             backend: BackendChoice::Auto,
             ring_entries: 256,
             cq_entries: None,
+            file_threads: 4,
         }
     }
 }

@@ -43,7 +43,34 @@ pub enum Payload {
     Connect(Vec<u8>),
     /// [`Handle::recv_ready`](crate::Handle::recv_ready) (the zero-byte receive): nothing.
     Ready,
+    /// [`Handle::recv_from`](crate::Handle::recv_from): the buffer and the sender's address.
+    RecvFrom(Vec<u8>, Option<Box<SockAddr>>),
+    /// [`Handle::send_to`](crate::Handle::send_to): the datagram's buffer.
+    SendTo(Vec<u8>),
+    /// [`Handle::read_at`](crate::Handle::read_at): the buffer, grown by the bytes read.
+    Read(Vec<u8>),
+    /// [`Handle::write_at`](crate::Handle::write_at): the buffer that was written.
+    Write(Vec<u8>),
+    /// [`Handle::transmit_file`](crate::Handle::transmit_file): the file and the head and
+    /// tail buffers.
+    TransmitFile(Box<Transmitted>),
+    /// [`Handle::disconnect`](crate::Handle::disconnect): nothing.
+    Disconnect,
 }
+
+/// What a [`Handle::transmit_file`](crate::Handle::transmit_file) hands back.
+#[derive(Debug)]
+pub struct Transmitted {
+    /// The file that was sent from.
+    pub file: std::sync::Arc<std::fs::File>,
+    /// The bytes sent before the file range.
+    pub head: Vec<u8>,
+    /// The bytes sent after the file range.
+    pub tail: Vec<u8>,
+}
+
+/// Status of a read at or past the end of a file (Win32 `ERROR_HANDLE_EOF`); not an errno.
+pub(crate) const STATUS_EOF: i32 = -1;
 
 /// A connection accepted by [`Handle::accept`](crate::Handle::accept) (AcceptEx's accept socket
 /// plus what `GetAcceptExSockaddrs` parses).
@@ -159,16 +186,26 @@ impl<C> Completion<C> {
     /// The error the operation failed with: `ECANCELED` when aborted (cancel, close),
     /// `ECONNRESET` on a reset connection, and so on.
     pub fn result(&self) -> io::Result<usize> {
-        if self.status == 0 {
-            Ok(self.bytes)
-        } else {
-            Err(io::Error::from_raw_os_error(self.status))
+        match self.status {
+            0 => Ok(self.bytes),
+            STATUS_EOF => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "end of file (ERROR_HANDLE_EOF)",
+            )),
+            errno => Err(io::Error::from_raw_os_error(errno)),
         }
     }
 
-    /// The errno of a failed operation, `None` on success.
+    /// The errno of a failed operation; `None` on success and at end of file (see
+    /// [`Completion::is_eof`]).
     pub fn raw_os_error(&self) -> Option<i32> {
-        (self.status != 0).then_some(self.status)
+        (self.status > 0).then_some(self.status)
+    }
+
+    /// True for a file read at or past the end of the file (Win32 `ERROR_HANDLE_EOF`, case 49);
+    /// [`Completion::result`] is then an `UnexpectedEof` error.
+    pub fn is_eof(&self) -> bool {
+        self.status == STATUS_EOF
     }
 
     /// True when the operation was aborted by a cancel or a close (Win32
@@ -210,7 +247,13 @@ impl<C> Completion<C> {
     /// The single buffer of a `Recv`, `Send` or `Connect` packet (taken out), or `None`.
     pub fn take_buf(&mut self) -> Option<Vec<u8>> {
         match &mut self.payload {
-            Payload::Recv(b) | Payload::Send(b) | Payload::Connect(b) => Some(std::mem::take(b)),
+            Payload::Recv(b)
+            | Payload::Send(b)
+            | Payload::Connect(b)
+            | Payload::RecvFrom(b, _)
+            | Payload::SendTo(b)
+            | Payload::Read(b)
+            | Payload::Write(b) => Some(std::mem::take(b)),
             Payload::Accept(a) => Some(a.take_data()),
             _ => None,
         }

@@ -2,6 +2,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::fs::File;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -11,7 +12,8 @@ use std::time::Duration;
 
 use socket2::SockAddr;
 
-use crate::completion::{CompletionKey, OpId, Payload};
+use crate::APPEND;
+use crate::completion::{CompletionKey, OpId, Payload, Transmitted};
 use crate::error::SubmitError;
 use crate::port::PortInner;
 use crate::sys::op::{Op, OpKind};
@@ -61,6 +63,9 @@ pub(crate) struct HandleInner<C> {
     pub(crate) closed: AtomicBool,
     /// epoll: the registration token.
     pub(crate) token: AtomicU64,
+    /// A regular file or block device: always "ready", so epoll cannot wait for it and its I/O
+    /// runs on the file pool.
+    pub(crate) is_file: bool,
     io: Mutex<HandleIo<C>>,
     identity: Option<(u64, u64)>,
 }
@@ -96,14 +101,17 @@ fn registry() -> &'static Mutex<HashSet<(u64, u64)>> {
     REGISTRY.get_or_init(Default::default)
 }
 
-fn claim(fd: BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
+/// Records the association of `fd`'s socket or pipe; returns its identity (to release on close)
+/// and whether it is a regular file or block device.
+fn claim(fd: BorrowedFd<'_>) -> io::Result<(Option<(u64, u64)>, bool)> {
+    use rustix::fs::FileType;
     let st = rustix::fs::fstat(fd)?;
-    let ty = rustix::fs::FileType::from_raw_mode(st.st_mode);
-    if !matches!(
-        ty,
-        rustix::fs::FileType::Socket | rustix::fs::FileType::Fifo
-    ) {
-        return Ok(None);
+    let ty = FileType::from_raw_mode(st.st_mode);
+    if !matches!(ty, FileType::Socket | FileType::Fifo) {
+        return Ok((
+            None,
+            matches!(ty, FileType::RegularFile | FileType::BlockDevice),
+        ));
     }
     let id = (st.st_dev, st.st_ino);
     if !registry()
@@ -116,7 +124,7 @@ fn claim(fd: BorrowedFd<'_>) -> io::Result<Option<(u64, u64)>> {
             "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",
         ));
     }
-    Ok(Some(id))
+    Ok((Some(id), false))
 }
 
 /// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a
@@ -164,12 +172,13 @@ impl<C: Send + 'static> Handle<C> {
         fd: OwnedFd,
         key: CompletionKey,
     ) -> io::Result<Self> {
-        let identity = claim(fd.as_fd())?;
+        let (identity, is_file) = claim(fd.as_fd())?;
         let inner = Arc::new(HandleInner {
             fd,
             key,
             closed: AtomicBool::new(false),
             token: AtomicU64::new(0),
+            is_file,
             io: Mutex::new(HandleIo {
                 read: VecDeque::new(),
                 write: VecDeque::new(),
@@ -267,6 +276,80 @@ impl<C: Send + 'static> Handle<C> {
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
         self.with_timeout_opt(None).connect(addr, initial, context)
+    }
+
+    /// Receives one datagram and its sender's address (WSARecvFrom). A datagram larger than the
+    /// spare capacity fills the buffer and completes with `EMSGSIZE`, reporting the bytes copied
+    /// (the rest is discarded, case 57).
+    ///
+    /// # Errors
+    /// Refused when `buf` has no spare capacity, or the handle or port is closed.
+    pub fn recv_from(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).recv_from(buf, context)
+    }
+
+    /// Sends `buf` as one datagram to `to` (WSASendTo).
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed.
+    pub fn send_to(
+        &self,
+        buf: Vec<u8>,
+        to: impl Into<SockAddr>,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).send_to(buf, to, context)
+    }
+
+    /// Reads from a file at `offset` into the spare capacity of `buf` (ReadFile with an
+    /// OVERLAPPED offset). Reads at different offsets may run concurrently and complete in any
+    /// order (case 51). At or past the end of the file it completes with
+    /// [`Completion::is_eof`](crate::Completion::is_eof) (`ERROR_HANDLE_EOF`, case 49). On epoll it
+    /// runs on the port's bounded file-I/O threads and completes through the port.
+    ///
+    /// # Errors
+    /// Refused when `buf` has no spare capacity, `offset` exceeds 2^63 - 1, or the handle or port
+    /// is closed.
+    pub fn read_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).read_at(buf, offset, context)
+    }
+
+    /// Writes all of `buf` to a file at `offset` (WriteFile); [`APPEND`](crate::APPEND)
+    /// (`u64::MAX`, Windows' 0xFFFFFFFF_FFFFFFFF) appends at the end of the file (case 50).
+    ///
+    /// # Errors
+    /// Refused when `offset + len` exceeds 2^63 - 1, or the handle or port is closed.
+    pub fn write_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).write_at(buf, offset, context)
+    }
+
+    /// Sends `range.head`, then a range of `file`, then `range.tail`, as one operation with one
+    /// completion (TransmitFile), without copying the file through user space: `sendfile(2)` on
+    /// epoll, `splice(2)` through a pipe on io_uring. Short sends are resumed inside the
+    /// operation; offsets and lengths are 64-bit. The completion reports all bytes sent.
+    ///
+    /// # Errors
+    /// Refused when the range lies beyond the end of the file, the file's size cannot be read,
+    /// or the handle or port is closed.
+    pub fn transmit_file(
+        &self,
+        file: Arc<File>,
+        range: TransmitRange,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None)
+            .transmit_file(file, range, context)
+    }
+
+    /// Disconnects (DisconnectEx): sends FIN, waits for the peer's FIN (discarding data it still
+    /// sends), and completes. With `reuse` (TF_REUSE_SOCKET) the socket then returns to the
+    /// unconnected state and can [`connect`](Handle::connect) again, keeping its association.
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed; a socket that is not connected completes with
+    /// `ENOTCONN`.
+    pub fn disconnect(&self, reuse: bool, context: C) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).disconnect(reuse, context)
     }
 
     /// Starts the next operation with a deadline: if it has not completed `timeout` from now, it
@@ -451,6 +534,125 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         self.start(OpKind::connect(addr.into(), initial), context)
     }
 
+    /// As [`Handle::recv_from`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::recv_from`].
+    pub fn recv_from(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
+        if buf.capacity() == buf.len() {
+            return Err(invalid(
+                context,
+                Payload::RecvFrom(buf, None),
+                "recv buffer has no spare capacity",
+            ));
+        }
+        self.start(OpKind::recv_from(buf), context)
+    }
+
+    /// As [`Handle::send_to`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::send_to`].
+    pub fn send_to(
+        &self,
+        buf: Vec<u8>,
+        to: impl Into<SockAddr>,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::send_to(buf, to.into()), context)
+    }
+
+    /// As [`Handle::read_at`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::read_at`].
+    pub fn read_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
+        if buf.capacity() == buf.len() {
+            return Err(invalid(
+                context,
+                Payload::Read(buf),
+                "read buffer has no spare capacity",
+            ));
+        }
+        if offset > i64::MAX as u64 {
+            return Err(invalid(
+                context,
+                Payload::Read(buf),
+                "offset beyond 2^63 - 1",
+            ));
+        }
+        self.start(OpKind::read_at(buf, offset), context)
+    }
+
+    /// As [`Handle::write_at`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::write_at`].
+    pub fn write_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
+        if offset != APPEND
+            && offset
+                .checked_add(buf.len() as u64)
+                .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(invalid(
+                context,
+                Payload::Write(buf),
+                "offset + length beyond 2^63 - 1",
+            ));
+        }
+        self.start(OpKind::write_at(buf, offset), context)
+    }
+
+    /// As [`Handle::transmit_file`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::transmit_file`].
+    pub fn transmit_file(
+        &self,
+        file: Arc<File>,
+        range: TransmitRange,
+        context: C,
+    ) -> Result<OpId, SubmitError<C>> {
+        let TransmitRange {
+            offset,
+            len,
+            head,
+            tail,
+        } = range;
+        let size = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(error) => {
+                let payload = Payload::TransmitFile(Box::new(Transmitted { file, head, tail }));
+                return Err(SubmitError {
+                    error,
+                    context,
+                    payload,
+                });
+            }
+        };
+        let len = match len {
+            Some(l) if offset.checked_add(l).is_some_and(|end| end <= size) => l,
+            None if offset <= size => size - offset,
+            _ => {
+                let payload = Payload::TransmitFile(Box::new(Transmitted { file, head, tail }));
+                return Err(invalid(
+                    context,
+                    payload,
+                    "file range beyond the end of the file",
+                ));
+            }
+        };
+        self.start(OpKind::transmit(file, offset, len, head, tail), context)
+    }
+
+    /// As [`Handle::disconnect`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::disconnect`].
+    pub fn disconnect(&self, reuse: bool, context: C) -> Result<OpId, SubmitError<C>> {
+        self.start(OpKind::disconnect(reuse), context)
+    }
+
     fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {
         let shared = &self.handle.shared;
         shared
@@ -469,6 +671,20 @@ impl<C: Send + 'static> AsRawFd for Handle<C> {
     fn as_raw_fd(&self) -> RawFd {
         self.shared.inner.fd.as_raw_fd()
     }
+}
+
+/// What [`Handle::transmit_file`] sends: `head`, then `len` bytes of the file from `offset`
+/// (`None`: to the end of the file), then `tail`.
+#[derive(Clone, Debug, Default)]
+pub struct TransmitRange {
+    /// First byte of the file to send.
+    pub offset: u64,
+    /// Bytes of the file to send; `None` for all of it from `offset`.
+    pub len: Option<u64>,
+    /// Bytes sent before the file range (an HTTP response head, say).
+    pub head: Vec<u8>,
+    /// Bytes sent after the file range.
+    pub tail: Vec<u8>,
 }
 
 fn invalid<C>(context: C, payload: Payload, msg: &'static str) -> SubmitError<C> {

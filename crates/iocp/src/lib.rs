@@ -52,8 +52,12 @@ mod stats;
 mod sys;
 
 pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps, probe};
-pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload};
+pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload, Transmitted};
 pub use error::{GetError, PostError, SubmitError};
-pub use handle::{Handle, WithTimeout};
+pub use handle::{Handle, TransmitRange, WithTimeout};
+
+/// The [`Handle::write_at`] offset that appends at the end of the file (Windows'
+/// `0xFFFFFFFF_FFFFFFFF`).
+pub const APPEND: u64 = u64::MAX;
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
 pub use stats::PortStats;

@@ -59,6 +59,13 @@ impl PortBuilder {
         self
     }
 
+    /// epoll only: the most threads that run regular-file I/O (`read_at`, `write_at`) for this
+    /// port (default 4). They start on demand and exit after 10 s idle.
+    pub fn file_threads(mut self, n: usize) -> Self {
+        self.cfg.file_threads = n;
+        self
+    }
+
     /// Creates the port.
     ///
     /// # Errors
@@ -89,6 +96,7 @@ impl PortBuilder {
             max,
             report,
         });
+        inner.driver.set_sink(Arc::downgrade(&inner));
         Ok(CompletionPort {
             shared: Arc::new(PortRef { inner }),
         })
@@ -512,6 +520,11 @@ impl<C: Send + 'static> PortInner<C> {
                 self.cancel(&h, Some(id), libc::ETIMEDOUT);
             }
         }
+    }
+
+    /// Queues a completion made off the poller (the epoll file pool).
+    pub(crate) fn deliver_one(&self, c: Completion<C>) {
+        self.deliver(std::iter::once(c));
     }
 
     /// Queues I/O completions produced outside the poller (inline successes, aborts).

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use super::op::{Op, Progress};
@@ -19,6 +19,7 @@ use super::{DriverStats, Submitted, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
 use crate::handle::{HandleInner, HandleIo};
+use crate::port::PortInner;
 
 const KICK: u64 = u64::MAX;
 const EVENTS: usize = 256;
@@ -72,12 +73,13 @@ impl<C> Slab<C> {
     }
 }
 
-pub(crate) struct Driver<C> {
+pub(crate) struct Driver<C: Send + 'static> {
     epfd: OwnedFd,
     eventfd: OwnedFd,
     slab: Mutex<Slab<C>>,
     events: Mutex<Vec<libc::epoll_event>>,
-    in_flight: AtomicU64,
+    in_flight: Arc<AtomicU64>,
+    files: FilePool<C>,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -89,7 +91,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl<C: Send + 'static> Driver<C> {
-    pub(crate) fn open(_cfg: &PortConfig) -> io::Result<Self> {
+    pub(crate) fn open(cfg: &PortConfig) -> io::Result<Self> {
         // SAFETY: plain syscall; the result is checked and owned below.
         let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: `epfd` is a new fd that nothing else owns.
@@ -106,7 +108,8 @@ impl<C: Send + 'static> Driver<C> {
                 free: Vec::new(),
             }),
             events: Mutex::new(Vec::with_capacity(EVENTS)),
-            in_flight: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            files: FilePool::new(cfg.file_threads),
         };
         d.ctl(
             libc::EPOLL_CTL_ADD,
@@ -131,7 +134,15 @@ impl<C: Send + 'static> Driver<C> {
         Ok(())
     }
 
+    /// Where the file pool delivers completions.
+    pub(crate) fn set_sink(&self, port: Weak<PortInner<C>>) {
+        let _ = self.files.sink.set(port);
+    }
+
     pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
+        if h.is_file {
+            return Ok(()); // not pollable: its I/O runs on the file pool
+        }
         rustix::io::ioctl_fionbio(&h.fd, true)?;
         let token = self.slab().insert(Entry::Handle(h.clone()));
         h.token.store(token, Ordering::Release);
@@ -148,6 +159,12 @@ impl<C: Send + 'static> Driver<C> {
         let mut io = h.io();
         if h.is_closed() {
             return Submitted::Refused(closed_error(), op);
+        }
+        if op.kind.is_file_io() {
+            drop(io);
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.files.push(op, &self.in_flight);
+            return Submitted::Pending;
         }
         let read = op.kind.is_read();
         let queue = if read { &mut io.read } else { &mut io.write };
@@ -347,6 +364,8 @@ impl<C: Send + 'static> Driver<C> {
             (ops, io.tokens.clone())
         };
         let mut n = 0;
+        let mut ops = ops;
+        ops.extend(self.files.take_matching(h, target));
         for mut op in ops {
             op.cancel_reason = reason;
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -393,6 +412,7 @@ impl<C: Send + 'static> Driver<C> {
                 io.tokens.clear();
             }
         }
+        ops.extend(self.files.shutdown());
         self.in_flight.store(0, Ordering::Relaxed);
         drop(ops);
         drop(entries);
@@ -413,4 +433,141 @@ fn pop<C>(q: &mut VecDeque<Box<Op<C>>>) -> Box<Op<C>> {
 
 pub(crate) fn closed_error() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the handle is closed")
+}
+
+/// epoll cannot wait for regular files (they are always "ready", and a read may block on the
+/// disk), so file I/O runs here: at most `max` threads, started on demand, each making the
+/// blocking `pread`/`pwritev2` and delivering the completion through the port like any other.
+/// Queued ops can be cancelled; a running one finishes (file I/O takes bounded time).
+struct FilePool<C: Send + 'static> {
+    shared: Arc<PoolShared<C>>,
+    sink: Arc<OnceLock<Weak<PortInner<C>>>>,
+    max: usize,
+}
+
+struct PoolShared<C> {
+    state: Mutex<PoolState<C>>,
+    work: Condvar,
+}
+
+struct PoolState<C> {
+    queue: VecDeque<Box<Op<C>>>,
+    threads: usize,
+    idle: usize,
+    stop: bool,
+}
+
+impl<C: Send + 'static> FilePool<C> {
+    fn new(max: usize) -> Self {
+        FilePool {
+            shared: Arc::new(PoolShared {
+                state: Mutex::new(PoolState {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    idle: 0,
+                    stop: false,
+                }),
+                work: Condvar::new(),
+            }),
+            sink: Arc::new(OnceLock::new()),
+            max: max.max(1),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PoolState<C>> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, op: Box<Op<C>>, in_flight: &Arc<AtomicU64>) {
+        let mut st = self.state();
+        st.queue.push_back(op);
+        if st.idle == 0 && st.threads < self.max {
+            st.threads += 1;
+            let (shared, sink, in_flight) =
+                (self.shared.clone(), self.sink.clone(), in_flight.clone());
+            let spawned = std::thread::Builder::new()
+                .name("iocp-file".into())
+                .spawn(move || file_worker(&shared, &sink, &in_flight));
+            if let Err(e) = spawned {
+                st.threads -= 1;
+                tracing::error!("cannot start a file I/O thread: {e}");
+            }
+        } else {
+            self.shared.work.notify_one();
+        }
+    }
+
+    fn take_matching(&self, h: &Arc<HandleInner<C>>, target: Option<OpId>) -> Vec<Box<Op<C>>> {
+        let mut st = self.state();
+        let (take, keep): (Vec<_>, Vec<_>) = st
+            .queue
+            .drain(..)
+            .partition(|op| Arc::ptr_eq(&op.handle, h) && target.is_none_or(|t| op.id == t));
+        st.queue = keep.into();
+        take
+    }
+
+    fn shutdown(&self) -> Vec<Box<Op<C>>> {
+        let mut st = self.state();
+        st.stop = true;
+        self.shared.work.notify_all();
+        st.queue.drain(..).collect()
+    }
+}
+
+impl<C: Send + 'static> Drop for FilePool<C> {
+    fn drop(&mut self) {
+        let ops = self.shutdown();
+        drop(ops);
+    }
+}
+
+fn file_worker<C: Send + 'static>(
+    shared: &PoolShared<C>,
+    sink: &OnceLock<Weak<PortInner<C>>>,
+    in_flight: &AtomicU64,
+) {
+    let idle_limit = Duration::from_secs(10);
+    loop {
+        let op = {
+            let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if st.stop {
+                    st.threads -= 1;
+                    return;
+                }
+                if let Some(op) = st.queue.pop_front() {
+                    break op;
+                }
+                st.idle += 1;
+                let (guard, timeout) = shared
+                    .work
+                    .wait_timeout(st, idle_limit)
+                    .unwrap_or_else(PoisonError::into_inner);
+                st = guard;
+                st.idle -= 1;
+                if timeout.timed_out() && st.queue.is_empty() {
+                    st.threads -= 1;
+                    return;
+                }
+            }
+        };
+        let mut op = op;
+        let status = loop {
+            match op.try_io() {
+                Progress::Done(status) => break status,
+                // A regular file never says "would block"; if something else does, wait a bit.
+                _ => std::thread::yield_now(),
+            }
+        };
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+        let completion = op.complete(status);
+        match sink.get().and_then(Weak::upgrade) {
+            Some(port) => port.deliver_one(completion),
+            None => drop(completion),
+        }
+    }
 }

@@ -44,7 +44,7 @@ pub(crate) struct DriverStats {
 }
 
 #[allow(clippy::large_enum_variant)] // one per port, never moved after creation
-pub(crate) enum Driver<C> {
+pub(crate) enum Driver<C: Send + 'static> {
     Epoll(epoll::Driver<C>),
     #[cfg(feature = "uring")]
     Uring(uring::Driver<C>),
@@ -61,6 +61,15 @@ impl<C: Send + 'static> Driver<C> {
                 io::ErrorKind::Unsupported,
                 "built without the `uring` feature",
             )),
+        }
+    }
+
+    /// Tells the driver its port, for completions made off the poller (the epoll file pool).
+    pub(crate) fn set_sink(&self, port: std::sync::Weak<crate::port::PortInner<C>>) {
+        match self {
+            Driver::Epoll(d) => d.set_sink(port),
+            #[cfg(feature = "uring")]
+            Driver::Uring(_) => drop(port),
         }
     }
 

@@ -4,8 +4,10 @@
 //! An `Op` is boxed when it is started and never moves until its completion is built, so the
 //! pointers handed to the kernel (buffer spare capacity, iovec arrays, `msghdr`, `sockaddr`
 //! storage) stay valid for as long as the kernel may use them. The epoll backend makes the same
-//! syscalls itself, non-blocking, when the fd is ready.
+//! syscalls itself, non-blocking, when the fd is ready; `Op::advance` interprets a result the
+//! same way for both backends, so they agree on every outcome.
 
+use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -13,8 +15,12 @@ use std::sync::Arc;
 
 use socket2::SockAddr;
 
-use crate::completion::{Accepted, Completion, OpId, Payload};
+use crate::APPEND;
+use crate::completion::{Accepted, Completion, OpId, Payload, STATUS_EOF, Transmitted};
 use crate::handle::HandleInner;
+
+/// Largest count for one `sendfile(2)` call.
+const SENDFILE_MAX: u64 = 0x7fff_f000;
 
 /// A `msghdr` with its iovec array, pointing into buffers owned by the same op.
 pub(crate) struct Msg {
@@ -50,7 +56,7 @@ impl Msg {
                 iov_len: spare.len(),
             });
         }
-        self.finish()
+        self.finish(std::ptr::null_mut(), 0)
     }
 
     /// Points the iovecs at the unsent bytes of `bufs`, skipping the first `skip` bytes (gather).
@@ -68,17 +74,44 @@ impl Msg {
                 iov_len: rest.len(),
             });
         }
-        self.finish()
+        self.finish(std::ptr::null_mut(), 0)
     }
 
-    fn finish(&mut self) -> *mut libc::msghdr {
+    /// One buffer's spare capacity, and room for the sender's address (recvmsg).
+    fn recv_from(&mut self, buf: &mut Vec<u8>, addr: &mut AddrBuf) -> *mut libc::msghdr {
+        self.iov.clear();
+        let spare = buf.spare_capacity_mut();
+        self.iov.push(libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        });
+        let (name, len) = addr.ptrs();
+        // SAFETY: `len` points at `addr.len`, initialised by `ptrs`.
+        let len = unsafe { *len };
+        self.finish(name.cast(), len)
+    }
+
+    /// One buffer's bytes, to `to` (sendmsg).
+    fn send_to(&mut self, buf: &[u8], to: &SockAddr) -> *mut libc::msghdr {
+        self.iov.clear();
+        self.iov.push(libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        });
+        self.finish(to.as_ptr().cast_mut().cast(), to.len())
+    }
+
+    fn finish(&mut self, name: *mut libc::c_void, namelen: libc::socklen_t) -> *mut libc::msghdr {
+        self.hdr.msg_name = name;
+        self.hdr.msg_namelen = namelen;
         self.hdr.msg_iov = self.iov.as_mut_ptr();
         self.hdr.msg_iovlen = self.iov.len();
+        self.hdr.msg_flags = 0;
         &mut self.hdr
     }
 }
 
-/// Storage for a peer address written by `accept4`.
+/// Storage for a peer address written by `accept4` or `recvmsg`.
 pub(crate) struct AddrBuf {
     storage: MaybeUninit<libc::sockaddr_storage>,
     len: libc::socklen_t,
@@ -115,6 +148,49 @@ impl AddrBuf {
     }
 }
 
+/// TransmitFile's state: head bytes, a file range, tail bytes, sent in that order.
+pub(crate) struct Transmit {
+    file: Arc<File>,
+    /// Next file offset to send.
+    offset: u64,
+    /// Body bytes still to send.
+    remaining: u64,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    head_sent: usize,
+    tail_sent: usize,
+    /// io_uring: the pipe the body is spliced through, its capacity, and the bytes in it.
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    pipe_cap: usize,
+    piped: usize,
+}
+
+impl Transmit {
+    fn body_left(&self) -> bool {
+        self.remaining > 0 || self.piped > 0
+    }
+
+    fn into_parts(self) -> Transmitted {
+        Transmitted {
+            file: self.file,
+            head: self.head,
+            tail: self.tail,
+        }
+    }
+
+    /// io_uring: creates the splice pipe (1 MiB when allowed).
+    pub(crate) fn ensure_pipe(&mut self) -> io::Result<()> {
+        if self.pipe.is_some() || !self.body_left() {
+            return Ok(());
+        }
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&w, 1 << 20);
+        self.pipe_cap = rustix::pipe::fcntl_getpipe_size(&w).unwrap_or(1 << 16);
+        self.pipe = Some((r, w));
+        Ok(())
+    }
+}
+
 /// The per-kind state of an operation.
 pub(crate) enum OpKind {
     Recv {
@@ -131,6 +207,16 @@ pub(crate) enum OpKind {
         bufs: Vec<Vec<u8>>,
         msg: Box<Msg>,
     },
+    RecvFrom {
+        buf: Vec<u8>,
+        msg: Box<Msg>,
+        addr: Box<AddrBuf>,
+    },
+    SendTo {
+        buf: Vec<u8>,
+        msg: Box<Msg>,
+        to: Box<SockAddr>,
+    },
     Accept {
         addr: Box<AddrBuf>,
         accepted: Option<OwnedFd>,
@@ -138,11 +224,27 @@ pub(crate) enum OpKind {
         want_data: bool,
     },
     Connect {
-        addr: SockAddr,
+        addr: Box<SockAddr>,
         connected: bool,
         buf: Vec<u8>,
     },
     Ready,
+    ReadAt {
+        buf: Vec<u8>,
+        offset: u64,
+    },
+    WriteAt {
+        buf: Vec<u8>,
+        offset: u64,
+    },
+    Transmit(Box<Transmit>),
+    /// DisconnectEx: 0 = shut down the write side, 1 = read until the peer's FIN, then (reuse)
+    /// dissolve the association so the socket can connect again.
+    Disconnect {
+        stage: u8,
+        reuse: bool,
+        scratch: Vec<u8>,
+    },
 }
 
 impl OpKind {
@@ -164,6 +266,20 @@ impl OpKind {
             msg: Msg::new(),
         }
     }
+    pub(crate) fn recv_from(buf: Vec<u8>) -> Self {
+        OpKind::RecvFrom {
+            buf,
+            msg: Msg::new(),
+            addr: AddrBuf::new(),
+        }
+    }
+    pub(crate) fn send_to(buf: Vec<u8>, to: SockAddr) -> Self {
+        OpKind::SendTo {
+            buf,
+            msg: Msg::new(),
+            to: Box::new(to),
+        }
+    }
     pub(crate) fn accept(buf: Vec<u8>) -> Self {
         let want_data = buf.capacity() > buf.len();
         OpKind::Accept {
@@ -175,20 +291,63 @@ impl OpKind {
     }
     pub(crate) fn connect(addr: SockAddr, buf: Vec<u8>) -> Self {
         OpKind::Connect {
-            addr,
+            addr: Box::new(addr),
             connected: false,
             buf,
         }
     }
+    pub(crate) fn read_at(buf: Vec<u8>, offset: u64) -> Self {
+        OpKind::ReadAt { buf, offset }
+    }
+    pub(crate) fn write_at(buf: Vec<u8>, offset: u64) -> Self {
+        OpKind::WriteAt { buf, offset }
+    }
+    pub(crate) fn transmit(
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+        head: Vec<u8>,
+        tail: Vec<u8>,
+    ) -> Self {
+        OpKind::Transmit(Box::new(Transmit {
+            file,
+            offset,
+            remaining: len,
+            head,
+            tail,
+            head_sent: 0,
+            tail_sent: 0,
+            pipe: None,
+            pipe_cap: 0,
+            piped: 0,
+        }))
+    }
+    pub(crate) fn disconnect(reuse: bool) -> Self {
+        OpKind::Disconnect {
+            stage: 0,
+            reuse,
+            scratch: Vec::new(),
+        }
+    }
 
-    /// The side of the stream whose order this op must keep (receives fill buffers in the order
+    /// The side of the handle whose order this op must keep (receives fill buffers in the order
     /// they were started, sends go out in order): 0 = read, 1 = write; `None` when order does
-    /// not matter (accept, zero-byte receive).
+    /// not matter (accept, zero-byte receive, file I/O at explicit offsets).
     pub(crate) fn ordered_side(&self) -> Option<usize> {
         match self {
-            OpKind::Recv { .. } | OpKind::RecvV { .. } => Some(0),
-            OpKind::Send { .. } | OpKind::SendV { .. } | OpKind::Connect { .. } => Some(1),
-            OpKind::Accept { .. } | OpKind::Ready => None,
+            OpKind::Recv { .. }
+            | OpKind::RecvV { .. }
+            | OpKind::RecvFrom { .. }
+            | OpKind::Disconnect { .. } => Some(0),
+            OpKind::Send { .. }
+            | OpKind::SendV { .. }
+            | OpKind::SendTo { .. }
+            | OpKind::Connect { .. }
+            | OpKind::Transmit(_) => Some(1),
+            OpKind::Accept { .. }
+            | OpKind::Ready
+            | OpKind::ReadAt { .. }
+            | OpKind::WriteAt { .. } => None,
         }
     }
 
@@ -196,8 +355,18 @@ impl OpKind {
     pub(crate) fn is_read(&self) -> bool {
         matches!(
             self,
-            OpKind::Recv { .. } | OpKind::RecvV { .. } | OpKind::Accept { .. } | OpKind::Ready
+            OpKind::Recv { .. }
+                | OpKind::RecvV { .. }
+                | OpKind::RecvFrom { .. }
+                | OpKind::Accept { .. }
+                | OpKind::Ready
+                | OpKind::Disconnect { .. }
         )
+    }
+
+    /// True for regular-file I/O: epoll cannot wait for it, so it runs on the file pool.
+    pub(crate) fn is_file_io(&self) -> bool {
+        matches!(self, OpKind::ReadAt { .. } | OpKind::WriteAt { .. })
     }
 
     /// The buffers, handed back when the operation is refused or completes.
@@ -207,11 +376,17 @@ impl OpKind {
             OpKind::RecvV { bufs, .. } => Payload::RecvVectored(bufs),
             OpKind::Send { buf } => Payload::Send(buf),
             OpKind::SendV { bufs, .. } => Payload::SendVectored(bufs),
+            OpKind::RecvFrom { buf, .. } => Payload::RecvFrom(buf, peer.map(Box::new)),
+            OpKind::SendTo { buf, .. } => Payload::SendTo(buf),
             OpKind::Accept { accepted, buf, .. } => {
                 Payload::Accept(Box::new(Accepted::new(accepted, peer, buf)))
             }
             OpKind::Connect { buf, .. } => Payload::Connect(buf),
             OpKind::Ready => Payload::Ready,
+            OpKind::ReadAt { buf, .. } => Payload::Read(buf),
+            OpKind::WriteAt { buf, .. } => Payload::Write(buf),
+            OpKind::Transmit(t) => Payload::TransmitFile(Box::new(t.into_parts())),
+            OpKind::Disconnect { .. } => Payload::Disconnect,
         }
     }
 }
@@ -219,7 +394,7 @@ impl OpKind {
 /// Where an operation stands after a syscall (or a CQE).
 #[derive(Debug, Eq, PartialEq)]
 pub(crate) enum Progress {
-    /// Finished; the status is 0 or an errno.
+    /// Finished; the status is 0, an errno, or `STATUS_EOF`.
     Done(i32),
     /// Not ready: wait for readiness on the op's handle (epoll), or resubmit (io_uring).
     Again,
@@ -281,6 +456,11 @@ impl<C> Op<C> {
                 accepted: Some(_),
                 ..
             } => addr.take(),
+            OpKind::RecvFrom { addr, .. }
+                if bytes > 0 || status == 0 || status == libc::EMSGSIZE =>
+            {
+                addr.take()
+            }
             _ => None,
         };
         // An abort reports why it was asked for (a deadline reports ETIMEDOUT).
@@ -342,7 +522,7 @@ impl<C> Op<C> {
             OpKind::Recv { buf } => {
                 let n = n.min(buf.capacity() - buf.len());
                 // SAFETY: the kernel (recv or the io_uring CQE for it) initialised exactly `n`
-                // bytes at the start of the spare capacity that `recv_ptr` handed out.
+                // bytes at the start of the spare capacity handed out for this stage.
                 unsafe { buf.set_len(buf.len() + n) };
                 self.bytes = n;
                 Progress::Done(0)
@@ -358,6 +538,17 @@ impl<C> Op<C> {
                 }
                 self.bytes = n - left;
                 Progress::Done(0)
+            }
+            OpKind::RecvFrom { buf, msg, addr } => {
+                let spare = buf.capacity() - buf.len();
+                let copied = n.min(spare);
+                // SAFETY: recvmsg initialised `copied` bytes of the spare capacity (with
+                // MSG_TRUNC it reports the datagram's full length, which may be larger).
+                unsafe { buf.set_len(buf.len() + copied) };
+                self.bytes = copied;
+                addr.len = msg.hdr.msg_namelen;
+                let truncated = n > spare || msg.hdr.msg_flags & libc::MSG_TRUNC != 0;
+                Progress::Done(if truncated { libc::EMSGSIZE } else { 0 })
             }
             OpKind::Send { buf } => {
                 self.bytes += n;
@@ -375,6 +566,10 @@ impl<C> Op<C> {
                 } else {
                     Progress::Again
                 }
+            }
+            OpKind::SendTo { .. } => {
+                self.bytes = n;
+                Progress::Done(0)
             }
             OpKind::Accept {
                 accepted,
@@ -416,15 +611,86 @@ impl<C> Op<C> {
                 }
             }
             OpKind::Ready => Progress::Done(0),
+            OpKind::ReadAt { buf, .. } => {
+                if n == 0 && buf.capacity() > buf.len() {
+                    return Progress::Done(STATUS_EOF);
+                }
+                let n = n.min(buf.capacity() - buf.len());
+                // SAFETY: the read initialised `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                self.bytes = n;
+                Progress::Done(0)
+            }
+            OpKind::WriteAt { buf, .. } => {
+                self.bytes += n;
+                if self.bytes >= buf.len() || n == 0 {
+                    Progress::Done(0)
+                } else {
+                    Progress::Again
+                }
+            }
+            OpKind::Transmit(t) => {
+                if t.head_sent < t.head.len() {
+                    t.head_sent += n;
+                    self.bytes += n;
+                } else if t.body_left() {
+                    if t.pipe.is_some() && t.piped == 0 {
+                        // io_uring: file -> pipe.
+                        if n == 0 {
+                            t.remaining = 0; // the file ended early: send what there is
+                        } else {
+                            t.piped = n;
+                            t.offset += n as u64;
+                            t.remaining -= (n as u64).min(t.remaining);
+                        }
+                    } else if t.pipe.is_some() {
+                        // io_uring: pipe -> socket.
+                        t.piped -= n.min(t.piped);
+                        self.bytes += n;
+                    } else {
+                        // epoll: sendfile (it advanced the offset itself, see `syscall`).
+                        if n == 0 {
+                            t.remaining = 0;
+                        } else {
+                            t.remaining -= (n as u64).min(t.remaining);
+                        }
+                        self.bytes += n;
+                    }
+                } else {
+                    t.tail_sent += n;
+                    self.bytes += n;
+                }
+                let done =
+                    t.head_sent >= t.head.len() && !t.body_left() && t.tail_sent >= t.tail.len();
+                if done {
+                    Progress::Done(0)
+                } else {
+                    Progress::Again
+                }
+            }
+            OpKind::Disconnect { stage, reuse, .. } => {
+                if *stage == 0 {
+                    *stage = 1;
+                    return Progress::Again;
+                }
+                if n > 0 {
+                    return Progress::Again; // discard what the peer still sends, until its FIN
+                }
+                if *reuse {
+                    return Progress::Done(dissolve(self.handle.fd.as_raw_fd()));
+                }
+                Progress::Done(0)
+            }
         }
     }
 
-    /// epoll: makes the current stage's syscall, non-blocking, and records its result.
+    /// epoll (and the file pool): makes the current stage's syscall and records its result,
+    /// going on until the op is done or would block.
     pub(crate) fn try_io(&mut self) -> Progress {
         loop {
             let res = self.syscall();
             match self.advance(res) {
-                // A send that moved bytes, or a connect that just finished: go on at once.
+                // A stage that moved bytes (or just finished): go on at once.
                 Progress::Again | Progress::AgainOnAccepted if res >= 0 => continue,
                 p => return p,
             }
@@ -433,6 +699,7 @@ impl<C> Op<C> {
 
     fn syscall(&mut self) -> isize {
         let fd = self.fd();
+        let bytes = self.bytes;
         let ret: isize = match &mut self.kind {
             OpKind::Recv { buf } => {
                 let spare = buf.spare_capacity_mut();
@@ -451,21 +718,20 @@ impl<C> Op<C> {
                 // SAFETY: `hdr` points at iovecs describing spare capacity owned by this op.
                 unsafe { libc::recvmsg(fd, hdr, libc::MSG_DONTWAIT) }
             }
-            OpKind::Send { buf } => {
-                let rest = &buf[self.bytes.min(buf.len())..];
-                // SAFETY: `rest` is readable memory owned by this op, of the length given.
-                unsafe {
-                    libc::send(
-                        fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                }
+            OpKind::RecvFrom { buf, msg, addr } => {
+                let hdr = msg.recv_from(buf, addr);
+                // SAFETY: `hdr` points at spare capacity and address storage owned by this op.
+                unsafe { libc::recvmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_TRUNC) }
             }
+            OpKind::Send { buf } => send(fd, &buf[bytes.min(buf.len())..]),
             OpKind::SendV { bufs, msg } => {
-                let hdr = msg.gather(bufs, self.bytes);
+                let hdr = msg.gather(bufs, bytes);
                 // SAFETY: `hdr` points at iovecs describing bytes owned by this op.
+                unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+            }
+            OpKind::SendTo { buf, msg, to } => {
+                let hdr = msg.send_to(buf, to);
+                // SAFETY: `hdr` points at bytes and an address owned by this op.
                 unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
             }
             OpKind::Accept {
@@ -499,32 +765,20 @@ impl<C> Op<C> {
                 connected,
                 buf,
             } => {
-                if !*connected {
+                if *connected {
+                    send(fd, &buf[bytes.min(buf.len())..])
+                } else {
                     // SAFETY: `addr` is a valid socket address of the length given.
                     let r = unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) };
                     if r == 0 {
                         0
                     } else {
-                        let e = errno();
-                        if e == libc::EALREADY || e == libc::EINPROGRESS {
-                            -(libc::EINPROGRESS as isize)
-                        } else if e == libc::EISCONN {
+                        match errno() {
+                            libc::EALREADY | libc::EINPROGRESS => -(libc::EINPROGRESS as isize),
                             // A previous attempt finished in the background: ask how it ended.
-                            -(so_error(fd) as isize)
-                        } else {
-                            -(e as isize)
+                            libc::EISCONN => -(so_error(fd) as isize),
+                            e => -(e as isize),
                         }
-                    }
-                } else {
-                    let rest = &buf[self.bytes.min(buf.len())..];
-                    // SAFETY: `rest` is readable memory owned by this op.
-                    unsafe {
-                        libc::send(
-                            fd,
-                            rest.as_ptr().cast(),
-                            rest.len(),
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        )
                     }
                 }
             }
@@ -540,6 +794,71 @@ impl<C> Op<C> {
                     )
                 };
                 if r >= 0 { 0 } else { r }
+            }
+            OpKind::ReadAt { buf, offset } => {
+                let spare = buf.spare_capacity_mut();
+                let Ok(off) = i64::try_from(*offset) else {
+                    return -(libc::EINVAL as isize);
+                };
+                // SAFETY: `spare` is writable memory owned by this op. Blocking is fine here: file
+                // ops run on the file pool's threads.
+                unsafe { libc::pread(fd, spare.as_mut_ptr().cast(), spare.len(), off) }
+            }
+            OpKind::WriteAt { buf, offset } => {
+                let rest = &buf[bytes.min(buf.len())..];
+                let iov = libc::iovec {
+                    iov_base: rest.as_ptr().cast_mut().cast(),
+                    iov_len: rest.len(),
+                };
+                let (off, flags) = if *offset == APPEND {
+                    (-1, libc::RWF_APPEND)
+                } else {
+                    match i64::try_from(*offset + bytes as u64) {
+                        Ok(o) => (o, 0),
+                        Err(_) => return -(libc::EINVAL as isize),
+                    }
+                };
+                // SAFETY: `iov` describes bytes owned by this op. Runs on the file pool.
+                unsafe { libc::pwritev2(fd, &iov, 1, off, flags) }
+            }
+            OpKind::Transmit(t) => {
+                if t.head_sent < t.head.len() {
+                    send(fd, &t.head[t.head_sent..])
+                } else if t.body_left() {
+                    let Ok(mut off) = i64::try_from(t.offset) else {
+                        return -(libc::EINVAL as isize);
+                    };
+                    let count = t.remaining.min(SENDFILE_MAX) as usize;
+                    // SAFETY: `off` is a local the kernel updates; both fds are open (the socket
+                    // through the handle, the file through the op's `Arc<File>`).
+                    let r = unsafe { libc::sendfile(fd, t.file.as_raw_fd(), &mut off, count) };
+                    if r > 0 {
+                        t.offset = off as u64;
+                    }
+                    r
+                } else {
+                    send(fd, &t.tail[t.tail_sent..])
+                }
+            }
+            OpKind::Disconnect { stage, scratch, .. } => {
+                if *stage == 0 {
+                    // SAFETY: plain syscall on an fd the handle keeps open.
+                    unsafe { libc::shutdown(fd, libc::SHUT_WR) as isize }
+                } else {
+                    if scratch.capacity() == 0 {
+                        scratch.reserve(4096);
+                    }
+                    let spare = scratch.spare_capacity_mut();
+                    // SAFETY: `spare` is writable memory owned by this op; the bytes are dropped.
+                    unsafe {
+                        libc::recv(
+                            fd,
+                            spare.as_mut_ptr().cast(),
+                            spare.len(),
+                            libc::MSG_DONTWAIT,
+                        )
+                    }
+                }
             }
         };
         if ret < 0
@@ -582,19 +901,23 @@ impl<C> Op<C> {
     pub(crate) fn sqe(&mut self) -> io_uring::squeue::Entry {
         use io_uring::{opcode, types::Fd};
         let fd = Fd(self.fd());
+        let bytes = self.bytes;
         match &mut self.kind {
             OpKind::Recv { buf } => {
                 let spare = buf.spare_capacity_mut();
                 opcode::Recv::new(fd, spare.as_mut_ptr().cast(), len_u32(spare.len())).build()
             }
             OpKind::RecvV { bufs, msg } => opcode::RecvMsg::new(fd, msg.scatter(bufs)).build(),
-            OpKind::Send { buf } => {
-                let rest = &buf[self.bytes.min(buf.len())..];
-                opcode::Send::new(fd, rest.as_ptr(), len_u32(rest.len()))
-                    .flags(libc::MSG_NOSIGNAL)
+            OpKind::RecvFrom { buf, msg, addr } => {
+                opcode::RecvMsg::new(fd, msg.recv_from(buf, addr))
+                    .flags(libc::MSG_TRUNC as u32)
                     .build()
             }
-            OpKind::SendV { bufs, msg } => opcode::SendMsg::new(fd, msg.gather(bufs, self.bytes))
+            OpKind::Send { buf } => send_sqe(fd, &buf[bytes.min(buf.len())..]),
+            OpKind::SendV { bufs, msg } => opcode::SendMsg::new(fd, msg.gather(bufs, bytes))
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+            OpKind::SendTo { buf, msg, to } => opcode::SendMsg::new(fd, msg.send_to(buf, to))
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
             OpKind::Accept {
@@ -625,10 +948,7 @@ impl<C> Op<C> {
                 buf,
             } => {
                 if *connected {
-                    let rest = &buf[self.bytes.min(buf.len())..];
-                    opcode::Send::new(fd, rest.as_ptr(), len_u32(rest.len()))
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
+                    send_sqe(fd, &buf[bytes.min(buf.len())..])
                 } else {
                     opcode::Connect::new(fd, addr.as_ptr().cast(), addr.len()).build()
                 }
@@ -638,6 +958,52 @@ impl<C> Op<C> {
                 (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32,
             )
             .build(),
+            OpKind::ReadAt { buf, offset } => {
+                let spare = buf.spare_capacity_mut();
+                opcode::Read::new(fd, spare.as_mut_ptr().cast(), len_u32(spare.len()))
+                    .offset(*offset)
+                    .build()
+            }
+            OpKind::WriteAt { buf, offset } => {
+                let rest = &buf[bytes.min(buf.len())..];
+                let w = opcode::Write::new(fd, rest.as_ptr(), len_u32(rest.len()));
+                if *offset == APPEND {
+                    w.offset(0).rw_flags(libc::RWF_APPEND).build()
+                } else {
+                    w.offset(*offset + bytes as u64).build()
+                }
+            }
+            OpKind::Transmit(t) => {
+                if t.head_sent < t.head.len() {
+                    send_sqe(fd, &t.head[t.head_sent..])
+                } else if t.body_left() {
+                    let (r, w) = t
+                        .pipe
+                        .as_ref()
+                        .expect("invariant: the uring driver created the pipe");
+                    if t.piped == 0 {
+                        let len = t.remaining.min(t.pipe_cap as u64) as u32;
+                        let off = i64::try_from(t.offset).unwrap_or(-1);
+                        opcode::Splice::new(Fd(t.file.as_raw_fd()), off, Fd(w.as_raw_fd()), -1, len)
+                            .build()
+                    } else {
+                        opcode::Splice::new(Fd(r.as_raw_fd()), -1, fd, -1, len_u32(t.piped)).build()
+                    }
+                } else {
+                    send_sqe(fd, &t.tail[t.tail_sent..])
+                }
+            }
+            OpKind::Disconnect { stage, scratch, .. } => {
+                if *stage == 0 {
+                    opcode::Shutdown::new(fd, libc::SHUT_WR).build()
+                } else {
+                    if scratch.capacity() == 0 {
+                        scratch.reserve(4096);
+                    }
+                    let spare = scratch.spare_capacity_mut();
+                    opcode::Recv::new(fd, spare.as_mut_ptr().cast(), len_u32(spare.len())).build()
+                }
+            }
         }
     }
 
@@ -672,6 +1038,25 @@ impl<C> Op<C> {
     }
 }
 
+fn send(fd: RawFd, rest: &[u8]) -> isize {
+    // SAFETY: `rest` is readable memory owned by the calling op, of the length given.
+    unsafe {
+        libc::send(
+            fd,
+            rest.as_ptr().cast(),
+            rest.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    }
+}
+
+#[cfg(feature = "uring")]
+fn send_sqe(fd: io_uring::types::Fd, rest: &[u8]) -> io_uring::squeue::Entry {
+    io_uring::opcode::Send::new(fd, rest.as_ptr(), len_u32(rest.len()))
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+}
+
 #[cfg(feature = "uring")]
 fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -681,6 +1066,16 @@ fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+/// `connect(AF_UNSPEC)`: dissolves a TCP socket's association so it can connect again
+/// (DisconnectEx with TF_REUSE_SOCKET). Returns 0 or an errno.
+fn dissolve(fd: RawFd) -> i32 {
+    // SAFETY: an all-zero sockaddr with family AF_UNSPEC (0) is the documented argument.
+    let addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    // SAFETY: `addr` is a valid local of the size given.
+    let r = unsafe { libc::connect(fd, &addr, size_of::<libc::sockaddr>() as libc::socklen_t) };
+    if r < 0 { errno() } else { 0 }
 }
 
 /// `getsockopt(SO_ERROR)`: the pending error of a socket, 0 if none.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{IoUring, opcode, squeue};
 
-use super::op::{Op, Progress};
+use super::op::{Op, OpKind, Progress};
 use super::{DriverStats, Submitted};
 use crate::backend::{PortConfig, UringCaps};
 use crate::completion::{Completion, OpId};
@@ -221,6 +221,12 @@ impl<C: Send + 'static> Driver<C> {
         let mut sq = self.sq();
         if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
             return Submitted::Refused(super::epoll::closed_error(), op);
+        }
+        let mut op = op;
+        if let OpKind::Transmit(t) = &mut op.kind
+            && let Err(e) = t.ensure_pipe()
+        {
+            return Submitted::Refused(e, op);
         }
         let handle = op.handle.clone();
         let mut io = handle.io();

@@ -2,6 +2,9 @@
 
 mod assoc;
 mod cancel;
+mod file;
 mod net;
 mod port;
 mod stress;
+mod transmit;
+mod udp;

@@ -41,9 +41,7 @@ fn parse_selection(s: &str) -> Result<Selection, String> {
     if s.trim().eq_ignore_ascii_case("all") {
         return Ok(Selection::All);
     }
-    s.parse::<BackendChoice>()
-        .map(Selection::One)
-        .map_err(|e| format!("{e} (or all)"))
+    s.parse::<BackendChoice>().map(Selection::One).map_err(|e| format!("{e} (or all)"))
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -84,11 +82,8 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let report = iocp::probe();
 
     // With --json, stdout carries only JSON lines; the human report goes to stderr.
-    let mut human: Box<dyn Write> = if args.json {
-        Box::new(io::stderr())
-    } else {
-        Box::new(io::stdout())
-    };
+    let mut human: Box<dyn Write> =
+        if args.json { Box::new(io::stderr()) } else { Box::new(io::stdout()) };
     let mut json_out = io::stdout();
     human.write_all(crate::probe::human(&report).as_bytes())?;
     writeln!(human)?;
@@ -139,20 +134,8 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let header = [
-        "backend",
-        "post→get packets/s",
-        "tcp round trips/s",
-        "p50 µs",
-        "p99 µs",
-    ];
-    let align = [
-        Align::Left,
-        Align::Right,
-        Align::Right,
-        Align::Right,
-        Align::Right,
-    ];
+    let header = ["backend", "post→get packets/s", "tcp round trips/s", "p50 µs", "p99 µs"];
+    let align = [Align::Left, Align::Right, Align::Right, Align::Right, Align::Right];
     human.write_all(table::render(Some(&header), &rows, &align, " | ").as_bytes())?;
     writeln!(
         human,
@@ -181,31 +164,21 @@ fn run_backend(choice: BackendChoice, dur: Duration) -> anyhow::Result<Outcome> 
             posted.cq_overflow + tcp.cq_overflow
         );
     }
-    Ok(Outcome {
-        backend: posted.backend,
-        posted,
-        tcp,
-    })
+    Ok(Outcome { backend: posted.backend, posted, tcp })
 }
 
 fn outcome_json(o: &Outcome) -> Json {
     Json::Obj(vec![
         ("backend", Json::str(o.backend.to_string())),
         ("post_get_packets", Json::Int(o.posted.packets)),
-        (
-            "post_get_seconds",
-            Json::Num(o.posted.elapsed.as_secs_f64()),
-        ),
+        ("post_get_seconds", Json::Num(o.posted.elapsed.as_secs_f64())),
         ("post_get_packets_per_s", Json::num1(o.posted.per_sec())),
         ("tcp_round_trips", Json::Int(o.tcp.round_trips)),
         ("tcp_seconds", Json::Num(o.tcp.elapsed.as_secs_f64())),
         ("tcp_round_trips_per_s", Json::num1(o.tcp.per_sec())),
         ("p50_us", Json::num1(micros(o.tcp.p50))),
         ("p99_us", Json::num1(micros(o.tcp.p99))),
-        (
-            "cq_overflow",
-            Json::Int(o.posted.cq_overflow + o.tcp.cq_overflow),
-        ),
+        ("cq_overflow", Json::Int(o.posted.cq_overflow + o.tcp.cq_overflow)),
     ])
 }
 
@@ -258,9 +231,8 @@ fn post_get(choice: BackendChoice, dur: Duration) -> anyhow::Result<PostGet> {
     let start = Instant::now();
     let deadline = start + dur;
     let elapsed = thread::scope(|s| -> anyhow::Result<Duration> {
-        let consumers: Vec<_> = (0..CONSUMERS)
-            .map(|_| s.spawn(|| consume(&port, &consumed)))
-            .collect();
+        let consumers: Vec<_> =
+            (0..CONSUMERS).map(|_| s.spawn(|| consume(&port, &consumed))).collect();
         let producers: Vec<_> = (0..PRODUCERS)
             .map(|_| s.spawn(|| produce(&port, &posted, &consumed, deadline)))
             .collect();
@@ -271,10 +243,7 @@ fn post_get(choice: BackendChoice, dur: Duration) -> anyhow::Result<PostGet> {
         }
         let drained: Vec<_> = consumers.into_iter().map(join).collect();
         let elapsed = start.elapsed();
-        produced
-            .into_iter()
-            .chain(drained)
-            .collect::<anyhow::Result<Vec<()>>>()?;
+        produced.into_iter().chain(drained).collect::<anyhow::Result<Vec<()>>>()?;
         Ok(elapsed)
     })?;
     let stats = port.stats();
@@ -298,9 +267,7 @@ fn produce(
     deadline: Instant,
 ) -> anyhow::Result<()> {
     while Instant::now() < deadline {
-        while posted
-            .load(Ordering::Relaxed)
-            .saturating_sub(consumed.load(Ordering::Relaxed))
+        while posted.load(Ordering::Relaxed).saturating_sub(consumed.load(Ordering::Relaxed))
             > WINDOW
         {
             if Instant::now() >= deadline {
@@ -320,8 +287,7 @@ fn consume(port: &CompletionPort<()>, consumed: &AtomicU64) -> anyhow::Result<()
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
-        port.get_many(&mut batch, BATCH, Some(STUCK))
-            .context("waiting for posted packets")?;
+        port.get_many(&mut batch, BATCH, Some(STUCK)).context("waiting for posted packets")?;
         let stops = batch.iter().filter(|c| c.key() == STOP).count();
         consumed.fetch_add((batch.len() - stops) as u64, Ordering::Relaxed);
         if stops > 0 {
@@ -394,12 +360,8 @@ fn tcp_echo(choice: BackendChoice, dur: Duration) -> anyhow::Result<Echo> {
         .context("creating the port")?;
     let std_listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     let addr = std_listener.local_addr()?;
-    let listener = port
-        .associate(std_listener, LISTENER)
-        .context("associating the listener")?;
-    listener
-        .accept(Vec::with_capacity(MSG), Io::Accept)
-        .context("starting accept")?;
+    let listener = port.associate(std_listener, LISTENER).context("associating the listener")?;
+    listener.accept(Vec::with_capacity(MSG), Io::Accept).context("starting accept")?;
     let server = Server {
         port,
         listener,
@@ -411,12 +373,10 @@ fn tcp_echo(choice: BackendChoice, dur: Duration) -> anyhow::Result<Echo> {
     let start = Instant::now();
     let deadline = start + dur;
     let (clients, elapsed) = thread::scope(|s| -> anyhow::Result<_> {
-        let servers: Vec<_> = (0..SERVER_THREADS)
-            .map(|_| s.spawn(|| server.serve(dur + STUCK)))
-            .collect();
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|_| s.spawn(move || client(addr, deadline)))
-            .collect();
+        let servers: Vec<_> =
+            (0..SERVER_THREADS).map(|_| s.spawn(|| server.serve(dur + STUCK))).collect();
+        let clients: Vec<_> =
+            (0..CLIENTS).map(|_| s.spawn(move || client(addr, deadline))).collect();
         let clients: Vec<_> = clients.into_iter().map(join).collect();
         let elapsed = start.elapsed();
         server.stopping.store(true, Ordering::Release);
@@ -434,11 +394,7 @@ fn tcp_echo(choice: BackendChoice, dur: Duration) -> anyhow::Result<Echo> {
 
     let stats = server.port.stats();
     server.listener.close();
-    server
-        .conns
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    server.conns.lock().unwrap_or_else(|e| e.into_inner()).clear();
     server.port.close();
 
     let round_trips = clients.iter().map(|c| c.0).sum();
@@ -478,8 +434,7 @@ fn client(addr: SocketAddr, deadline: Instant) -> anyhow::Result<(u64, Vec<Durat
         msg[..8].copy_from_slice(&n.to_le_bytes());
         let t = Instant::now();
         s.write_all(&msg).context("sending")?;
-        s.read_exact(&mut back)
-            .with_context(|| format!("waiting for echo {n}"))?;
+        s.read_exact(&mut back).with_context(|| format!("waiting for echo {n}"))?;
         let rtt = t.elapsed();
         if back != msg {
             bail!("echo {n} differs from what was sent");
@@ -498,10 +453,8 @@ impl Server {
     /// A server thread: runs completions until a stop packet.
     fn serve(&self, idle_limit: Duration) -> anyhow::Result<()> {
         loop {
-            let mut c = self
-                .port
-                .get(Some(idle_limit))
-                .context("server waiting for completions")?;
+            let mut c =
+                self.port.get(Some(idle_limit)).context("server waiting for completions")?;
             let key = c.key();
             match c.context() {
                 Io::Stop => return Ok(()),
@@ -518,22 +471,16 @@ impl Server {
                         continue;
                     }
                     c.result().context("accept")?;
-                    let mut acc = c
-                        .take_accepted()
-                        .context("accept completion without a connection")?;
+                    let mut acc =
+                        c.take_accepted().context("accept completion without a connection")?;
                     let data = acc.take_data();
-                    let sock = acc
-                        .take_socket()
-                        .context("accept completion without a socket")?;
+                    let sock = acc.take_socket().context("accept completion without a socket")?;
                     if data.is_empty() {
                         continue; // closed before sending anything
                     }
                     sock.set_tcp_nodelay(true)?;
                     let key = CompletionKey(self.next_key.fetch_add(1, Ordering::Relaxed));
-                    let h = self
-                        .port
-                        .associate(sock, key)
-                        .context("associating a connection")?;
+                    let h = self.port.associate(sock, key).context("associating a connection")?;
                     self.lock_conns().insert(key, h.clone());
                     // Echo the initial receive.
                     h.send(data, Io::Send).context("starting send")?;
@@ -542,9 +489,7 @@ impl Server {
                     Ok(0) => self.drop_conn(key), // the client closed
                     Ok(_) => {
                         let buf = c.take_buf().context("recv completion without a buffer")?;
-                        self.conn(key)?
-                            .send(buf, Io::Send)
-                            .context("starting send")?;
+                        self.conn(key)?.send(buf, Io::Send).context("starting send")?;
                     }
                     Err(_) if c.is_aborted() => self.drop_conn(key),
                     Err(e) => return Err(anyhow!(e).context(format!("recv on {key:?}"))),
@@ -554,9 +499,7 @@ impl Server {
                         let mut buf = c.take_buf().context("send completion without a buffer")?;
                         buf.clear();
                         buf.reserve(RECV_BUF);
-                        self.conn(key)?
-                            .recv(buf, Io::Recv)
-                            .context("starting recv")?;
+                        self.conn(key)?.recv(buf, Io::Recv).context("starting recv")?;
                     }
                     Err(_) if c.is_aborted() => self.drop_conn(key),
                     Err(e) => return Err(anyhow!(e).context(format!("send on {key:?}"))),
@@ -570,10 +513,7 @@ impl Server {
     }
 
     fn conn(&self, key: CompletionKey) -> anyhow::Result<Handle<Io>> {
-        self.lock_conns()
-            .get(&key)
-            .cloned()
-            .with_context(|| format!("no connection with {key:?}"))
+        self.lock_conns().get(&key).cloned().with_context(|| format!("no connection with {key:?}"))
     }
 
     /// Forgets a connection: dropping its last handle closes the socket.
@@ -602,14 +542,8 @@ mod tests {
     #[test]
     fn parses_backend_selection() {
         assert_eq!(parse_selection("all"), Ok(Selection::All));
-        assert_eq!(
-            parse_selection("epoll"),
-            Ok(Selection::One(BackendChoice::Epoll))
-        );
-        assert_eq!(
-            parse_selection("io_uring"),
-            Ok(Selection::One(BackendChoice::Uring))
-        );
+        assert_eq!(parse_selection("epoll"), Ok(Selection::One(BackendChoice::Epoll)));
+        assert_eq!(parse_selection("io_uring"), Ok(Selection::One(BackendChoice::Uring)));
         assert!(parse_selection("kqueue").is_err());
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("nan").is_err());

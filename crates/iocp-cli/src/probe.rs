@@ -22,9 +22,7 @@ pub(crate) fn run(json: bool) -> anyhow::Result<()> {
 
 /// The `kernel.io_uring_disabled` sysctl, trimmed, when readable (absent before Linux 6.6).
 fn io_uring_disabled() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .map(|s| s.trim().to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_owned())
 }
 
 fn disabled_meaning(v: &str) -> &'static str {
@@ -88,10 +86,7 @@ pub(crate) fn to_json(report: &BackendReport) -> Json {
             ("opcodes", flags(&caps.opcodes)),
             ("optional", flags(&caps.optional)),
         ]),
-        Err(why) => Json::Obj(vec![
-            ("available", Json::Bool(false)),
-            ("error", Json::str(why)),
-        ]),
+        Err(why) => Json::Obj(vec![("available", Json::Bool(false)), ("error", Json::str(why))]),
     };
     let disabled = match io_uring_disabled() {
         None => Json::Null,

@@ -18,12 +18,8 @@ pub(crate) fn render(
     align: &[Align],
     sep: &str,
 ) -> String {
-    let ncols = header
-        .map(<[&str]>::len)
-        .into_iter()
-        .chain(rows.iter().map(Vec::len))
-        .max()
-        .unwrap_or(0);
+    let ncols =
+        header.map(<[&str]>::len).into_iter().chain(rows.iter().map(Vec::len)).max().unwrap_or(0);
     let mut width = vec![0usize; ncols];
     let cells = header
         .map(|h| h.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
@@ -58,10 +54,7 @@ pub(crate) fn render(
     if let Some(h) = header {
         let h: Vec<String> = h.iter().map(|s| (*s).to_owned()).collect();
         out.push_str(&line(&h));
-        let rule_sep: String = sep
-            .chars()
-            .map(|c| if c == '|' { '+' } else { '-' })
-            .collect();
+        let rule_sep: String = sep.chars().map(|c| if c == '|' { '+' } else { '-' }).collect();
         let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
         out.push_str(&rule.join(&rule_sep));
         out.push('\n');
@@ -95,16 +88,8 @@ mod tests {
             vec!["epoll".to_owned(), "5".to_owned()],
             vec!["io_uring".to_owned(), "1,234".to_owned()],
         ];
-        let t = render(
-            Some(&["backend", "n/s"]),
-            &rows,
-            &[Align::Left, Align::Right],
-            " | ",
-        );
-        assert_eq!(
-            t,
-            "backend  |   n/s\n---------+------\nepoll    |     5\nio_uring | 1,234\n"
-        );
+        let t = render(Some(&["backend", "n/s"]), &rows, &[Align::Left, Align::Right], " | ");
+        assert_eq!(t, "backend  |   n/s\n---------+------\nepoll    |     5\nio_uring | 1,234\n");
     }
 
     #[test]

@@ -54,58 +54,30 @@ fn iocp(args: &[&str], limit: Duration) -> Run {
 #[test]
 fn probe_json_is_one_object_with_a_backend() {
     let run = iocp(&["probe", "--json"], Duration::from_secs(30));
-    assert!(
-        run.status.success(),
-        "status {}; stderr:\n{}",
-        run.status,
-        run.stderr
-    );
+    assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one JSON line, got:\n{}",
-        run.stdout
-    );
+    assert_eq!(lines.len(), 1, "expected one JSON line, got:\n{}", run.stdout);
     let line = lines[0];
-    assert!(
-        line.starts_with('{') && line.ends_with('}'),
-        "not an object: {line}"
-    );
+    assert!(line.starts_with('{') && line.ends_with('}'), "not an object: {line}");
     assert!(
         line.starts_with(r#"{"backend":"io_uring","#) || line.starts_with(r#"{"backend":"epoll","#),
         "no backend field first: {line}"
     );
     assert!(line.contains(r#""kernel":"#), "no kernel field: {line}");
-    assert!(
-        line.contains(r#""io_uring":{"available":"#),
-        "no io_uring field: {line}"
-    );
+    assert!(line.contains(r#""io_uring":{"available":"#), "no io_uring field: {line}");
 }
 
 #[test]
 fn probe_prints_a_table() {
     let run = iocp(&["probe"], Duration::from_secs(30));
-    assert!(
-        run.status.success(),
-        "status {}; stderr:\n{}",
-        run.status,
-        run.stderr
-    );
-    assert!(
-        run.stdout.starts_with("backend "),
-        "stdout:\n{}",
-        run.stdout
-    );
+    assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
+    assert!(run.stdout.starts_with("backend "), "stdout:\n{}", run.stdout);
     assert!(run.stdout.contains("\nkernel "), "stdout:\n{}", run.stdout);
 }
 
 #[test]
 fn demo_runs_on_epoll() {
-    let run = iocp(
-        &["demo", "--seconds", "1", "--backend", "epoll"],
-        Duration::from_secs(60),
-    );
+    let run = iocp(&["demo", "--seconds", "1", "--backend", "epoll"], Duration::from_secs(60));
     assert!(
         run.status.success(),
         "status {}; stdout:\n{}\nstderr:\n{}",
@@ -119,11 +91,7 @@ fn demo_runs_on_epoll() {
         .find(|l| l.starts_with("epoll ") && l.contains('|'))
         .unwrap_or_else(|| panic!("no epoll row in:\n{}", run.stdout));
     assert_eq!(row.split('|').count(), 5, "row: {row}");
-    assert!(
-        run.stderr.contains("running epoll"),
-        "stderr:\n{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("running epoll"), "stderr:\n{}", run.stderr);
 }
 
 #[test]

@@ -46,10 +46,7 @@ pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
         _ => {
             let require = std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1");
             if env_backend() == BackendChoice::Epoll {
-                assert!(
-                    !require,
-                    "IOCP_REQUIRE_URING=1 contradicts IOCP_BACKEND=epoll"
-                );
+                assert!(!require, "IOCP_REQUIRE_URING=1 contradicts IOCP_BACKEND=epoll");
                 eprintln!("SKIP io_uring: IOCP_BACKEND=epoll");
                 return None;
             }

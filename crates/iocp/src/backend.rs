@@ -133,16 +133,11 @@ impl Default for PortConfig {
 }
 
 fn kernel_release() -> String {
-    rustix::system::uname()
-        .release()
-        .to_string_lossy()
-        .into_owned()
+    rustix::system::uname().release().to_string_lossy().into_owned()
 }
 
 pub(crate) fn io_uring_disabled() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-        .ok()
-        .map(|s| s.trim().to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_owned())
 }
 
 pub(crate) fn errno_name(e: &io::Error) -> String {

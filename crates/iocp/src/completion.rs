@@ -56,6 +56,9 @@ pub enum Payload {
     TransmitFile(Box<Transmitted>),
     /// [`Handle::disconnect`](crate::Handle::disconnect): nothing.
     Disconnect,
+    /// [`Handle::recv_pooled`](crate::Handle::recv_pooled): the buffer the pool lent when data
+    /// arrived (`None` if the receive failed before one was chosen). Dropping it returns it.
+    RecvPooled(Option<crate::sys::bufpool::PooledBuf>),
 }
 
 /// What a [`Handle::transmit_file`](crate::Handle::transmit_file) hands back.
@@ -104,10 +107,7 @@ impl Accepted {
     pub fn local_addr(&self) -> io::Result<SockAddr> {
         match &self.socket {
             Some(s) => s.local_addr(),
-            None => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no accepted socket",
-            )),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "no accepted socket")),
         }
     }
 
@@ -128,11 +128,7 @@ impl Accepted {
     }
 
     pub(crate) fn new(fd: Option<OwnedFd>, peer: Option<SockAddr>, data: Vec<u8>) -> Self {
-        Accepted {
-            socket: fd.map(Socket::from),
-            peer,
-            data,
-        }
+        Accepted { socket: fd.map(Socket::from), peer, data }
     }
 }
 
@@ -188,10 +184,9 @@ impl<C> Completion<C> {
     pub fn result(&self) -> io::Result<usize> {
         match self.status {
             0 => Ok(self.bytes),
-            STATUS_EOF => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "end of file (ERROR_HANDLE_EOF)",
-            )),
+            STATUS_EOF => {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of file (ERROR_HANDLE_EOF)"))
+            }
             errno => Err(io::Error::from_raw_os_error(errno)),
         }
     }

@@ -16,6 +16,7 @@ use crate::APPEND;
 use crate::completion::{CompletionKey, OpId, Payload, Transmitted};
 use crate::error::SubmitError;
 use crate::port::PortInner;
+use crate::sys::bufpool::BufferPool;
 use crate::sys::op::{Op, OpKind};
 
 /// Backend bookkeeping for one handle, under the handle's lock.
@@ -41,11 +42,7 @@ impl<C> HandleIo<C> {
             if q.iter().any(|op| f(op)) {
                 let mut keep = VecDeque::with_capacity(q.len());
                 for op in q.drain(..) {
-                    if f(&op) {
-                        taken.push(op)
-                    } else {
-                        keep.push_back(op)
-                    }
+                    if f(&op) { taken.push(op) } else { keep.push_back(op) }
                 }
                 *q = keep;
             }
@@ -72,9 +69,7 @@ pub(crate) struct HandleInner<C> {
 
 impl<C> HandleInner<C> {
     pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C>> {
-        self.io
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -85,10 +80,7 @@ impl<C> HandleInner<C> {
 impl<C> Drop for HandleInner<C> {
     fn drop(&mut self) {
         if let Some(id) = self.identity {
-            registry()
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
+            registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         }
     }
 }
@@ -108,17 +100,10 @@ fn claim(fd: BorrowedFd<'_>) -> io::Result<(Option<(u64, u64)>, bool)> {
     let st = rustix::fs::fstat(fd)?;
     let ty = FileType::from_raw_mode(st.st_mode);
     if !matches!(ty, FileType::Socket | FileType::Fifo) {
-        return Ok((
-            None,
-            matches!(ty, FileType::RegularFile | FileType::BlockDevice),
-        ));
+        return Ok((None, matches!(ty, FileType::RegularFile | FileType::BlockDevice)));
     }
     let id = (st.st_dev, st.st_ino);
-    if !registry()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(id)
-    {
+    if !registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",
@@ -150,9 +135,7 @@ impl<C: Send + 'static> Drop for Shared<C> {
 
 impl<C: Send + 'static> Clone for Handle<C> {
     fn clone(&self) -> Self {
-        Handle {
-            shared: self.shared.clone(),
-        }
+        Handle { shared: self.shared.clone() }
     }
 }
 
@@ -188,12 +171,7 @@ impl<C: Send + 'static> Handle<C> {
             identity,
         });
         port.register(&inner)?;
-        Ok(Handle {
-            shared: Arc::new(Shared {
-                inner,
-                port: port.clone(),
-            }),
-        })
+        Ok(Handle { shared: Arc::new(Shared { inner, port: port.clone() }) })
     }
 
     /// The key every packet of this handle carries.
@@ -337,8 +315,7 @@ impl<C: Send + 'static> Handle<C> {
         range: TransmitRange,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None)
-            .transmit_file(file, range, context)
+        self.with_timeout_opt(None).transmit_file(file, range, context)
     }
 
     /// Disconnects (DisconnectEx): sends FIN, waits for the peer's FIN (discarding data it still
@@ -350,6 +327,18 @@ impl<C: Send + 'static> Handle<C> {
     /// `ENOTCONN`.
     pub fn disconnect(&self, reuse: bool, context: C) -> Result<OpId, SubmitError<C>> {
         self.with_timeout_opt(None).disconnect(reuse, context)
+    }
+
+    /// Receives into a buffer lent by `pool` when data arrives (a receive with a kernel-selected
+    /// buffer; RIO's registered buffers): the completion's [`Payload::RecvPooled`] holds the
+    /// bytes, and dropping it returns the buffer. While waiting, the receive pins no buffer, so
+    /// idle connections cost no buffer memory. If data arrives while every buffer is lent out,
+    /// it completes with `ENOBUFS` and the data stays in the socket.
+    ///
+    /// # Errors
+    /// Refused when the pool belongs to another port, or the handle or port is closed.
+    pub fn recv_pooled(&self, pool: &BufferPool, context: C) -> Result<OpId, SubmitError<C>> {
+        self.with_timeout_opt(None).recv_pooled(pool, context)
     }
 
     /// Starts the next operation with a deadline: if it has not completed `timeout` from now, it
@@ -369,10 +358,7 @@ impl<C: Send + 'static> Handle<C> {
     }
 
     fn with_timeout_opt(&self, timeout: Option<Duration>) -> WithTimeout<'_, C> {
-        WithTimeout {
-            handle: self,
-            timeout,
-        }
+        WithTimeout { handle: self, timeout }
     }
 
     /// Cancels one pending operation (CancelIoEx with an OVERLAPPED). It completes once, with
@@ -382,11 +368,7 @@ impl<C: Send + 'static> Handle<C> {
     /// `NotFound` when no such operation is pending on this handle (it already completed, or
     /// never belonged to it): no packet results (Win32 `ERROR_NOT_FOUND`).
     pub fn cancel(&self, op: OpId) -> io::Result<()> {
-        match self
-            .shared
-            .port
-            .cancel(&self.shared.inner, Some(op), libc::ECANCELED)
-        {
+        match self.shared.port.cancel(&self.shared.inner, Some(op), libc::ECANCELED) {
             0 => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no such pending operation (ERROR_NOT_FOUND)",
@@ -401,11 +383,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// `NotFound` when nothing is pending.
     pub fn cancel_all(&self) -> io::Result<usize> {
-        match self
-            .shared
-            .port
-            .cancel(&self.shared.inner, None, libc::ECANCELED)
-        {
+        match self.shared.port.cancel(&self.shared.inner, None, libc::ECANCELED) {
             0 => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no pending operation (ERROR_NOT_FOUND)",
@@ -464,11 +442,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     /// As [`Handle::recv`].
     pub fn recv(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
         if buf.capacity() == buf.len() {
-            return Err(invalid(
-                context,
-                Payload::Recv(buf),
-                "recv buffer has no spare capacity",
-            ));
+            return Err(invalid(context, Payload::Recv(buf), "recv buffer has no spare capacity"));
         }
         self.start(OpKind::recv(buf), context)
     }
@@ -568,18 +542,10 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     /// As [`Handle::read_at`].
     pub fn read_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
         if buf.capacity() == buf.len() {
-            return Err(invalid(
-                context,
-                Payload::Read(buf),
-                "read buffer has no spare capacity",
-            ));
+            return Err(invalid(context, Payload::Read(buf), "read buffer has no spare capacity"));
         }
         if offset > i64::MAX as u64 {
-            return Err(invalid(
-                context,
-                Payload::Read(buf),
-                "offset beyond 2^63 - 1",
-            ));
+            return Err(invalid(context, Payload::Read(buf), "offset beyond 2^63 - 1"));
         }
         self.start(OpKind::read_at(buf, offset), context)
     }
@@ -590,15 +556,9 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     /// As [`Handle::write_at`].
     pub fn write_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
         if offset != APPEND
-            && offset
-                .checked_add(buf.len() as u64)
-                .is_none_or(|end| end > i64::MAX as u64)
+            && offset.checked_add(buf.len() as u64).is_none_or(|end| end > i64::MAX as u64)
         {
-            return Err(invalid(
-                context,
-                Payload::Write(buf),
-                "offset + length beyond 2^63 - 1",
-            ));
+            return Err(invalid(context, Payload::Write(buf), "offset + length beyond 2^63 - 1"));
         }
         self.start(OpKind::write_at(buf, offset), context)
     }
@@ -613,21 +573,12 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         range: TransmitRange,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        let TransmitRange {
-            offset,
-            len,
-            head,
-            tail,
-        } = range;
+        let TransmitRange { offset, len, head, tail } = range;
         let size = match file.metadata() {
             Ok(m) => m.len(),
             Err(error) => {
                 let payload = Payload::TransmitFile(Box::new(Transmitted { file, head, tail }));
-                return Err(SubmitError {
-                    error,
-                    context,
-                    payload,
-                });
+                return Err(SubmitError { error, context, payload });
             }
         };
         let len = match len {
@@ -635,14 +586,25 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
             None if offset <= size => size - offset,
             _ => {
                 let payload = Payload::TransmitFile(Box::new(Transmitted { file, head, tail }));
-                return Err(invalid(
-                    context,
-                    payload,
-                    "file range beyond the end of the file",
-                ));
+                return Err(invalid(context, payload, "file range beyond the end of the file"));
             }
         };
         self.start(OpKind::transmit(file, offset, len, head, tail), context)
+    }
+
+    /// As [`Handle::recv_pooled`], with this deadline.
+    ///
+    /// # Errors
+    /// As [`Handle::recv_pooled`].
+    pub fn recv_pooled(&self, pool: &BufferPool, context: C) -> Result<OpId, SubmitError<C>> {
+        if pool.port() != self.handle.shared.port.id {
+            return Err(invalid(
+                context,
+                Payload::RecvPooled(None),
+                "the buffer pool belongs to another port",
+            ));
+        }
+        self.start(OpKind::recv_pooled(pool.clone()), context)
     }
 
     /// As [`Handle::disconnect`], with this deadline.
@@ -655,9 +617,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
 
     fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {
         let shared = &self.handle.shared;
-        shared
-            .port
-            .start(&shared.inner, kind, context, self.timeout)
+        shared.port.start(&shared.inner, kind, context, self.timeout)
     }
 }
 
@@ -688,9 +648,5 @@ pub struct TransmitRange {
 }
 
 fn invalid<C>(context: C, payload: Payload, msg: &'static str) -> SubmitError<C> {
-    SubmitError {
-        error: io::Error::new(io::ErrorKind::InvalidInput, msg),
-        context,
-        payload,
-    }
+    SubmitError { error: io::Error::new(io::ErrorKind::InvalidInput, msg), context, payload }
 }

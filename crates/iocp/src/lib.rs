@@ -61,3 +61,4 @@ pub use handle::{Handle, TransmitRange, WithTimeout};
 pub const APPEND: u64 = u64::MAX;
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
 pub use stats::PortStats;
+pub use sys::bufpool::{BufferPool, PooledBuf};

@@ -16,6 +16,7 @@ use crate::completion::{Completion, CompletionKey, OpId};
 use crate::error::{GetError, PostError, SubmitError};
 use crate::handle::{Handle, HandleInner};
 use crate::stats::PortStats;
+use crate::sys::bufpool::BufferPool;
 use crate::sys::op::{Op, OpKind, TimerKey};
 use crate::sys::{Driver, Submitted};
 use state::{State, Wake};
@@ -97,9 +98,7 @@ impl PortBuilder {
             report,
         });
         inner.driver.set_sink(Arc::downgrade(&inner));
-        Ok(CompletionPort {
-            shared: Arc::new(PortRef { inner }),
-        })
+        Ok(CompletionPort { shared: Arc::new(PortRef { inner }) })
     }
 }
 
@@ -146,9 +145,7 @@ impl<C: Send + 'static> Drop for PortRef<C> {
 
 impl<C: Send + 'static> Clone for CompletionPort<C> {
     fn clone(&self) -> Self {
-        CompletionPort {
-            shared: self.shared.clone(),
-        }
+        CompletionPort { shared: self.shared.clone() }
     }
 }
 
@@ -195,10 +192,7 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// closed; or the registration syscall's error.
     pub fn associate(&self, fd: impl Into<OwnedFd>, key: CompletionKey) -> io::Result<Handle<C>> {
         if self.is_closed() {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the completion port is closed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed"));
         }
         Handle::associate(&self.shared.inner, fd.into(), key)
     }
@@ -216,9 +210,7 @@ impl<C: Send + 'static> CompletionPort<C> {
         }
         inner.posted.fetch_add(1, Ordering::Relaxed);
         let mut kick = false;
-        st.push(Completion::posted(bytes, key, context), &mut |w| {
-            wake(w, &mut kick)
-        });
+        st.push(Completion::posted(bytes, key, context), &mut |w| wake(w, &mut kick));
         drop(st);
         if kick {
             inner.driver.kick();
@@ -234,9 +226,7 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// packet already handed to this thread before a close is still returned.
     pub fn get(&self, timeout: Option<Duration>) -> Result<Completion<C>, GetError> {
         let mut one = None;
-        self.shared
-            .inner
-            .get_inner(timeout, 1, &mut |c| one = Some(c))?;
+        self.shared.inner.get_inner(timeout, 1, &mut |c| one = Some(c))?;
         Ok(one.expect("invariant: get_inner returned Ok with no packet"))
     }
 
@@ -255,9 +245,7 @@ impl<C: Send + 'static> CompletionPort<C> {
         if max == 0 {
             return Ok(0);
         }
-        self.shared
-            .inner
-            .get_inner(timeout, max, &mut |c| out.push(c))
+        self.shared.inner.get_inner(timeout, max, &mut |c| out.push(c))
     }
 
     /// Closes the port: every blocked `get` returns [`GetError::Closed`] (except a thread that
@@ -271,6 +259,25 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// True once the port is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Creates a pool of `count` receive buffers of `size` bytes for this port (the Registered
+    /// I/O analog), for [`Handle::recv_pooled`]: a receive takes a buffer only when data arrives,
+    /// so idle connections pin none. On io_uring the buffers form a provided-buffer ring the
+    /// kernel picks from; on epoll a free list. The pool lives as long as the port.
+    ///
+    /// # Errors
+    /// `InvalidInput` unless `1 <= count <= 32768` and `size >= 1`; `BrokenPipe` when the port is
+    /// closed; the registration's error.
+    pub fn buffer_pool(&self, count: usize, size: usize) -> io::Result<BufferPool> {
+        if self.is_closed() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed"));
+        }
+        let count = u16::try_from(count).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "at most 32768 buffers per pool")
+        })?;
+        let inner = &self.shared.inner;
+        inner.driver.buffer_pool(inner.id, count, size)
     }
 
     /// Counters: packets posted and dequeued, operations in flight, waiters, SQ-full events,
@@ -308,9 +315,7 @@ pub struct BlockingGuard {
 
 impl fmt::Debug for BlockingGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BlockingGuard")
-            .field("active", &self.port.is_some())
-            .finish()
+        f.debug_struct("BlockingGuard").field("active", &self.port.is_some()).finish()
     }
 }
 
@@ -328,13 +333,11 @@ impl Drop for BlockingGuard {
 /// guard drops, the thread counts again, and the running count may briefly exceed the limit, as
 /// on Windows. A no-op on a thread that is not running a packet.
 pub fn blocking() -> BlockingGuard {
-    BlockingGuard {
-        port: assoc::block(),
-    }
+    BlockingGuard { port: assoc::block() }
 }
 
 pub(crate) struct PortInner<C: Send + 'static> {
-    id: u64,
+    pub(crate) id: u64,
     state: Mutex<State<Completion<C>, Arc<Condvar>>>,
     closed: AtomicBool,
     pub(crate) driver: Driver<C>,
@@ -405,11 +408,7 @@ impl<C: Send + 'static> PortInner<C> {
     ) -> Result<OpId, SubmitError<C>> {
         if self.closed.load(Ordering::Acquire) {
             let error = io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed");
-            return Err(SubmitError {
-                error,
-                context,
-                payload: kind.into_payload(None),
-            });
+            return Err(SubmitError { error, context, payload: kind.into_payload(None, 0) });
         }
         let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
         let mut op = Op::new(id, h.clone(), context, kind);
@@ -428,11 +427,7 @@ impl<C: Send + 'static> PortInner<C> {
                     self.disarm(std::iter::once(k));
                 }
                 let Op { context, kind, .. } = *op;
-                Err(SubmitError {
-                    error,
-                    context,
-                    payload: kind.into_payload(None),
-                })
+                Err(SubmitError { error, context, payload: kind.into_payload(None, 0) })
             }
         }
     }
@@ -615,8 +610,7 @@ impl<C: Send + 'static> PortInner<C> {
                 }
                 self.disarm_completed(reaped.iter());
                 self.fire_timers();
-                self.io_completions
-                    .fetch_add(reaped.len() as u64, Ordering::Relaxed);
+                self.io_completions.fetch_add(reaped.len() as u64, Ordering::Relaxed);
                 st = self.lock();
                 st.end_polling(id);
                 st.extend(reaped.drain(..));
@@ -651,10 +645,7 @@ impl<C: Send + 'static> PortInner<C> {
                     None => signal.wait(st).unwrap_or_else(PoisonError::into_inner),
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
-                        signal
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0
+                        signal.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
                     }
                 };
                 let n = st.take_handed(id, max - 1, &mut count);

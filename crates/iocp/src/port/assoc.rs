@@ -28,12 +28,7 @@ struct Slot(Option<Assoc>);
 impl Drop for Slot {
     fn drop(&mut self) {
         // Thread exit: a thread that was running gives its slot back.
-        if let Some(p) = self
-            .0
-            .take()
-            .filter(|a| a.counted)
-            .and_then(|a| a.port.upgrade())
-        {
+        if let Some(p) = self.0.take().filter(|a| a.counted).and_then(|a| a.port.upgrade()) {
             p.leave();
         }
     }
@@ -57,11 +52,7 @@ pub(crate) fn enter(id: u64, port: impl FnOnce() -> Arc<dyn Accounting>) -> bool
             }
             _ => {}
         }
-        let old = a.0.replace(Assoc {
-            port: Arc::downgrade(&port()),
-            id,
-            counted: false,
-        });
+        let old = a.0.replace(Assoc { port: Arc::downgrade(&port()), id, counted: false });
         Err(old)
     });
     match previous {

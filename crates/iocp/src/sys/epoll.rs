@@ -45,10 +45,7 @@ impl<C> Slab<C> {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: None,
-                });
+                self.slots.push(Slot { generation: 0, entry: None });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -61,9 +58,7 @@ impl<C> Slab<C> {
     fn slot(&mut self, token: u64) -> Option<&mut Slot<C>> {
         let idx = (token & 0xffff_ffff) as usize;
         let generation = (token >> 32) as u32;
-        self.slots
-            .get_mut(idx)
-            .filter(|s| s.generation == generation && s.entry.is_some())
+        self.slots.get_mut(idx).filter(|s| s.generation == generation && s.entry.is_some())
     }
 
     fn remove(&mut self, token: u64) -> Option<Entry<C>> {
@@ -83,11 +78,7 @@ pub(crate) struct Driver<C: Send + 'static> {
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 impl<C: Send + 'static> Driver<C> {
@@ -103,20 +94,12 @@ impl<C: Send + 'static> Driver<C> {
         let d = Driver {
             epfd,
             eventfd,
-            slab: Mutex::new(Slab {
-                slots: Vec::new(),
-                free: Vec::new(),
-            }),
+            slab: Mutex::new(Slab { slots: Vec::new(), free: Vec::new() }),
             events: Mutex::new(Vec::with_capacity(EVENTS)),
             in_flight: Arc::new(AtomicU64::new(0)),
             files: FilePool::new(cfg.file_threads),
         };
-        d.ctl(
-            libc::EPOLL_CTL_ADD,
-            d.eventfd.as_raw_fd(),
-            libc::EPOLLIN | libc::EPOLLET,
-            KICK,
-        )?;
+        d.ctl(libc::EPOLL_CTL_ADD, d.eventfd.as_raw_fd(), libc::EPOLLIN | libc::EPOLLET, KICK)?;
         Ok(d)
     }
 
@@ -125,13 +108,19 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: libc::c_int, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: events as u32,
-            u64: token,
-        };
+        let mut ev = libc::epoll_event { events: events as u32, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
         cvt(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) })?;
         Ok(())
+    }
+
+    pub(crate) fn buffer_pool(
+        &self,
+        port: u64,
+        count: u16,
+        size: usize,
+    ) -> io::Result<super::bufpool::BufferPool> {
+        super::bufpool::BufferPool::new(port, count, size, 0, false)
     }
 
     /// Where the file pool delivers completions.
@@ -252,11 +241,7 @@ impl<C: Send + 'static> Driver<C> {
         };
         if n < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::Interrupted {
-                Ok(())
-            } else {
-                Err(e)
-            };
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
         }
         // SAFETY: `epoll_wait` initialised the first `n <= EVENTS` entries.
         unsafe { events.set_len(n as usize) };
@@ -419,16 +404,12 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     pub(crate) fn stats(&self) -> DriverStats {
-        DriverStats {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            ..DriverStats::default()
-        }
+        DriverStats { in_flight: self.in_flight.load(Ordering::Relaxed), ..DriverStats::default() }
     }
 }
 
 fn pop<C>(q: &mut VecDeque<Box<Op<C>>>) -> Box<Op<C>> {
-    q.pop_front()
-        .expect("invariant: front_mut just returned an element")
+    q.pop_front().expect("invariant: front_mut just returned an element")
 }
 
 pub(crate) fn closed_error() -> io::Error {
@@ -475,10 +456,7 @@ impl<C: Send + 'static> FilePool<C> {
     }
 
     fn state(&self) -> MutexGuard<'_, PoolState<C>> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn push(&self, op: Box<Op<C>>, in_flight: &Arc<AtomicU64>) {

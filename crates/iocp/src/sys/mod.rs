@@ -20,6 +20,7 @@ use crate::backend::{BackendKind, PortConfig};
 use crate::completion::{Completion, OpId};
 use crate::handle::HandleInner;
 
+pub(crate) mod bufpool;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(feature = "uring")]
@@ -57,10 +58,9 @@ impl<C: Send + 'static> Driver<C> {
             #[cfg(feature = "uring")]
             BackendKind::Uring => uring::Driver::open(cfg).map(Driver::Uring),
             #[cfg(not(feature = "uring"))]
-            BackendKind::Uring => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "built without the `uring` feature",
-            )),
+            BackendKind::Uring => {
+                Err(io::Error::new(io::ErrorKind::Unsupported, "built without the `uring` feature"))
+            }
         }
     }
 
@@ -128,6 +128,20 @@ impl<C: Send + 'static> Driver<C> {
             Driver::Epoll(d) => d.cancel(h, target, reason, out),
             #[cfg(feature = "uring")]
             Driver::Uring(d) => d.cancel(h, target, reason, out),
+        }
+    }
+
+    /// Creates a receive-buffer pool for this port (registered with the ring on io_uring).
+    pub(crate) fn buffer_pool(
+        &self,
+        port: u64,
+        count: u16,
+        size: usize,
+    ) -> io::Result<bufpool::BufferPool> {
+        match self {
+            Driver::Epoll(d) => d.buffer_pool(port, count, size),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.buffer_pool(port, count, size),
         }
     }
 

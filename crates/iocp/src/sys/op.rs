@@ -18,6 +18,7 @@ use socket2::SockAddr;
 use crate::APPEND;
 use crate::completion::{Accepted, Completion, OpId, Payload, STATUS_EOF, Transmitted};
 use crate::handle::HandleInner;
+use crate::sys::bufpool::BufferPool;
 
 /// Largest count for one `sendfile(2)` call.
 const SENDFILE_MAX: u64 = 0x7fff_f000;
@@ -40,10 +41,7 @@ impl Msg {
         // SAFETY: `msghdr` is a plain C struct for which all-zero bytes is a valid value (null
         // pointers, zero lengths).
         let hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        Box::new(Msg {
-            iov: Vec::new(),
-            hdr,
-        })
+        Box::new(Msg { iov: Vec::new(), hdr })
     }
 
     /// Points the iovecs at the spare capacity of `bufs`, in order (scatter).
@@ -51,10 +49,8 @@ impl Msg {
         self.iov.clear();
         for b in bufs.iter_mut() {
             let spare = b.spare_capacity_mut();
-            self.iov.push(libc::iovec {
-                iov_base: spare.as_mut_ptr().cast(),
-                iov_len: spare.len(),
-            });
+            self.iov
+                .push(libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() });
         }
         self.finish(std::ptr::null_mut(), 0)
     }
@@ -81,10 +77,7 @@ impl Msg {
     fn recv_from(&mut self, buf: &mut Vec<u8>, addr: &mut AddrBuf) -> *mut libc::msghdr {
         self.iov.clear();
         let spare = buf.spare_capacity_mut();
-        self.iov.push(libc::iovec {
-            iov_base: spare.as_mut_ptr().cast(),
-            iov_len: spare.len(),
-        });
+        self.iov.push(libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() });
         let (name, len) = addr.ptrs();
         // SAFETY: `len` points at `addr.len`, initialised by `ptrs`.
         let len = unsafe { *len };
@@ -94,10 +87,7 @@ impl Msg {
     /// One buffer's bytes, to `to` (sendmsg).
     fn send_to(&mut self, buf: &[u8], to: &SockAddr) -> *mut libc::msghdr {
         self.iov.clear();
-        self.iov.push(libc::iovec {
-            iov_base: buf.as_ptr().cast_mut().cast(),
-            iov_len: buf.len(),
-        });
+        self.iov.push(libc::iovec { iov_base: buf.as_ptr().cast_mut().cast(), iov_len: buf.len() });
         self.finish(to.as_ptr().cast_mut().cast(), to.len())
     }
 
@@ -171,11 +161,7 @@ impl Transmit {
     }
 
     fn into_parts(self) -> Transmitted {
-        Transmitted {
-            file: self.file,
-            head: self.head,
-            tail: self.tail,
-        }
+        Transmitted { file: self.file, head: self.head, tail: self.tail }
     }
 
     /// io_uring: creates the splice pipe (1 MiB when allowed).
@@ -245,6 +231,11 @@ pub(crate) enum OpKind {
         reuse: bool,
         scratch: Vec<u8>,
     },
+    /// A receive into a buffer the pool lends when data arrives; `got` is that buffer's id.
+    RecvPooled {
+        pool: BufferPool,
+        got: Option<u16>,
+    },
 }
 
 impl OpKind {
@@ -252,49 +243,26 @@ impl OpKind {
         OpKind::Recv { buf }
     }
     pub(crate) fn recv_vectored(bufs: Vec<Vec<u8>>) -> Self {
-        OpKind::RecvV {
-            bufs,
-            msg: Msg::new(),
-        }
+        OpKind::RecvV { bufs, msg: Msg::new() }
     }
     pub(crate) fn send(buf: Vec<u8>) -> Self {
         OpKind::Send { buf }
     }
     pub(crate) fn send_vectored(bufs: Vec<Vec<u8>>) -> Self {
-        OpKind::SendV {
-            bufs,
-            msg: Msg::new(),
-        }
+        OpKind::SendV { bufs, msg: Msg::new() }
     }
     pub(crate) fn recv_from(buf: Vec<u8>) -> Self {
-        OpKind::RecvFrom {
-            buf,
-            msg: Msg::new(),
-            addr: AddrBuf::new(),
-        }
+        OpKind::RecvFrom { buf, msg: Msg::new(), addr: AddrBuf::new() }
     }
     pub(crate) fn send_to(buf: Vec<u8>, to: SockAddr) -> Self {
-        OpKind::SendTo {
-            buf,
-            msg: Msg::new(),
-            to: Box::new(to),
-        }
+        OpKind::SendTo { buf, msg: Msg::new(), to: Box::new(to) }
     }
     pub(crate) fn accept(buf: Vec<u8>) -> Self {
         let want_data = buf.capacity() > buf.len();
-        OpKind::Accept {
-            addr: AddrBuf::new(),
-            accepted: None,
-            buf,
-            want_data,
-        }
+        OpKind::Accept { addr: AddrBuf::new(), accepted: None, buf, want_data }
     }
     pub(crate) fn connect(addr: SockAddr, buf: Vec<u8>) -> Self {
-        OpKind::Connect {
-            addr: Box::new(addr),
-            connected: false,
-            buf,
-        }
+        OpKind::Connect { addr: Box::new(addr), connected: false, buf }
     }
     pub(crate) fn read_at(buf: Vec<u8>, offset: u64) -> Self {
         OpKind::ReadAt { buf, offset }
@@ -322,12 +290,11 @@ impl OpKind {
             piped: 0,
         }))
     }
+    pub(crate) fn recv_pooled(pool: BufferPool) -> Self {
+        OpKind::RecvPooled { pool, got: None }
+    }
     pub(crate) fn disconnect(reuse: bool) -> Self {
-        OpKind::Disconnect {
-            stage: 0,
-            reuse,
-            scratch: Vec::new(),
-        }
+        OpKind::Disconnect { stage: 0, reuse, scratch: Vec::new() }
     }
 
     /// The side of the handle whose order this op must keep (receives fill buffers in the order
@@ -338,6 +305,7 @@ impl OpKind {
             OpKind::Recv { .. }
             | OpKind::RecvV { .. }
             | OpKind::RecvFrom { .. }
+            | OpKind::RecvPooled { .. }
             | OpKind::Disconnect { .. } => Some(0),
             OpKind::Send { .. }
             | OpKind::SendV { .. }
@@ -361,6 +329,7 @@ impl OpKind {
                 | OpKind::Accept { .. }
                 | OpKind::Ready
                 | OpKind::Disconnect { .. }
+                | OpKind::RecvPooled { .. }
         )
     }
 
@@ -370,7 +339,7 @@ impl OpKind {
     }
 
     /// The buffers, handed back when the operation is refused or completes.
-    pub(crate) fn into_payload(self, peer: Option<SockAddr>) -> Payload {
+    pub(crate) fn into_payload(self, peer: Option<SockAddr>, bytes: usize) -> Payload {
         match self {
             OpKind::Recv { buf } => Payload::Recv(buf),
             OpKind::RecvV { bufs, .. } => Payload::RecvVectored(bufs),
@@ -387,6 +356,9 @@ impl OpKind {
             OpKind::WriteAt { buf, .. } => Payload::Write(buf),
             OpKind::Transmit(t) => Payload::TransmitFile(Box::new(t.into_parts())),
             OpKind::Disconnect { .. } => Payload::Disconnect,
+            OpKind::RecvPooled { pool, got } => {
+                Payload::RecvPooled(got.map(|id| pool.lend(id, bytes)))
+            }
         }
     }
 }
@@ -427,35 +399,15 @@ impl<C> Op<C> {
         context: C,
         kind: OpKind,
     ) -> Box<Self> {
-        Box::new(Op {
-            id,
-            handle,
-            context,
-            kind,
-            bytes: 0,
-            cancel_reason: 0,
-            timer: None,
-        })
+        Box::new(Op { id, handle, context, kind, bytes: 0, cancel_reason: 0, timer: None })
     }
 
     /// Builds the completion packet, handing back the context and every buffer.
     #[allow(clippy::boxed_local)] // ops live boxed (stable addresses) until they complete
     pub(crate) fn complete(self: Box<Self>, status: i32) -> Completion<C> {
-        let Op {
-            id,
-            handle,
-            context,
-            kind,
-            bytes,
-            cancel_reason,
-            timer,
-        } = *self;
+        let Op { id, handle, context, kind, bytes, cancel_reason, timer } = *self;
         let peer = match &kind {
-            OpKind::Accept {
-                addr,
-                accepted: Some(_),
-                ..
-            } => addr.take(),
+            OpKind::Accept { addr, accepted: Some(_), .. } => addr.take(),
             OpKind::RecvFrom { addr, .. }
                 if bytes > 0 || status == 0 || status == libc::EMSGSIZE =>
             {
@@ -464,18 +416,15 @@ impl<C> Op<C> {
             _ => None,
         };
         // An abort reports why it was asked for (a deadline reports ETIMEDOUT).
-        let status = if status == libc::ECANCELED && cancel_reason != 0 {
-            cancel_reason
-        } else {
-            status
-        };
+        let status =
+            if status == libc::ECANCELED && cancel_reason != 0 { cancel_reason } else { status };
         Completion {
             key: handle.key,
             op: id,
             bytes,
             status,
             context,
-            payload: kind.into_payload(peer),
+            payload: kind.into_payload(peer, bytes),
             timer,
         }
     }
@@ -492,9 +441,7 @@ impl<C> Op<C> {
     /// The accepted socket of an accept in its initial-receive stage.
     pub(crate) fn accepted_fd(&self) -> Option<RawFd> {
         match &self.kind {
-            OpKind::Accept {
-                accepted: Some(fd), ..
-            } => Some(fd.as_raw_fd()),
+            OpKind::Accept { accepted: Some(fd), .. } => Some(fd.as_raw_fd()),
             _ => None,
         }
     }
@@ -506,9 +453,7 @@ impl<C> Op<C> {
             let errno = (-res) as i32;
             if errno == libc::EAGAIN || errno == libc::EINTR {
                 return match self.kind {
-                    OpKind::Accept {
-                        accepted: Some(_), ..
-                    } => Progress::AgainOnAccepted,
+                    OpKind::Accept { accepted: Some(_), .. } => Progress::AgainOnAccepted,
                     _ => Progress::Again,
                 };
             }
@@ -552,39 +497,22 @@ impl<C> Op<C> {
             }
             OpKind::Send { buf } => {
                 self.bytes += n;
-                if self.bytes >= buf.len() || n == 0 {
-                    Progress::Done(0)
-                } else {
-                    Progress::Again
-                }
+                if self.bytes >= buf.len() || n == 0 { Progress::Done(0) } else { Progress::Again }
             }
             OpKind::SendV { bufs, .. } => {
                 self.bytes += n;
                 let total: usize = bufs.iter().map(Vec::len).sum();
-                if self.bytes >= total || n == 0 {
-                    Progress::Done(0)
-                } else {
-                    Progress::Again
-                }
+                if self.bytes >= total || n == 0 { Progress::Done(0) } else { Progress::Again }
             }
             OpKind::SendTo { .. } => {
                 self.bytes = n;
                 Progress::Done(0)
             }
-            OpKind::Accept {
-                accepted,
-                buf,
-                want_data,
-                ..
-            } => match accepted {
+            OpKind::Accept { accepted, buf, want_data, .. } => match accepted {
                 None => {
                     // SAFETY: a non-negative accept result is a new fd that nobody else owns.
                     *accepted = Some(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
-                    if *want_data {
-                        Progress::AgainOnAccepted
-                    } else {
-                        Progress::Done(0)
-                    }
+                    if *want_data { Progress::AgainOnAccepted } else { Progress::Done(0) }
                 }
                 Some(_) => {
                     let n = n.min(buf.capacity() - buf.len());
@@ -597,18 +525,10 @@ impl<C> Op<C> {
             OpKind::Connect { connected, buf, .. } => {
                 if !*connected {
                     *connected = true;
-                    return if buf.is_empty() {
-                        Progress::Done(0)
-                    } else {
-                        Progress::Again
-                    };
+                    return if buf.is_empty() { Progress::Done(0) } else { Progress::Again };
                 }
                 self.bytes += n;
-                if self.bytes >= buf.len() || n == 0 {
-                    Progress::Done(0)
-                } else {
-                    Progress::Again
-                }
+                if self.bytes >= buf.len() || n == 0 { Progress::Done(0) } else { Progress::Again }
             }
             OpKind::Ready => Progress::Done(0),
             OpKind::ReadAt { buf, .. } => {
@@ -623,11 +543,7 @@ impl<C> Op<C> {
             }
             OpKind::WriteAt { buf, .. } => {
                 self.bytes += n;
-                if self.bytes >= buf.len() || n == 0 {
-                    Progress::Done(0)
-                } else {
-                    Progress::Again
-                }
+                if self.bytes >= buf.len() || n == 0 { Progress::Done(0) } else { Progress::Again }
             }
             OpKind::Transmit(t) => {
                 if t.head_sent < t.head.len() {
@@ -662,11 +578,14 @@ impl<C> Op<C> {
                 }
                 let done =
                     t.head_sent >= t.head.len() && !t.body_left() && t.tail_sent >= t.tail.len();
-                if done {
-                    Progress::Done(0)
-                } else {
-                    Progress::Again
+                if done { Progress::Done(0) } else { Progress::Again }
+            }
+            OpKind::RecvPooled { pool, got } => {
+                self.bytes = n.min(pool.buf_size());
+                if got.is_none() && n > 0 {
+                    return Progress::Done(libc::EIO); // data without a buffer: cannot happen
                 }
+                Progress::Done(0)
             }
             OpKind::Disconnect { stage, reuse, .. } => {
                 if *stage == 0 {
@@ -705,12 +624,7 @@ impl<C> Op<C> {
                 let spare = buf.spare_capacity_mut();
                 // SAFETY: `spare` is writable memory owned by this op, of the length given.
                 unsafe {
-                    libc::recv(
-                        fd,
-                        spare.as_mut_ptr().cast(),
-                        spare.len(),
-                        libc::MSG_DONTWAIT,
-                    )
+                    libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT)
                 }
             }
             OpKind::RecvV { bufs, msg } => {
@@ -734,12 +648,7 @@ impl<C> Op<C> {
                 // SAFETY: `hdr` points at bytes and an address owned by this op.
                 unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
             }
-            OpKind::Accept {
-                addr,
-                accepted,
-                buf,
-                ..
-            } => match accepted {
+            OpKind::Accept { addr, accepted, buf, .. } => match accepted {
                 None => {
                     let (a, l) = addr.ptrs();
                     // SAFETY: `a`/`l` point at storage owned by this op, `l` holding its size.
@@ -760,11 +669,7 @@ impl<C> Op<C> {
                     }
                 }
             },
-            OpKind::Connect {
-                addr,
-                connected,
-                buf,
-            } => {
+            OpKind::Connect { addr, connected, buf } => {
                 if *connected {
                     send(fd, &buf[bytes.min(buf.len())..])
                 } else {
@@ -786,12 +691,7 @@ impl<C> Op<C> {
                 let mut byte = 0u8;
                 // SAFETY: peeks at most one byte into a local.
                 let r = unsafe {
-                    libc::recv(
-                        fd,
-                        (&raw mut byte).cast(),
-                        1,
-                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                    )
+                    libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
                 };
                 if r >= 0 { 0 } else { r }
             }
@@ -806,10 +706,8 @@ impl<C> Op<C> {
             }
             OpKind::WriteAt { buf, offset } => {
                 let rest = &buf[bytes.min(buf.len())..];
-                let iov = libc::iovec {
-                    iov_base: rest.as_ptr().cast_mut().cast(),
-                    iov_len: rest.len(),
-                };
+                let iov =
+                    libc::iovec { iov_base: rest.as_ptr().cast_mut().cast(), iov_len: rest.len() };
                 let (off, flags) = if *offset == APPEND {
                     (-1, libc::RWF_APPEND)
                 } else {
@@ -840,6 +738,32 @@ impl<C> Op<C> {
                     send(fd, &t.tail[t.tail_sent..])
                 }
             }
+            OpKind::RecvPooled { pool, got } => {
+                let Some(id) = pool.take() else {
+                    // Readable but no buffer free: fail like io_uring does (ENOBUFS).
+                    let mut byte = 0u8;
+                    // SAFETY: peeks at most one byte into a local.
+                    let r = unsafe {
+                        libc::recv(
+                            fd,
+                            (&raw mut byte).cast(),
+                            1,
+                            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                        )
+                    };
+                    return if r < 0 { -(errno() as isize) } else { -(libc::ENOBUFS as isize) };
+                };
+                let (p, len) = pool.buf_ptr(id);
+                // SAFETY: buffer `id` was just taken from the free list: this op is its only user.
+                let r = unsafe { libc::recv(fd, p.cast(), len, libc::MSG_DONTWAIT) };
+                if r < 0 {
+                    let e = errno();
+                    pool.untake(id);
+                    return -(e as isize);
+                }
+                *got = Some(id);
+                r
+            }
             OpKind::Disconnect { stage, scratch, .. } => {
                 if *stage == 0 {
                     // SAFETY: plain syscall on an fd the handle keeps open.
@@ -851,25 +775,12 @@ impl<C> Op<C> {
                     let spare = scratch.spare_capacity_mut();
                     // SAFETY: `spare` is writable memory owned by this op; the bytes are dropped.
                     unsafe {
-                        libc::recv(
-                            fd,
-                            spare.as_mut_ptr().cast(),
-                            spare.len(),
-                            libc::MSG_DONTWAIT,
-                        )
+                        libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT)
                     }
                 }
             }
         };
-        if ret < 0
-            && !matches!(
-                self.kind,
-                OpKind::Connect {
-                    connected: false,
-                    ..
-                }
-            )
-        {
+        if ret < 0 && !matches!(self.kind, OpKind::Connect { connected: false, .. }) {
             -(errno() as isize)
         } else {
             ret
@@ -878,18 +789,11 @@ impl<C> Op<C> {
 
     /// epoll: a connect's writability arrived; fetch its outcome (`SO_ERROR`).
     pub(crate) fn connect_outcome(&mut self) -> Option<Progress> {
-        if let OpKind::Connect {
-            connected: false, ..
-        } = self.kind
-        {
+        if let OpKind::Connect { connected: false, .. } = self.kind {
             let e = so_error(self.fd());
             if e == 0 {
                 let p = self.advance(0);
-                return Some(if p == Progress::Again {
-                    self.try_io()
-                } else {
-                    p
-                });
+                return Some(if p == Progress::Again { self.try_io() } else { p });
             }
             return Some(Progress::Done(e));
         }
@@ -920,17 +824,10 @@ impl<C> Op<C> {
             OpKind::SendTo { buf, msg, to } => opcode::SendMsg::new(fd, msg.send_to(buf, to))
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
-            OpKind::Accept {
-                addr,
-                accepted,
-                buf,
-                ..
-            } => match accepted {
+            OpKind::Accept { addr, accepted, buf, .. } => match accepted {
                 None => {
                     let (a, l) = addr.ptrs();
-                    opcode::Accept::new(fd, a, l)
-                        .flags(libc::SOCK_CLOEXEC)
-                        .build()
+                    opcode::Accept::new(fd, a, l).flags(libc::SOCK_CLOEXEC).build()
                 }
                 Some(newfd) => {
                     let spare = buf.spare_capacity_mut();
@@ -942,11 +839,7 @@ impl<C> Op<C> {
                     .build()
                 }
             },
-            OpKind::Connect {
-                addr,
-                connected,
-                buf,
-            } => {
+            OpKind::Connect { addr, connected, buf } => {
                 if *connected {
                     send_sqe(fd, &buf[bytes.min(buf.len())..])
                 } else {
@@ -977,10 +870,8 @@ impl<C> Op<C> {
                 if t.head_sent < t.head.len() {
                     send_sqe(fd, &t.head[t.head_sent..])
                 } else if t.body_left() {
-                    let (r, w) = t
-                        .pipe
-                        .as_ref()
-                        .expect("invariant: the uring driver created the pipe");
+                    let (r, w) =
+                        t.pipe.as_ref().expect("invariant: the uring driver created the pipe");
                     if t.piped == 0 {
                         let len = t.remaining.min(t.pipe_cap as u64) as u32;
                         let off = i64::try_from(t.offset).unwrap_or(-1);
@@ -992,6 +883,12 @@ impl<C> Op<C> {
                 } else {
                     send_sqe(fd, &t.tail[t.tail_sent..])
                 }
+            }
+            OpKind::RecvPooled { pool, .. } => {
+                opcode::Recv::new(fd, std::ptr::null_mut(), len_u32(pool.buf_size()))
+                    .buf_group(pool.group())
+                    .build()
+                    .flags(io_uring::squeue::Flags::BUFFER_SELECT)
             }
             OpKind::Disconnect { stage, scratch, .. } => {
                 if *stage == 0 {
@@ -1009,7 +906,13 @@ impl<C> Op<C> {
 
     /// io_uring: records a CQE result. A poll result is an event mask, not a byte count.
     #[cfg(feature = "uring")]
-    pub(crate) fn on_cqe(&mut self, res: i32) -> Progress {
+    pub(crate) fn on_cqe(&mut self, res: i32, flags: u32) -> Progress {
+        if let OpKind::RecvPooled { pool, got } = &mut self.kind
+            && let Some(id) = io_uring::cqueue::buffer_select(flags)
+        {
+            pool.note_selected();
+            *got = Some(id);
+        }
         if let OpKind::Ready = self.kind
             && res >= 0
         {
@@ -1021,12 +924,8 @@ impl<C> Op<C> {
             }
             return Progress::Done(0);
         }
-        if let (
-            OpKind::Connect {
-                connected: false, ..
-            },
-            true,
-        ) = (&self.kind, res == -libc::EISCONN)
+        if let (OpKind::Connect { connected: false, .. }, true) =
+            (&self.kind, res == -libc::EISCONN)
         {
             return self.advance(0);
         }
@@ -1041,12 +940,7 @@ impl<C> Op<C> {
 fn send(fd: RawFd, rest: &[u8]) -> isize {
     // SAFETY: `rest` is readable memory owned by the calling op, of the length given.
     unsafe {
-        libc::send(
-            fd,
-            rest.as_ptr().cast(),
-            rest.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
+        libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
     }
 }
 
@@ -1063,9 +957,7 @@ fn len_u32(n: usize) -> u32 {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// `connect(AF_UNSPEC)`: dissolves a TCP socket's association so it can connect again
@@ -1084,13 +976,7 @@ pub(crate) fn so_error(fd: RawFd) -> i32 {
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `err`/`len` are valid locals of the sizes given.
     let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &mut len,
-        )
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len)
     };
     if r < 0 { errno() } else { err }
 }

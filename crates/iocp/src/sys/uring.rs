@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{IoUring, opcode, squeue};
 
+use super::bufpool::BufferPool;
 use super::op::{Op, OpKind, Progress};
 use super::{DriverStats, Submitted};
 use crate::backend::{PortConfig, UringCaps};
@@ -60,9 +61,7 @@ impl<C> Sq<C> {
     fn slot(&mut self, token: u64) -> Option<&mut Slot<C>> {
         let idx = (token & 0xffff_ffff) as usize;
         let generation = (token >> 32) as u32;
-        self.slots
-            .get_mut(idx)
-            .filter(|s| s.generation == generation && s.op.is_some())
+        self.slots.get_mut(idx).filter(|s| s.generation == generation && s.op.is_some())
     }
 
     fn insert(&mut self, op: Box<Op<C>>) -> u64 {
@@ -96,13 +95,16 @@ impl<C> Sq<C> {
 pub(crate) struct Driver<C> {
     ring: IoUring,
     sq: Mutex<Sq<C>>,
-    cq: Mutex<Vec<(u64, i32)>>,
+    cq: Mutex<Vec<(u64, i32, u32)>>,
     /// Most operations the kernel holds at once.
     op_limit: usize,
     /// Most cancels the kernel holds at once (the rest of the CQ, less one slot for the kick).
     cancel_limit: usize,
     kick_pending: AtomicBool,
     sq_full: AtomicU64,
+    /// Registered buffer rings; declared after `ring`, so the ring is closed first on drop and
+    /// the kernel is done with their memory before it is freed.
+    pools: Mutex<Vec<BufferPool>>,
     /// Ops queued behind another op of their handle (stream order), not yet in the slab.
     waiting: AtomicU64,
     shut: AtomicBool,
@@ -112,10 +114,7 @@ impl<C: Send + 'static> Driver<C> {
     pub(crate) fn open(cfg: &PortConfig) -> io::Result<Self> {
         let entries = cfg.ring_entries.clamp(2, 32768);
         let cq_entries = cfg.cq_entries.unwrap_or(entries * 16).clamp(entries, 65536);
-        let ring = IoUring::builder()
-            .setup_cqsize(cq_entries)
-            .setup_clamp()
-            .build(entries)?;
+        let ring = IoUring::builder().setup_cqsize(cq_entries).setup_clamp().build(entries)?;
         let cq = ring.params().cq_entries() as usize;
         // Keep an eighth of the CQ (at least 2 slots) for cancels and the kick.
         let reserve = (cq / 8).max(2);
@@ -133,6 +132,7 @@ impl<C: Send + 'static> Driver<C> {
             cancel_limit: reserve - 1,
             kick_pending: AtomicBool::new(false),
             sq_full: AtomicU64::new(0),
+            pools: Mutex::new(Vec::new()),
             waiting: AtomicU64::new(0),
             shut: AtomicBool::new(false),
         })
@@ -140,6 +140,21 @@ impl<C: Send + 'static> Driver<C> {
 
     fn sq(&self) -> MutexGuard<'_, Sq<C>> {
         self.sq.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn buffer_pool(&self, port: u64, count: u16, size: usize) -> io::Result<BufferPool> {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let group = u16::try_from(pools.len()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "too many buffer pools on one port")
+        })?;
+        let pool = BufferPool::new(port, count, size, group, true)?;
+        let (addr, entries, group) = pool.ring_registration().expect("invariant: a ring pool");
+        // SAFETY: the ring memory belongs to `pool`, which `self.pools` keeps alive until this
+        // driver drops; `ring` is declared before `pools`, so it is closed (and the kernel stops
+        // using the ring) before the memory is freed.
+        unsafe { self.ring.submitter().register_buf_ring_with_flags(addr, entries, group, 0) }?;
+        pools.push(pool.clone());
+        Ok(pool)
     }
 
     pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
@@ -177,10 +192,7 @@ impl<C: Send + 'static> Driver<C> {
         if sq.ops_in_kernel < self.op_limit
             && let Some(slot) = sq.slot(token)
         {
-            let op = slot
-                .op
-                .as_mut()
-                .expect("invariant: slot() only returns occupied slots");
+            let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
             let entry = op.sqe().user_data(token);
             if self.push(&entry) {
                 slot.in_kernel = true;
@@ -233,11 +245,7 @@ impl<C: Send + 'static> Driver<C> {
         if let Some(side) = op.kind.ordered_side() {
             if io.busy[side] {
                 // Keep stream order: wait for the receive (send) in the kernel to finish.
-                let queue = if side == 0 {
-                    &mut io.read
-                } else {
-                    &mut io.write
-                };
+                let queue = if side == 0 { &mut io.read } else { &mut io.write };
                 queue.push_back(op);
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 return Submitted::Pending;
@@ -283,13 +291,13 @@ impl<C: Send + 'static> Driver<C> {
         {
             // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`.
             let cq = unsafe { self.ring.completion_shared() };
-            cqes.extend(cq.map(|e| (e.user_data(), e.result())));
+            cqes.extend(cq.map(|e| (e.user_data(), e.result(), e.flags())));
         }
         if cqes.is_empty() {
             return;
         }
         let mut sq = self.sq();
-        for (token, res) in cqes.drain(..) {
+        for (token, res, flags) in cqes.drain(..) {
             match token {
                 KICK => {
                     self.kick_pending.store(false, Ordering::Release);
@@ -306,11 +314,8 @@ impl<C: Send + 'static> Driver<C> {
                 continue;
             };
             slot.in_kernel = false;
-            let op = slot
-                .op
-                .as_mut()
-                .expect("invariant: slot() only returns occupied slots");
-            let progress = op.on_cqe(res);
+            let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
+            let progress = op.on_cqe(res, flags);
             sq.ops_in_kernel -= 1;
             match progress {
                 Progress::Done(status) => out.push(self.finish(&mut sq, token, status)),
@@ -335,26 +340,16 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     fn finish(&self, sq: &mut Sq<C>, token: u64, status: i32) -> Completion<C> {
-        let op = sq
-            .remove(token)
-            .expect("invariant: finishing an occupied slot");
+        let op = sq.remove(token).expect("invariant: finishing an occupied slot");
         let handle = op.handle.clone();
         let mut io = handle.io();
         io.tokens.retain(|t| *t != token);
         if let Some(side) = op.kind.ordered_side() {
             // Start the next receive (send) of this handle, in order.
-            let queue = if side == 0 {
-                &mut io.read
-            } else {
-                &mut io.write
-            };
+            let queue = if side == 0 { &mut io.read } else { &mut io.write };
             // A closed handle's queue is drained (and aborted) by `close_handle`, which runs
             // under the `sq` lock we hold, right after the handle was marked closed.
-            let next = if handle.is_closed() {
-                None
-            } else {
-                queue.pop_front()
-            };
+            let next = if handle.is_closed() { None } else { queue.pop_front() };
             match next {
                 Some(next) => {
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -425,18 +420,14 @@ impl<C: Send + 'static> Driver<C> {
             (io.tokens.clone(), queued)
         };
         let mut n = queued.len();
-        self.waiting
-            .fetch_sub(queued.len() as u64, Ordering::Relaxed);
+        self.waiting.fetch_sub(queued.len() as u64, Ordering::Relaxed);
         for mut op in queued {
             op.cancel_reason = reason;
             out.push(op.abort());
         }
         for token in tokens {
             let Some(slot) = sq.slot(token) else { continue };
-            let op = slot
-                .op
-                .as_mut()
-                .expect("invariant: slot() only returns occupied slots");
+            let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
             if !matches(op) {
                 continue;
             }
@@ -448,8 +439,7 @@ impl<C: Send + 'static> Driver<C> {
                 self.issue_cancel(&mut sq, token);
             } else {
                 // Backlogged, never seen by the kernel: abort it here.
-                sq.backlog
-                    .retain(|b| !matches!(b, Backlogged::Op(t) if *t == token));
+                sq.backlog.retain(|b| !matches!(b, Backlogged::Op(t) if *t == token));
                 out.push(self.finish(&mut sq, token, libc::ECANCELED));
             }
         }
@@ -495,9 +485,8 @@ impl<C: Send + 'static> Driver<C> {
                 }
             }
             if sq.ops_in_kernel > 0 {
-                let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
-                    .build()
-                    .user_data(CANCEL);
+                let entry =
+                    opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(CANCEL);
                 if self.push(&entry) {
                     sq.cancels_in_kernel += 1;
                 }
@@ -514,10 +503,7 @@ impl<C: Send + 'static> Driver<C> {
             if left == 0 || now >= deadline {
                 break;
             }
-            let _ = self.wait(
-                Some((deadline - now).min(Duration::from_millis(50))),
-                &mut dropped,
-            );
+            let _ = self.wait(Some((deadline - now).min(Duration::from_millis(50))), &mut dropped);
         }
         let leaked: Vec<Box<Op<C>>> = {
             let mut sq = self.sq();
@@ -531,6 +517,10 @@ impl<C: Send + 'static> Driver<C> {
             live.into_iter().filter_map(|t| sq.remove(t)).collect()
         };
         if !leaked.is_empty() {
+            // Their receives may still pick buffers from our rings: keep those alive too.
+            let pools =
+                std::mem::take(&mut *self.pools.lock().unwrap_or_else(PoisonError::into_inner));
+            std::mem::forget(pools);
             tracing::warn!(
                 count = leaked.len(),
                 "io_uring ops still in the kernel at port close; leaking them"
@@ -579,6 +569,9 @@ impl<C> Drop for Driver<C> {
             }
         }
         if n > 0 {
+            let pools =
+                std::mem::take(self.pools.get_mut().unwrap_or_else(PoisonError::into_inner));
+            std::mem::forget(pools);
             tracing::warn!(
                 count = n,
                 "io_uring driver dropped with ops in the kernel; leaked them"
@@ -652,28 +645,14 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
         ("SEND_ZC", opcode::SendZc::CODE),
     ];
     let caps = UringCaps {
-        opcodes: needed
-            .iter()
-            .map(|(n, c)| (*n, probe.is_supported(*c)))
-            .collect(),
+        opcodes: needed.iter().map(|(n, c)| (*n, probe.is_supported(*c))).collect(),
         ext_arg: ring.params().is_feature_ext_arg(),
         nodrop: ring.params().is_feature_nodrop(),
-        optional: optional
-            .iter()
-            .map(|(n, c)| (*n, probe.is_supported(*c)))
-            .collect(),
+        optional: optional.iter().map(|(n, c)| (*n, probe.is_supported(*c))).collect(),
     };
-    let missing: Vec<&str> = caps
-        .opcodes
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
+    let missing: Vec<&str> = caps.opcodes.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "kernel lacks io_uring opcodes {}",
-            missing.join(", ")
-        ));
+        return Err(format!("kernel lacks io_uring opcodes {}", missing.join(", ")));
     }
     if !caps.ext_arg {
         return Err("kernel lacks IORING_FEAT_EXT_ARG (timed waits need Linux 5.11)".into());

@@ -23,26 +23,20 @@ backend_test!(case_12_second_association_fails_and_the_first_stays, |b| {
     assert_eq!(a.get(Some(deadline())).unwrap().key(), CompletionKey(1));
 });
 
-backend_test!(
-    a_closed_handle_can_be_associated_again_through_a_new_socket,
-    |b| {
-        let a: CompletionPort<()> = b.build().unwrap();
-        let (_client, server) = tcp_pair();
-        let dup = server.try_clone().unwrap();
-        let h = a.associate(server, CompletionKey(1)).unwrap();
-        drop(h);
-        // The first fd is closed, the association ended with it; the socket lives on in `dup`.
-        let h2 = a.associate(dup, CompletionKey(2)).unwrap();
-        assert_eq!(h2.key(), CompletionKey(2));
-    }
-);
+backend_test!(a_closed_handle_can_be_associated_again_through_a_new_socket, |b| {
+    let a: CompletionPort<()> = b.build().unwrap();
+    let (_client, server) = tcp_pair();
+    let dup = server.try_clone().unwrap();
+    let h = a.associate(server, CompletionKey(1)).unwrap();
+    drop(h);
+    // The first fd is closed, the association ended with it; the socket lives on in `dup`.
+    let h2 = a.associate(dup, CompletionKey(2)).unwrap();
+    assert_eq!(h2.key(), CompletionKey(2));
+});
 
 backend_test!(associate_on_a_closed_port_fails, |b| {
     let a: CompletionPort<()> = b.build().unwrap();
     a.close();
     let (_c, s) = tcp_pair();
-    assert_eq!(
-        a.associate(s, CompletionKey(1)).unwrap_err().kind(),
-        ErrorKind::BrokenPipe
-    );
+    assert_eq!(a.associate(s, CompletionKey(1)).unwrap_err().kind(), ErrorKind::BrokenPipe);
 });

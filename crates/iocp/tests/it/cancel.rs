@@ -12,8 +12,7 @@ use iocp_testkit::{backend_test, deadline, listener, quiet, tcp_pair};
 
 /// Reads what is waiting on `s` (up to `max` bytes) within a short time.
 fn drain(s: &mut TcpStream, max: usize) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("test helper");
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("test helper");
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     while out.len() < max {
@@ -35,17 +34,10 @@ backend_test!(case_31_cancel_one_pending_receive, |b| {
     let other = h.recv_ready(2).unwrap();
     h.cancel(r).unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
-    assert_eq!(
-        (c.op(), c.key(), c.bytes(), *c.context()),
-        (r, CompletionKey(31), 0, 1)
-    );
+    assert_eq!((c.op(), c.key(), c.bytes(), *c.context()), (r, CompletionKey(31), 0, 1));
     assert!(c.is_aborted());
     assert_eq!(c.raw_os_error(), Some(libc::ECANCELED));
-    assert_eq!(
-        c.take_buf().unwrap().capacity(),
-        64,
-        "the buffer comes back"
-    );
+    assert_eq!(c.take_buf().unwrap().capacity(), 64, "the buffer comes back");
     // Nothing left to cancel under that id: NotFound, and no packet.
     assert_eq!(h.cancel(r).unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
@@ -59,10 +51,7 @@ backend_test!(case_31_cancelling_nothing_reports_not_found, |b| {
     let (_client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
     assert_eq!(h.cancel_all().unwrap_err().kind(), ErrorKind::NotFound);
-    assert_eq!(
-        h.cancel(iocp::OpId(12345)).unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    assert_eq!(h.cancel(iocp::OpId(12345)).unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
 });
 
@@ -85,21 +74,15 @@ backend_test!(case_32_cancel_all_from_another_thread, |b| {
     assert!(c.is_aborted());
 });
 
-backend_test!(
-    case_34_closing_a_listener_aborts_its_accept_with_its_key,
-    |b| {
-        let port: CompletionPort<()> = b.build().unwrap();
-        let l = port.associate(listener(), CompletionKey(125)).unwrap();
-        l.accept(Vec::new(), ()).unwrap();
-        l.close();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!(
-            (c.key(), c.bytes(), c.is_aborted()),
-            (CompletionKey(125), 0, true)
-        );
-        assert!(matches!(c.payload(), Payload::Accept(a) if a.socket().is_none()));
-    }
-);
+backend_test!(case_34_closing_a_listener_aborts_its_accept_with_its_key, |b| {
+    let port: CompletionPort<()> = b.build().unwrap();
+    let l = port.associate(listener(), CompletionKey(125)).unwrap();
+    l.accept(Vec::new(), ()).unwrap();
+    l.close();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.key(), c.bytes(), c.is_aborted()), (CompletionKey(125), 0, true));
+    assert!(matches!(c.payload(), Payload::Accept(a) if a.socket().is_none()));
+});
 
 /// A thread that waits in `get` all the time (so a poller is in the kernel while the test
 /// races), forwarding each packet.
@@ -125,9 +108,7 @@ backend_test!(cancel_racing_completion_loses_no_byte, |b| {
     for round in 0..1000u32 {
         let (mut client, server) = tcp_pair();
         let raw = server.try_clone().unwrap();
-        let h = port
-            .associate(server, CompletionKey(u64::from(round)))
-            .unwrap();
+        let h = port.associate(server, CompletionKey(u64::from(round))).unwrap();
         let op = h.recv(Vec::with_capacity(16), ()).unwrap();
         // Vary who wins: the data, the cancel, or a close race between the two.
         let cancel_first = round % 3 == 0;
@@ -150,19 +131,12 @@ backend_test!(cancel_racing_completion_loses_no_byte, |b| {
             assert_eq!((c.bytes(), buf.len()), (0, 0));
             // The byte was not consumed: it is still in the socket.
             let mut raw = raw;
-            assert_eq!(
-                drain(&mut raw, 1),
-                b"z",
-                "round {round}: a cancelled receive lost data"
-            );
+            assert_eq!(drain(&mut raw, 1), b"z", "round {round}: a cancelled receive lost data");
         } else {
             completed += 1;
             assert_eq!((c.result().unwrap(), &buf[..]), (1, &b"z"[..]));
         }
-        assert!(
-            rx.recv_timeout(Duration::from_millis(1)).is_err(),
-            "one packet per op"
-        );
+        assert!(rx.recv_timeout(Duration::from_millis(1)).is_err(), "one packet per op");
     }
     assert_eq!(aborted + completed, 1000);
     eprintln!("cancel race: {aborted} aborted, {completed} completed");
@@ -192,16 +166,10 @@ backend_test!(deadline_expires_with_timed_out_and_keeps_the_data, |b| {
     let (mut client, server) = tcp_pair();
     let mut raw = server.try_clone().unwrap();
     let h = port.associate(server, CompletionKey(1)).unwrap();
-    h.with_timeout(Duration::from_millis(100))
-        .recv(Vec::with_capacity(16), ())
-        .unwrap();
+    h.with_timeout(Duration::from_millis(100)).recv(Vec::with_capacity(16), ()).unwrap();
     let t0 = std::time::Instant::now();
     let mut c = port.get(Some(deadline())).unwrap();
-    assert!(
-        t0.elapsed() >= Duration::from_millis(90),
-        "expired early: {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(90), "expired early: {:?}", t0.elapsed());
     assert_eq!(c.raw_os_error(), Some(libc::ETIMEDOUT));
     assert_eq!(c.result().unwrap_err().kind(), ErrorKind::TimedOut);
     assert_eq!(c.take_buf().unwrap().capacity(), 16);
@@ -218,17 +186,10 @@ backend_test!(deadline_fires_while_a_thread_waits_without_timeout, |b| {
     let (tx, rx) = mpsc::channel();
     let p = port.clone();
     let waiter = thread::spawn(move || tx.send(p.get(None).map(|c| c.raw_os_error())).unwrap());
-    iocp_testkit::eventually("the waiter to block", || {
-        (port.stats().waiters == 1).then_some(())
-    });
+    iocp_testkit::eventually("the waiter to block", || (port.stats().waiters == 1).then_some(()));
     // Armed after the poller went to sleep with no timeout: it must be woken to honour it.
-    h.with_timeout(Duration::from_millis(50))
-        .recv_ready(())
-        .unwrap();
-    assert_eq!(
-        rx.recv_timeout(deadline()).unwrap(),
-        Ok(Some(libc::ETIMEDOUT))
-    );
+    h.with_timeout(Duration::from_millis(50)).recv_ready(()).unwrap();
+    assert_eq!(rx.recv_timeout(deadline()).unwrap(), Ok(Some(libc::ETIMEDOUT)));
     waiter.join().unwrap();
 });
 
@@ -241,9 +202,7 @@ backend_test!(deadline_racing_data_completes_exactly_once, |b| {
         let raw = server.try_clone().unwrap();
         let h = port.associate(server, CompletionKey(round)).unwrap();
         let start = std::time::Instant::now();
-        h.with_timeout(Duration::from_millis(2))
-            .recv(Vec::with_capacity(8), ())
-            .unwrap();
+        h.with_timeout(Duration::from_millis(2)).recv(Vec::with_capacity(8), ()).unwrap();
         // Aim the write at the deadline, a little before or after it.
         let aim = Duration::from_micros(1600 + (round % 9) * 100);
         while start.elapsed() < aim {
@@ -259,10 +218,7 @@ backend_test!(deadline_racing_data_completes_exactly_once, |b| {
             got += 1;
             assert_eq!(c.result().unwrap(), 1);
         }
-        assert!(
-            rx.recv_timeout(Duration::from_millis(1)).is_err(),
-            "one packet per op"
-        );
+        assert!(rx.recv_timeout(Duration::from_millis(1)).is_err(), "one packet per op");
     }
     eprintln!("deadline race: {timed_out} timed out, {got} got data");
     port.close();
@@ -304,11 +260,7 @@ backend_test!(no_stale_completion_lands_on_a_reused_fd, |b| {
     let h2 = port.associate(s, CompletionKey(2)).unwrap();
     h2.recv(Vec::with_capacity(16), "new").unwrap();
     let _ = old_client.write_all(b"stale");
-    assert_eq!(
-        port.get(Some(quiet())).unwrap_err(),
-        GetError::TimedOut,
-        "a stale packet arrived"
-    );
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut, "a stale packet arrived");
     new_peer.write_all(b"fresh").unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
     assert_eq!((*c.context(), c.key()), ("new", CompletionKey(2)));

@@ -12,11 +12,7 @@ fn temp_file(name: &str, data: &[u8]) -> (std::path::PathBuf, File) {
     let path = dir.join(format!("{name}-{:?}", std::thread::current().id()));
     let mut f = File::create(&path).expect("create");
     f.write_all(data).expect("write");
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("open");
+    let f = OpenOptions::new().read(true).write(true).open(&path).expect("open");
     (path, f)
 }
 
@@ -28,10 +24,7 @@ backend_test!(case_49_read_at_end_of_file_reports_eof, |b| {
     let c = port.get(Some(deadline())).unwrap();
     assert!(c.is_eof(), "{c:?}");
     assert_eq!(c.bytes(), 0);
-    assert_eq!(
-        c.result().unwrap_err().kind(),
-        std::io::ErrorKind::UnexpectedEof
-    );
+    assert_eq!(c.result().unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
     // A read that straddles the end returns what there is.
     h.read_at(Vec::with_capacity(10), 95, ()).unwrap();
     let c = port.get(Some(deadline())).unwrap();
@@ -59,8 +52,7 @@ backend_test!(case_51_concurrent_reads_at_different_offsets, |b| {
     let (path, f) = temp_file("concurrent", &data);
     let h = port.associate(f, CompletionKey(51)).unwrap();
     for page in 0..16u64 {
-        h.read_at(Vec::with_capacity(4096), page * 4096, page)
-            .unwrap();
+        h.read_at(Vec::with_capacity(4096), page * 4096, page).unwrap();
     }
     let mut seen = [false; 16];
     for _ in 0..16 {
@@ -68,10 +60,7 @@ backend_test!(case_51_concurrent_reads_at_different_offsets, |b| {
         let page = *c.context();
         let buf = c.take_buf().unwrap();
         assert_eq!(buf.len(), 4096);
-        assert!(
-            buf.iter().all(|&x| x == page as u8),
-            "page {page} holds the wrong data"
-        );
+        assert!(buf.iter().all(|&x| x == page as u8), "page {page} holds the wrong data");
         assert!(!std::mem::replace(&mut seen[page as usize], true));
     }
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
@@ -84,10 +73,7 @@ backend_test!(large_write_then_read_round_trips, |b| {
     let h = port.associate(f, CompletionKey(1)).unwrap();
     let data: Vec<u8> = (0..4 << 20).map(|i| (i % 241) as u8).collect();
     h.write_at(data.clone(), 4096, ()).unwrap();
-    assert_eq!(
-        port.get(Some(deadline())).unwrap().result().unwrap(),
-        4 << 20
-    );
+    assert_eq!(port.get(Some(deadline())).unwrap().result().unwrap(), 4 << 20);
     h.read_at(Vec::with_capacity(4 << 20), 4096, ()).unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
     assert_eq!(c.take_buf().unwrap(), data);

@@ -4,6 +4,7 @@ mod assoc;
 mod cancel;
 mod file;
 mod net;
+mod pool;
 mod port;
 mod stress;
 mod transmit;

@@ -22,10 +22,7 @@ backend_test!(case_18_data_already_waiting_gives_exactly_one_packet, |b| {
     let h = port.associate(server, CompletionKey(3)).unwrap();
     h.recv(Vec::with_capacity(64), 11).unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
-    assert_eq!(
-        (c.key(), c.bytes(), *c.context()),
-        (CompletionKey(3), 5, 11)
-    );
+    assert_eq!((c.key(), c.bytes(), *c.context()), (CompletionKey(3), 5, 11));
     assert_eq!(c.take_buf().unwrap(), b"hello");
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
 });
@@ -43,39 +40,30 @@ backend_test!(case_19_peer_closed_gives_one_packet_with_zero_bytes, |b| {
 
 // Deviation (docs/DESIGN.md): Windows fails these synchronously with no packet; here every
 // accepted start yields one packet, and the kernel's error arrives in it.
-backend_test!(
-    case_20_reset_peer_fails_recv_and_send_in_their_packets,
-    |b| {
-        let port: CompletionPort<&'static str> = b.build().unwrap();
-        let (client, server) = tcp_pair();
-        reset(client);
-        let h = port.associate(server, CompletionKey(1)).unwrap();
-        h.recv(Vec::with_capacity(16), "recv").unwrap();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!((*c.context(), errno(&c)), ("recv", Some(libc::ECONNRESET)));
-        h.send(vec![1; 16], "send").unwrap();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!(*c.context(), "send");
-        assert!(
-            matches!(errno(&c), Some(libc::EPIPE | libc::ECONNRESET)),
-            "{c:?}"
-        );
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
-    }
-);
+backend_test!(case_20_reset_peer_fails_recv_and_send_in_their_packets, |b| {
+    let port: CompletionPort<&'static str> = b.build().unwrap();
+    let (client, server) = tcp_pair();
+    reset(client);
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    h.recv(Vec::with_capacity(16), "recv").unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((*c.context(), errno(&c)), ("recv", Some(libc::ECONNRESET)));
+    h.send(vec![1; 16], "send").unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!(*c.context(), "send");
+    assert!(matches!(errno(&c), Some(libc::EPIPE | libc::ECONNRESET)), "{c:?}");
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+});
 
-backend_test!(
-    case_21_recv_on_unconnected_socket_fails_with_enotconn,
-    |b| {
-        let port: CompletionPort<()> = b.build().unwrap();
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let h = port.associate(s, CompletionKey(1)).unwrap();
-        h.recv(Vec::with_capacity(16), ()).unwrap();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!(errno(&c), Some(libc::ENOTCONN));
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
-    }
-);
+backend_test!(case_21_recv_on_unconnected_socket_fails_with_enotconn, |b| {
+    let port: CompletionPort<()> = b.build().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let h = port.associate(s, CompletionKey(1)).unwrap();
+    h.recv(Vec::with_capacity(16), ()).unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!(errno(&c), Some(libc::ENOTCONN));
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+});
 
 backend_test!(case_22_n_receives_on_n_sockets_give_n_packets, |b| {
     const N: u64 = 32;
@@ -96,60 +84,33 @@ backend_test!(case_22_n_receives_on_n_sockets_give_n_packets, |b| {
     for _ in 0..N {
         let c = port.get(Some(deadline())).unwrap();
         assert_eq!(c.bytes(), 1);
-        assert_eq!(
-            c.key().0,
-            *c.context(),
-            "each packet carries its own handle's key"
-        );
-        assert!(
-            seen.insert(*c.context()),
-            "duplicate packet for op {}",
-            c.context()
-        );
+        assert_eq!(c.key().0, *c.context(), "each packet carries its own handle's key");
+        assert!(seen.insert(*c.context()), "duplicate packet for op {}", c.context());
     }
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
 });
 
-backend_test!(
-    case_29_pending_recv_then_peer_reset_fails_with_econnreset,
-    |b| {
-        let port: CompletionPort<u8> = b.build().unwrap();
-        let (client, server) = tcp_pair();
-        let h = port.associate(server, CompletionKey(29)).unwrap();
-        h.recv(Vec::with_capacity(16), 7).unwrap();
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
-        reset(client);
-        let mut c = port.get(Some(deadline())).unwrap();
-        assert_eq!(
-            (c.key(), c.bytes(), *c.context()),
-            (CompletionKey(29), 0, 7)
-        );
-        assert_eq!(errno(&c), Some(libc::ECONNRESET));
-        assert_eq!(
-            c.take_buf().unwrap().capacity(),
-            16,
-            "the buffer comes back with the failure"
-        );
-    }
-);
+backend_test!(case_29_pending_recv_then_peer_reset_fails_with_econnreset, |b| {
+    let port: CompletionPort<u8> = b.build().unwrap();
+    let (client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(29)).unwrap();
+    h.recv(Vec::with_capacity(16), 7).unwrap();
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    reset(client);
+    let mut c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.key(), c.bytes(), *c.context()), (CompletionKey(29), 0, 7));
+    assert_eq!(errno(&c), Some(libc::ECONNRESET));
+    assert_eq!(c.take_buf().unwrap().capacity(), 16, "the buffer comes back with the failure");
+});
 
 backend_test!(case_30_connect_refused_fails_with_econnrefused, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     let h = port.associate(s, CompletionKey(30)).unwrap();
     h.connect(closed_addr(), Vec::new(), ()).unwrap();
     let c = port.get(Some(deadline())).unwrap();
-    assert_eq!(
-        (c.key(), c.bytes(), errno(&c)),
-        (CompletionKey(30), 0, Some(libc::ECONNREFUSED))
-    );
+    assert_eq!((c.key(), c.bytes(), errno(&c)), (CompletionKey(30), 0, Some(libc::ECONNREFUSED)));
 });
 
 backend_test!(case_52_accept_arrives_with_the_listener_key, |b| {
@@ -169,11 +130,7 @@ backend_test!(case_52_accept_arrives_with_the_listener_key, |b| {
     // With an initial receive: completes only when data arrived, bytes = 1.
     lh.accept(Vec::with_capacity(64), ()).unwrap();
     let mut c2 = TcpStream::connect(addr).unwrap();
-    assert_eq!(
-        port.get(Some(quiet())).unwrap_err(),
-        GetError::TimedOut,
-        "no data yet"
-    );
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut, "no data yet");
     c2.write_all(b"!").unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
     assert_eq!((c.key(), c.result().unwrap()), (CompletionKey(125), 1));
@@ -189,14 +146,8 @@ backend_test!(case_53_accept_reports_local_and_peer_addresses, |b| {
     let client = TcpStream::connect(addr).unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
     let acc = c.take_accepted().unwrap();
-    assert_eq!(
-        acc.peer_addr().unwrap().as_socket().unwrap(),
-        client.local_addr().unwrap()
-    );
-    assert_eq!(
-        acc.local_addr().unwrap().as_socket().unwrap(),
-        client.peer_addr().unwrap()
-    );
+    assert_eq!(acc.peer_addr().unwrap().as_socket().unwrap(), client.local_addr().unwrap());
+    assert_eq!(acc.local_addr().unwrap().as_socket().unwrap(), client.peer_addr().unwrap());
 });
 
 backend_test!(case_54_connect_with_initial_send, |b| {
@@ -204,13 +155,7 @@ backend_test!(case_54_connect_with_initial_send, |b| {
     let l = listener();
     let addr = l.local_addr().unwrap();
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
+    s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
     let h = port.associate(s, CompletionKey(54)).unwrap();
     h.connect(addr, b"one".to_vec(), ()).unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
@@ -232,31 +177,20 @@ backend_test!(case_56_scatter_receive_fills_buffers_in_order, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
     let (mut client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
-    h.recv_vectored(
-        vec![
-            Vec::with_capacity(2),
-            Vec::with_capacity(3),
-            Vec::with_capacity(5),
-        ],
-        (),
-    )
-    .unwrap();
+    h.recv_vectored(vec![Vec::with_capacity(2), Vec::with_capacity(3), Vec::with_capacity(5)], ())
+        .unwrap();
     client.write_all(b"0123456789").unwrap();
     let mut c = port.get(Some(deadline())).unwrap();
     assert_eq!(c.result().unwrap(), 10);
     let bufs = c.take_bufs().unwrap();
-    assert_eq!(
-        bufs,
-        vec![b"01".to_vec(), b"234".to_vec(), b"56789".to_vec()]
-    );
+    assert_eq!(bufs, vec![b"01".to_vec(), b"234".to_vec(), b"56789".to_vec()]);
 });
 
 backend_test!(gather_send_sends_every_buffer_in_order, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
     let (mut client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
-    h.send_vectored(vec![b"ab".to_vec(), Vec::new(), b"cde".to_vec()], ())
-        .unwrap();
+    h.send_vectored(vec![b"ab".to_vec(), Vec::new(), b"cde".to_vec()], ()).unwrap();
     let c = port.get(Some(deadline())).unwrap();
     assert_eq!(c.result().unwrap(), 5);
     let mut got = [0u8; 5];
@@ -264,61 +198,51 @@ backend_test!(gather_send_sends_every_buffer_in_order, |b| {
     assert_eq!(&got, b"abcde");
 });
 
-backend_test!(
-    case_58_zero_byte_receive_completes_on_readable_and_on_close,
-    |b| {
-        let port: CompletionPort<()> = b.build().unwrap();
-        let (mut client, server) = tcp_pair();
-        let raw = server.try_clone().unwrap();
-        let h = port.associate(server, CompletionKey(58)).unwrap();
-        h.recv_ready(()).unwrap();
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
-        client.write_all(b"12345").unwrap();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!((c.key(), c.result().unwrap()), (CompletionKey(58), 0));
-        assert!(matches!(c.payload(), Payload::Ready));
-        // The data is still there for a plain non-blocking read.
-        let mut buf = [0u8; 16];
-        let n = rustix::net::recv(&raw, &mut buf, rustix::net::RecvFlags::DONTWAIT)
-            .unwrap()
-            .0;
-        assert_eq!(&buf[..n], b"12345");
-        // Graceful close: the zero-byte receive completes too, and recv then reads 0.
-        h.recv_ready(()).unwrap();
-        client.shutdown(Shutdown::Write).unwrap();
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!(c.result().unwrap(), 0);
-        let n = rustix::net::recv(&raw, &mut buf, rustix::net::RecvFlags::DONTWAIT)
-            .unwrap()
-            .0;
-        assert_eq!(n, 0);
-    }
-);
+backend_test!(case_58_zero_byte_receive_completes_on_readable_and_on_close, |b| {
+    let port: CompletionPort<()> = b.build().unwrap();
+    let (mut client, server) = tcp_pair();
+    let raw = server.try_clone().unwrap();
+    let h = port.associate(server, CompletionKey(58)).unwrap();
+    h.recv_ready(()).unwrap();
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    client.write_all(b"12345").unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.key(), c.result().unwrap()), (CompletionKey(58), 0));
+    assert!(matches!(c.payload(), Payload::Ready));
+    // The data is still there for a plain non-blocking read.
+    let mut buf = [0u8; 16];
+    let n = rustix::net::recv(&raw, &mut buf, rustix::net::RecvFlags::DONTWAIT).unwrap().0;
+    assert_eq!(&buf[..n], b"12345");
+    // Graceful close: the zero-byte receive completes too, and recv then reads 0.
+    h.recv_ready(()).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!(c.result().unwrap(), 0);
+    let n = rustix::net::recv(&raw, &mut buf, rustix::net::RecvFlags::DONTWAIT).unwrap().0;
+    assert_eq!(n, 0);
+});
 
-backend_test!(
-    large_send_completes_whole_while_the_peer_reads_slowly,
-    |b| {
-        let port: CompletionPort<()> = b.build().unwrap();
-        let (mut client, server) = tcp_pair();
-        let h = port.associate(server, CompletionKey(1)).unwrap();
-        let data: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
-        let expect = data.clone();
-        h.send(data, ()).unwrap();
-        let reader = thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
-            while got.len() < expect.len() {
-                let n = client.read(&mut chunk).unwrap();
-                assert!(n > 0);
-                got.extend_from_slice(&chunk[..n]);
-            }
-            assert!(got == expect, "bytes arrived in order, none lost");
-        });
-        let c = port.get(Some(deadline())).unwrap();
-        assert_eq!(c.result().unwrap(), 8 << 20);
-        reader.join().unwrap();
-    }
-);
+backend_test!(large_send_completes_whole_while_the_peer_reads_slowly, |b| {
+    let port: CompletionPort<()> = b.build().unwrap();
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    let data: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+    let expect = data.clone();
+    h.send(data, ()).unwrap();
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        while got.len() < expect.len() {
+            let n = client.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == expect, "bytes arrived in order, none lost");
+    });
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!(c.result().unwrap(), 8 << 20);
+    reader.join().unwrap();
+});
 
 backend_test!(echo_round_trips_keep_buffers_and_contexts, |b| {
     let port: CompletionPort<u32> = b.build().unwrap();
@@ -383,42 +307,32 @@ backend_test!(close_aborts_pending_recv_send_and_accept_once_each, |b| {
     assert_eq!(port.stats().in_flight, 0);
 });
 
-backend_test!(
-    many_outstanding_sends_on_one_socket_keep_stream_order,
-    |b| {
-        const N: usize = 40;
-        const LEN: usize = 256 << 10;
-        let port: CompletionPort<usize> = b.build().unwrap();
-        let (mut client, server) = tcp_pair();
-        let h = port.associate(server, CompletionKey(1)).unwrap();
-        for i in 0..N {
-            h.send(vec![i as u8; LEN], i).unwrap();
-        }
-        let reader = thread::spawn(move || {
-            let mut got = vec![0u8; N * LEN];
-            client.set_read_timeout(Some(deadline())).unwrap();
-            client.read_exact(&mut got).unwrap();
-            for (i, chunk) in got.chunks(LEN).enumerate() {
-                assert!(
-                    chunk.iter().all(|&b| b == i as u8),
-                    "send {i} interleaved with another"
-                );
-            }
-        });
-        let mut order = Vec::new();
-        for _ in 0..N {
-            let c = port.get(Some(deadline())).unwrap();
-            assert_eq!(c.result().unwrap(), LEN);
-            order.push(*c.context());
-        }
-        reader.join().unwrap();
-        assert_eq!(
-            order,
-            (0..N).collect::<Vec<_>>(),
-            "sends complete in the order they started"
-        );
+backend_test!(many_outstanding_sends_on_one_socket_keep_stream_order, |b| {
+    const N: usize = 40;
+    const LEN: usize = 256 << 10;
+    let port: CompletionPort<usize> = b.build().unwrap();
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    for i in 0..N {
+        h.send(vec![i as u8; LEN], i).unwrap();
     }
-);
+    let reader = thread::spawn(move || {
+        let mut got = vec![0u8; N * LEN];
+        client.set_read_timeout(Some(deadline())).unwrap();
+        client.read_exact(&mut got).unwrap();
+        for (i, chunk) in got.chunks(LEN).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "send {i} interleaved with another");
+        }
+    });
+    let mut order = Vec::new();
+    for _ in 0..N {
+        let c = port.get(Some(deadline())).unwrap();
+        assert_eq!(c.result().unwrap(), LEN);
+        order.push(*c.context());
+    }
+    reader.join().unwrap();
+    assert_eq!(order, (0..N).collect::<Vec<_>>(), "sends complete in the order they started");
+});
 
 backend_test!(many_outstanding_receives_fill_in_start_order, |b| {
     const N: usize = 50;
@@ -448,9 +362,5 @@ backend_test!(many_outstanding_receives_fill_in_start_order, |b| {
     }
     // Concatenated in start order, the buffers hold exactly the stream's prefix.
     let joined: Vec<u8> = bufs.concat();
-    assert_eq!(
-        &joined[..],
-        &data[..joined.len()],
-        "receives filled out of order"
-    );
+    assert_eq!(&joined[..], &data[..joined.len()], "receives filled out of order");
 });

@@ -10,30 +10,18 @@ use iocp_testkit::{backend_test, deadline, eventually, quiet};
 
 backend_test!(case_01_empty_port_times_out_never_early, |b| {
     let port: CompletionPort<u32> = b.build().unwrap();
-    assert_eq!(
-        port.get(Some(Duration::ZERO)).unwrap_err(),
-        GetError::TimedOut
-    );
+    assert_eq!(port.get(Some(Duration::ZERO)).unwrap_err(), GetError::TimedOut);
     let t0 = Instant::now();
-    assert_eq!(
-        port.get(Some(Duration::from_millis(300))).unwrap_err(),
-        GetError::TimedOut
-    );
+    assert_eq!(port.get(Some(Duration::from_millis(300))).unwrap_err(), GetError::TimedOut);
     let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(300),
-        "returned early after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(300), "returned early after {waited:?}");
 });
 
 backend_test!(case_02_post_then_get_returns_the_posted_values, |b| {
     let port: CompletionPort<usize> = b.build().unwrap();
     port.post(7, CompletionKey(0xABC), 0x1234).unwrap();
     let c = port.get(Some(deadline())).unwrap();
-    assert_eq!(
-        (c.bytes(), c.key(), *c.context()),
-        (7, CompletionKey(0xABC), 0x1234)
-    );
+    assert_eq!((c.bytes(), c.key(), *c.context()), (7, CompletionKey(0xABC), 0x1234));
     assert!(matches!(c.payload(), Payload::Posted));
     assert_eq!(c.result().unwrap(), 7);
 });
@@ -41,13 +29,8 @@ backend_test!(case_02_post_then_get_returns_the_posted_values, |b| {
 backend_test!(case_03_post_with_empty_values_is_still_a_packet, |b| {
     let port: CompletionPort<Option<u8>> = b.build().unwrap();
     port.post(0, CompletionKey(0), None).unwrap();
-    let c = port
-        .get(Some(Duration::ZERO))
-        .expect("a packet, not a timeout");
-    assert_eq!(
-        (c.bytes(), c.key(), *c.context()),
-        (0, CompletionKey(0), None)
-    );
+    let c = port.get(Some(Duration::ZERO)).expect("a packet, not a timeout");
+    assert_eq!((c.bytes(), c.key(), *c.context()), (0, CompletionKey(0), None));
 });
 
 backend_test!(case_04_single_consumer_fifo, |b| {
@@ -58,10 +41,7 @@ backend_test!(case_04_single_consumer_fifo, |b| {
     for k in 1..=1000 {
         assert_eq!(port.get(Some(deadline())).unwrap().key(), CompletionKey(k));
     }
-    assert_eq!(
-        port.get(Some(Duration::ZERO)).unwrap_err(),
-        GetError::TimedOut
-    );
+    assert_eq!(port.get(Some(Duration::ZERO)).unwrap_err(), GetError::TimedOut);
 });
 
 backend_test!(case_05_get_many_returns_in_post_order, |b| {
@@ -70,24 +50,14 @@ backend_test!(case_05_get_many_returns_in_post_order, |b| {
     port.post(2, CompletionKey(2), ()).unwrap();
     let mut out = Vec::new();
     assert_eq!(port.get_many(&mut out, 2, Some(Duration::ZERO)).unwrap(), 2);
-    assert_eq!(
-        out.iter().map(|c| c.key().0).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(out.iter().map(|c| c.key().0).collect::<Vec<_>>(), vec![1, 2]);
     out.clear();
     port.post(1, CompletionKey(1), ()).unwrap();
     port.post(2, CompletionKey(2), ()).unwrap();
     assert_eq!(port.get_many(&mut out, 1, Some(Duration::ZERO)).unwrap(), 1);
     assert_eq!(port.get_many(&mut out, 1, Some(Duration::ZERO)).unwrap(), 1);
-    assert_eq!(
-        out.iter().map(|c| c.key().0).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
-    assert_eq!(
-        port.get_many(&mut out, 1, Some(Duration::ZERO))
-            .unwrap_err(),
-        GetError::TimedOut
-    );
+    assert_eq!(out.iter().map(|c| c.key().0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(port.get_many(&mut out, 1, Some(Duration::ZERO)).unwrap_err(), GetError::TimedOut);
     assert_eq!(port.get_many(&mut out, 0, Some(Duration::ZERO)).unwrap(), 0);
 });
 
@@ -95,15 +65,10 @@ backend_test!(case_07_close_wakes_a_blocked_waiter_with_closed, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
     let p2 = port.clone();
     let waiter = thread::spawn(move || p2.get(None).map(|_| ()));
-    eventually("the waiter to block", || {
-        (port.stats().waiters == 1).then_some(())
-    });
+    eventually("the waiter to block", || (port.stats().waiters == 1).then_some(()));
     port.close();
     assert_eq!(waiter.join().unwrap(), Err(GetError::Closed));
-    assert_eq!(
-        port.get(Some(Duration::ZERO)).unwrap_err(),
-        GetError::Closed
-    );
+    assert_eq!(port.get(Some(Duration::ZERO)).unwrap_err(), GetError::Closed);
     assert!(port.post(0, CompletionKey(0), ()).is_err());
 });
 
@@ -127,9 +92,7 @@ backend_test!(case_09_post_then_close_still_delivers_to_the_waiter, |b| {
         let port: CompletionPort<u32> = b.clone().build().unwrap();
         let p2 = port.clone();
         let waiter = thread::spawn(move || p2.get(None).map(|c| *c.context()));
-        eventually("the waiter to block", || {
-            (port.stats().waiters == 1).then_some(())
-        });
+        eventually("the waiter to block", || (port.stats().waiters == 1).then_some(()));
         port.post(1, CompletionKey(9), 42).unwrap();
         port.close();
         assert_eq!(waiter.join().unwrap(), Ok(42));
@@ -138,9 +101,7 @@ backend_test!(case_09_post_then_close_still_delivers_to_the_waiter, |b| {
 
 backend_test!(dropping_the_last_port_clone_closes_it, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
-    let l = port
-        .associate(iocp_testkit::listener(), CompletionKey(1))
-        .unwrap();
+    let l = port.associate(iocp_testkit::listener(), CompletionKey(1)).unwrap();
     drop(port);
     let err = l.accept(Vec::new(), ()).unwrap_err();
     assert_eq!(err.error().kind(), std::io::ErrorKind::BrokenPipe);
@@ -197,10 +158,7 @@ backend_test!(case_40_visible_block_releases_a_waiter, |b| {
     eventually("B to block", || (port.stats().waiters == 1).then_some(()));
     port.post(2, CompletionKey(2), ()).unwrap();
     // B gets packet 2 while A is still blocked.
-    assert_eq!(
-        b_got_rx.recv_timeout(deadline()).unwrap(),
-        Ok(CompletionKey(2))
-    );
+    assert_eq!(b_got_rx.recv_timeout(deadline()).unwrap(), Ok(CompletionKey(2)));
     release_tx.send(()).unwrap();
     a.join().unwrap();
     bt.join().unwrap();
@@ -216,17 +174,11 @@ backend_test!(case_41_waiters_are_released_lifo, |b| {
             let r = p.get(Some(deadline())).map(|c| c.key());
             tx.send((i, r)).unwrap();
         }));
-        eventually("the waiter to block", || {
-            (port.stats().waiters == i).then_some(())
-        });
+        eventually("the waiter to block", || (port.stats().waiters == i).then_some(()));
     }
     port.post(0, CompletionKey(77), ()).unwrap();
     let (who, what) = rx.recv_timeout(deadline()).unwrap();
-    assert_eq!(
-        (who, what),
-        (3, Ok(CompletionKey(77))),
-        "the latest waiter (T3) must get it"
-    );
+    assert_eq!((who, what), (3, Ok(CompletionKey(77))), "the latest waiter (T3) must get it");
     assert!(rx.recv_timeout(quiet()).is_err(), "T1 and T2 stay blocked");
     port.close();
     for t in threads {
@@ -278,9 +230,8 @@ backend_test!(case_43_concurrency_zero_means_cpus, |b| {
         .collect();
     started.wait();
     let p = port.clone();
-    let extra = thread::spawn(move || p.get(Some(Duration::from_millis(500))).map(|_| ()))
-        .join()
-        .unwrap();
+    let extra =
+        thread::spawn(move || p.get(Some(Duration::from_millis(500))).map(|_| ())).join().unwrap();
     assert_eq!(extra, Err(GetError::TimedOut));
     stop.store(true, Ordering::Relaxed);
     for s in spinners {
@@ -295,10 +246,7 @@ backend_test!(case_45_thread_back_from_timeout_counts_as_running, |b| {
     let (go_block, go_block_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let a = thread::spawn(move || {
-        assert_eq!(
-            p.get(Some(Duration::from_millis(10))).unwrap_err(),
-            GetError::TimedOut
-        );
+        assert_eq!(p.get(Some(Duration::from_millis(10))).unwrap_err(), GetError::TimedOut);
         a_timed_out.send(()).unwrap();
         go_block_rx.recv_timeout(deadline()).unwrap();
         let _g = iocp::blocking();
@@ -307,10 +255,7 @@ backend_test!(case_45_thread_back_from_timeout_counts_as_running, |b| {
     a_timed_out_rx.recv_timeout(deadline()).unwrap();
     port.post(0, CompletionKey(5), ()).unwrap();
     let (b_tx, b_rx) = mpsc::channel();
-    let bt = thread::spawn(move || {
-        b_tx.send(p2.get(Some(deadline())).map(|c| c.key()))
-            .unwrap()
-    });
+    let bt = thread::spawn(move || b_tx.send(p2.get(Some(deadline())).map(|c| c.key())).unwrap());
     // A, back from its timeout, counts as running: B stays blocked.
     assert!(b_rx.recv_timeout(quiet()).is_err());
     // A blocks visibly: B gets the packet.
@@ -353,14 +298,8 @@ backend_test!(case_44_get_on_another_port_releases_the_first, |b| {
     x.post(0, CompletionKey(2), ()).unwrap();
     let x3 = x.clone();
     let (b_tx, b_rx) = mpsc::channel();
-    let bt = thread::spawn(move || {
-        b_tx.send(x3.get(Some(deadline())).map(|c| c.key()))
-            .unwrap()
-    });
-    assert!(
-        b_rx.recv_timeout(quiet()).is_err(),
-        "B must wait while A holds X's only slot"
-    );
+    let bt = thread::spawn(move || b_tx.send(x3.get(Some(deadline())).map(|c| c.key())).unwrap());
+    assert!(b_rx.recv_timeout(quiet()).is_err(), "B must wait while A holds X's only slot");
     go.send(()).unwrap();
     assert_eq!(b_rx.recv_timeout(deadline()).unwrap(), Ok(CompletionKey(2)));
     a.join().unwrap();
@@ -375,10 +314,7 @@ backend_test!(stats_count_posts_and_dequeues, |b| {
     let mut out = Vec::new();
     port.get_many(&mut out, 64, Some(deadline())).unwrap();
     let s = port.stats();
-    assert_eq!(
-        (s.posted, s.dequeued, s.queued, s.cq_overflow),
-        (10, 10, 0, 0)
-    );
+    assert_eq!((s.posted, s.dequeued, s.queued, s.cq_overflow), (10, 10, 0, 0));
 });
 
 #[test]

@@ -24,11 +24,9 @@ backend_test!(many_posters_and_getters_deliver_every_packet_once, |b| {
                 let mut local = Vec::new();
                 loop {
                     let r = if i % 2 == 0 {
-                        p.get(Some(Duration::from_millis(500)))
-                            .map(|c| batch.push(c))
+                        p.get(Some(Duration::from_millis(500))).map(|c| batch.push(c))
                     } else {
-                        p.get_many(&mut batch, 64, Some(Duration::from_millis(500)))
-                            .map(|_| ())
+                        p.get_many(&mut batch, 64, Some(Duration::from_millis(500))).map(|_| ())
                     };
                     match r {
                         Ok(()) => {
@@ -72,55 +70,45 @@ backend_test!(many_posters_and_getters_deliver_every_packet_once, |b| {
     }
     assert_eq!(seen.lock().unwrap().len() as u64, PRODUCERS * PER);
     let s = port.stats();
-    assert_eq!(
-        (s.posted, s.dequeued, s.queued),
-        (PRODUCERS * PER, PRODUCERS * PER, 0)
-    );
+    assert_eq!((s.posted, s.dequeued, s.queued), (PRODUCERS * PER, PRODUCERS * PER, 0));
 });
 
-backend_test!(
-    n_operations_on_n_sockets_give_exactly_n_packets_across_threads,
-    |b| {
-        const N: usize = 200;
-        let port: CompletionPort<usize> = b.concurrency(4).build().unwrap();
-        let mut clients = Vec::new();
-        let mut handles = Vec::new();
-        for i in 0..N {
-            let (client, server) = tcp_pair();
-            let h = port.associate(server, CompletionKey(i as u64)).unwrap();
-            h.recv(Vec::with_capacity(32), i).unwrap();
-            clients.push(client);
-            handles.push(h);
-        }
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let workers: Vec<_> = (0..4)
-            .map(|_| {
-                let (p, seen) = (port.clone(), seen.clone());
-                thread::spawn(move || {
-                    while let Ok(c) = p.get(Some(Duration::from_millis(500))) {
-                        assert_eq!(c.result().unwrap(), 4);
-                        seen.lock().unwrap().push(*c.context());
-                    }
-                })
-            })
-            .collect();
-        for c in &mut clients {
-            c.write_all(b"ping").unwrap();
-        }
-        for w in workers {
-            w.join().unwrap();
-        }
-        let mut seen = seen.lock().unwrap().clone();
-        seen.sort_unstable();
-        assert_eq!(
-            seen,
-            (0..N).collect::<Vec<_>>(),
-            "exactly one packet per operation"
-        );
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
-        assert_eq!(port.stats().in_flight, 0);
+backend_test!(n_operations_on_n_sockets_give_exactly_n_packets_across_threads, |b| {
+    const N: usize = 200;
+    let port: CompletionPort<usize> = b.concurrency(4).build().unwrap();
+    let mut clients = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..N {
+        let (client, server) = tcp_pair();
+        let h = port.associate(server, CompletionKey(i as u64)).unwrap();
+        h.recv(Vec::with_capacity(32), i).unwrap();
+        clients.push(client);
+        handles.push(h);
     }
-);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (p, seen) = (port.clone(), seen.clone());
+            thread::spawn(move || {
+                while let Ok(c) = p.get(Some(Duration::from_millis(500))) {
+                    assert_eq!(c.result().unwrap(), 4);
+                    seen.lock().unwrap().push(*c.context());
+                }
+            })
+        })
+        .collect();
+    for c in &mut clients {
+        c.write_all(b"ping").unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "exactly one packet per operation");
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    assert_eq!(port.stats().in_flight, 0);
+});
 
 backend_test!(close_while_threads_wait_and_ops_pend, |b| {
     let port: CompletionPort<()> = b.concurrency(4).build().unwrap();
@@ -191,10 +179,7 @@ backend_test!(tiny_cq_with_ten_thousand_operations_loses_nothing, |b| {
     for _ in 0..OPS {
         let c = port.get(Some(deadline())).unwrap();
         assert_eq!(c.result().unwrap(), 16);
-        assert!(
-            !std::mem::replace(&mut seen[*c.context()], true),
-            "duplicate"
-        );
+        assert!(!std::mem::replace(&mut seen[*c.context()], true), "duplicate");
     }
     for r in readers {
         assert_eq!(r.join().unwrap(), OPS / SOCKETS * 16);
@@ -202,10 +187,7 @@ backend_test!(tiny_cq_with_ten_thousand_operations_loses_nothing, |b| {
     let s = port.stats();
     assert_eq!((s.cq_overflow, s.in_flight, s.backlog), (0, 0, 0));
     if port.backend().kind() == iocp::BackendKind::Uring {
-        assert!(
-            s.sq_full > 0,
-            "the backlog must have been used with a CQ of 8"
-        );
+        assert!(s.sq_full > 0, "the backlog must have been used with a CQ of 8");
     }
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
 });

@@ -20,23 +20,11 @@ use super::{State, WaiterId, Wake};
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 enum Th {
     /// Not in `get`. `running`: counted as running on the port.
-    Idle {
-        gets_left: u8,
-        running: bool,
-        holds_packet: bool,
-    },
+    Idle { gets_left: u8, running: bool, holds_packet: bool },
     /// Blocked on its condvar; `signalled` once woken (or promoted).
-    Parked {
-        id: WaiterId,
-        gets_left: u8,
-        signalled: bool,
-    },
+    Parked { id: WaiterId, gets_left: u8, signalled: bool },
     /// Blocked in the kernel; `kicked` once a kick or a kernel completion arrived.
-    Polling {
-        id: WaiterId,
-        gets_left: u8,
-        kicked: bool,
-    },
+    Polling { id: WaiterId, gets_left: u8, kicked: bool },
     /// Saw the port closed.
     Closed,
 }
@@ -85,29 +73,17 @@ impl World {
         let mut got = Vec::new();
         if self.st.take(1, &mut |p| got.push(p)) > 0 {
             self.delivered.extend(got);
-            self.th[t] = Th::Idle {
-                gets_left: gets_left - 1,
-                running: true,
-                holds_packet: true,
-            };
+            self.th[t] = Th::Idle { gets_left: gets_left - 1, running: true, holds_packet: true };
             return;
         }
         if !self.st.is_polling() {
             let id = self.st.add_waiter(t, true);
-            self.th[t] = Th::Polling {
-                id,
-                gets_left,
-                kicked: self.kernel_ready > 0,
-            };
+            self.th[t] = Th::Polling { id, gets_left, kicked: self.kernel_ready > 0 };
         } else {
             let top_before = self.st.waiters();
             let id = self.st.add_waiter(t, false);
             assert_eq!(self.st.waiters(), top_before + 1);
-            self.th[t] = Th::Parked {
-                id,
-                gets_left,
-                signalled: false,
-            };
+            self.th[t] = Th::Parked { id, gets_left, signalled: false };
         }
     }
 
@@ -130,9 +106,7 @@ impl World {
         let mut out = Vec::new();
         for t in 0..self.th.len() {
             match self.th[t].clone() {
-                Th::Idle {
-                    gets_left, running, ..
-                } if gets_left > 0 => {
+                Th::Idle { gets_left, running, .. } if gets_left > 0 => {
                     let mut w = self.clone();
                     if running {
                         w.st.leave_running();
@@ -140,11 +114,7 @@ impl World {
                     w.get_loop(t, gets_left);
                     out.push(w);
                 }
-                Th::Parked {
-                    id,
-                    gets_left,
-                    signalled,
-                } => {
+                Th::Parked { id, gets_left, signalled } => {
                     for timeout in [false, true] {
                         if !(signalled || (timeout && self.timeouts)) {
                             continue;
@@ -177,30 +147,21 @@ impl World {
                         }
                     }
                 }
-                Th::Polling {
-                    id,
-                    gets_left,
-                    kicked,
-                } => {
+                Th::Polling { id, gets_left, kicked } => {
                     for timeout in [false, true] {
                         if !(kicked || (timeout && self.timeouts)) {
                             continue;
                         }
                         let mut w = self.clone();
                         w.st.end_polling(id);
-                        let reaped: Vec<u32> = (0..w.kernel_ready)
-                            .map(|i| w.next_packet + u32::from(i))
-                            .collect();
+                        let reaped: Vec<u32> =
+                            (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
                         w.next_packet += u32::from(w.kernel_ready);
                         w.kernel_ready = 0;
                         w.st.extend(reaped);
                         let mut got = Vec::new();
                         let n = w.st.take_handed(id, 0, &mut |p| got.push(p));
-                        let n = if n > 0 {
-                            n
-                        } else {
-                            w.st.take(1, &mut |p| got.push(p))
-                        };
+                        let n = if n > 0 { n } else { w.st.take(1, &mut |p| got.push(p)) };
                         if n > 0 {
                             w.delivered.extend(got);
                             w.dispatch(true);
@@ -289,10 +250,7 @@ impl World {
     fn check(&self) {
         // FIFO: the queue holds packets in arrival order.
         let q: Vec<u32> = self.st.queue().iter().copied().collect();
-        assert!(
-            q.windows(2).all(|p| p[0] < p[1]),
-            "queue out of order: {q:?}"
-        );
+        assert!(q.windows(2).all(|p| p[0] < p[1]), "queue out of order: {q:?}");
         // Conservation: every packet that entered the queue is in exactly one place.
         let mut all: Vec<u32> = q.clone();
         all.extend(&self.delivered);
@@ -310,11 +268,7 @@ impl World {
         uniq.sort_unstable();
         uniq.dedup();
         assert_eq!(uniq.len(), all.len(), "a packet is in two places: {all:?}");
-        assert_eq!(
-            all.len() + handed_count,
-            entered,
-            "a packet was lost: {self:?}"
-        );
+        assert_eq!(all.len() + handed_count, entered, "a packet was lost: {self:?}");
         // Accounting.
         let running_threads = self
             .th
@@ -326,11 +280,7 @@ impl World {
             })
             .count();
         if !self.st.is_closed() {
-            assert_eq!(
-                self.st.running(),
-                running_threads,
-                "running count drifted: {self:?}"
-            );
+            assert_eq!(self.st.running(), running_threads, "running count drifted: {self:?}");
         }
         // A thread back from a timeout counts as running even above the limit (as on Windows),
         // but packets are only ever released while fewer than `max` threads run.
@@ -338,60 +288,32 @@ impl World {
             .th
             .iter()
             .filter(|t| match t {
-                Th::Idle {
-                    holds_packet,
-                    running,
-                    ..
-                } => *holds_packet && *running,
+                Th::Idle { holds_packet, running, .. } => *holds_packet && *running,
                 Th::Parked { id, .. } | Th::Polling { id, .. } => self.st.has_handed(*id),
                 Th::Closed => false,
             })
             .count();
         let timed_out = running_threads - holders;
-        assert!(
-            holders <= self.max + timed_out,
-            "concurrency limit exceeded: {self:?}"
-        );
+        assert!(holders <= self.max + timed_out, "concurrency limit exceeded: {self:?}");
         if timed_out == 0 {
-            assert!(
-                self.st.running() <= self.max,
-                "concurrency limit exceeded: {self:?}"
-            );
+            assert!(self.st.running() <= self.max, "concurrency limit exceeded: {self:?}");
         }
         // At most one poller.
-        let pollers = self
-            .th
-            .iter()
-            .filter(|t| matches!(t, Th::Polling { .. }))
-            .count();
+        let pollers = self.th.iter().filter(|t| matches!(t, Th::Polling { .. })).count();
         assert!(pollers <= 1);
         assert_eq!(pollers == 1, self.st.is_polling());
     }
 
     /// Nothing can happen any more except timeouts.
     fn check_quiescent(&self) {
-        let sleeping = self.th.iter().any(|t| {
-            matches!(
-                t,
-                Th::Parked {
-                    signalled: false,
-                    ..
-                }
-            )
-        });
+        let sleeping = self.th.iter().any(|t| matches!(t, Th::Parked { signalled: false, .. }));
         let polling = self.th.iter().any(|t| matches!(t, Th::Polling { .. }));
         if self.st.is_closed() {
-            assert!(
-                !sleeping && !polling,
-                "a waiter sleeps on a closed port: {self:?}"
-            );
+            assert!(!sleeping && !polling, "a waiter sleeps on a closed port: {self:?}");
             return;
         }
         if sleeping {
-            assert!(
-                polling,
-                "waiters sleep with nobody polling the kernel: {self:?}"
-            );
+            assert!(polling, "waiters sleep with nobody polling the kernel: {self:?}");
         }
         let waiting = self.st.waiters() > 0;
         assert!(
@@ -412,14 +334,7 @@ fn explore(
 ) -> usize {
     let start = World {
         st: State::new(max),
-        th: vec![
-            Th::Idle {
-                gets_left: gets,
-                running: false,
-                holds_packet: false
-            };
-            threads
-        ],
+        th: vec![Th::Idle { gets_left: gets, running: false, holds_packet: false }; threads],
         kernel_ready: 0,
         next_packet: 0,
         posts_left: posts,

@@ -225,20 +225,29 @@ impl PoolInner {
                 let base = ring.ptr.as_ptr().cast::<RingEntry>();
                 // SAFETY: `slot < entries`, so the entry lies inside the ring allocation.
                 let e = unsafe { base.add(slot) };
-                // SAFETY (the three writes): the kernel reads only entries below the published
-                // tail; this one is past it until the release store below, and the tail lock is
-                // held, so nobody else accesses it. `resv` is left alone: in entry 0 it is the
+                // The entry is past the published tail until the release store below, and the
+                // tail lock is held, so neither the kernel nor another thread reads it now. Its
+                // fields are written one by one: `resv` is left alone, as in entry 0 it is the
                 // tail itself.
-                unsafe { (&raw mut (*e).addr).write(addr as u64) };
-                // SAFETY: as above.
-                unsafe { (&raw mut (*e).len).write(len as u32) };
-                // SAFETY: as above.
-                unsafe { (&raw mut (*e).bid).write(id) };
+                // SAFETY: `e` points at an entry inside the ring allocation (see above).
+                let addr_field = unsafe { &raw mut (*e).addr };
+                // SAFETY: a valid, aligned, unshared field (see above).
+                unsafe { addr_field.write(addr as u64) };
+                // SAFETY: as for `addr`.
+                let len_field = unsafe { &raw mut (*e).len };
+                // SAFETY: as for `addr`.
+                unsafe { len_field.write(len as u32) };
+                // SAFETY: as for `addr`.
+                let bid_field = unsafe { &raw mut (*e).bid };
+                // SAFETY: as for `addr`.
+                unsafe { bid_field.write(id) };
                 *tail = tail.wrapping_add(1);
+                // SAFETY: `base` points at entry 0 of the ring allocation.
+                let tail_ptr = unsafe { &raw mut (*base).resv };
                 // SAFETY: the ring's tail is the `resv` field of entry 0 (the kernel ABI), a
-                // naturally aligned u16 inside the allocation, shared with the kernel only through
-                // atomic accesses.
-                let tail_field = unsafe { AtomicU16::from_ptr((&raw mut (*base).resv).cast()) };
+                // naturally aligned u16 inside the allocation, that the kernel and we access only
+                // atomically.
+                let tail_field = unsafe { AtomicU16::from_ptr(tail_ptr) };
                 tail_field.store(*tail, Ordering::Release);
             }
         }

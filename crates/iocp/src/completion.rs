@@ -155,8 +155,8 @@ pub struct Completion<C> {
     pub(crate) status: i32,
     pub(crate) context: C,
     pub(crate) payload: Payload,
-    /// The operation's deadline, if it had one (the port disarms it).
-    pub(crate) timer: Option<crate::sys::op::TimerKey>,
+    /// The operation had a deadline (the port disarms it).
+    pub(crate) timed: bool,
 }
 
 impl<C> Completion<C> {
@@ -281,7 +281,7 @@ impl<C> Completion<C> {
             status: 0,
             context,
             payload: Payload::Posted,
-            timer: None,
+            timed: false,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -19,35 +19,146 @@ use crate::port::PortInner;
 use crate::sys::bufpool::BufferPool;
 use crate::sys::op::{Op, OpKind};
 
-/// Backend bookkeeping for one handle, under the handle's lock.
+/// Backend bookkeeping for one handle, under the handle's lock. Sized for the common case of an
+/// idle connection (at most one pending op per side, one op in the kernel) without allocating:
+/// that is what keeps memory per idle connection small. Everything beyond lives in one
+/// `Overflow` box, allocated only while needed.
+///
+/// Side 0 (read) / 1 (write):
+/// - epoll: operations waiting for readability / writability, in submission order;
+/// - io_uring: receives / sends waiting for the one in the kernel to finish (stream order).
 pub(crate) struct HandleIo<C> {
-    /// epoll: operations waiting for readability, in submission order.
-    /// io_uring: receives waiting for the one in the kernel to finish (stream order).
-    pub(crate) read: VecDeque<Box<Op<C>>>,
-    /// epoll: operations waiting for writability, in submission order.
-    /// io_uring: sends waiting for the one in the kernel to finish (stream order).
-    pub(crate) write: VecDeque<Box<Op<C>>>,
+    heads: [Option<Box<Op<C>>>; 2],
     /// io_uring: a receive / a send of this handle is in the kernel.
     pub(crate) busy: [bool; 2],
     /// epoll: tokens of accepts parked on their accepted socket (initial receive).
     /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
-    pub(crate) tokens: Vec<u64>,
+    /// The first lives inline (`token`, if `has_token`), the rest in the overflow.
+    token: u64,
+    has_token: bool,
+    overflow: Option<Box<Overflow<C>>>,
+}
+
+struct Overflow<C> {
+    rest: [VecDeque<Box<Op<C>>>; 2],
+    tokens: Vec<u64>,
 }
 
 impl<C> HandleIo<C> {
+    pub(crate) const fn new() -> Self {
+        HandleIo {
+            heads: [None, None],
+            busy: [false; 2],
+            token: 0,
+            has_token: false,
+            overflow: None,
+        }
+    }
+
+    fn overflow(&mut self) -> &mut Overflow<C> {
+        self.overflow.get_or_insert_with(|| {
+            Box::new(Overflow { rest: [VecDeque::new(), VecDeque::new()], tokens: Vec::new() })
+        })
+    }
+
+    fn trim(&mut self) {
+        if self
+            .overflow
+            .as_ref()
+            .is_some_and(|o| o.rest.iter().all(VecDeque::is_empty) && o.tokens.is_empty())
+        {
+            self.overflow = None;
+        }
+    }
+
+    pub(crate) fn is_empty(&self, side: usize) -> bool {
+        self.heads[side].is_none()
+    }
+
+    pub(crate) fn push_back(&mut self, side: usize, op: Box<Op<C>>) {
+        if self.heads[side].is_none() {
+            self.heads[side] = Some(op);
+        } else {
+            self.overflow().rest[side].push_back(op);
+        }
+    }
+
+    pub(crate) fn front_mut(&mut self, side: usize) -> Option<&mut Op<C>> {
+        self.heads[side].as_deref_mut()
+    }
+
+    pub(crate) fn pop_front(&mut self, side: usize) -> Option<Box<Op<C>>> {
+        let head = self.heads[side].take()?;
+        self.heads[side] = self.overflow.as_mut().and_then(|o| o.rest[side].pop_front());
+        self.trim();
+        Some(head)
+    }
+
+    /// Takes every queued op, both sides, in order.
+    pub(crate) fn drain_all(&mut self) -> Vec<Box<Op<C>>> {
+        let mut out = Vec::new();
+        for side in 0..2 {
+            while let Some(op) = self.pop_front(side) {
+                out.push(op);
+            }
+        }
+        out
+    }
+
     /// Removes the queued operations `f` selects, keeping the others in order.
     pub(crate) fn take_matching(&mut self, f: impl Fn(&Op<C>) -> bool) -> Vec<Box<Op<C>>> {
         let mut taken = Vec::new();
-        for q in [&mut self.read, &mut self.write] {
-            if q.iter().any(|op| f(op)) {
-                let mut keep = VecDeque::with_capacity(q.len());
-                for op in q.drain(..) {
-                    if f(&op) { taken.push(op) } else { keep.push_back(op) }
-                }
-                *q = keep;
+        for side in 0..2 {
+            let mut keep = Vec::new();
+            while let Some(op) = self.pop_front(side) {
+                if f(&op) { taken.push(op) } else { keep.push(op) }
+            }
+            for op in keep {
+                self.push_back(side, op);
             }
         }
         taken
+    }
+
+    pub(crate) fn push_token(&mut self, t: u64) {
+        if self.has_token {
+            self.overflow().tokens.push(t);
+        } else {
+            self.token = t;
+            self.has_token = true;
+        }
+    }
+
+    pub(crate) fn remove_token(&mut self, t: u64) {
+        if self.has_token && self.token == t {
+            // Refill the inline slot from the overflow, if any.
+            match self.overflow.as_mut().and_then(|o| o.tokens.pop()) {
+                Some(x) => self.token = x,
+                None => self.has_token = false,
+            }
+        } else if let Some(o) = self.overflow.as_mut() {
+            o.tokens.retain(|x| *x != t);
+        }
+        self.trim();
+    }
+
+    pub(crate) fn tokens(&self) -> Vec<u64> {
+        let mut v = Vec::new();
+        if self.has_token {
+            v.push(self.token);
+        }
+        if let Some(o) = &self.overflow {
+            v.extend_from_slice(&o.tokens);
+        }
+        v
+    }
+
+    pub(crate) fn clear_tokens(&mut self) {
+        self.has_token = false;
+        if let Some(o) = self.overflow.as_mut() {
+            o.tokens.clear();
+        }
+        self.trim();
     }
 }
 
@@ -64,7 +175,10 @@ pub(crate) struct HandleInner<C> {
     /// runs on the file pool.
     pub(crate) is_file: bool,
     io: Mutex<HandleIo<C>>,
-    identity: Option<(u64, u64)>,
+    /// The registry key of a socket or pipe (0: none; see `claim`).
+    identity: u64,
+    /// `Handle` clones alive; the last one to go closes the handle.
+    users: AtomicU32,
 }
 
 impl<C> HandleInner<C> {
@@ -79,7 +193,8 @@ impl<C> HandleInner<C> {
 
 impl<C> Drop for HandleInner<C> {
     fn drop(&mut self) {
-        if let Some(id) = self.identity {
+        if self.identity != 0 {
+            let id = self.identity;
             registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
         }
     }
@@ -88,28 +203,30 @@ impl<C> Drop for HandleInner<C> {
 /// Process-wide set of associated sockets and pipes, by (device, inode): on Linux each socket
 /// has its own inode, so a duplicated fd (`dup`, `try_clone`) is recognised as the same object,
 /// as Windows recognises the same file object behind two handles.
-fn registry() -> &'static Mutex<HashSet<(u64, u64)>> {
-    static REGISTRY: OnceLock<Mutex<HashSet<(u64, u64)>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashSet<u64>> {
+    static REGISTRY: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
 }
 
 /// Records the association of `fd`'s socket or pipe; returns its identity (to release on close)
 /// and whether it is a regular file or block device.
-fn claim(fd: BorrowedFd<'_>) -> io::Result<(Option<(u64, u64)>, bool)> {
+fn claim(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
     use rustix::fs::FileType;
     let st = rustix::fs::fstat(fd)?;
     let ty = FileType::from_raw_mode(st.st_mode);
     if !matches!(ty, FileType::Socket | FileType::Fifo) {
-        return Ok((None, matches!(ty, FileType::RegularFile | FileType::BlockDevice)));
+        return Ok((0, matches!(ty, FileType::RegularFile | FileType::BlockDevice)));
     }
-    let id = (st.st_dev, st.st_ino);
+    // Device and inode in one word: device numbers are small, and all sockets share one device
+    // (sockfs), where inode numbers are unique.
+    let id = ((st.st_dev << 44) ^ st.st_ino).max(1);
     if !registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",
         ));
     }
-    Ok((Some(id), false))
+    Ok((id, false))
 }
 
 /// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a
@@ -119,32 +236,31 @@ fn claim(fd: BorrowedFd<'_>) -> io::Result<(Option<(u64, u64)>, bool)> {
 /// clone). Closing aborts every pending operation: each completes once, with `ECANCELED`. The
 /// fd itself is closed after the last of those completions.
 pub struct Handle<C: Send + 'static> {
-    shared: Arc<Shared<C>>,
-}
-
-struct Shared<C: Send + 'static> {
     inner: Arc<HandleInner<C>>,
     port: Arc<PortInner<C>>,
 }
 
-impl<C: Send + 'static> Drop for Shared<C> {
+impl<C: Send + 'static> Drop for Handle<C> {
     fn drop(&mut self) {
-        self.port.close_handle(&self.inner);
+        if self.inner.users.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.port.close_handle(&self.inner);
+        }
     }
 }
 
 impl<C: Send + 'static> Clone for Handle<C> {
     fn clone(&self) -> Self {
-        Handle { shared: self.shared.clone() }
+        self.inner.users.fetch_add(1, Ordering::Relaxed);
+        Handle { inner: self.inner.clone(), port: self.port.clone() }
     }
 }
 
 impl<C: Send + 'static> fmt::Debug for Handle<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
-            .field("fd", &self.shared.inner.fd.as_raw_fd())
-            .field("key", &self.shared.inner.key)
-            .field("closed", &self.shared.inner.is_closed())
+            .field("fd", &self.inner.fd.as_raw_fd())
+            .field("key", &self.inner.key)
+            .field("closed", &self.inner.is_closed())
             .finish()
     }
 }
@@ -162,21 +278,17 @@ impl<C: Send + 'static> Handle<C> {
             closed: AtomicBool::new(false),
             token: AtomicU64::new(0),
             is_file,
-            io: Mutex::new(HandleIo {
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-                busy: [false; 2],
-                tokens: Vec::new(),
-            }),
+            io: Mutex::new(HandleIo::new()),
             identity,
+            users: AtomicU32::new(1),
         });
         port.register(&inner)?;
-        Ok(Handle { shared: Arc::new(Shared { inner, port: port.clone() }) })
+        Ok(Handle { inner, port: port.clone() })
     }
 
     /// The key every packet of this handle carries.
     pub fn key(&self) -> CompletionKey {
-        self.shared.inner.key
+        self.inner.key
     }
 
     /// Receives into the spare capacity of `buf` (`capacity - len` bytes; WSARecv). Completes
@@ -368,7 +480,7 @@ impl<C: Send + 'static> Handle<C> {
     /// `NotFound` when no such operation is pending on this handle (it already completed, or
     /// never belonged to it): no packet results (Win32 `ERROR_NOT_FOUND`).
     pub fn cancel(&self, op: OpId) -> io::Result<()> {
-        match self.shared.port.cancel(&self.shared.inner, Some(op), libc::ECANCELED) {
+        match self.port.cancel(&self.inner, Some(op), libc::ECANCELED) {
             0 => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no such pending operation (ERROR_NOT_FOUND)",
@@ -383,7 +495,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// `NotFound` when nothing is pending.
     pub fn cancel_all(&self) -> io::Result<usize> {
-        match self.shared.port.cancel(&self.shared.inner, None, libc::ECANCELED) {
+        match self.port.cancel(&self.inner, None, libc::ECANCELED) {
             0 => Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "no pending operation (ERROR_NOT_FOUND)",
@@ -403,7 +515,7 @@ impl<C: Send + 'static> Handle<C> {
             Shutdown::Write => rustix::net::Shutdown::Write,
             Shutdown::Both => rustix::net::Shutdown::Both,
         };
-        rustix::net::shutdown(&self.shared.inner.fd, how)?;
+        rustix::net::shutdown(&self.inner.fd, how)?;
         Ok(())
     }
 
@@ -411,12 +523,12 @@ impl<C: Send + 'static> Handle<C> {
     /// handed back), later starts are refused, and the fd is closed after the last completion.
     /// Idempotent; dropping the last clone does the same.
     pub fn close(&self) {
-        self.shared.port.close_handle(&self.shared.inner);
+        self.port.close_handle(&self.inner);
     }
 
     /// True once [`Handle::close`] ran.
     pub fn is_closed(&self) -> bool {
-        self.shared.inner.is_closed()
+        self.inner.is_closed()
     }
 }
 
@@ -597,7 +709,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     /// # Errors
     /// As [`Handle::recv_pooled`].
     pub fn recv_pooled(&self, pool: &BufferPool, context: C) -> Result<OpId, SubmitError<C>> {
-        if pool.port() != self.handle.shared.port.id {
+        if pool.port() != self.handle.port.id {
             return Err(invalid(
                 context,
                 Payload::RecvPooled(None),
@@ -616,20 +728,19 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     }
 
     fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {
-        let shared = &self.handle.shared;
-        shared.port.start(&shared.inner, kind, context, self.timeout)
+        self.handle.port.start(&self.handle.inner, kind, context, self.timeout)
     }
 }
 
 impl<C: Send + 'static> AsFd for Handle<C> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.shared.inner.fd.as_fd()
+        self.inner.fd.as_fd()
     }
 }
 
 impl<C: Send + 'static> AsRawFd for Handle<C> {
     fn as_raw_fd(&self) -> RawFd {
-        self.shared.inner.fd.as_raw_fd()
+        self.inner.fd.as_raw_fd()
     }
 }
 

@@ -62,3 +62,18 @@ pub const APPEND: u64 = u64::MAX;
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
 pub use stats::PortStats;
 pub use sys::bufpool::{BufferPool, PooledBuf};
+
+#[cfg(test)]
+mod size_report {
+    /// Memory per idle connection (BENCHMARKS.md, `idle-memory`) depends on these sizes; a
+    /// change that grows them must be a decision, not an accident.
+    #[test]
+    fn per_connection_structures_stay_small() {
+        let handle = size_of::<crate::handle::HandleInner<u32>>();
+        let op = size_of::<crate::sys::op::Op<u32>>();
+        eprintln!("HandleInner<u32> = {handle} bytes, Op<u32> = {op} bytes");
+        assert!(handle <= 88, "HandleInner grew to {handle} bytes");
+        assert!(op <= 72, "Op grew to {op} bytes");
+        assert_eq!(size_of::<crate::Handle<u32>>(), 16);
+    }
+}

@@ -3,7 +3,7 @@
 mod assoc;
 pub(crate) mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -87,7 +87,7 @@ impl PortBuilder {
             closed: AtomicBool::new(false),
             driver,
             reaped: Mutex::new(Vec::new()),
-            timers: Mutex::new(BTreeMap::new()),
+            timers: Mutex::new(Timers { by_time: BTreeMap::new(), by_op: HashMap::new() }),
             timers_armed: AtomicUsize::new(0),
             timer_seq: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
@@ -355,8 +355,12 @@ pub(crate) struct PortInner<C: Send + 'static> {
     timer_seq: AtomicU64,
 }
 
-/// Armed deadlines, earliest first: the op and its handle (weak: a closed handle's ops are gone).
-type Timers<C> = BTreeMap<TimerKey, (OpId, Weak<HandleInner<C>>)>;
+/// Armed deadlines: earliest first, with the op and its handle (weak: a closed handle's ops are
+/// gone), and by op, to disarm one that completed.
+struct Timers<C> {
+    by_time: BTreeMap<TimerKey, (OpId, Weak<HandleInner<C>>)>,
+    by_op: HashMap<OpId, TimerKey>,
+}
 
 thread_local! {
     static SIGNAL: Arc<Condvar> = Arc::new(Condvar::new());
@@ -413,9 +417,10 @@ impl<C: Send + 'static> PortInner<C> {
         let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
         let mut op = Op::new(id, h.clone(), context, kind);
         if let Some(t) = timeout {
-            op.timer = Some(self.arm_timer(t, id, h));
+            self.arm_timer(t, id, h);
+            op.timed = true;
         }
-        let timer = op.timer;
+        let timed = op.timed;
         match self.driver.submit(op) {
             Submitted::Pending => Ok(id),
             Submitted::Done(c) => {
@@ -423,8 +428,8 @@ impl<C: Send + 'static> PortInner<C> {
                 Ok(id)
             }
             Submitted::Refused(error, op) => {
-                if let Some(k) = timer {
-                    self.disarm(std::iter::once(k));
+                if timed {
+                    self.disarm(std::iter::once(id));
                 }
                 let Op { context, kind, .. } = *op;
                 Err(SubmitError { error, context, payload: kind.into_payload(None, 0) })
@@ -448,28 +453,30 @@ impl<C: Send + 'static> PortInner<C> {
         n
     }
 
-    fn arm_timer(&self, timeout: Duration, id: OpId, h: &Arc<HandleInner<C>>) -> TimerKey {
+    fn arm_timer(&self, timeout: Duration, id: OpId, h: &Arc<HandleInner<C>>) {
         let at = Instant::now() + timeout;
         let key = (at, self.timer_seq.fetch_add(1, Ordering::Relaxed));
         let earliest = {
             let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-            timers.insert(key, (id, Arc::downgrade(h)));
-            self.timers_armed.store(timers.len(), Ordering::Release);
-            timers.first_key_value().is_some_and(|(k, _)| *k == key)
+            timers.by_time.insert(key, (id, Arc::downgrade(h)));
+            timers.by_op.insert(id, key);
+            self.timers_armed.store(timers.by_time.len(), Ordering::Release);
+            timers.by_time.first_key_value().is_some_and(|(k, _)| *k == key)
         };
         // A poller blocked with a later (or no) timeout must recompute it.
         if earliest && self.lock().is_polling() {
             self.driver.kick();
         }
-        key
     }
 
-    fn disarm(&self, keys: impl Iterator<Item = TimerKey>) {
+    fn disarm(&self, ops: impl Iterator<Item = OpId>) {
         let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        for k in keys {
-            timers.remove(&k);
+        for id in ops {
+            if let Some(key) = timers.by_op.remove(&id) {
+                timers.by_time.remove(&key);
+            }
         }
-        self.timers_armed.store(timers.len(), Ordering::Release);
+        self.timers_armed.store(timers.by_time.len(), Ordering::Release);
     }
 
     /// Disarms the deadlines of operations that completed.
@@ -477,9 +484,9 @@ impl<C: Send + 'static> PortInner<C> {
         if self.timers_armed.load(Ordering::Acquire) == 0 {
             return;
         }
-        let keys: Vec<TimerKey> = cs.filter_map(|c| c.timer).collect();
-        if !keys.is_empty() {
-            self.disarm(keys.into_iter());
+        let ids: Vec<OpId> = cs.filter(|c| c.timed).map(|c| c.op).collect();
+        if !ids.is_empty() {
+            self.disarm(ids.into_iter());
         }
     }
 
@@ -489,7 +496,7 @@ impl<C: Send + 'static> PortInner<C> {
             return None;
         }
         let timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        timers.first_key_value().map(|(k, _)| k.0)
+        timers.by_time.first_key_value().map(|(k, _)| k.0)
     }
 
     /// Cancels the operations whose deadline has passed; they complete with `ETIMEDOUT`.
@@ -501,13 +508,16 @@ impl<C: Send + 'static> PortInner<C> {
         let expired: Vec<(OpId, Weak<HandleInner<C>>)> = {
             let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
             let mut expired = Vec::new();
-            while let Some(entry) = timers.first_entry() {
+            while let Some(entry) = timers.by_time.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
                 expired.push(entry.remove());
             }
-            self.timers_armed.store(timers.len(), Ordering::Release);
+            for (id, _) in &expired {
+                timers.by_op.remove(id);
+            }
+            self.timers_armed.store(timers.by_time.len(), Ordering::Release);
             expired
         };
         for (id, h) in expired {

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
+use super::chunks::ChunkVec;
+use super::op::reason_code;
 use super::op::{Op, Progress};
 use super::{DriverStats, Submitted, timeout_ms};
 use crate::backend::PortConfig;
@@ -36,7 +38,7 @@ struct Slot<C> {
 }
 
 struct Slab<C> {
-    slots: Vec<Slot<C>>,
+    slots: ChunkVec<Slot<C>>,
     free: Vec<u32>,
 }
 
@@ -44,10 +46,7 @@ impl<C> Slab<C> {
     fn insert(&mut self, entry: Entry<C>) -> u64 {
         let idx = match self.free.pop() {
             Some(i) => i,
-            None => {
-                self.slots.push(Slot { generation: 0, entry: None });
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push_with(|| Slot { generation: 0, entry: None }) as u32,
         };
         let slot = &mut self.slots[idx as usize];
         slot.generation = slot.generation.wrapping_add(1);
@@ -94,7 +93,7 @@ impl<C: Send + 'static> Driver<C> {
         let d = Driver {
             epfd,
             eventfd,
-            slab: Mutex::new(Slab { slots: Vec::new(), free: Vec::new() }),
+            slab: Mutex::new(Slab { slots: ChunkVec::new(), free: Vec::new() }),
             events: Mutex::new(Vec::with_capacity(EVENTS)),
             in_flight: Arc::new(AtomicU64::new(0)),
             files: FilePool::new(cfg.file_threads),
@@ -155,9 +154,8 @@ impl<C: Send + 'static> Driver<C> {
             self.files.push(op, &self.in_flight);
             return Submitted::Pending;
         }
-        let read = op.kind.is_read();
-        let queue = if read { &mut io.read } else { &mut io.write };
-        if queue.is_empty() {
+        let side = usize::from(!op.kind.is_read());
+        if io.is_empty(side) {
             match op.try_io() {
                 Progress::Done(status) => return Submitted::Done(op.complete(status)),
                 Progress::Again => {}
@@ -174,8 +172,7 @@ impl<C: Send + 'static> Driver<C> {
                 }
             }
         }
-        let queue = if read { &mut io.read } else { &mut io.write };
-        queue.push_back(op);
+        io.push_back(side, op);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Submitted::Pending
     }
@@ -204,7 +201,7 @@ impl<C: Send + 'static> Driver<C> {
                 _ => Ok(()),
             };
         }
-        io.tokens.push(token);
+        io.push_token(token);
         Ok(())
     }
 
@@ -217,7 +214,7 @@ impl<C: Send + 'static> Driver<C> {
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
         }
         let mut io = op.handle.io();
-        io.tokens.retain(|t| *t != token);
+        io.remove_token(token);
         drop(io);
         Some(op)
     }
@@ -290,10 +287,10 @@ impl<C: Send + 'static> Driver<C> {
             let mut io = h.io();
             let any = libc::EPOLLHUP | libc::EPOLLERR;
             if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
-                self.run_queue(&mut io, true, out, &mut parked);
+                self.run_queue(&mut io, 0, out, &mut parked);
             }
             if flags & (libc::EPOLLOUT | any) != 0 {
-                self.run_queue(&mut io, false, out, &mut parked);
+                self.run_queue(&mut io, 1, out, &mut parked);
             }
         }
         for op in parked {
@@ -307,12 +304,11 @@ impl<C: Send + 'static> Driver<C> {
     fn run_queue(
         &self,
         io: &mut HandleIo<C>,
-        read: bool,
+        side: usize,
         out: &mut Vec<Completion<C>>,
         parked: &mut Vec<Box<Op<C>>>,
     ) {
-        let queue = if read { &mut io.read } else { &mut io.write };
-        while let Some(op) = queue.front_mut() {
+        while let Some(op) = io.front_mut(side) {
             let progress = match op.connect_outcome() {
                 Some(p) => p,
                 None => op.try_io(),
@@ -320,11 +316,11 @@ impl<C: Send + 'static> Driver<C> {
             match progress {
                 Progress::Again => break,
                 Progress::Done(status) => {
-                    let op = pop(queue);
+                    let op = pop(io, side);
                     self.in_flight.fetch_sub(1, Ordering::Relaxed);
                     out.push(op.complete(status));
                 }
-                Progress::AgainOnAccepted => parked.push(pop(queue)),
+                Progress::AgainOnAccepted => parked.push(pop(io, side)),
             }
         }
     }
@@ -346,13 +342,13 @@ impl<C: Send + 'static> Driver<C> {
         let (ops, tokens) = {
             let mut io = h.io();
             let ops = io.take_matching(matches);
-            (ops, io.tokens.clone())
+            (ops, io.tokens())
         };
         let mut n = 0;
         let mut ops = ops;
         ops.extend(self.files.take_matching(h, target));
         for mut op in ops {
-            op.cancel_reason = reason;
+            op.cancel_reason = reason_code(reason);
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             out.push(op.abort());
             n += 1;
@@ -363,7 +359,7 @@ impl<C: Send + 'static> Driver<C> {
                 _ => false,
             };
             if wanted && let Some(mut op) = self.unpark(t) {
-                op.cancel_reason = reason;
+                op.cancel_reason = reason_code(reason);
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 out.push(op.abort());
                 n += 1;
@@ -386,15 +382,14 @@ impl<C: Send + 'static> Driver<C> {
         let entries: Vec<Entry<C>> = {
             let mut slab = self.slab();
             slab.free.clear();
-            slab.slots.drain(..).filter_map(|s| s.entry).collect()
+            slab.slots.take_all().into_iter().filter_map(|s| s.entry).collect()
         };
         let mut ops = Vec::new();
         for e in &entries {
             if let Entry::Handle(h) = e {
                 let mut io = h.io();
-                ops.extend(io.read.drain(..));
-                ops.extend(io.write.drain(..));
-                io.tokens.clear();
+                ops.extend(io.drain_all());
+                io.clear_tokens();
             }
         }
         ops.extend(self.files.shutdown());
@@ -408,8 +403,8 @@ impl<C: Send + 'static> Driver<C> {
     }
 }
 
-fn pop<C>(q: &mut VecDeque<Box<Op<C>>>) -> Box<Op<C>> {
-    q.pop_front().expect("invariant: front_mut just returned an element")
+fn pop<C>(io: &mut HandleIo<C>, side: usize) -> Box<Op<C>> {
+    io.pop_front(side).expect("invariant: front_mut just returned an element")
 }
 
 pub(crate) fn closed_error() -> io::Error {

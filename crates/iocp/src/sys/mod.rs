@@ -21,6 +21,7 @@ use crate::completion::{Completion, OpId};
 use crate::handle::HandleInner;
 
 pub(crate) mod bufpool;
+mod chunks;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(feature = "uring")]

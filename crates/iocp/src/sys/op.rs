@@ -38,10 +38,14 @@ unsafe impl Sync for Msg {}
 
 impl Msg {
     fn new() -> Box<Self> {
+        Box::new(Self::plain())
+    }
+
+    fn plain() -> Self {
         // SAFETY: `msghdr` is a plain C struct for which all-zero bytes is a valid value (null
         // pointers, zero lengths).
         let hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        Box::new(Msg { iov: Vec::new(), hdr })
+        Msg { iov: Vec::new(), hdr }
     }
 
     /// Points the iovecs at the spare capacity of `bufs`, in order (scatter).
@@ -108,11 +112,8 @@ pub(crate) struct AddrBuf {
 }
 
 impl AddrBuf {
-    fn new() -> Box<Self> {
-        Box::new(AddrBuf {
-            storage: MaybeUninit::zeroed(),
-            len: size_of::<libc::sockaddr_storage>() as _,
-        })
+    fn plain() -> Self {
+        AddrBuf { storage: MaybeUninit::zeroed(), len: size_of::<libc::sockaddr_storage>() as _ }
     }
 
     pub(crate) fn ptrs(&mut self) -> (*mut libc::sockaddr, *mut libc::socklen_t) {
@@ -177,6 +178,32 @@ impl Transmit {
     }
 }
 
+/// recvmsg's header and the sender's address, boxed together (keeps `OpKind` small).
+pub(crate) struct MsgFrom {
+    msg: Msg,
+    addr: AddrBuf,
+}
+
+/// sendmsg's header and the destination, boxed together.
+pub(crate) struct MsgTo {
+    msg: Msg,
+    to: SockAddr,
+}
+
+/// An accept's peer address storage, the accepted socket once there is one, and whether an
+/// initial receive follows.
+pub(crate) struct AcceptState {
+    addr: AddrBuf,
+    accepted: Option<OwnedFd>,
+    want_data: bool,
+}
+
+/// A connect's destination and whether the connection is made (then the initial send runs).
+pub(crate) struct ConnectState {
+    addr: SockAddr,
+    connected: bool,
+}
+
 /// The per-kind state of an operation.
 pub(crate) enum OpKind {
     Recv {
@@ -195,23 +222,18 @@ pub(crate) enum OpKind {
     },
     RecvFrom {
         buf: Vec<u8>,
-        msg: Box<Msg>,
-        addr: Box<AddrBuf>,
+        io: Box<MsgFrom>,
     },
     SendTo {
         buf: Vec<u8>,
-        msg: Box<Msg>,
-        to: Box<SockAddr>,
+        io: Box<MsgTo>,
     },
     Accept {
-        addr: Box<AddrBuf>,
-        accepted: Option<OwnedFd>,
+        st: Box<AcceptState>,
         buf: Vec<u8>,
-        want_data: bool,
     },
     Connect {
-        addr: Box<SockAddr>,
-        connected: bool,
+        st: Box<ConnectState>,
         buf: Vec<u8>,
     },
     Ready,
@@ -252,17 +274,23 @@ impl OpKind {
         OpKind::SendV { bufs, msg: Msg::new() }
     }
     pub(crate) fn recv_from(buf: Vec<u8>) -> Self {
-        OpKind::RecvFrom { buf, msg: Msg::new(), addr: AddrBuf::new() }
+        OpKind::RecvFrom {
+            buf,
+            io: Box::new(MsgFrom { msg: Msg::plain(), addr: AddrBuf::plain() }),
+        }
     }
     pub(crate) fn send_to(buf: Vec<u8>, to: SockAddr) -> Self {
-        OpKind::SendTo { buf, msg: Msg::new(), to: Box::new(to) }
+        OpKind::SendTo { buf, io: Box::new(MsgTo { msg: Msg::plain(), to }) }
     }
     pub(crate) fn accept(buf: Vec<u8>) -> Self {
         let want_data = buf.capacity() > buf.len();
-        OpKind::Accept { addr: AddrBuf::new(), accepted: None, buf, want_data }
+        OpKind::Accept {
+            st: Box::new(AcceptState { addr: AddrBuf::plain(), accepted: None, want_data }),
+            buf,
+        }
     }
     pub(crate) fn connect(addr: SockAddr, buf: Vec<u8>) -> Self {
-        OpKind::Connect { addr: Box::new(addr), connected: false, buf }
+        OpKind::Connect { st: Box::new(ConnectState { addr, connected: false }), buf }
     }
     pub(crate) fn read_at(buf: Vec<u8>, offset: u64) -> Self {
         OpKind::ReadAt { buf, offset }
@@ -347,7 +375,8 @@ impl OpKind {
             OpKind::SendV { bufs, .. } => Payload::SendVectored(bufs),
             OpKind::RecvFrom { buf, .. } => Payload::RecvFrom(buf, peer.map(Box::new)),
             OpKind::SendTo { buf, .. } => Payload::SendTo(buf),
-            OpKind::Accept { accepted, buf, .. } => {
+            OpKind::Accept { st, buf } => {
+                let accepted = st.accepted;
                 Payload::Accept(Box::new(Accepted::new(accepted, peer, buf)))
             }
             OpKind::Connect { buf, .. } => Payload::Connect(buf),
@@ -384,9 +413,15 @@ pub(crate) struct Op<C> {
     /// Bytes moved so far (sends resumed after a short write; the result of a receive).
     pub(crate) bytes: usize,
     /// Set by a cancel: the status an abort reports (`ECANCELED`, or `ETIMEDOUT` for a deadline).
-    pub(crate) cancel_reason: i32,
-    /// The op's deadline timer, removed from the port's timer set when it completes.
-    pub(crate) timer: Option<TimerKey>,
+    /// (An errno below 256, so one byte: an idle connection's op stays small.)
+    pub(crate) cancel_reason: u8,
+    /// The op has a deadline in the port's timer set, to disarm when it completes.
+    pub(crate) timed: bool,
+}
+
+/// Stores an abort reason (`ECANCELED`, `ETIMEDOUT`) in a byte.
+pub(crate) fn reason_code(errno: i32) -> u8 {
+    u8::try_from(errno).unwrap_or(libc::ECANCELED as u8)
 }
 
 /// Identifies a deadline in the port's timer set.
@@ -399,25 +434,26 @@ impl<C> Op<C> {
         context: C,
         kind: OpKind,
     ) -> Box<Self> {
-        Box::new(Op { id, handle, context, kind, bytes: 0, cancel_reason: 0, timer: None })
+        Box::new(Op { id, handle, context, kind, bytes: 0, cancel_reason: 0, timed: false })
     }
 
     /// Builds the completion packet, handing back the context and every buffer.
     #[allow(clippy::boxed_local)] // ops live boxed (stable addresses) until they complete
     pub(crate) fn complete(self: Box<Self>, status: i32) -> Completion<C> {
-        let Op { id, handle, context, kind, bytes, cancel_reason, timer } = *self;
+        let Op { id, handle, context, kind, bytes, cancel_reason, timed } = *self;
         let peer = match &kind {
-            OpKind::Accept { addr, accepted: Some(_), .. } => addr.take(),
-            OpKind::RecvFrom { addr, .. }
-                if bytes > 0 || status == 0 || status == libc::EMSGSIZE =>
-            {
-                addr.take()
+            OpKind::Accept { st, .. } if st.accepted.is_some() => st.addr.take(),
+            OpKind::RecvFrom { io, .. } if bytes > 0 || status == 0 || status == libc::EMSGSIZE => {
+                io.addr.take()
             }
             _ => None,
         };
         // An abort reports why it was asked for (a deadline reports ETIMEDOUT).
-        let status =
-            if status == libc::ECANCELED && cancel_reason != 0 { cancel_reason } else { status };
+        let status = if status == libc::ECANCELED && cancel_reason != 0 {
+            i32::from(cancel_reason)
+        } else {
+            status
+        };
         Completion {
             key: handle.key,
             op: id,
@@ -425,7 +461,7 @@ impl<C> Op<C> {
             status,
             context,
             payload: kind.into_payload(peer, bytes),
-            timer,
+            timed,
         }
     }
 
@@ -441,7 +477,7 @@ impl<C> Op<C> {
     /// The accepted socket of an accept in its initial-receive stage.
     pub(crate) fn accepted_fd(&self) -> Option<RawFd> {
         match &self.kind {
-            OpKind::Accept { accepted: Some(fd), .. } => Some(fd.as_raw_fd()),
+            OpKind::Accept { st, .. } => st.accepted.as_ref().map(AsRawFd::as_raw_fd),
             _ => None,
         }
     }
@@ -452,8 +488,8 @@ impl<C> Op<C> {
         if res < 0 {
             let errno = (-res) as i32;
             if errno == libc::EAGAIN || errno == libc::EINTR {
-                return match self.kind {
-                    OpKind::Accept { accepted: Some(_), .. } => Progress::AgainOnAccepted,
+                return match &self.kind {
+                    OpKind::Accept { st, .. } if st.accepted.is_some() => Progress::AgainOnAccepted,
                     _ => Progress::Again,
                 };
             }
@@ -484,7 +520,8 @@ impl<C> Op<C> {
                 self.bytes = n - left;
                 Progress::Done(0)
             }
-            OpKind::RecvFrom { buf, msg, addr } => {
+            OpKind::RecvFrom { buf, io } => {
+                let MsgFrom { msg, addr } = &mut **io;
                 let spare = buf.capacity() - buf.len();
                 let copied = n.min(spare);
                 // SAFETY: recvmsg initialised `copied` bytes of the spare capacity (with
@@ -508,11 +545,11 @@ impl<C> Op<C> {
                 self.bytes = n;
                 Progress::Done(0)
             }
-            OpKind::Accept { accepted, buf, want_data, .. } => match accepted {
+            OpKind::Accept { st, buf } => match st.accepted {
                 None => {
                     // SAFETY: a non-negative accept result is a new fd that nobody else owns.
-                    *accepted = Some(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
-                    if *want_data { Progress::AgainOnAccepted } else { Progress::Done(0) }
+                    st.accepted = Some(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
+                    if st.want_data { Progress::AgainOnAccepted } else { Progress::Done(0) }
                 }
                 Some(_) => {
                     let n = n.min(buf.capacity() - buf.len());
@@ -522,9 +559,9 @@ impl<C> Op<C> {
                     Progress::Done(0)
                 }
             },
-            OpKind::Connect { connected, buf, .. } => {
-                if !*connected {
-                    *connected = true;
+            OpKind::Connect { st, buf } => {
+                if !st.connected {
+                    st.connected = true;
                     return if buf.is_empty() { Progress::Done(0) } else { Progress::Again };
                 }
                 self.bytes += n;
@@ -632,7 +669,8 @@ impl<C> Op<C> {
                 // SAFETY: `hdr` points at iovecs describing spare capacity owned by this op.
                 unsafe { libc::recvmsg(fd, hdr, libc::MSG_DONTWAIT) }
             }
-            OpKind::RecvFrom { buf, msg, addr } => {
+            OpKind::RecvFrom { buf, io } => {
+                let MsgFrom { msg, addr } = &mut **io;
                 let hdr = msg.recv_from(buf, addr);
                 // SAFETY: `hdr` points at spare capacity and address storage owned by this op.
                 unsafe { libc::recvmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_TRUNC) }
@@ -643,14 +681,15 @@ impl<C> Op<C> {
                 // SAFETY: `hdr` points at iovecs describing bytes owned by this op.
                 unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
             }
-            OpKind::SendTo { buf, msg, to } => {
+            OpKind::SendTo { buf, io } => {
+                let MsgTo { msg, to } = &mut **io;
                 let hdr = msg.send_to(buf, to);
                 // SAFETY: `hdr` points at bytes and an address owned by this op.
                 unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
             }
-            OpKind::Accept { addr, accepted, buf, .. } => match accepted {
+            OpKind::Accept { st, buf } => match &mut st.accepted {
                 None => {
-                    let (a, l) = addr.ptrs();
+                    let (a, l) = st.addr.ptrs();
                     // SAFETY: `a`/`l` point at storage owned by this op, `l` holding its size.
                     unsafe {
                         libc::accept4(fd, a, l, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as isize
@@ -669,10 +708,11 @@ impl<C> Op<C> {
                     }
                 }
             },
-            OpKind::Connect { addr, connected, buf } => {
-                if *connected {
+            OpKind::Connect { st, buf } => {
+                if st.connected {
                     send(fd, &buf[bytes.min(buf.len())..])
                 } else {
+                    let addr = &st.addr;
                     // SAFETY: `addr` is a valid socket address of the length given.
                     let r = unsafe { libc::connect(fd, addr.as_ptr().cast(), addr.len()) };
                     if r == 0 {
@@ -780,7 +820,7 @@ impl<C> Op<C> {
                 }
             }
         };
-        if ret < 0 && !matches!(self.kind, OpKind::Connect { connected: false, .. }) {
+        if ret < 0 && !matches!(&self.kind, OpKind::Connect { st, .. } if !st.connected) {
             -(errno() as isize)
         } else {
             ret
@@ -789,7 +829,7 @@ impl<C> Op<C> {
 
     /// epoll: a connect's writability arrived; fetch its outcome (`SO_ERROR`).
     pub(crate) fn connect_outcome(&mut self) -> Option<Progress> {
-        if let OpKind::Connect { connected: false, .. } = self.kind {
+        if matches!(&self.kind, OpKind::Connect { st, .. } if !st.connected) {
             let e = so_error(self.fd());
             if e == 0 {
                 let p = self.advance(0);
@@ -812,7 +852,8 @@ impl<C> Op<C> {
                 opcode::Recv::new(fd, spare.as_mut_ptr().cast(), len_u32(spare.len())).build()
             }
             OpKind::RecvV { bufs, msg } => opcode::RecvMsg::new(fd, msg.scatter(bufs)).build(),
-            OpKind::RecvFrom { buf, msg, addr } => {
+            OpKind::RecvFrom { buf, io } => {
+                let MsgFrom { msg, addr } = &mut **io;
                 opcode::RecvMsg::new(fd, msg.recv_from(buf, addr))
                     .flags(libc::MSG_TRUNC as u32)
                     .build()
@@ -821,12 +862,15 @@ impl<C> Op<C> {
             OpKind::SendV { bufs, msg } => opcode::SendMsg::new(fd, msg.gather(bufs, bytes))
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build(),
-            OpKind::SendTo { buf, msg, to } => opcode::SendMsg::new(fd, msg.send_to(buf, to))
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build(),
-            OpKind::Accept { addr, accepted, buf, .. } => match accepted {
+            OpKind::SendTo { buf, io } => {
+                let MsgTo { msg, to } = &mut **io;
+                opcode::SendMsg::new(fd, msg.send_to(buf, to))
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            }
+            OpKind::Accept { st, buf } => match &st.accepted {
                 None => {
-                    let (a, l) = addr.ptrs();
+                    let (a, l) = st.addr.ptrs();
                     opcode::Accept::new(fd, a, l).flags(libc::SOCK_CLOEXEC).build()
                 }
                 Some(newfd) => {
@@ -839,11 +883,11 @@ impl<C> Op<C> {
                     .build()
                 }
             },
-            OpKind::Connect { addr, connected, buf } => {
-                if *connected {
+            OpKind::Connect { st, buf } => {
+                if st.connected {
                     send_sqe(fd, &buf[bytes.min(buf.len())..])
                 } else {
-                    opcode::Connect::new(fd, addr.as_ptr().cast(), addr.len()).build()
+                    opcode::Connect::new(fd, st.addr.as_ptr().cast(), st.addr.len()).build()
                 }
             }
             OpKind::Ready => opcode::PollAdd::new(
@@ -924,8 +968,8 @@ impl<C> Op<C> {
             }
             return Progress::Done(0);
         }
-        if let (OpKind::Connect { connected: false, .. }, true) =
-            (&self.kind, res == -libc::EISCONN)
+        if res == -libc::EISCONN
+            && matches!(&self.kind, OpKind::Connect { st, .. } if !st.connected)
         {
             return self.advance(0);
         }

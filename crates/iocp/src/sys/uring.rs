@@ -23,6 +23,8 @@ use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{IoUring, opcode, squeue};
 
 use super::bufpool::BufferPool;
+use super::chunks::ChunkVec;
+use super::op::reason_code;
 use super::op::{Op, OpKind, Progress};
 use super::{DriverStats, Submitted};
 use crate::backend::{PortConfig, UringCaps};
@@ -47,7 +49,7 @@ enum Backlogged {
 }
 
 struct Sq<C> {
-    slots: Vec<Slot<C>>,
+    slots: ChunkVec<Slot<C>>,
     free: Vec<u32>,
     /// Operations whose SQE the kernel has (or will get with the next enter).
     ops_in_kernel: usize,
@@ -67,15 +69,12 @@ impl<C> Sq<C> {
     fn insert(&mut self, op: Box<Op<C>>) -> u64 {
         let idx = match self.free.pop() {
             Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    op: None,
-                    in_kernel: false,
-                    cancel_sent: false,
-                });
-                (self.slots.len() - 1) as u32
-            }
+            None => self.slots.push_with(|| Slot {
+                generation: 0,
+                op: None,
+                in_kernel: false,
+                cancel_sent: false,
+            }) as u32,
         };
         let slot = &mut self.slots[idx as usize];
         slot.generation = (slot.generation + 1) & GENERATION_MASK;
@@ -121,7 +120,7 @@ impl<C: Send + 'static> Driver<C> {
         Ok(Driver {
             ring,
             sq: Mutex::new(Sq {
-                slots: Vec::new(),
+                slots: ChunkVec::new(),
                 free: Vec::new(),
                 ops_in_kernel: 0,
                 cancels_in_kernel: 0,
@@ -245,15 +244,14 @@ impl<C: Send + 'static> Driver<C> {
         if let Some(side) = op.kind.ordered_side() {
             if io.busy[side] {
                 // Keep stream order: wait for the receive (send) in the kernel to finish.
-                let queue = if side == 0 { &mut io.read } else { &mut io.write };
-                queue.push_back(op);
+                io.push_back(side, op);
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 return Submitted::Pending;
             }
             io.busy[side] = true;
         }
         let token = sq.insert(op);
-        io.tokens.push(token);
+        io.push_token(token);
         drop(io);
         self.issue(&mut sq, token);
         drop(sq);
@@ -343,18 +341,17 @@ impl<C: Send + 'static> Driver<C> {
         let op = sq.remove(token).expect("invariant: finishing an occupied slot");
         let handle = op.handle.clone();
         let mut io = handle.io();
-        io.tokens.retain(|t| *t != token);
+        io.remove_token(token);
         if let Some(side) = op.kind.ordered_side() {
             // Start the next receive (send) of this handle, in order.
-            let queue = if side == 0 { &mut io.read } else { &mut io.write };
             // A closed handle's queue is drained (and aborted) by `close_handle`, which runs
             // under the `sq` lock we hold, right after the handle was marked closed.
-            let next = if handle.is_closed() { None } else { queue.pop_front() };
+            let next = if handle.is_closed() { None } else { io.pop_front(side) };
             match next {
                 Some(next) => {
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
                     let next_token = sq.insert(next);
-                    io.tokens.push(next_token);
+                    io.push_token(next_token);
                     drop(io);
                     self.issue(sq, next_token);
                 }
@@ -417,12 +414,12 @@ impl<C: Send + 'static> Driver<C> {
         let (tokens, queued) = {
             let mut io = h.io();
             let queued = io.take_matching(matches);
-            (io.tokens.clone(), queued)
+            (io.tokens(), queued)
         };
         let mut n = queued.len();
         self.waiting.fetch_sub(queued.len() as u64, Ordering::Relaxed);
         for mut op in queued {
-            op.cancel_reason = reason;
+            op.cancel_reason = reason_code(reason);
             out.push(op.abort());
         }
         for token in tokens {
@@ -432,7 +429,7 @@ impl<C: Send + 'static> Driver<C> {
                 continue;
             }
             if op.cancel_reason == 0 {
-                op.cancel_reason = reason;
+                op.cancel_reason = reason_code(reason);
             }
             n += 1;
             if slot.in_kernel {
@@ -463,11 +460,10 @@ impl<C: Send + 'static> Driver<C> {
         {
             let mut sq = self.sq();
             // Ops waiting behind an in-kernel op of their handle never reached the kernel.
-            for slot in &sq.slots {
+            for slot in sq.slots.iter() {
                 if let Some(op) = &slot.op {
                     let mut io = op.handle.io();
-                    backlogged.extend(io.read.drain(..));
-                    backlogged.extend(io.write.drain(..));
+                    backlogged.extend(io.drain_all());
                 }
             }
             self.waiting.store(0, Ordering::Relaxed);
@@ -560,7 +556,7 @@ impl<C> Drop for Driver<C> {
         // calls it before the last reference goes. Anything still in the slab here is leaked.
         let sq = self.sq.get_mut().unwrap_or_else(PoisonError::into_inner);
         let mut n = 0;
-        for slot in &mut sq.slots {
+        for slot in sq.slots.iter_mut() {
             if let Some(op) = slot.op.take()
                 && slot.in_kernel
             {

@@ -65,7 +65,8 @@ fn read_at(c: &mut Criterion) {
                     let mut started = 0u64;
                     let mut done = 0u64;
                     while started < iters.min(DEPTH as u64) {
-                        h.read_at(Vec::with_capacity(size), (next % blocks) * size as u64, 0).unwrap();
+                        h.read_at(Vec::with_capacity(size), (next % blocks) * size as u64, 0)
+                            .unwrap();
                         next += 1;
                         started += 1;
                     }

@@ -42,6 +42,9 @@ pub(crate) struct HandleIo<C> {
 struct Overflow<C> {
     rest: [VecDeque<Box<Op<C>>>; 2],
     tokens: Vec<u64>,
+    /// Set by `accept_multi` (which requires `C: Clone`): how a repeating accept copies its
+    /// context into each connection's packet. Only listeners pay for it.
+    clone_ctx: Option<fn(&C) -> C>,
 }
 
 impl<C> HandleIo<C> {
@@ -57,7 +60,11 @@ impl<C> HandleIo<C> {
 
     fn overflow(&mut self) -> &mut Overflow<C> {
         self.overflow.get_or_insert_with(|| {
-            Box::new(Overflow { rest: [VecDeque::new(), VecDeque::new()], tokens: Vec::new() })
+            Box::new(Overflow {
+                rest: [VecDeque::new(), VecDeque::new()],
+                tokens: Vec::new(),
+                clone_ctx: None,
+            })
         })
     }
 
@@ -69,6 +76,14 @@ impl<C> HandleIo<C> {
         {
             self.overflow = None;
         }
+    }
+
+    pub(crate) fn clone_ctx(&self) -> Option<fn(&C) -> C> {
+        self.overflow.as_ref().and_then(|o| o.clone_ctx)
+    }
+
+    pub(crate) fn set_clone_ctx(&mut self, f: fn(&C) -> C) {
+        self.overflow().clone_ctx = Some(f);
     }
 
     pub(crate) fn is_empty(&self, side: usize) -> bool {
@@ -349,6 +364,26 @@ impl<C: Send + 'static> Handle<C> {
     /// Refused when the handle or port is closed.
     pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
         self.with_timeout_opt(None).accept(initial, context)
+    }
+
+    /// Keeps accepting connections on this listener with one operation (io_uring's multishot
+    /// accept where the kernel has it; a repeating accept on epoll): every accepted connection
+    /// completes as its own packet, with the listener's key, this op's [`OpId`], a clone of
+    /// `context` and a [`Payload::Accept`] (no initial receive; the peer address is read with
+    /// `getpeername`). The op goes on until it is cancelled or the handle closes, which completes
+    /// it one last time as aborted (with an empty `Accept` payload and the original context), or
+    /// until accepting fails (e.g. `EMFILE`), which ends it with that error. Under a connection
+    /// storm the kernel may queue more completions than the port's CQ budget; `IORING_FEAT_NODROP`
+    /// keeps them, and the port reaps them in order.
+    ///
+    /// # Errors
+    /// Refused when the handle or port is closed.
+    pub fn accept_multi(&self, context: C) -> Result<OpId, SubmitError<C>>
+    where
+        C: Clone,
+    {
+        self.inner.io().set_clone_ctx(<C as Clone>::clone);
+        self.with_timeout_opt(None).start(OpKind::accept_multi(), context)
     }
 
     /// Connects this socket to `addr` and then sends `initial` (ConnectEx); the completion

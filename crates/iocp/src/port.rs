@@ -427,6 +427,10 @@ impl<C: Send + 'static> PortInner<C> {
                 self.deliver(std::iter::once(c));
                 Ok(id)
             }
+            Submitted::Packets(cs) => {
+                self.deliver(cs);
+                Ok(id)
+            }
             Submitted::Refused(error, op) => {
                 if timed {
                     self.disarm(std::iter::once(id));

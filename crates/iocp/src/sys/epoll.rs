@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::chunks::ChunkVec;
 use super::op::reason_code;
-use super::op::{Op, Progress};
+use super::op::{Op, OpKind, Progress};
 use super::{DriverStats, Submitted, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
@@ -155,6 +155,24 @@ impl<C: Send + 'static> Driver<C> {
             return Submitted::Pending;
         }
         let side = usize::from(!op.kind.is_read());
+        if let OpKind::AcceptMulti = op.kind {
+            let clone = io.clone_ctx().expect("invariant: accept_multi sets clone_ctx");
+            let mut out = Vec::new();
+            let waiting = !io.is_empty(side);
+            if waiting {
+                io.push_back(side, op);
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                return Submitted::Pending;
+            }
+            match op.accept_many(clone, &mut out) {
+                Progress::Done(status) => out.push(op.complete(status)),
+                _ => {
+                    io.push_back(side, op);
+                    self.in_flight.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Submitted::Packets(out);
+        }
         if io.is_empty(side) {
             match op.try_io() {
                 Progress::Done(status) => return Submitted::Done(op.complete(status)),
@@ -308,10 +326,14 @@ impl<C: Send + 'static> Driver<C> {
         out: &mut Vec<Completion<C>>,
         parked: &mut Vec<Box<Op<C>>>,
     ) {
+        let clone = io.clone_ctx();
         while let Some(op) = io.front_mut(side) {
-            let progress = match op.connect_outcome() {
-                Some(p) => p,
-                None => op.try_io(),
+            let progress = match (&op.kind, clone) {
+                (OpKind::AcceptMulti, Some(clone)) => op.accept_many(clone, out),
+                _ => match op.connect_outcome() {
+                    Some(p) => p,
+                    None => op.try_io(),
+                },
             };
             match progress {
                 Progress::Again => break,

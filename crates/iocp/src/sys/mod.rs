@@ -33,6 +33,8 @@ use op::Op;
 pub(crate) enum Submitted<C> {
     Pending,
     Done(Completion<C>),
+    /// Packets ready at once (a repeating accept's connections); the op may still be pending.
+    Packets(Vec<Completion<C>>),
     Refused(io::Error, Box<Op<C>>),
 }
 

@@ -258,6 +258,9 @@ pub(crate) enum OpKind {
         pool: BufferPool,
         got: Option<u16>,
     },
+    /// A repeating accept: each connection is its own packet; the op itself ends only by
+    /// cancel, close or error.
+    AcceptMulti,
 }
 
 impl OpKind {
@@ -318,6 +321,9 @@ impl OpKind {
             piped: 0,
         }))
     }
+    pub(crate) fn accept_multi() -> Self {
+        OpKind::AcceptMulti
+    }
     pub(crate) fn recv_pooled(pool: BufferPool) -> Self {
         OpKind::RecvPooled { pool, got: None }
     }
@@ -341,6 +347,7 @@ impl OpKind {
             | OpKind::Connect { .. }
             | OpKind::Transmit(_) => Some(1),
             OpKind::Accept { .. }
+            | OpKind::AcceptMulti
             | OpKind::Ready
             | OpKind::ReadAt { .. }
             | OpKind::WriteAt { .. } => None,
@@ -355,6 +362,7 @@ impl OpKind {
                 | OpKind::RecvV { .. }
                 | OpKind::RecvFrom { .. }
                 | OpKind::Accept { .. }
+                | OpKind::AcceptMulti
                 | OpKind::Ready
                 | OpKind::Disconnect { .. }
                 | OpKind::RecvPooled { .. }
@@ -385,6 +393,7 @@ impl OpKind {
             OpKind::WriteAt { buf, .. } => Payload::Write(buf),
             OpKind::Transmit(t) => Payload::TransmitFile(Box::new(t.into_parts())),
             OpKind::Disconnect { .. } => Payload::Disconnect,
+            OpKind::AcceptMulti => Payload::Accept(Box::new(Accepted::new(None, None, Vec::new()))),
             OpKind::RecvPooled { pool, got } => {
                 Payload::RecvPooled(got.map(|id| pool.lend(id, bytes)))
             }
@@ -462,6 +471,52 @@ impl<C> Op<C> {
             context,
             payload: kind.into_payload(peer, bytes),
             timed,
+        }
+    }
+
+    /// A repeating accept took connection `fd`: its own packet, with a copy of the op's context.
+    pub(crate) fn accepted_packet(&self, fd: OwnedFd, clone: fn(&C) -> C) -> Completion<C> {
+        let peer = socket2::SockRef::from(&fd).peer_addr().ok();
+        Completion {
+            key: self.handle.key,
+            op: self.id,
+            bytes: 0,
+            status: 0,
+            context: clone(&self.context),
+            payload: Payload::Accept(Box::new(Accepted::new(Some(fd), peer, Vec::new()))),
+            timed: false,
+        }
+    }
+
+    /// io_uring: a multishot accept's CQE carried connection `res` (a new fd).
+    pub(crate) fn accepted_raw(&self, res: i32, clone: fn(&C) -> C) -> Completion<C> {
+        // SAFETY: a non-negative accept CQE result is a new fd that nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        self.accepted_packet(fd, clone)
+    }
+
+    /// epoll: runs a repeating accept until the listener has no connection left, a packet per
+    /// connection into `out`. `Again` leaves the op waiting; `Done` ends it (an error).
+    pub(crate) fn accept_many(
+        &mut self,
+        clone: fn(&C) -> C,
+        out: &mut Vec<Completion<C>>,
+    ) -> Progress {
+        loop {
+            let res = self.syscall();
+            if res >= 0 {
+                // SAFETY: a non-negative accept result is a new fd that nobody else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
+                out.push(self.accepted_packet(fd, clone));
+                continue;
+            }
+            let errno = (-res) as i32;
+            return match errno {
+                libc::EAGAIN | libc::EINTR => Progress::Again,
+                // The peer gave up before we took it: not the listener's failure.
+                libc::ECONNABORTED | libc::EPROTO => continue,
+                e => Progress::Done(e),
+            };
         }
     }
 
@@ -616,6 +671,13 @@ impl<C> Op<C> {
                 let done =
                     t.head_sent >= t.head.len() && !t.body_left() && t.tail_sent >= t.tail.len();
                 if done { Progress::Done(0) } else { Progress::Again }
+            }
+            OpKind::AcceptMulti => {
+                // The drivers turn each accepted fd into its own packet (`accepted_packet`);
+                // a non-negative result here is a stray fd: close it and go on.
+                // SAFETY: a non-negative accept result is a new fd that nobody else owns.
+                drop(unsafe { OwnedFd::from_raw_fd(res as RawFd) });
+                Progress::Again
             }
             OpKind::RecvPooled { pool, got } => {
                 self.bytes = n.min(pool.buf_size());
@@ -778,6 +840,17 @@ impl<C> Op<C> {
                     send(fd, &t.tail[t.tail_sent..])
                 }
             }
+            OpKind::AcceptMulti => {
+                // SAFETY: null address pointers are allowed; the peer is read later.
+                unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    ) as isize
+                }
+            }
             OpKind::RecvPooled { pool, got } => {
                 let Some(id) = pool.take() else {
                     // Readable but no buffer free: fail like io_uring does (ENOBUFS).
@@ -928,6 +1001,7 @@ impl<C> Op<C> {
                     send_sqe(fd, &t.tail[t.tail_sent..])
                 }
             }
+            OpKind::AcceptMulti => opcode::AcceptMulti::new(fd).flags(libc::SOCK_CLOEXEC).build(),
             OpKind::RecvPooled { pool, .. } => {
                 opcode::Recv::new(fd, std::ptr::null_mut(), len_u32(pool.buf_size()))
                     .buf_group(pool.group())

@@ -311,8 +311,33 @@ impl<C: Send + 'static> Driver<C> {
                 debug_assert!(false, "CQE for an unknown op {token:#x}");
                 continue;
             };
-            slot.in_kernel = false;
             let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
+            if let OpKind::AcceptMulti = op.kind {
+                if res >= 0 {
+                    let clone =
+                        op.handle.io().clone_ctx().expect("invariant: accept_multi sets clone_ctx");
+                    out.push(op.accepted_raw(res, clone));
+                }
+                if io_uring::cqueue::more(flags) {
+                    continue; // still armed
+                }
+                slot.in_kernel = false;
+                sq.ops_in_kernel -= 1;
+                let ended = self.shut.load(Ordering::Acquire)
+                    || sq.slot(token).is_some_and(|s| {
+                        s.cancel_sent || s.op.as_ref().is_some_and(|o| o.handle.is_closed())
+                    });
+                match res {
+                    _ if ended => out.push(self.finish(&mut sq, token, libc::ECANCELED)),
+                    // The kernel stopped the multishot without an error: arm it again.
+                    r if r >= 0 || r == -libc::ECONNABORTED || r == -libc::EPROTO => {
+                        self.issue(&mut sq, token)
+                    }
+                    r => out.push(self.finish(&mut sq, token, -r)),
+                }
+                continue;
+            }
+            slot.in_kernel = false;
             let progress = op.on_cqe(res, flags);
             sq.ops_in_kernel -= 1;
             match progress {

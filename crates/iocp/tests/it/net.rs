@@ -364,3 +364,47 @@ backend_test!(many_outstanding_receives_fill_in_start_order, |b| {
     let joined: Vec<u8> = bufs.concat();
     assert_eq!(&joined[..], &data[..joined.len()], "receives filled out of order");
 });
+
+backend_test!(accept_multi_takes_every_connection_until_cancelled, |b| {
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    let lh = port.associate(l, CompletionKey(9)).unwrap();
+    // Two connections already wait before the op starts; more come after.
+    let mut clients = vec![TcpStream::connect(addr).unwrap(), TcpStream::connect(addr).unwrap()];
+    let op = lh.accept_multi(7).unwrap();
+    for _ in 0..18 {
+        clients.push(TcpStream::connect(addr).unwrap());
+    }
+    let mut peers = HashSet::new();
+    for _ in 0..20 {
+        let mut c = port.get(Some(deadline())).unwrap();
+        assert_eq!(
+            (c.key(), c.op(), *c.context(), c.result().unwrap()),
+            (CompletionKey(9), op, 7, 0)
+        );
+        let acc = c.take_accepted().unwrap();
+        assert!(acc.socket().is_some());
+        assert!(peers.insert(acc.peer_addr().unwrap().as_socket().unwrap()));
+    }
+    let want: HashSet<_> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    assert_eq!(peers, want, "every client accepted exactly once");
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    // Cancel ends it with one last, aborted packet.
+    lh.cancel(op).unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.op(), c.is_aborted()), (op, true));
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    let _late = TcpStream::connect(addr).unwrap();
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut, "no accept after cancel");
+});
+
+backend_test!(accept_multi_ends_when_the_listener_closes, |b| {
+    let port: CompletionPort<()> = b.build().unwrap();
+    let lh = port.associate(listener(), CompletionKey(1)).unwrap();
+    let op = lh.accept_multi(()).unwrap();
+    lh.close();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.op(), c.is_aborted()), (op, true));
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+});

@@ -89,11 +89,9 @@ impl PortBuilder {
             reaped: Mutex::new(Vec::new()),
             timers: Mutex::new(Timers { by_time: BTreeMap::new(), by_op: HashMap::new() }),
             timers_armed: AtomicUsize::new(0),
+            queued_hint: AtomicUsize::new(0),
             timer_seq: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
-            posted: AtomicU64::new(0),
-            dequeued: AtomicU64::new(0),
-            io_completions: AtomicU64::new(0),
             max,
             report,
         });
@@ -208,9 +206,10 @@ impl<C: Send + 'static> CompletionPort<C> {
         if st.is_closed() {
             return Err(PostError(context));
         }
-        inner.posted.fetch_add(1, Ordering::Relaxed);
+        st.counts.posted += 1;
         let mut kick = false;
         st.push(Completion::posted(bytes, key, context), &mut |w| wake(w, &mut kick));
+        inner.queued_hint.store(st.queued(), Ordering::Relaxed);
         drop(st);
         if kick {
             inner.driver.kick();
@@ -284,15 +283,23 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// CQ overflows (which must stay 0).
     pub fn stats(&self) -> PortStats {
         let inner = &self.shared.inner;
-        let (queued, waiters, running) = {
+        let (queued, waiters, running, posted, dequeued, io_completions) = {
             let st = inner.lock();
-            (st.queued() as u64, st.waiters() as u64, st.running() as u64)
+            let c = &st.counts;
+            (
+                st.queued() as u64,
+                st.waiters() as u64,
+                st.running() as u64,
+                c.posted,
+                c.dequeued,
+                c.io_completions,
+            )
         };
         let d = inner.driver.stats();
         PortStats {
-            posted: inner.posted.load(Ordering::Relaxed),
-            dequeued: inner.dequeued.load(Ordering::Relaxed),
-            io_completions: inner.io_completions.load(Ordering::Relaxed),
+            posted,
+            dequeued,
+            io_completions,
             queued,
             waiters,
             running,
@@ -344,15 +351,14 @@ pub(crate) struct PortInner<C: Send + 'static> {
     /// The poller's scratch vector (one poller at a time).
     reaped: Mutex<Vec<Completion<C>>>,
     next_op: AtomicU64,
-    posted: AtomicU64,
-    dequeued: AtomicU64,
-    io_completions: AtomicU64,
     max: usize,
     report: BackendReport,
     /// Operation deadlines: expiry cancels the op, which then completes with `ETIMEDOUT`.
     timers: Mutex<Timers<C>>,
     timers_armed: AtomicUsize,
     timer_seq: AtomicU64,
+    /// The queue length as of the last push (a hint for spinning waiters; exact under the lock).
+    queued_hint: AtomicUsize,
 }
 
 /// Armed deadlines: earliest first, with the op and its handle (weak: a closed handle's ops are
@@ -549,9 +555,10 @@ impl<C: Send + 'static> PortInner<C> {
         }
         let mut kick = false;
         for c in cs {
-            self.io_completions.fetch_add(1, Ordering::Relaxed);
+            st.counts.io_completions += 1;
             st.push(c, &mut |w| wake(w, &mut kick));
         }
+        self.queued_hint.store(st.queued(), Ordering::Relaxed);
         drop(st);
         if kick {
             self.driver.kick();
@@ -598,6 +605,7 @@ impl<C: Send + 'static> PortInner<C> {
             st.leave_running();
         }
         let mut count = |c: Completion<C>| out(c);
+        let mut may_spin = timeout != Some(Duration::ZERO);
         loop {
             if st.is_closed() {
                 drop(st);
@@ -607,6 +615,16 @@ impl<C: Send + 'static> PortInner<C> {
             let n = st.take(max, &mut count);
             if n > 0 {
                 return Ok(self.got(st, n, false));
+            }
+            if may_spin && st.running() < self.max {
+                // Before sleeping (a futex or a kernel wait, and a wake-up syscall for whoever
+                // posts next), watch the queue for a moment: under load the next packet is
+                // usually microseconds away. Once per call.
+                may_spin = false;
+                drop(st);
+                spin_until(|| self.queued_hint.load(Ordering::Relaxed) > 0);
+                st = self.lock();
+                continue;
             }
             if !st.is_polling() {
                 // Become the poller: wait in the kernel for I/O completions (or a kick).
@@ -624,8 +642,8 @@ impl<C: Send + 'static> PortInner<C> {
                 }
                 self.disarm_completed(reaped.iter());
                 self.fire_timers();
-                self.io_completions.fetch_add(reaped.len() as u64, Ordering::Relaxed);
                 st = self.lock();
+                st.counts.io_completions += reaped.len() as u64;
                 st.end_polling(id);
                 st.extend(reaped.drain(..));
                 drop(reaped);
@@ -689,11 +707,11 @@ impl<C: Send + 'static> PortInner<C> {
         if was_poller {
             st.dispatch(true, &mut |w| wake(w, &mut kick));
         }
+        st.counts.dequeued += n as u64;
         drop(st);
         if kick {
             self.driver.kick();
         }
-        self.dequeued.fetch_add(n as u64, Ordering::Relaxed);
         assoc::set_running(self.id);
         n
     }
@@ -704,6 +722,22 @@ impl<C: Send + 'static> PortInner<C> {
         drop(st);
         assoc::set_running(self.id);
         GetError::TimedOut
+    }
+}
+
+/// Spins briefly (exponential `spin_loop`, then a few yields: a few microseconds) until `ready`.
+fn spin_until(ready: impl Fn() -> bool) {
+    for step in 0..10u32 {
+        if ready() {
+            return;
+        }
+        if step < 6 {
+            for _ in 0..(1u32 << step) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 

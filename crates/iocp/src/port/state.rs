@@ -46,6 +46,18 @@ pub(crate) struct State<P, S> {
     closed: bool,
     polling: bool,
     next_id: WaiterId,
+    /// Counters for `PortStats`, kept under the same lock as the queue (no shared atomics to
+    /// bounce between cores on every packet). Not part of the scheduling logic.
+    pub(crate) counts: Counts,
+}
+
+/// Packet counters (see `PortStats`).
+#[cfg_attr(test, derive(Clone, Hash, PartialEq, Eq))]
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) posted: u64,
+    pub(crate) dequeued: u64,
+    pub(crate) io_completions: u64,
 }
 
 impl<P, S> State<P, S> {
@@ -59,6 +71,7 @@ impl<P, S> State<P, S> {
             closed: false,
             polling: false,
             next_id: 1,
+            counts: Counts::default(),
         }
     }
 

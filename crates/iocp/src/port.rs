@@ -8,7 +8,9 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use parking_lot::{Condvar, Mutex as StateMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::{self, BackendChoice, BackendKind, BackendReport, PortConfig};
@@ -83,7 +85,7 @@ impl PortBuilder {
         static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new(PortInner {
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
-            state: Mutex::new(State::new(max)),
+            state: StateMutex::new(State::new(max)),
             closed: AtomicBool::new(false),
             driver,
             reaped: Mutex::new(Vec::new()),
@@ -345,7 +347,7 @@ pub fn blocking() -> BlockingGuard {
 
 pub(crate) struct PortInner<C: Send + 'static> {
     pub(crate) id: u64,
-    state: Mutex<State<Completion<C>, Arc<Condvar>>>,
+    state: StateMutex<State<Completion<C>, Arc<Condvar>>>,
     closed: AtomicBool,
     pub(crate) driver: Driver<C>,
     /// The poller's scratch vector (one poller at a time).
@@ -374,7 +376,9 @@ thread_local! {
 
 fn wake(w: Wake<'_, Arc<Condvar>>, kick: &mut bool) {
     match w {
-        Wake::Signal(cv) => cv.notify_one(),
+        Wake::Signal(cv) => {
+            cv.notify_one();
+        }
         Wake::Kick => *kick = true,
     }
 }
@@ -398,7 +402,7 @@ impl<C: Send + 'static> assoc::Accounting for PortInner<C> {
 
 impl<C: Send + 'static> PortInner<C> {
     fn lock(&self) -> MutexGuard<'_, State<Completion<C>, Arc<Condvar>>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn as_accounting(self: &Arc<Self>) -> Arc<dyn assoc::Accounting> {
@@ -596,7 +600,7 @@ impl<C: Send + 'static> PortInner<C> {
         self: &Arc<Self>,
         timeout: Option<Duration>,
         max: usize,
-        out: &mut dyn FnMut(Completion<C>),
+        out: &mut impl FnMut(Completion<C>),
     ) -> Result<usize, GetError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let was_running = assoc::enter(self.id, || self.as_accounting());
@@ -674,10 +678,14 @@ impl<C: Send + 'static> PortInner<C> {
             let id = st.add_waiter(signal.clone(), false);
             loop {
                 st = match deadline {
-                    None => signal.wait(st).unwrap_or_else(PoisonError::into_inner),
+                    None => {
+                        signal.wait(&mut st);
+                        st
+                    }
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
-                        signal.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0
+                        let _ = signal.wait_for(&mut st, left);
+                        st
                     }
                 };
                 let n = st.take_handed(id, max - 1, &mut count);

@@ -150,31 +150,20 @@ pub(crate) struct Transmit {
     tail: Vec<u8>,
     head_sent: usize,
     tail_sent: usize,
-    /// io_uring: the pipe the body is spliced through, its capacity, and the bytes in it.
-    pipe: Option<(OwnedFd, OwnedFd)>,
-    pipe_cap: usize,
-    piped: usize,
 }
 
 impl Transmit {
     fn body_left(&self) -> bool {
-        self.remaining > 0 || self.piped > 0
+        self.remaining > 0
+    }
+
+    /// In the body stage (head sent, file bytes left).
+    fn in_body(&self) -> bool {
+        self.head_sent >= self.head.len() && self.body_left()
     }
 
     fn into_parts(self) -> Transmitted {
         Transmitted { file: self.file, head: self.head, tail: self.tail }
-    }
-
-    /// io_uring: creates the splice pipe (1 MiB when allowed).
-    pub(crate) fn ensure_pipe(&mut self) -> io::Result<()> {
-        if self.pipe.is_some() || !self.body_left() {
-            return Ok(());
-        }
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let _ = rustix::pipe::fcntl_setpipe_size(&w, 1 << 20);
-        self.pipe_cap = rustix::pipe::fcntl_getpipe_size(&w).unwrap_or(1 << 16);
-        self.pipe = Some((r, w));
-        Ok(())
     }
 }
 
@@ -316,9 +305,6 @@ impl OpKind {
             tail,
             head_sent: 0,
             tail_sent: 0,
-            pipe: None,
-            pipe_cap: 0,
-            piped: 0,
         }))
     }
     pub(crate) fn accept_multi() -> Self {
@@ -642,28 +628,14 @@ impl<C> Op<C> {
                     t.head_sent += n;
                     self.bytes += n;
                 } else if t.body_left() {
-                    if t.pipe.is_some() && t.piped == 0 {
-                        // io_uring: file -> pipe.
-                        if n == 0 {
-                            t.remaining = 0; // the file ended early: send what there is
-                        } else {
-                            t.piped = n;
-                            t.offset += n as u64;
-                            t.remaining -= (n as u64).min(t.remaining);
-                        }
-                    } else if t.pipe.is_some() {
-                        // io_uring: pipe -> socket.
-                        t.piped -= n.min(t.piped);
-                        self.bytes += n;
+                    // sendfile (it advanced the offset itself, see `syscall`); 0 means the file
+                    // ended early: send what there is, then the tail.
+                    if n == 0 {
+                        t.remaining = 0;
                     } else {
-                        // epoll: sendfile (it advanced the offset itself, see `syscall`).
-                        if n == 0 {
-                            t.remaining = 0;
-                        } else {
-                            t.remaining -= (n as u64).min(t.remaining);
-                        }
-                        self.bytes += n;
+                        t.remaining -= (n as u64).min(t.remaining);
                     }
+                    self.bytes += n;
                 } else {
                     t.tail_sent += n;
                     self.bytes += n;
@@ -987,16 +959,9 @@ impl<C> Op<C> {
                 if t.head_sent < t.head.len() {
                     send_sqe(fd, &t.head[t.head_sent..])
                 } else if t.body_left() {
-                    let (r, w) =
-                        t.pipe.as_ref().expect("invariant: the uring driver created the pipe");
-                    if t.piped == 0 {
-                        let len = t.remaining.min(t.pipe_cap as u64) as u32;
-                        let off = i64::try_from(t.offset).unwrap_or(-1);
-                        opcode::Splice::new(Fd(t.file.as_raw_fd()), off, Fd(w.as_raw_fd()), -1, len)
-                            .build()
-                    } else {
-                        opcode::Splice::new(Fd(r.as_raw_fd()), -1, fd, -1, len_u32(t.piped)).build()
-                    }
+                    // Wait for room, then `sendfile` from the reaping thread (`on_cqe`):
+                    // io_uring has no sendfile, and its SPLICE always runs on io-wq threads.
+                    opcode::PollAdd::new(fd, libc::POLLOUT as u32).build()
                 } else {
                     send_sqe(fd, &t.tail[t.tail_sent..])
                 }
@@ -1025,6 +990,26 @@ impl<C> Op<C> {
     /// io_uring: records a CQE result. A poll result is an event mask, not a byte count.
     #[cfg(feature = "uring")]
     pub(crate) fn on_cqe(&mut self, res: i32, flags: u32) -> Progress {
+        if let OpKind::Transmit(t) = &self.kind
+            && t.in_body()
+        {
+            // The POLLOUT of the body stage: send file bytes until the socket is full.
+            if res < 0 {
+                return Progress::Done(-res);
+            }
+            loop {
+                let r = self.syscall();
+                match self.advance(r) {
+                    Progress::Again if r >= 0 => {
+                        if matches!(&self.kind, OpKind::Transmit(t) if t.in_body()) {
+                            continue;
+                        }
+                        return Progress::Again; // on to the tail
+                    }
+                    p => return p,
+                }
+            }
+        }
         if let OpKind::RecvPooled { pool, got } = &mut self.kind
             && let Some(id) = io_uring::cqueue::buffer_select(flags)
         {

@@ -157,9 +157,10 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
-        // io_uring waits for readiness itself; a blocking fd keeps connect and accept from
-        // returning EINPROGRESS/EAGAIN to us.
-        rustix::io::ioctl_fionbio(&h.fd, false)?;
+        // Non-blocking, as on epoll: io_uring still waits for readiness itself (a spurious EAGAIN
+        // is resubmitted), and syscalls made from the reaping thread (TransmitFile's sendfile)
+        // must never block it.
+        rustix::io::ioctl_fionbio(&h.fd, !h.is_file)?;
         Ok(())
     }
 
@@ -232,12 +233,6 @@ impl<C: Send + 'static> Driver<C> {
         let mut sq = self.sq();
         if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
             return Submitted::Refused(super::epoll::closed_error(), op);
-        }
-        let mut op = op;
-        if let OpKind::Transmit(t) = &mut op.kind
-            && let Err(e) = t.ensure_pipe()
-        {
-            return Submitted::Refused(e, op);
         }
         let handle = op.handle.clone();
         let mut io = handle.io();

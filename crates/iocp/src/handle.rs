@@ -449,9 +449,10 @@ impl<C: Send + 'static> Handle<C> {
     }
 
     /// Sends `range.head`, then a range of `file`, then `range.tail`, as one operation with one
-    /// completion (TransmitFile), without copying the file through user space: `sendfile(2)` on
-    /// epoll, `splice(2)` through a pipe on io_uring. Short sends are resumed inside the
-    /// operation; offsets and lengths are 64-bit. The completion reports all bytes sent.
+    /// completion (TransmitFile), without copying the file through user space: `sendfile(2)`
+    /// whenever the socket has room (on io_uring after a `POLL_ADD`). Short sends are resumed
+    /// inside the operation; offsets and lengths are 64-bit. The completion reports all bytes
+    /// sent.
     ///
     /// # Errors
     /// Refused when the range lies beyond the end of the file, the file's size cannot be read,

@@ -64,10 +64,14 @@ backend_test!(case_05_get_many_returns_in_post_order, |b| {
 backend_test!(case_07_close_wakes_a_blocked_waiter_with_closed, |b| {
     let port: CompletionPort<()> = b.build().unwrap();
     let p2 = port.clone();
-    let waiter = thread::spawn(move || p2.get(None).map(|_| ()));
+    // GQCS(INFINITE): the result comes through a channel, so a missed wake-up fails the test at
+    // the deadline instead of hanging it.
+    let (tx, rx) = mpsc::channel();
+    let waiter = thread::spawn(move || tx.send(p2.get(None).map(|_| ())).unwrap());
     eventually("the waiter to block", || (port.stats().waiters == 1).then_some(()));
     port.close();
-    assert_eq!(waiter.join().unwrap(), Err(GetError::Closed));
+    assert_eq!(rx.recv_timeout(deadline()).unwrap(), Err(GetError::Closed));
+    waiter.join().unwrap();
     assert_eq!(port.get(Some(Duration::ZERO)).unwrap_err(), GetError::Closed);
     assert!(port.post(0, CompletionKey(0), ()).is_err());
 });
@@ -91,11 +95,13 @@ backend_test!(case_09_post_then_close_still_delivers_to_the_waiter, |b| {
     for _ in 0..50 {
         let port: CompletionPort<u32> = b.clone().build().unwrap();
         let p2 = port.clone();
-        let waiter = thread::spawn(move || p2.get(None).map(|c| *c.context()));
+        let (tx, rx) = mpsc::channel();
+        let waiter = thread::spawn(move || tx.send(p2.get(None).map(|c| *c.context())).unwrap());
         eventually("the waiter to block", || (port.stats().waiters == 1).then_some(()));
         port.post(1, CompletionKey(9), 42).unwrap();
         port.close();
-        assert_eq!(waiter.join().unwrap(), Ok(42));
+        assert_eq!(rx.recv_timeout(deadline()).unwrap(), Ok(42));
+        waiter.join().unwrap();
     }
 });
 

@@ -608,7 +608,6 @@ impl<C: Send + 'static> PortInner<C> {
         if was_running {
             st.leave_running();
         }
-        let mut count = |c: Completion<C>| out(c);
         let mut may_spin = timeout != Some(Duration::ZERO);
         loop {
             if st.is_closed() {
@@ -616,7 +615,7 @@ impl<C: Send + 'static> PortInner<C> {
                 assoc::end(self.id);
                 return Err(GetError::Closed);
             }
-            let n = st.take(max, &mut count);
+            let n = st.take(max, out);
             if n > 0 {
                 return Ok(self.got(st, n, false));
             }
@@ -651,11 +650,11 @@ impl<C: Send + 'static> PortInner<C> {
                 st.end_polling(id);
                 st.extend(reaped.drain(..));
                 drop(reaped);
-                let n = st.take_handed(id, max - 1, &mut count);
+                let n = st.take_handed(id, max - 1, out);
                 if n > 0 {
                     return Ok(self.got(st, n, true));
                 }
-                let n = st.take(max, &mut count);
+                let n = st.take(max, out);
                 if n > 0 {
                     return Ok(self.got(st, n, true));
                 }
@@ -677,18 +676,14 @@ impl<C: Send + 'static> PortInner<C> {
             let signal = SIGNAL.with(Arc::clone);
             let id = st.add_waiter(signal.clone(), false);
             loop {
-                st = match deadline {
-                    None => {
-                        signal.wait(&mut st);
-                        st
-                    }
+                match deadline {
+                    None => signal.wait(&mut st),
                     Some(d) => {
                         let left = d.saturating_duration_since(Instant::now());
                         let _ = signal.wait_for(&mut st, left);
-                        st
                     }
-                };
-                let n = st.take_handed(id, max - 1, &mut count);
+                }
+                let n = st.take_handed(id, max - 1, out);
                 if n > 0 {
                     return Ok(self.got(st, n, false));
                 }

@@ -281,7 +281,7 @@ backend_test!(refused_start_hands_buffers_back_and_yields_no_packet, |b| {
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
 });
 
-backend_test!(close_aborts_pending_recv_send_and_accept_once_each, |b| {
+backend_test!(case_36_close_aborts_pending_recv_send_and_accept_once_each, |b| {
     let port: CompletionPort<&'static str> = b.build().unwrap();
     let (_client, server) = tcp_pair();
     let l = port.associate(listener(), CompletionKey(125)).unwrap();
@@ -289,20 +289,26 @@ backend_test!(close_aborts_pending_recv_send_and_accept_once_each, |b| {
     let h = port.associate(server, CompletionKey(7)).unwrap();
     h.recv(Vec::with_capacity(16), "recv").unwrap();
     h.recv_ready("ready").unwrap();
+    // A send the peer never reads: it fills the socket buffers and stays pending.
+    h.send(vec![0u8; 32 << 20], "send").unwrap();
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
     h.close();
     l.close();
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let c = port.get(Some(deadline())).unwrap();
         assert!(c.is_aborted(), "{c:?}");
-        assert_eq!(c.bytes(), 0);
+        if *c.context() == "send" {
+            assert!(c.bytes() < 32 << 20, "a pending send reports what it had moved");
+        } else {
+            assert_eq!(c.bytes(), 0);
+        }
         let want_key = if *c.context() == "accept" { 125 } else { 7 };
         assert_eq!(c.key(), CompletionKey(want_key));
         seen.push(*c.context());
     }
     seen.sort_unstable();
-    assert_eq!(seen, vec!["accept", "ready", "recv"]);
+    assert_eq!(seen, vec!["accept", "ready", "recv", "send"]);
     assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
     assert_eq!(port.stats().in_flight, 0);
 });

@@ -17,20 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iocp::{BackendKind, CompletionKey, CompletionPort, PortBuilder, TransmitRange};
+use iocp::{CompletionKey, CompletionPort, TransmitRange};
 
 const FILE_SIZE: u64 = 64 << 20;
 const DEPTH: usize = 16;
-
-fn backends() -> Vec<(&'static str, PortBuilder)> {
-    let mut v = Vec::new();
-    for (name, kind) in [("epoll", BackendKind::Epoll), ("uring", BackendKind::Uring)] {
-        if let Some(b) = iocp_testkit::builder_for(kind) {
-            v.push((name, b));
-        }
-    }
-    v
-}
 
 fn make_file(name: &str, size: u64) -> (std::path::PathBuf, File) {
     let path = std::env::temp_dir().join(format!("iocp-bench-{}-{name}", std::process::id()));
@@ -53,7 +43,7 @@ fn read_at(c: &mut Criterion) {
         let mut g = c.benchmark_group("read_at");
         g.throughput(Throughput::Bytes(size as u64));
         g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-        for (name, b) in backends() {
+        for (name, b) in iocp_testkit::available_backends() {
             let port: CompletionPort<u64> = b.concurrency(1).build().unwrap();
             let h = port.associate(File::open(&path).unwrap(), CompletionKey(1)).unwrap();
             let blocks = FILE_SIZE / size as u64;
@@ -128,7 +118,7 @@ fn transmit(c: &mut Criterion) {
         let mut g = c.benchmark_group("transmit");
         g.throughput(Throughput::Bytes(size));
         g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-        for (name, b) in backends() {
+        for (name, b) in iocp_testkit::available_backends() {
             let port: CompletionPort<u8> = b.concurrency(1).build().unwrap();
             let (client, server) = iocp_testkit::tcp_pair();
             let sock = port.associate(server, CompletionKey(1)).unwrap();

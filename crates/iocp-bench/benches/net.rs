@@ -20,23 +20,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iocp::{BackendKind, CompletionKey, CompletionPort, Handle, PortBuilder};
+use iocp::{CompletionKey, CompletionPort, Handle, PortBuilder};
 
 /// Message size of the echo and of the accept's initial data.
 const MSG: usize = 64;
 const RECV: u8 = 1;
 const SEND: u8 = 2;
 const ACCEPT: u8 = 3;
-
-fn backends() -> Vec<(&'static str, PortBuilder)> {
-    let mut v = Vec::new();
-    for (name, kind) in [("epoll", BackendKind::Epoll), ("uring", BackendKind::Uring)] {
-        if let Some(b) = iocp_testkit::builder_for(kind) {
-            v.push((name, b));
-        }
-    }
-    v
-}
 
 /// Handles one completion of the echo loop; returns false when the peer closed.
 fn echo_step(h: &Handle<u8>, mut c: iocp::Completion<u8>) -> bool {
@@ -99,7 +89,7 @@ fn round_trips(client: &mut TcpStream, iters: u64) -> Duration {
 fn echo(c: &mut Criterion) {
     let mut g = c.benchmark_group("net_echo");
     g.throughput(Throughput::Elements(1));
-    for (name, b) in backends() {
+    for (name, b) in iocp_testkit::available_backends() {
         let (mut client, server) = iocp_server(b.clone());
         g.bench_function(format!("{name}/threaded"), |bch| {
             bch.iter_custom(|iters| round_trips(&mut client, iters))
@@ -154,7 +144,7 @@ fn accept(c: &mut Criterion) {
     let mut g = c.benchmark_group("net_accept");
     g.throughput(Throughput::Elements(1));
     let msg = [7u8; MSG];
-    for (name, b) in backends() {
+    for (name, b) in iocp_testkit::available_backends() {
         let port: CompletionPort<u8> = b.concurrency(1).build().unwrap();
         let l: TcpListener = iocp_testkit::listener();
         let addr = l.local_addr().unwrap();

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use iocp::{BackendKind, CompletionKey, CompletionPort};
+use iocp::{CompletionKey, CompletionPort};
 
 /// Items per post_get iteration (split evenly among the producers).
 const TOTAL: usize = 20_000;
@@ -149,17 +149,6 @@ impl Drop for Pool {
     }
 }
 
-/// The iocp backends to measure: epoll always, io_uring when the probe passes.
-fn backends() -> Vec<(&'static str, iocp::PortBuilder)> {
-    let mut v = Vec::new();
-    for (name, kind) in [("iocp-epoll", BackendKind::Epoll), ("iocp-uring", BackendKind::Uring)] {
-        if let Some(b) = iocp_testkit::builder_for(kind) {
-            v.push((name, b));
-        }
-    }
-    v
-}
-
 fn post_get(c: &mut Criterion) {
     let mut g = c.benchmark_group("post_get");
     g.throughput(Throughput::Elements(TOTAL as u64));
@@ -168,10 +157,10 @@ fn post_get(c: &mut Criterion) {
     for (p, k) in [(1, 1), (2, 2), (4, 4)] {
         let case = format!("{p}x{k}");
         // Interleave the implementations within each case so drift hits all of them alike.
-        for (name, b) in backends() {
+        for (name, b) in iocp_testkit::available_backends() {
             let port: CompletionPort<u64> = b.concurrency(k).build().unwrap();
             let pool = Pool::new(Port(port), p, k);
-            g.bench_function(format!("{name}/{case}"), |bch| {
+            g.bench_function(format!("iocp-{name}/{case}"), |bch| {
                 bch.iter_custom(|iters| (0..iters).map(|_| pool.round()).sum())
             });
         }
@@ -188,10 +177,10 @@ fn batch(c: &mut Criterion) {
     for (group, timed_fill) in [("batch64", false), ("batch64_post_drain", true)] {
         let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements((BATCH * ROUNDS) as u64));
-        for (name, b) in backends() {
+        for (name, b) in iocp_testkit::available_backends() {
             let port: CompletionPort<u64> = b.concurrency(1).build().unwrap();
             let mut out = Vec::with_capacity(BATCH);
-            g.bench_function(name, |bch| {
+            g.bench_function(format!("iocp-{name}"), |bch| {
                 bch.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {

@@ -65,6 +65,16 @@ pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
     }
 }
 
+/// The backends available here, by name (`"epoll"`, `"uring"`), each with a preset builder;
+/// io_uring is left out (with a `SKIP` line) when it is unavailable or `IOCP_BACKEND=epoll`.
+/// For benchmarks and tools that run every backend.
+pub fn available_backends() -> Vec<(&'static str, PortBuilder)> {
+    [("epoll", BackendKind::Epoll), ("uring", BackendKind::Uring)]
+        .into_iter()
+        .filter_map(|(name, kind)| builder_for(kind).map(|b| (name, b)))
+        .collect()
+}
+
 /// Writes a test once and runs it on both backends: expands to `mod $name { fn epoll(); fn
 /// uring(); }`. The body gets a [`PortBuilder`] preset to the backend.
 ///

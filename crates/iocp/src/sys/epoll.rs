@@ -15,9 +15,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use super::chunks::ChunkVec;
-use super::op::reason_code;
-use super::op::{Op, OpKind, Progress};
-use super::{DriverStats, Submitted, timeout_ms};
+use super::op::{Op, OpKind, Progress, reason_code};
+use super::{DriverStats, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
 use crate::handle::{HandleInner, HandleIo};
@@ -427,10 +426,6 @@ impl<C: Send + 'static> Driver<C> {
 
 fn pop<C>(io: &mut HandleIo<C>, side: usize) -> Box<Op<C>> {
     io.pop_front(side).expect("invariant: front_mut just returned an element")
-}
-
-pub(crate) fn closed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the handle is closed")
 }
 
 /// epoll cannot wait for regular files (they are always "ready", and a read may block on the

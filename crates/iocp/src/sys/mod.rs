@@ -165,6 +165,11 @@ impl<C: Send + 'static> Driver<C> {
     }
 }
 
+/// The error of a start on a closed handle (or a port shutting down).
+pub(crate) fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the handle is closed")
+}
+
 /// Converts a timeout to epoll's milliseconds, rounding up so a wait never ends early.
 pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i32 {
     match timeout {

@@ -24,8 +24,7 @@ use io_uring::{IoUring, opcode, squeue};
 
 use super::bufpool::BufferPool;
 use super::chunks::ChunkVec;
-use super::op::reason_code;
-use super::op::{Op, OpKind, Progress};
+use super::op::{Op, OpKind, Progress, reason_code};
 use super::{DriverStats, Submitted};
 use crate::backend::{PortConfig, UringCaps};
 use crate::completion::{Completion, OpId};
@@ -232,7 +231,7 @@ impl<C: Send + 'static> Driver<C> {
     pub(crate) fn submit(&self, op: Box<Op<C>>) -> Submitted<C> {
         let mut sq = self.sq();
         if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
-            return Submitted::Refused(super::epoll::closed_error(), op);
+            return Submitted::Refused(super::closed_error(), op);
         }
         let handle = op.handle.clone();
         let mut io = handle.io();

@@ -646,8 +646,23 @@ impl<C: Send + 'static> PortInner<C> {
                 self.disarm_completed(reaped.iter());
                 self.fire_timers();
                 st = self.lock();
-                st.counts.io_completions += reaped.len() as u64;
                 st.end_polling(id);
+                if st.is_closed() {
+                    // Closed while we were in the kernel: a packet handed to us before the close
+                    // is still ours (case 9); what we reaped after it (the shutdown's aborts) is
+                    // dropped, like everything queued at the close, outside both locks.
+                    let n = st.take_handed(id, max - 1, out);
+                    if n > 0 {
+                        return Ok(self.got(st, n, true));
+                    }
+                    drop(st);
+                    let late: Vec<Completion<C>> = reaped.drain(..).collect();
+                    drop(reaped);
+                    drop(late);
+                    st = self.lock();
+                    continue;
+                }
+                st.counts.io_completions += reaped.len() as u64;
                 st.extend(reaped.drain(..));
                 drop(reaped);
                 let n = st.take_handed(id, max - 1, out);

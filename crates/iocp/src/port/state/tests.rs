@@ -29,6 +29,13 @@ enum Th {
     Closed,
 }
 
+impl Th {
+    /// A thread back from `get`, counted as running: with a packet, or from a timeout.
+    fn returned(gets_left: u8, holds_packet: bool) -> Th {
+        Th::Idle { gets_left: gets_left - 1, running: true, holds_packet }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct World {
     st: State<u32, usize>,
@@ -123,21 +130,13 @@ impl World {
                         let mut got = Vec::new();
                         if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
                             w.delivered.extend(got);
-                            w.th[t] = Th::Idle {
-                                gets_left: gets_left - 1,
-                                running: true,
-                                holds_packet: true,
-                            };
+                            w.th[t] = Th::returned(gets_left, true);
                         } else if !w.st.is_waiting(id) {
                             w.get_loop(t, gets_left);
                         } else if timeout {
                             w.st.remove_waiter(id);
                             w.st.join_running();
-                            w.th[t] = Th::Idle {
-                                gets_left: gets_left - 1,
-                                running: true,
-                                holds_packet: false,
-                            };
+                            w.th[t] = Th::returned(gets_left, false);
                         } else {
                             continue; // spurious wake-up: nothing changes
                         }
@@ -154,6 +153,26 @@ impl World {
                         }
                         let mut w = self.clone();
                         w.st.end_polling(id);
+                        if w.st.is_closed() {
+                            // As `get_inner`: keep a packet handed before the close, drop what
+                            // was reaped after it.
+                            let mut got = Vec::new();
+                            if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
+                                w.delivered.extend(got);
+                                w.th[t] = Th::returned(gets_left, true);
+                            } else {
+                                w.th[t] = Th::Closed;
+                            }
+                            let late = u32::from(w.kernel_ready);
+                            w.dropped.extend(w.next_packet..w.next_packet + late);
+                            w.next_packet += late;
+                            w.kernel_ready = 0;
+                            out.push(w);
+                            if kicked {
+                                break;
+                            }
+                            continue;
+                        }
                         let reaped: Vec<u32> =
                             (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
                         w.next_packet += u32::from(w.kernel_ready);
@@ -165,22 +184,14 @@ impl World {
                         if n > 0 {
                             w.delivered.extend(got);
                             w.dispatch(true);
-                            w.th[t] = Th::Idle {
-                                gets_left: gets_left - 1,
-                                running: true,
-                                holds_packet: true,
-                            };
+                            w.th[t] = Th::returned(gets_left, true);
                         } else {
                             w.dispatch(timeout);
                             if w.st.is_closed() {
                                 w.th[t] = Th::Closed;
                             } else if timeout {
                                 w.st.join_running();
-                                w.th[t] = Th::Idle {
-                                    gets_left: gets_left - 1,
-                                    running: true,
-                                    holds_packet: false,
-                                };
+                                w.th[t] = Th::returned(gets_left, false);
                             } else {
                                 w.get_loop(t, gets_left);
                             }
@@ -248,6 +259,10 @@ impl World {
     }
 
     fn check(&self) {
+        // Nothing enters a closed port's queue.
+        if self.st.is_closed() {
+            assert!(self.st.queued() == 0, "packets queued after close: {self:?}");
+        }
         // FIFO: the queue holds packets in arrival order.
         let q: Vec<u32> = self.st.queue().iter().copied().collect();
         assert!(q.windows(2).all(|p| p[0] < p[1]), "queue out of order: {q:?}");

@@ -12,6 +12,7 @@
 mod demo;
 mod json;
 mod probe;
+mod serve;
 mod table;
 
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     ///
     /// The backend comes from --backend, else the IOCP_BACKEND variable, else all available.
     Demo(demo::DemoArgs),
+    /// Run a server on the completion port until SIGINT or SIGTERM
+    #[command(subcommand)]
+    Serve(serve::ServeCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Probe { json } => probe::run(*json),
         Command::Demo(args) => demo::run(args),
+        Command::Serve(cmd) => serve::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

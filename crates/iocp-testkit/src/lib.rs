@@ -40,9 +40,17 @@ pub fn auto_builder() -> PortBuilder {
 /// # Panics
 /// When io_uring is unavailable and `IOCP_REQUIRE_URING=1`.
 pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
-    let b = iocp::CompletionPort::<()>::builder();
+    choice_for(kind).map(|c| iocp::CompletionPort::<()>::builder().backend(c))
+}
+
+/// The [`BackendChoice`] that forces `kind`, or `None` (with a `SKIP` line) when it cannot
+/// run here; for code that builds its own port (servers). Same rules as [`builder_for`].
+///
+/// # Panics
+/// When io_uring is unavailable and `IOCP_REQUIRE_URING=1`.
+pub fn choice_for(kind: BackendKind) -> Option<BackendChoice> {
     match kind {
-        BackendKind::Epoll => Some(b.backend(BackendChoice::Epoll)),
+        BackendKind::Epoll => Some(BackendChoice::Epoll),
         _ => {
             let require = std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1");
             if env_backend() == BackendChoice::Epoll {
@@ -60,7 +68,7 @@ pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
                 eprintln!("SKIP io_uring: {}", report.reason());
                 return None;
             }
-            Some(b.backend(BackendChoice::Uring))
+            Some(BackendChoice::Uring)
         }
     }
 }
@@ -85,8 +93,31 @@ pub fn available_backends() -> Vec<(&'static str, PortBuilder)> {
 ///     assert_eq!(*port.get(Some(deadline())).unwrap().context(), 3);
 /// });
 /// ```
+///
+/// With `choice |c|`, the body gets the [`BackendChoice`] instead (for servers that build
+/// their own port).
 #[macro_export]
 macro_rules! backend_test {
+    ($name:ident, choice |$c:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn epoll() {
+                if let Some($c) = $crate::choice_for(::iocp::BackendKind::Epoll) {
+                    $body
+                }
+            }
+
+            #[test]
+            fn uring() {
+                if let Some($c) = $crate::choice_for(::iocp::BackendKind::Uring) {
+                    $body
+                }
+            }
+        }
+    };
     ($name:ident, |$b:ident| $body:block) => {
         mod $name {
             #[allow(unused_imports)]

@@ -1,0 +1,123 @@
+//! `iocp serve echo|http`: the servers, until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use iocp::BackendChoice;
+use iocp_server::{Echo, Server, ServerConfig, ServerReport, Service};
+
+/// Options every server takes.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Common {
+    /// Worker threads (and the port's concurrency limit) [default: one per CPU]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Backend: auto (io_uring when the probe passes, else epoll), uring or epoll
+    #[arg(long, value_name = "auto|uring|epoll", default_value = "auto")]
+    backend: BackendChoice,
+    /// Connections served at once; more are accepted and closed at once
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close a connection idle this many seconds (0: never)
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Close a connection whose peer has not read a response within this many seconds (0: never)
+    #[arg(long, value_name = "S", default_value_t = 30.0)]
+    write_timeout: f64,
+    /// Seconds a stop lets connections finish before aborting them
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    grace: f64,
+}
+
+/// `iocp serve echo` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EchoArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Which server.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ServeCommand {
+    /// Echo every byte back (TCP)
+    Echo(EchoArgs),
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Option<Duration>> {
+    if s == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(s)
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("--{what}: expected a number of seconds >= 0, got {s}"))
+}
+
+impl Common {
+    fn config(&self, addr: SocketAddr) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
+            addr,
+            threads: self.threads,
+            backend: self.backend,
+            max_connections: self.max_connections.max(1),
+            idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
+            write_timeout: secs(self.write_timeout, "write-timeout")?,
+            grace: secs(self.grace, "grace")?.unwrap_or(Duration::ZERO),
+            ..ServerConfig::default()
+        })
+    }
+}
+
+pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
+    init_logging();
+    match cmd {
+        ServeCommand::Echo(a) => serve(Echo, a.common.config(a.addr)?, "echo"),
+    }
+}
+
+fn serve<S: Service>(service: S, cfg: ServerConfig, what: &str) -> anyhow::Result<()> {
+    let addr = cfg.addr;
+    let server = Server::start(service, cfg)
+        .with_context(|| format!("starting the {what} server on {addr}"))?;
+    let b = server.backend();
+    eprintln!(
+        "iocp {what}: listening on {} ({} backend: {}); Ctrl-C or SIGTERM stops",
+        server.local_addr(),
+        b.kind(),
+        b.reason()
+    );
+    let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
+    eprintln!("iocp {what}: signal {sig}: stopping (finishing what is in flight)");
+    let report = server.stop();
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &ServerReport) {
+    let s = &r.stats;
+    eprintln!(
+        "iocp: stopped: {} connections accepted, {} refused, {} closed, {} timeouts, {} errors, \
+         {} bytes in, {} bytes out, {} handler panics{}",
+        s.accepted,
+        s.refused,
+        s.closed,
+        s.idle_timeouts + s.request_timeouts + s.write_timeouts,
+        s.io_errors + s.accept_errors,
+        s.bytes_in,
+        s.bytes_out,
+        r.pool.panics,
+        if r.pool.drained { "" } else { " (grace period over: the rest was aborted)" }
+    );
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Already set (tests running several commands in one process): keep the first.
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

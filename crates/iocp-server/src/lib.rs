@@ -1,0 +1,30 @@
+//! Servers on the [`iocp`] completion port.
+//!
+//! - [`Pool`]: N worker threads draining a port, each completion handed to a handler that
+//!   starts the next operation; panics caught and counted; a stop that drains and joins.
+//! - [`Server`]: a TCP listener with pre-posted accepts (the AcceptEx pattern), per-connection
+//!   state carried by each operation (the extended OVERLAPPED), idle / request / write
+//!   timeouts, a connection limit, bounded buffering and a graceful stop, driven by a
+//!   [`Service`] that speaks the protocol.
+//! - [`Echo`]: the echo service.
+//!
+//! ```no_run
+//! use iocp_server::{Echo, Server, ServerConfig};
+//! let server = Server::start(Echo, ServerConfig::default())?;
+//! println!("echo on {}", server.local_addr());
+//! let report = server.stop();
+//! println!("{} connections", report.stats.accepted);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod echo;
+mod pool;
+mod server;
+mod signal;
+
+pub use echo::Echo;
+pub use pool::{Pool, PoolConfig, PoolReport, cpus};
+pub use server::{
+    CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,
+};
+pub use signal::wait_for_stop_signal;

@@ -1,0 +1,806 @@
+//! The connection framework: a listener with pre-posted accepts, per-connection state that
+//! travels with each operation, timeouts, back-pressure, limits and a graceful stop.
+
+use std::fs::File;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use iocp::{
+    BackendChoice, BackendReport, Completion, CompletionKey, CompletionPort, Handle, Payload,
+    SubmitError, TransmitRange,
+};
+use parking_lot::Mutex;
+use slab::Slab;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
+
+const LISTENER_KEY: CompletionKey = CompletionKey(0);
+const CONN_KEY: CompletionKey = CompletionKey(1);
+
+/// How a [`Server`] runs. Every limit has a default a public-facing server can live with.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0 picks a free port; see [`Server::local_addr`]).
+    pub addr: SocketAddr,
+    /// Worker threads; 0 means one per CPU. The port's concurrency limit is the same number.
+    pub threads: usize,
+    /// Which backend the port uses.
+    pub backend: BackendChoice,
+    /// Accept operations kept posted on the listener (the AcceptEx pattern).
+    pub accepts: usize,
+    /// The kernel's listen backlog.
+    pub listen_backlog: i32,
+    /// Connections served at once; the next ones are accepted and closed at once, and counted
+    /// as refused.
+    pub max_connections: usize,
+    /// A connection with nothing pending that sends nothing for this long is closed.
+    pub idle_timeout: Option<Duration>,
+    /// Once a request has started arriving (unconsumed input is buffered), the rest must come
+    /// within this time (slowloris); the service chooses what to answer.
+    pub request_timeout: Option<Duration>,
+    /// A send that cannot complete within this time (the peer does not read) closes the
+    /// connection: the server never buffers more than one response per connection.
+    pub write_timeout: Option<Duration>,
+    /// Bytes of input buffer added when a receive needs room.
+    pub read_buffer: usize,
+    /// Input a connection may buffer without the service consuming it; beyond it the
+    /// connection is closed.
+    pub max_input: usize,
+    /// After the service closes a connection, how long the server keeps reading (and
+    /// discarding) so that the peer sees the response rather than a reset.
+    pub linger: Duration,
+    /// How long [`Server::stop`] lets connections finish before aborting what remains.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            threads: 0,
+            backend: BackendChoice::Auto,
+            accepts: 16,
+            listen_backlog: 1024,
+            max_connections: 10_000,
+            idle_timeout: Some(Duration::from_secs(60)),
+            request_timeout: Some(Duration::from_secs(10)),
+            write_timeout: Some(Duration::from_secs(30)),
+            read_buffer: 16 * 1024,
+            max_input: 64 * 1024,
+            linger: Duration::from_secs(2),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connection's buffers, lent to the service at each step.
+#[derive(Debug, Default)]
+pub struct Io {
+    /// Bytes received and not yet consumed. The service removes what it has handled (see
+    /// [`Io::consume`]); what stays is a partial request (the request timeout runs on it).
+    pub input: Vec<u8>,
+    /// Bytes to send with [`Next::Send`], or the head sent before the file with
+    /// [`Next::Transmit`]. Empty (capacity kept) when the service is called.
+    pub output: Vec<u8>,
+    /// Close the connection (gracefully) once the next send completes.
+    pub close_after_send: bool,
+}
+
+impl Io {
+    /// Removes the first `n` bytes of input.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.input.len());
+        self.input.drain(..n);
+    }
+}
+
+/// What a connection does next, as the service decides.
+#[derive(Debug)]
+pub enum Next {
+    /// Receive more input (appended to [`Io::input`]).
+    Read,
+    /// Send all of [`Io::output`]; then [`Service::on_sent`] is called.
+    Send,
+    /// Send [`Io::output`], then `len` bytes of `file` from `offset`, zero-copy
+    /// (TransmitFile); then [`Service::on_sent`] is called.
+    Transmit {
+        /// The file.
+        file: Arc<File>,
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Close the connection gracefully: stop sending, read and discard for up to
+    /// [`ServerConfig::linger`], close.
+    Close,
+}
+
+/// Which deadline expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The connection was idle (no partial input) for [`ServerConfig::idle_timeout`].
+    Idle,
+    /// A partial request did not complete within [`ServerConfig::request_timeout`].
+    Request,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its side.
+    Eof,
+    /// The service asked (after a lingering close).
+    Done,
+    /// A deadline expired.
+    Timeout,
+    /// An I/O error (reset, broken pipe...).
+    Error,
+    /// The peer sent more than [`ServerConfig::max_input`] unconsumed bytes.
+    Overflow,
+    /// The server stopped.
+    Stopped,
+}
+
+/// The protocol a [`Server`] speaks: callbacks that look at a connection's buffers and say what
+/// to do next. Every callback runs on a pool worker, one at a time per connection, and must not
+/// block (wrap unavoidable blocking in [`iocp::blocking`]).
+pub trait Service: Send + Sync + 'static {
+    /// Per-connection state.
+    type Conn: Send + 'static;
+
+    /// A connection was accepted.
+    fn open(&self, peer: Option<SocketAddr>) -> Self::Conn;
+
+    /// New bytes were appended to `io.input`.
+    fn on_read(&self, conn: &mut Self::Conn, io: &mut Io) -> Next;
+
+    /// The last [`Next::Send`] or [`Next::Transmit`] completed.
+    fn on_sent(&self, conn: &mut Self::Conn, io: &mut Io) -> Next {
+        let _ = (conn, io);
+        Next::Read
+    }
+
+    /// A receive timed out. The default closes the connection.
+    fn on_timeout(&self, conn: &mut Self::Conn, io: &mut Io, kind: TimeoutKind) -> Next {
+        let _ = (conn, io, kind);
+        Next::Close
+    }
+
+    /// The connection ended (called once, last).
+    fn on_close(&self, conn: Self::Conn, reason: CloseReason) {
+        let _ = (conn, reason);
+    }
+}
+
+/// Counters of a running or stopped server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections accepted and closed at once because `max_connections` were open.
+    pub refused: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Accept operations that failed (e.g. `EMFILE`).
+    pub accept_errors: u64,
+    /// Idle connections closed (or answered) by the idle timeout.
+    pub idle_timeouts: u64,
+    /// Partial requests that hit the request timeout.
+    pub request_timeouts: u64,
+    /// Sends that hit the write timeout.
+    pub write_timeouts: u64,
+    /// Connections ended by an I/O error.
+    pub io_errors: u64,
+    /// Connections closed for buffering too much input.
+    pub overflows: u64,
+    /// Service callbacks that panicked (each closed its connection; the server went on).
+    pub panics: u64,
+    /// Bytes received (counted when a connection closes).
+    pub bytes_in: u64,
+    /// Bytes sent (counted when a connection closes).
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    active: AtomicU64,
+    closed: AtomicU64,
+    accept_errors: AtomicU64,
+    idle_timeouts: AtomicU64,
+    request_timeouts: AtomicU64,
+    write_timeouts: AtomicU64,
+    io_errors: AtomicU64,
+    overflows: AtomicU64,
+    panics: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> ServerStats {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerStats {
+            accepted: l(&self.accepted),
+            refused: l(&self.refused),
+            active: l(&self.active),
+            closed: l(&self.closed),
+            accept_errors: l(&self.accept_errors),
+            idle_timeouts: l(&self.idle_timeouts),
+            request_timeouts: l(&self.request_timeouts),
+            write_timeouts: l(&self.write_timeouts),
+            io_errors: l(&self.io_errors),
+            overflows: l(&self.overflows),
+            panics: l(&self.panics),
+            bytes_in: l(&self.bytes_in),
+            bytes_out: l(&self.bytes_out),
+        }
+    }
+}
+
+/// What [`Server::stop`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerReport {
+    /// The counters at the end.
+    pub stats: ServerStats,
+    /// The pool's report (handled completions, handler panics, whether it drained in time).
+    pub pool: PoolReport,
+}
+
+/// Which operation a connection has in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Read,
+    Send,
+    Linger,
+}
+
+/// A connection: it travels inside the context of its one pending operation (the extended
+/// OVERLAPPED), so a completion hands the whole state back to whichever worker dequeues it.
+struct Conn<S: Service> {
+    handle: Handle<Ctx<S>>,
+    slot: usize,
+    state: S::Conn,
+    io: Io,
+    pending: Pending,
+    /// When the unconsumed input started (the request timeout's start).
+    partial_since: Option<Instant>,
+    linger_until: Option<Instant>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// The context of every operation on the server's port.
+enum Ctx<S: Service> {
+    Accept,
+    Conn(Box<Conn<S>>),
+}
+
+struct Shared<S: Service> {
+    service: S,
+    cfg: ServerConfig,
+    port: Arc<CompletionPort<Ctx<S>>>,
+    listener: Handle<Ctx<S>>,
+    conns: Mutex<Slab<Handle<Ctx<S>>>>,
+    stopping: AtomicBool,
+    accepts_posted: AtomicUsize,
+    counters: Counters,
+}
+
+/// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
+/// that gives the protocol.
+pub struct Server<S: Service> {
+    shared: Arc<Shared<S>>,
+    pool: Option<Pool<Ctx<S>>>,
+    local_addr: SocketAddr,
+}
+
+impl<S: Service> std::fmt::Debug for Server<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("backend", &self.shared.port.backend().kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Service> Server<S> {
+    /// Binds, listens, starts the workers and posts the accepts.
+    ///
+    /// # Errors
+    /// The port cannot be built (e.g. io_uring forced but unavailable), the address cannot be
+    /// bound, or a thread cannot be spawned.
+    pub fn start(service: S, cfg: ServerConfig) -> io::Result<Self> {
+        let threads = if cfg.threads == 0 { cpus() } else { cfg.threads };
+        if cfg.read_buffer == 0 || cfg.max_input < cfg.read_buffer {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "read_buffer must be at least 1 and at most max_input",
+            ));
+        }
+        let port = Arc::new(
+            CompletionPort::<Ctx<S>>::builder()
+                .backend(cfg.backend)
+                .concurrency(threads)
+                .build()?,
+        );
+        let sock = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&cfg.addr.into())?;
+        sock.listen(cfg.listen_backlog)?;
+        let local_addr = sock
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+        let listener = port.associate(OwnedFd::from(sock), LISTENER_KEY)?;
+        let shared = Arc::new(Shared {
+            service,
+            cfg: ServerConfig { threads, ..cfg },
+            port: port.clone(),
+            listener,
+            conns: Mutex::new(Slab::new()),
+            stopping: AtomicBool::new(false),
+            accepts_posted: AtomicUsize::new(0),
+            counters: Counters::default(),
+        });
+        let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
+        let handler_shared = shared.clone();
+        let pool = Pool::start(port, &pool_cfg, move |c| handler_shared.on_completion(c))?;
+        for _ in 0..shared.cfg.accepts.max(1) {
+            shared.post_accept()?;
+        }
+        tracing::info!(
+            addr = %local_addr,
+            backend = %shared.port.backend().kind(),
+            threads,
+            "server listening"
+        );
+        Ok(Server { shared, pool: Some(pool), local_addr })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The backend the port runs on, and why.
+    pub fn backend(&self) -> &BackendReport {
+        self.shared.port.backend()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The service.
+    pub fn service(&self) -> &S {
+        &self.shared.service
+    }
+
+    /// Stops gracefully: no new connections; each open connection's receiving side is shut
+    /// (`shutdown(SHUT_RD)`: whatever the peer had sent is still read and handled, then the
+    /// connection sees end-of-stream and closes); after [`ServerConfig::grace`] whatever is
+    /// still pending is aborted. Joins every worker.
+    pub fn stop(mut self) -> ServerReport {
+        let pool = self.pool.take();
+        self.shared.begin_stop();
+        let pool = match pool {
+            Some(p) => p.stop(self.shared.cfg.grace),
+            None => PoolReport::default(),
+        };
+        // Connections still registered were aborted by the port's close (their state was
+        // dropped with the aborted operations' contexts).
+        let aborted = {
+            let mut conns = self.shared.conns.lock();
+            let n = conns.len() as u64;
+            conns.clear();
+            n
+        };
+        let c = &self.shared.counters;
+        c.active.fetch_sub(aborted.min(c.active.load(Ordering::Relaxed)), Ordering::Relaxed);
+        c.closed.fetch_add(aborted, Ordering::Relaxed);
+        let stats = c.snapshot();
+        tracing::info!(?stats, handled = pool.handled, panics = pool.panics, "server stopped");
+        ServerReport { stats, pool }
+    }
+}
+
+impl<S: Service> Drop for Server<S> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.shared.begin_stop();
+            let _ = pool.stop(Duration::ZERO);
+            self.shared.conns.lock().clear();
+        }
+    }
+}
+
+fn timed_out(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ETIMEDOUT)
+}
+
+fn cancelled(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ECANCELED)
+}
+
+fn resource_exhausted(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
+}
+
+impl<S: Service> Shared<S> {
+    fn begin_stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.listener.close();
+        for (_, h) in self.conns.lock().iter() {
+            // The peer may already be gone (ENOTCONN): nothing to wake then.
+            let _ = h.shutdown(Shutdown::Read);
+        }
+    }
+
+    fn post_accept(&self) -> io::Result<()> {
+        self.accepts_posted.fetch_add(1, Ordering::SeqCst);
+        match self.listener.accept(Vec::new(), Ctx::Accept) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
+                Err(e.into_parts().0)
+            }
+        }
+    }
+
+    /// Keeps the posted accepts at their target (after a failed accept left a gap).
+    fn refill_accepts(&self) {
+        while !self.stopping.load(Ordering::SeqCst)
+            && self.accepts_posted.load(Ordering::SeqCst) < self.cfg.accepts.max(1)
+        {
+            if self.post_accept().is_err() {
+                break;
+            }
+        }
+    }
+
+    fn on_completion(&self, mut c: Completion<Ctx<S>>) {
+        let res = c.result();
+        match c.context() {
+            Ctx::Accept => {
+                let accepted = c.take_accepted();
+                self.on_accept(res, accepted);
+            }
+            Ctx::Conn(_) => {
+                let (ctx, payload) = c.into_parts();
+                if let Ctx::Conn(conn) = ctx {
+                    self.on_conn(conn, res, payload);
+                }
+            }
+        }
+    }
+
+    fn on_accept(&self, res: io::Result<usize>, accepted: Option<iocp::Accepted>) {
+        self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match res {
+            Ok(_) => self.refill_accepts(),
+            Err(e) => {
+                if !cancelled(&e) {
+                    bump(&self.counters.accept_errors);
+                    tracing::warn!(error = %e, "accept failed");
+                }
+                // Out of descriptors or memory: leave the slot empty; a closing connection
+                // refills it.
+                if !resource_exhausted(&e) {
+                    self.refill_accepts();
+                }
+                return;
+            }
+        }
+        let Some((Some(sock), peer, _)) = accepted.map(|a| a.into_parts()) else {
+            return;
+        };
+        let active = self.counters.active.load(Ordering::Relaxed);
+        if active >= self.cfg.max_connections as u64 {
+            bump(&self.counters.refused);
+            tracing::debug!("connection refused: max_connections reached");
+            return; // dropping the socket closes it
+        }
+        // Echo-style request/response traffic: never wait for Nagle.
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = peer.and_then(|p| p.as_socket());
+        let handle = match self.port.associate(OwnedFd::from(sock), CONN_KEY) {
+            Ok(h) => h,
+            Err(e) => {
+                bump(&self.counters.accept_errors);
+                tracing::warn!(error = %e, "associate failed");
+                return;
+            }
+        };
+        let state = match catch_unwind(AssertUnwindSafe(|| self.service.open(peer))) {
+            Ok(state) => state,
+            Err(_) => {
+                bump(&self.counters.panics);
+                tracing::error!("service panicked in open: connection dropped");
+                return;
+            }
+        };
+        let slot = self.conns.lock().insert(handle.clone());
+        if self.stopping.load(Ordering::SeqCst) {
+            // begin_stop may have walked the registry before this insert.
+            let _ = handle.shutdown(Shutdown::Read);
+        }
+        bump(&self.counters.accepted);
+        self.counters.active.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(?peer, slot, "connection accepted");
+        let conn = Box::new(Conn {
+            handle,
+            slot,
+            state,
+            io: Io::default(),
+            pending: Pending::Read,
+            partial_since: None,
+            linger_until: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        self.drive(conn, Next::Read);
+    }
+
+    fn on_conn(&self, mut conn: Box<Conn<S>>, res: io::Result<usize>, payload: Payload) {
+        match conn.pending {
+            Pending::Read | Pending::Linger => {
+                if let Payload::Recv(buf) = payload {
+                    conn.io.input = buf;
+                }
+            }
+            Pending::Send => match payload {
+                Payload::Send(mut buf) => {
+                    buf.clear();
+                    conn.io.output = buf;
+                }
+                Payload::TransmitFile(t) => {
+                    let mut buf = t.head;
+                    buf.clear();
+                    conn.io.output = buf;
+                }
+                _ => {}
+            },
+        }
+        match (conn.pending, res) {
+            (Pending::Linger, Ok(n)) if n > 0 => {
+                conn.io.input.clear();
+                self.drive_linger(conn);
+            }
+            (Pending::Linger, _) => self.close(conn, CloseReason::Done),
+            (Pending::Read, Ok(0)) => self.close(conn, CloseReason::Eof),
+            (Pending::Read, Ok(n)) => {
+                conn.bytes_in += n as u64;
+                let Some((mut conn, next)) = self.step(conn, S::on_read) else { return };
+                conn.partial_since = if conn.io.input.is_empty() {
+                    None
+                } else {
+                    conn.partial_since.or_else(|| Some(Instant::now()))
+                };
+                self.drive(conn, next);
+            }
+            (Pending::Read, Err(e)) if timed_out(&e) => {
+                let kind = if conn.partial_since.is_some() {
+                    bump(&self.counters.request_timeouts);
+                    TimeoutKind::Request
+                } else {
+                    bump(&self.counters.idle_timeouts);
+                    TimeoutKind::Idle
+                };
+                let step = self.step(conn, |s, st, io| s.on_timeout(st, io, kind));
+                let Some((mut conn, next)) = step else { return };
+                if matches!(next, Next::Read) {
+                    // Asking to read again after a timeout would wait forever on a
+                    // silent peer; the deadline already ran out.
+                    self.close(conn, CloseReason::Timeout);
+                } else {
+                    conn.io.close_after_send = true;
+                    self.drive(conn, next);
+                }
+            }
+            (Pending::Send, Ok(n)) => {
+                conn.bytes_out += n as u64;
+                if conn.io.close_after_send {
+                    self.drive(conn, Next::Close);
+                } else if let Some((conn, next)) = self.step(conn, S::on_sent) {
+                    self.drive(conn, next);
+                }
+            }
+            (Pending::Send, Err(e)) if timed_out(&e) => {
+                bump(&self.counters.write_timeouts);
+                self.close(conn, CloseReason::Timeout);
+            }
+            (_, Err(e)) => {
+                if !(self.stopping.load(Ordering::Relaxed) && cancelled(&e)) {
+                    bump(&self.counters.io_errors);
+                    tracing::debug!(error = %e, slot = conn.slot, "connection error");
+                }
+                self.close(conn, CloseReason::Error);
+            }
+        }
+    }
+
+    /// Runs a service callback on the connection. A panic closes the connection (counted and
+    /// logged) rather than leaking it; the worker goes on.
+    fn step(
+        &self,
+        mut conn: Box<Conn<S>>,
+        f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
+    ) -> Option<(Box<Conn<S>>, Next)> {
+        let Conn { state, io, .. } = &mut *conn;
+        match catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io))) {
+            Ok(next) => Some((conn, next)),
+            Err(_) => {
+                bump(&self.counters.panics);
+                tracing::error!(slot = conn.slot, "service panicked: connection closed");
+                self.close(conn, CloseReason::Error);
+                None
+            }
+        }
+    }
+
+    /// Starts what `next` says.
+    fn drive(&self, mut conn: Box<Conn<S>>, next: Next) {
+        match next {
+            Next::Read => {
+                if conn.io.input.len() >= self.cfg.max_input {
+                    bump(&self.counters.overflows);
+                    return self.close(conn, CloseReason::Overflow);
+                }
+                if conn.io.input.capacity() == conn.io.input.len() {
+                    let room = self.cfg.read_buffer.min(self.cfg.max_input - conn.io.input.len());
+                    conn.io.input.reserve_exact(room);
+                }
+                let timeout = match conn.partial_since {
+                    Some(t0) => self.cfg.request_timeout.map(|d| d.saturating_sub(t0.elapsed())),
+                    None => self.cfg.idle_timeout,
+                };
+                if timeout == Some(Duration::ZERO) {
+                    bump(&self.counters.request_timeouts);
+                    let step =
+                        self.step(conn, |s, st, io| s.on_timeout(st, io, TimeoutKind::Request));
+                    let Some((mut conn, next)) = step else { return };
+                    if matches!(next, Next::Read) {
+                        return self.close(conn, CloseReason::Timeout);
+                    }
+                    conn.io.close_after_send = true;
+                    return self.drive(conn, next);
+                }
+                conn.pending = Pending::Read;
+                let buf = std::mem::take(&mut conn.io.input);
+                let handle = conn.handle.clone();
+                let r = match timeout {
+                    Some(d) => handle.with_timeout(d).recv(buf, Ctx::Conn(conn)),
+                    None => handle.recv(buf, Ctx::Conn(conn)),
+                };
+                self.refused_start(r);
+            }
+            Next::Send => {
+                if conn.io.output.is_empty() {
+                    // Nothing to send: as if it had been sent.
+                    if conn.io.close_after_send {
+                        return self.drive(conn, Next::Close);
+                    }
+                    if let Some((conn, next)) = self.step(conn, S::on_sent) {
+                        self.drive(conn, next);
+                    }
+                    return;
+                }
+                conn.pending = Pending::Send;
+                let buf = std::mem::take(&mut conn.io.output);
+                let handle = conn.handle.clone();
+                let r = match self.cfg.write_timeout {
+                    Some(d) => handle.with_timeout(d).send(buf, Ctx::Conn(conn)),
+                    None => handle.send(buf, Ctx::Conn(conn)),
+                };
+                self.refused_start(r);
+            }
+            Next::Transmit { file, offset, len } => {
+                conn.pending = Pending::Send;
+                let range = TransmitRange {
+                    offset,
+                    len: Some(len),
+                    head: std::mem::take(&mut conn.io.output),
+                    tail: Vec::new(),
+                };
+                let handle = conn.handle.clone();
+                let r = match self.cfg.write_timeout {
+                    Some(d) => handle.with_timeout(d).transmit_file(file, range, Ctx::Conn(conn)),
+                    None => handle.transmit_file(file, range, Ctx::Conn(conn)),
+                };
+                self.refused_start(r);
+            }
+            Next::Close => {
+                if self.cfg.linger.is_zero() || conn.handle.shutdown(Shutdown::Write).is_err() {
+                    return self.close(conn, CloseReason::Done);
+                }
+                conn.linger_until = Some(Instant::now() + self.cfg.linger);
+                self.drive_linger(conn);
+            }
+        }
+    }
+
+    /// Reads and discards until the peer closes or the linger time is over.
+    fn drive_linger(&self, mut conn: Box<Conn<S>>) {
+        let left = conn
+            .linger_until
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return self.close(conn, CloseReason::Done);
+        }
+        conn.pending = Pending::Linger;
+        let mut buf = std::mem::take(&mut conn.io.input);
+        buf.clear();
+        if buf.capacity() == 0 {
+            buf.reserve_exact(4096);
+        }
+        let handle = conn.handle.clone();
+        let r = handle.with_timeout(left).recv(buf, Ctx::Conn(conn));
+        self.refused_start(r);
+    }
+
+    /// A start that was refused hands the connection back: close it (the handle or port is
+    /// closing, or the arguments were impossible).
+    fn refused_start(&self, r: Result<iocp::OpId, SubmitError<Ctx<S>>>) {
+        if let Err(e) = r {
+            let (err, ctx, _payload) = e.into_parts();
+            if let Ctx::Conn(conn) = ctx {
+                if !self.stopping.load(Ordering::Relaxed) {
+                    bump(&self.counters.io_errors);
+                    tracing::debug!(error = %err, slot = conn.slot, "operation refused");
+                }
+                self.close(conn, CloseReason::Error);
+            }
+        }
+    }
+
+    // The connection arrives boxed as the operation's context; unboxing at every caller
+    // would only move it twice.
+    #[allow(clippy::boxed_local)]
+    fn close(&self, conn: Box<Conn<S>>, reason: CloseReason) {
+        let Conn { handle, slot, state, bytes_in, bytes_out, .. } = *conn;
+        handle.close();
+        let reason = if self.stopping.load(Ordering::Relaxed) && reason != CloseReason::Eof {
+            CloseReason::Stopped
+        } else {
+            reason
+        };
+        {
+            let mut conns = self.conns.lock();
+            if conns.contains(slot) {
+                conns.remove(slot);
+            }
+        }
+        let c = &self.counters;
+        c.active.fetch_sub(1, Ordering::Relaxed);
+        bump(&c.closed);
+        c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+        c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+        tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");
+        if catch_unwind(AssertUnwindSafe(|| self.service.on_close(state, reason))).is_err() {
+            bump(&c.panics);
+            tracing::error!(slot, "service panicked in on_close");
+        }
+        self.refill_accepts();
+    }
+}

@@ -1,0 +1,329 @@
+//! The server framework and the echo service over real loopback sockets, on both backends.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use iocp::BackendChoice;
+use iocp_server::{
+    CloseReason, Echo, Io, Next, Server, ServerConfig, ServerStats, Service, TimeoutKind,
+};
+use iocp_testkit::{backend_test, deadline};
+
+fn config(backend: BackendChoice) -> ServerConfig {
+    ServerConfig { backend, threads: 2, grace: deadline(), ..ServerConfig::default() }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(deadline())).unwrap();
+    s.set_write_timeout(Some(deadline())).unwrap();
+    s
+}
+
+/// Reads until end of stream (or reset); returns the bytes read.
+fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("read: {e} after {} bytes", out.len()),
+        }
+    }
+}
+
+fn wait_stats(server: &Server<impl Service>, what: &str, f: impl Fn(&ServerStats) -> bool) {
+    let end = Instant::now() + deadline();
+    loop {
+        let s = server.stats();
+        if f(&s) {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}: {s:?}");
+        thread::yield_now();
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// xorshift64*: deterministic test data without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+backend_test!(
+    echo_random_sizes_many_connections,
+    choice | c | {
+        let server = Server::start(Echo, config(c)).unwrap();
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..8u64)
+            .map(|t| {
+                thread::spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1));
+                    let mut conns: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+                    let mut total = 0u64;
+                    for round in 0..20 {
+                        for (i, s) in conns.iter_mut().enumerate() {
+                            let len = 1 + (rng.next() % 32768) as usize;
+                            let msg: Vec<u8> = (0..len).map(|j| (j + i + round) as u8).collect();
+                            s.write_all(&msg).unwrap();
+                            let mut back = vec![0u8; len];
+                            s.read_exact(&mut back).unwrap();
+                            assert_eq!(back, msg, "echo differs (len {len})");
+                            total += len as u64;
+                        }
+                    }
+                    total
+                })
+            })
+            .collect();
+        let total: u64 = clients.into_iter().map(|h| h.join().unwrap()).sum();
+        wait_stats(&server, "all closed", |s| s.closed == 128);
+        let r = server.stop();
+        assert_eq!(r.stats.accepted, 128);
+        assert_eq!(r.stats.bytes_in, total);
+        assert_eq!(r.stats.bytes_out, total);
+        assert_eq!(r.stats.io_errors, 0);
+        assert!(r.pool.drained);
+    }
+);
+
+backend_test!(
+    connections_over_the_limit_are_refused_and_counted,
+    choice | c | {
+        let server = Server::start(Echo, ServerConfig { max_connections: 2, ..config(c) }).unwrap();
+        let addr = server.local_addr();
+        let mut kept: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+        for s in &mut kept {
+            s.write_all(b"ping").unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).unwrap();
+        }
+        let mut third = connect(addr);
+        // Accepted by the kernel, then closed by the server: end of stream, nothing echoed.
+        let _ = third.write_all(b"x");
+        assert!(read_to_end(&mut third).is_empty());
+        wait_stats(&server, "refused", |s| s.refused == 1);
+        // The kept connections still work.
+        kept[0].write_all(b"still").unwrap();
+        let mut b = [0u8; 5];
+        kept[0].read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"still");
+        drop(kept);
+        // A slot freed: a new connection is served.
+        wait_stats(&server, "closed", |s| s.closed == 2);
+        let mut again = connect(addr);
+        again.write_all(b"ok").unwrap();
+        let mut b = [0u8; 2];
+        again.read_exact(&mut b).unwrap();
+        let r = server.stop();
+        assert_eq!(r.stats.refused, 1);
+        assert_eq!(r.stats.accepted, 3);
+    }
+);
+
+backend_test!(
+    idle_connections_are_closed,
+    choice | c | {
+        let cfg = ServerConfig { idle_timeout: Some(Duration::from_millis(200)), ..config(c) };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        s.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        let t0 = Instant::now();
+        assert!(read_to_end(&mut s).is_empty());
+        assert!(t0.elapsed() >= Duration::from_millis(150), "closed too early: {:?}", t0.elapsed());
+        wait_stats(&server, "idle timeout", |s| s.idle_timeouts == 1 && s.closed == 1);
+        server.stop();
+    }
+);
+
+backend_test!(
+    graceful_stop_echoes_every_byte_received,
+    choice | c | {
+        let server = Server::start(Echo, config(c)).unwrap();
+        let addr = server.local_addr();
+        let mut conns: Vec<TcpStream> = (0..20).map(|_| connect(addr)).collect();
+        // Every connection is served (an echo came back), then sends more without reading.
+        for s in &mut conns {
+            s.write_all(b"first").unwrap();
+            let mut b = [0u8; 5];
+            s.read_exact(&mut b).unwrap();
+        }
+        let sent: Vec<Vec<u8>> =
+            (0..20).map(|i| (0..20_000).map(|j| (i * 7 + j) as u8).collect()).collect();
+        for (s, data) in conns.iter_mut().zip(&sent) {
+            s.write_all(data).unwrap();
+        }
+        let readers: Vec<_> =
+            conns.into_iter().map(|mut s| thread::spawn(move || read_to_end(&mut s))).collect();
+        let r = server.stop();
+        for (h, data) in readers.into_iter().zip(&sent) {
+            let got = h.join().unwrap();
+            assert_eq!(got.len(), data.len(), "bytes lost in the stop");
+            assert_eq!(&got, data);
+        }
+        assert!(r.pool.drained, "{r:?}");
+        assert_eq!(r.stats.closed, 20);
+        assert_eq!(r.stats.active, 0);
+    }
+);
+
+/// Panics on input starting with `panic`, echoes the rest.
+struct Fragile;
+impl Service for Fragile {
+    type Conn = ();
+    fn open(&self, _: Option<SocketAddr>) {}
+    fn on_read(&self, _: &mut (), io: &mut Io) -> Next {
+        assert!(!io.input.starts_with(b"panic"), "asked to panic");
+        std::mem::swap(&mut io.input, &mut io.output);
+        Next::Send
+    }
+}
+
+backend_test!(
+    a_panicking_service_closes_its_connection_and_the_server_goes_on,
+    choice | c | {
+        let server = Server::start(Fragile, config(c)).unwrap();
+        let addr = server.local_addr();
+        let mut good = connect(addr);
+        let mut bad = connect(addr);
+        bad.write_all(b"panic now").unwrap();
+        assert!(read_to_end(&mut bad).is_empty());
+        wait_stats(&server, "panic counted", |s| s.panics == 1 && s.closed == 1);
+        for _ in 0..3 {
+            good.write_all(b"alive").unwrap();
+            let mut b = [0u8; 5];
+            good.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"alive");
+        }
+        let r = server.stop();
+        assert_eq!(r.stats.panics, 1);
+        assert_eq!(r.pool.panics, 0, "caught by the server, not the pool");
+    }
+);
+
+backend_test!(
+    a_peer_that_does_not_read_is_cut_off,
+    choice | c | {
+        let cfg = ServerConfig { write_timeout: Some(Duration::from_millis(300)), ..config(c) };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        // Write without ever reading: the server's echo fills our receive buffer, its send waits,
+        // it stops reading, our send buffer fills. Then the write timeout closes the connection.
+        let chunk = vec![7u8; 65536];
+        let mut written = 0usize;
+        let end = Instant::now() + deadline();
+        let failed = loop {
+            assert!(Instant::now() < end, "the server kept reading {written} bytes");
+            match s.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => break e,
+            }
+            if server.stats().write_timeouts == 1 {
+                break std::io::Error::other("timed out");
+            }
+        };
+        wait_stats(&server, "write timeout", |s| s.write_timeouts == 1 && s.closed == 1);
+        assert!(written < 64 << 20, "server buffered without bound: {written} ({failed})");
+        server.stop();
+    }
+);
+
+/// Answers complete lines with their length; a partial line waits for the request timeout.
+struct Lines {
+    timeouts: Arc<AtomicU64>,
+}
+impl Service for Lines {
+    type Conn = ();
+    fn open(&self, _: Option<SocketAddr>) {}
+    fn on_read(&self, _: &mut (), io: &mut Io) -> Next {
+        while let Some(i) = io.input.iter().position(|&b| b == b'\n') {
+            io.output.extend_from_slice(format!("{i}\n").as_bytes());
+            io.consume(i + 1);
+        }
+        if io.output.is_empty() { Next::Read } else { Next::Send }
+    }
+    fn on_timeout(&self, _: &mut (), io: &mut Io, kind: TimeoutKind) -> Next {
+        if kind == TimeoutKind::Request {
+            self.timeouts.fetch_add(1, Ordering::SeqCst);
+            io.output.extend_from_slice(b"timeout\n");
+            Next::Send
+        } else {
+            Next::Close
+        }
+    }
+    fn on_close(&self, _: (), reason: CloseReason) {
+        assert_ne!(reason, CloseReason::Error);
+    }
+}
+
+backend_test!(
+    a_slow_request_gets_the_service_answer_then_close,
+    choice | c | {
+        let timeouts = Arc::new(AtomicU64::new(0));
+        let cfg = ServerConfig { request_timeout: Some(Duration::from_millis(300)), ..config(c) };
+        let server = Server::start(Lines { timeouts: timeouts.clone() }, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        s.write_all(b"abc\nde").unwrap();
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"3\n");
+        // Trickle bytes of the partial line: the deadline counts from its first byte.
+        let t0 = Instant::now();
+        s.write_all(b"f").unwrap();
+        let rest = read_to_end(&mut s);
+        assert_eq!(rest, b"timeout\n");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(timeouts.load(Ordering::SeqCst), 1);
+        wait_stats(&server, "request timeout", |s| s.request_timeouts == 1 && s.closed == 1);
+        server.stop();
+    }
+);
+
+backend_test!(
+    pipelined_lines_are_answered_in_order,
+    choice | c | {
+        let timeouts = Arc::new(AtomicU64::new(0));
+        let server = Server::start(Lines { timeouts }, config(c)).unwrap();
+        let mut s = connect(server.local_addr());
+        let mut expect = String::new();
+        let mut req = Vec::new();
+        for i in 0..500 {
+            req.extend(std::iter::repeat_n(b'x', i % 37));
+            req.push(b'\n');
+            expect.push_str(&format!("{}\n", i % 37));
+        }
+        s.write_all(&req).unwrap();
+        let mut got = vec![0u8; expect.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), expect);
+        server.stop();
+    }
+);
+
+#[test]
+fn a_forced_uring_backend_that_cannot_run_is_an_error_not_a_fallback() {
+    if iocp::probe().kind() == iocp::BackendKind::Uring {
+        eprintln!("SKIP: io_uring runs here");
+        return;
+    }
+    let e = Server::start(Echo, config(BackendChoice::Uring)).unwrap_err();
+    assert!(!e.to_string().is_empty());
+}

@@ -5,12 +5,16 @@
 //! - `iocp demo [--backend auto|uring|epoll|all] [--seconds S] [--json]`: post→get throughput
 //!   and a TCP echo over loopback (accept with initial receive, recv/send) on each backend.
 //!
-//! Exit status: 0 on success, 2 on any error (including bad arguments).
+//! - `iocp bench echo|http …`: the load generator (see `load`).
+//!
+//! Exit status: 0 on success, 2 on any error (including bad arguments); `bench` exits 1 when
+//! the run had errors (its report is still printed).
 
 #![forbid(unsafe_code)]
 
 mod demo;
 mod json;
+mod load;
 mod probe;
 mod table;
 
@@ -38,6 +42,11 @@ enum Command {
     ///
     /// The backend comes from --backend, else the IOCP_BACKEND variable, else all available.
     Demo(demo::DemoArgs),
+    /// Load generators: `bench echo` (ping-pong) and `bench http` (keep-alive GETs)
+    Bench {
+        #[command(subcommand)]
+        load: load::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +54,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Probe { json } => probe::run(*json),
         Command::Demo(args) => demo::run(args),
+        Command::Bench { load } => return load::cli(load),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,12 +5,16 @@
 //! - `iocp demo [--backend auto|uring|epoll|all] [--seconds S] [--json]`: post→get throughput
 //!   and a TCP echo over loopback (accept with initial receive, recv/send) on each backend.
 //!
-//! Exit status: 0 on success, 2 on any error (including bad arguments).
+//! - `iocp bench echo|http …`: the load generator (see `load`).
+//!
+//! Exit status: 0 on success, 2 on any error (including bad arguments); `bench` exits 1 when
+//! the run had errors (its report is still printed).
 
 #![forbid(unsafe_code)]
 
 mod demo;
 mod json;
+mod load;
 mod probe;
 mod serve;
 mod table;
@@ -42,6 +46,11 @@ enum Command {
     /// Run a server on the completion port until SIGINT or SIGTERM
     #[command(subcommand)]
     Serve(serve::ServeCommand),
+    /// Load generators: `bench echo` (ping-pong) and `bench http` (keep-alive GETs)
+    Bench {
+        #[command(subcommand)]
+        load: load::BenchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +59,7 @@ fn main() -> ExitCode {
         Command::Probe { json } => probe::run(*json),
         Command::Demo(args) => demo::run(args),
         Command::Serve(cmd) => serve::run(cmd),
+        Command::Bench { load } => return load::cli(load),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

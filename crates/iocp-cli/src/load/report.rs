@@ -1,0 +1,312 @@
+//! What a load run measured, common to every protocol: counts, rates, latency, errors, CPU.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use super::Plan;
+use crate::json::Json;
+use crate::table::{self, Align};
+
+/// Why an exchange or a connection failed. The discriminant indexes the per-run counts.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(crate) enum Fault {
+    /// The connect was refused (nothing listening).
+    ConnectRefused = 0,
+    /// The connect did not finish in time.
+    ConnectTimeout,
+    /// The connect failed otherwise (out of descriptors, unreachable, …).
+    ConnectOther,
+    /// The server reset the connection.
+    Reset,
+    /// The server closed the connection while a reply was owed.
+    Closed,
+    /// A reply that is not what was asked: garbled echo, extra bytes, malformed HTTP.
+    BadReply,
+    /// An HTTP response with `Transfer-Encoding: chunked` (not supported by this generator).
+    Chunked,
+    /// No reply within `--timeout`.
+    Timeout,
+    /// Another I/O error.
+    Io,
+}
+
+impl Fault {
+    /// How many kinds there are.
+    pub(crate) const COUNT: usize = 9;
+    const ALL: [Fault; Fault::COUNT] = [
+        Fault::ConnectRefused,
+        Fault::ConnectTimeout,
+        Fault::ConnectOther,
+        Fault::Reset,
+        Fault::Closed,
+        Fault::BadReply,
+        Fault::Chunked,
+        Fault::Timeout,
+        Fault::Io,
+    ];
+
+    /// The name used in tables and JSON.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Fault::ConnectRefused => "connect_refused",
+            Fault::ConnectTimeout => "connect_timeout",
+            Fault::ConnectOther => "connect_other",
+            Fault::Reset => "reset",
+            Fault::Closed => "closed",
+            Fault::BadReply => "bad_reply",
+            Fault::Chunked => "chunked",
+            Fault::Timeout => "timeout",
+            Fault::Io => "io",
+        }
+    }
+
+    /// Classifies an I/O error on an established connection.
+    pub(crate) fn from_io(e: &io::Error) -> Fault {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Fault::Reset,
+            _ => Fault::Io,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Latency {
+    /// Mean.
+    pub(crate) mean: f64,
+    /// Median.
+    pub(crate) p50: f64,
+    /// 99th percentile.
+    pub(crate) p99: f64,
+    /// 99.9th percentile.
+    pub(crate) p999: f64,
+    /// Maximum.
+    pub(crate) max: f64,
+}
+
+/// The protocol-independent part of a report.
+#[derive(Clone, Debug)]
+pub(crate) struct Totals {
+    /// Where the load went.
+    pub(crate) addr: SocketAddr,
+    /// Connections asked for.
+    pub(crate) connections: usize,
+    /// Connections that connected at the start.
+    pub(crate) connected: u64,
+    /// Generator threads.
+    pub(crate) threads: usize,
+    /// The warm-up asked for.
+    pub(crate) warmup: Duration,
+    /// The window asked for.
+    pub(crate) duration: Duration,
+    /// The window actually measured (shorter when every connection failed early).
+    pub(crate) window: Duration,
+    /// Exchanges completed in the window.
+    pub(crate) msgs: u64,
+    /// Bytes received in the window.
+    pub(crate) bytes: u64,
+    /// Latency of the window's exchanges.
+    pub(crate) latency: Latency,
+    /// Errors by kind over the whole run (connect, warm-up and window).
+    pub(crate) faults: [u64; Fault::COUNT],
+    /// HTTP status counts in the window.
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    /// Reconnects after `Connection: close`.
+    pub(crate) reconnects: u64,
+    /// The generator threads' CPU time over the window.
+    pub(crate) gen_cpu: Duration,
+    /// The `--server-pid` process's CPU time over the window.
+    pub(crate) server_cpu: Option<Duration>,
+}
+
+impl Totals {
+    pub(crate) fn new(plan: &Plan) -> Totals {
+        Totals {
+            addr: plan.addr,
+            connections: plan.connections,
+            connected: 0,
+            threads: plan.threads,
+            warmup: plan.warmup,
+            duration: plan.duration,
+            window: Duration::ZERO,
+            msgs: 0,
+            bytes: 0,
+            latency: Latency::default(),
+            faults: [0; Fault::COUNT],
+            statuses: BTreeMap::new(),
+            reconnects: 0,
+            gen_cpu: Duration::ZERO,
+            server_cpu: None,
+        }
+    }
+
+    pub(crate) fn set_latency(&mut self, h: &Histogram<u64>) {
+        if h.is_empty() {
+            return;
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        self.latency = Latency {
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        };
+    }
+
+    /// Errors of every kind.
+    pub(crate) fn errors(&self) -> u64 {
+        self.faults.iter().sum()
+    }
+
+    /// A run that had errors or completed nothing: the command exits non-zero.
+    pub(crate) fn failed(&self) -> bool {
+        self.errors() > 0 || self.msgs == 0
+    }
+
+    /// Exchanges per second over the window.
+    pub(crate) fn rate(&self) -> f64 {
+        per_sec(self.msgs as f64, self.window)
+    }
+
+    /// Megabytes (10^6) per second received over the window.
+    pub(crate) fn mb_per_sec(&self) -> f64 {
+        per_sec(self.bytes as f64 / 1e6, self.window)
+    }
+
+    /// Generator CPU per exchange in microseconds.
+    pub(crate) fn gen_us_per_msg(&self) -> Option<f64> {
+        (self.msgs > 0).then(|| self.gen_cpu.as_secs_f64() * 1e6 / self.msgs as f64)
+    }
+
+    /// Server CPU per exchange in microseconds, with `--server-pid`.
+    pub(crate) fn server_us_per_msg(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.msgs > 0).then(|| cpu.as_secs_f64() * 1e6 / self.msgs as f64)
+    }
+
+    /// Table rows: (name, value).
+    pub(crate) fn rows(&self, unit: &str) -> Vec<Vec<String>> {
+        let mut rows = vec![
+            row("target", self.addr.to_string()),
+            row(
+                "connections",
+                format!(
+                    "{} ({} connected, {} threads)",
+                    self.connections, self.connected, self.threads
+                ),
+            ),
+            row(
+                "window",
+                format!(
+                    "{:.2} s after {:.1} s warm-up",
+                    self.window.as_secs_f64(),
+                    self.warmup.as_secs_f64()
+                ),
+            ),
+            row(&format!("{unit}s"), table::thousands(self.msgs)),
+            row(&format!("{unit}s/s"), table::thousands(self.rate().round() as u64)),
+            row("MB/s", format!("{:.1}", self.mb_per_sec())),
+            row(
+                "latency µs",
+                format!(
+                    "p50 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  mean {:.0}",
+                    self.latency.p50,
+                    self.latency.p99,
+                    self.latency.p999,
+                    self.latency.max,
+                    self.latency.mean
+                ),
+            ),
+        ];
+        if !self.statuses.is_empty() {
+            let s: Vec<String> = self.statuses.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+            rows.push(row("status", s.join("  ")));
+        }
+        if self.reconnects > 0 {
+            rows.push(row("reconnects", table::thousands(self.reconnects)));
+        }
+        let errors: Vec<String> = Fault::ALL
+            .iter()
+            .filter(|f| self.faults[**f as usize] > 0)
+            .map(|f| format!("{} {}", f.name(), self.faults[*f as usize]))
+            .collect();
+        rows.push(row(
+            "errors",
+            if errors.is_empty() { "0".to_owned() } else { errors.join(", ") },
+        ));
+        if let Some(g) = self.gen_us_per_msg() {
+            rows.push(row(&format!("generator CPU µs/{unit}"), format!("{g:.2}")));
+        }
+        if let Some(s) = self.server_us_per_msg() {
+            rows.push(row(&format!("server CPU µs/{unit}"), format!("{s:.2}")));
+        }
+        rows
+    }
+
+    /// Renders `rows` as the two-column table every report prints.
+    pub(crate) fn render(rows: &[Vec<String>]) -> String {
+        table::render(None, rows, &[Align::Left, Align::Left], "  ")
+    }
+
+    /// JSON fields common to every report, after the protocol's own.
+    pub(crate) fn json_fields(&self, unit: &'static str) -> Vec<(&'static str, Json)> {
+        let opt = |x: Option<f64>| x.map_or(Json::Null, |v| Json::Num((v * 100.0).round() / 100.0));
+        let faults = Fault::ALL.iter().map(|f| (f.name(), Json::Int(self.faults[*f as usize])));
+        vec![
+            ("addr", Json::str(self.addr.to_string())),
+            ("connections", Json::Int(self.connections as u64)),
+            ("connected", Json::Int(self.connected)),
+            ("threads", Json::Int(self.threads as u64)),
+            ("warmup_s", Json::Num(self.warmup.as_secs_f64())),
+            ("duration_s", Json::Num(self.duration.as_secs_f64())),
+            ("window_s", Json::Num((self.window.as_secs_f64() * 1000.0).round() / 1000.0)),
+            (unit, Json::Int(self.msgs)),
+            ("rate", Json::num1(self.rate())),
+            ("bytes", Json::Int(self.bytes)),
+            ("mb_per_s", Json::Num((self.mb_per_sec() * 100.0).round() / 100.0)),
+            (
+                "latency_us",
+                Json::Obj(vec![
+                    ("mean", Json::num1(self.latency.mean)),
+                    ("p50", Json::num1(self.latency.p50)),
+                    ("p99", Json::num1(self.latency.p99)),
+                    ("p999", Json::num1(self.latency.p999)),
+                    ("max", Json::num1(self.latency.max)),
+                ]),
+            ),
+            ("errors", Json::Int(self.errors())),
+            ("error_kinds", Json::Obj(faults.collect())),
+            ("reconnects", Json::Int(self.reconnects)),
+            ("gen_cpu_us_per_msg", opt(self.gen_us_per_msg())),
+            ("server_cpu_us_per_msg", opt(self.server_us_per_msg())),
+        ]
+    }
+}
+
+fn row(name: &str, value: String) -> Vec<String> {
+    vec![name.to_owned(), value]
+}
+
+fn per_sec(x: f64, window: Duration) -> f64 {
+    let s = window.as_secs_f64();
+    if s > 0.0 { x / s } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    #[test]
+    fn every_fault_is_listed_once_in_order() {
+        for (i, f) in Fault::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{}", f.name());
+        }
+    }
+}

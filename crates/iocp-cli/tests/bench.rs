@@ -1,0 +1,324 @@
+//! `iocp bench echo|http` against tiny in-test servers: counts check out, a dying server gives
+//! errors and exit 1 within its deadline (never a hang), and `--json` is one parseable line.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// What a finished run printed.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs the `iocp` binary with `args`, killing it (and failing) if it runs past `limit`.
+fn iocp(args: &[&str], limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning iocp");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).expect("reading iocp output");
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
+    let deadline = start + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for iocp") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("iocp {args:?} ran longer than {limit:?}; killed");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+        took: start.elapsed(),
+    }
+}
+
+/// The one JSON line of a `--json` run.
+fn json_line(run: &Run) -> Value {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line; stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {}", lines[0]))
+}
+
+fn int(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no integer {key} in {v}"))
+}
+
+/// A thread-per-connection echo server counting connections and bytes. Setting `kill` makes
+/// every connection close (reset, if unread bytes remain) and stops accepting.
+struct EchoServer {
+    addr: SocketAddr,
+    conns: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    kill: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (conns, bytes, kill) = Default::default();
+        let server = EchoServer { addr, conns, bytes, kill };
+        let (conns, bytes, kill) =
+            (Arc::clone(&server.conns), Arc::clone(&server.bytes), Arc::clone(&server.kill));
+        listener.set_nonblocking(true).expect("nonblocking listener");
+        thread::spawn(move || {
+            // Polls so that it notices `kill`; the test process ends it otherwise.
+            while !kill.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        conns.fetch_add(1, Ordering::SeqCst);
+                        let (bytes, kill) = (Arc::clone(&bytes), Arc::clone(&kill));
+                        thread::spawn(move || echo(s, &bytes, &kill));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        server
+    }
+}
+
+fn echo(mut s: TcpStream, bytes: &AtomicU64, kill: &AtomicBool) {
+    s.set_nonblocking(false).expect("blocking socket");
+    s.set_nodelay(true).expect("nodelay");
+    // A short read timeout only so that the thread notices `kill`.
+    s.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+    let mut buf = [0u8; 16 * 1024];
+    while !kill.load(Ordering::SeqCst) {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                bytes.fetch_add(n as u64, Ordering::SeqCst);
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn echo_counts_add_up() {
+    let server = EchoServer::start();
+    let addr = server.addr.to_string();
+    let args = [
+        "bench",
+        "echo",
+        "--addr",
+        &addr,
+        "-c",
+        "8",
+        "-s",
+        "100",
+        "--pipeline",
+        "3",
+        "-t",
+        "2",
+        "-d",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--json",
+    ];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
+    let v = json_line(&run);
+    assert_eq!(v["bench"], "echo");
+    assert_eq!(int(&v, "connections"), 8);
+    assert_eq!(int(&v, "connected"), 8);
+    assert_eq!(int(&v, "errors"), 0, "{v}");
+    assert_eq!(server.conns.load(Ordering::SeqCst), 8);
+    let msgs = int(&v, "msgs");
+    assert!(msgs > 100, "only {msgs} messages in a second: {v}");
+    assert_eq!(int(&v, "bytes"), msgs * 100);
+    // The server saw every measured message, plus the warm-up and those still in flight.
+    let seen = server.bytes.load(Ordering::SeqCst);
+    assert!(seen >= msgs * 100, "server echoed {seen} bytes, generator counted {msgs} msgs");
+    let lat = &v["latency_us"];
+    let (p50, p99, max) = (lat["p50"].as_f64(), lat["p99"].as_f64(), lat["max"].as_f64());
+    assert!(p50 > Some(0.0) && p50 <= p99 && p99 <= max, "latency {lat}");
+    assert!(v["gen_cpu_us_per_msg"].as_f64() > Some(0.0), "{v}");
+}
+
+#[test]
+fn echo_prints_a_table() {
+    let server = EchoServer::start();
+    let addr = server.addr.to_string();
+    let args = ["bench", "echo", "--addr", &addr, "-c", "2", "-d", "300ms", "--warmup", "0s"];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
+    for row in ["msgs/s ", "latency µs ", "errors ", "generator CPU µs/msg "] {
+        assert!(run.stdout.contains(row), "no {row:?} row in:\n{}", run.stdout);
+    }
+}
+
+#[test]
+fn echo_server_dying_mid_run_gives_errors_not_a_hang() {
+    let server = EchoServer::start();
+    let addr = server.addr.to_string();
+    let kill = Arc::clone(&server.kill);
+    let killer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(700));
+        kill.store(true, Ordering::SeqCst);
+    });
+    // A 20 s run with a 1 s reply timeout: the server is gone after 0.7 s, so every
+    // connection fails and the run ends early.
+    let args = [
+        "bench",
+        "echo",
+        "--addr",
+        &addr,
+        "-c",
+        "4",
+        "-d",
+        "20s",
+        "--warmup",
+        "200ms",
+        "--timeout",
+        "1s",
+        "--json",
+    ];
+    let run = iocp(&args, Duration::from_secs(30));
+    killer.join().expect("killer thread");
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    assert!(run.took < Duration::from_secs(8), "took {:?}", run.took);
+    let v = json_line(&run);
+    assert_eq!(int(&v, "errors"), 4, "one error per connection: {v}");
+    let kinds = &v["error_kinds"];
+    let failures = ["closed", "reset", "timeout"].iter().map(|k| int(kinds, k)).sum::<u64>();
+    assert_eq!(failures, 4, "{kinds}");
+}
+
+#[test]
+fn echo_without_a_server_fails_fast() {
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    }; // closed again: nothing listens there now
+    let args = ["bench", "echo", "--addr", &addr, "-c", "3", "-d", "10s", "--json"];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    let v = json_line(&run);
+    assert_eq!(int(&v["error_kinds"], "connect_refused"), 3, "{v}");
+    assert_eq!(int(&v, "msgs"), 0);
+}
+
+/// A thread-per-connection HTTP/1.1 responder: every request (head up to the empty line) gets
+/// `response`. Counts requests.
+fn http_server(response: &'static [u8]) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&requests);
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let count = Arc::clone(&count);
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if s.write_all(response).is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[test]
+fn http_counts_requests_and_statuses() {
+    const BODY_LEN: u64 = 1000;
+    static RESPONSE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let response = RESPONSE.get_or_init(|| {
+        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY_LEN}\r\nServer: t\r\n\r\n")
+            .into_bytes();
+        r.extend(std::iter::repeat_n(b'x', BODY_LEN as usize));
+        r
+    });
+    let (addr, requests) = http_server(response);
+    let url = format!("http://{addr}/file");
+    let args =
+        ["bench", "http", "--url", &url, "-c", "4", "-d", "1s", "--warmup", "200ms", "--json"];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
+    let v = json_line(&run);
+    assert_eq!(v["bench"], "http");
+    assert_eq!(int(&v, "errors"), 0, "{v}");
+    let n = int(&v, "requests");
+    assert!(n > 100, "only {n} requests: {v}");
+    assert_eq!(int(&v["status"], "2xx"), n);
+    assert_eq!(int(&v, "bytes"), n * response.len() as u64);
+    assert!(requests.load(Ordering::SeqCst) >= n);
+}
+
+#[test]
+fn http_chunked_responses_are_errors() {
+    let (addr, _) = http_server(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    let url = format!("http://{addr}/");
+    let args = ["bench", "http", "--url", &url, "-c", "2", "-d", "500ms", "--json"];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    let v = json_line(&run);
+    assert_eq!(int(&v["error_kinds"], "chunked"), 2, "{v}");
+}
+
+#[test]
+fn http_connection_close_reconnects() {
+    let (addr, _) =
+        http_server(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let url = format!("http://{addr}/missing");
+    let args = ["bench", "http", "--url", &url, "-c", "2", "-d", "500ms", "--warmup", "0s"];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert!(run.status.success(), "status {}; stderr:\n{}\n{}", run.status, run.stdout, run.stderr);
+    assert!(run.stdout.contains("status ") && run.stdout.contains("404: "), "{}", run.stdout);
+    assert!(run.stdout.contains("reconnects "), "{}", run.stdout);
+}

@@ -111,6 +111,8 @@ mod head;
 mod listing;
 mod parse;
 mod path;
+#[cfg(test)]
+mod robustness;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,13 +8,14 @@ use std::sync::OnceLock;
 use iocp_http::{Site, fuzzing};
 use libfuzzer_sys::fuzz_target;
 
-static SITE: OnceLock<Site> = OnceLock::new();
+/// The docroot lives as long as the process (libFuzzer exits without running destructors).
+static SITE: OnceLock<(fuzzing::TempDocroot, Site)> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let site = SITE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("iocp-http-fuzz-{}", std::process::id()));
-        fuzzing::sample_docroot(&dir).expect("fuzz docroot");
-        fuzzing::site(&dir).expect("fuzz site")
+    let (_, site) = SITE.get_or_init(|| {
+        let root = fuzzing::TempDocroot::new("fuzz").expect("fuzz docroot");
+        let site = fuzzing::site(root.path()).expect("fuzz site");
+        (root, site)
     });
     fuzzing::drive(site, data);
 });

@@ -3,7 +3,8 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Body, Config, Parsed, Site};
 
@@ -30,6 +31,41 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink("/etc", &escape)?;
     }
     Ok(())
+}
+
+/// A [`sample_docroot`] in a fresh temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDocroot {
+    path: PathBuf,
+}
+
+impl TempDocroot {
+    /// Makes `$TMPDIR/iocp-http-<tag>-<pid>-<n>` and fills it.
+    ///
+    /// # Errors
+    ///
+    /// Any file system error while writing.
+    pub fn new(tag: &str) -> io::Result<TempDocroot> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("iocp-http-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        let root = TempDocroot { path };
+        sample_docroot(&root.path)?;
+        Ok(root)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDocroot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
 }
 
 /// A site on `dir` with the default configuration.

@@ -18,7 +18,15 @@
 //!    - [`Parsed::Error`]: send that response, then close the connection.
 //! 2. Send a [`Response`]: `head` followed by the [`Body`]. `Body::Bytes` goes out with the head
 //!    in one send; `Body::File` goes out with `transmit_file` (the head as the transmit head).
-//! 3. When [`Response::keep_alive`] is false, close after the response is sent.
+//!    The `Arc<File>` may be shared by many responses at once (the cache keeps it open), so it
+//!    must only be read at explicit offsets (`sendfile` with an offset does), never through the
+//!    file position. If the file shrank meanwhile the transmit fails: close the connection.
+//! 3. When [`Response::keep_alive`] is false, close after the response is sent. Close
+//!    lingeringly (shut down the write side, then drain and discard what the client still sends
+//!    for a short while): closing a socket with unread bytes sends a reset, which can destroy
+//!    the error response before the client reads it.
+//! 4. For an access log, [`Request`] has the method, target, version, `User-Agent` and `Referer`,
+//!    and [`Response`] the status and [`Response::body_len`]. A [`Parsed::Error`] has no request.
 //!
 //! ```no_run
 //! use std::io::{Read, Write};

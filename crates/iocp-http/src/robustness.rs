@@ -2,36 +2,12 @@
 //! valid requests) so CI exercises the request path without nightly.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{Site, fuzzing};
 
 /// The longest one input may take through parse and respond (a generous bound: ~1 ms is usual).
 const PER_INPUT: Duration = Duration::from_secs(2);
-
-struct Root(PathBuf);
-
-impl Root {
-    fn new() -> Root {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "iocp-http-robust-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        fuzzing::sample_docroot(&dir).unwrap();
-        Root(dir)
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/http_request")
@@ -61,8 +37,8 @@ fn timed(site: &Site, data: &[u8], what: &str) -> Vec<u16> {
 
 #[test]
 fn corpus_replays_without_panics() {
-    let root = Root::new();
-    let site = fuzzing::site(&root.0).unwrap();
+    let root = fuzzing::TempDocroot::new("robust").unwrap();
+    let site = fuzzing::site(root.path()).unwrap();
     let corpus = corpus();
     assert!(corpus.len() >= 30, "the seed corpus is there ({} files)", corpus.len());
     for (name, data) in &corpus {
@@ -174,8 +150,8 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, others: &[(String, Vec<u8>)]) {
 
 #[test]
 fn random_bytes_and_mutated_requests_never_panic_or_hang() {
-    let root = Root::new();
-    let site = fuzzing::site(&root.0).unwrap();
+    let root = fuzzing::TempDocroot::new("robust").unwrap();
+    let site = fuzzing::site(root.path()).unwrap();
     let seeds = corpus();
     let seed =
         std::env::var("IOCP_HTTP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x1bad_5eed);

@@ -8,8 +8,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{Options, TestServer, spawn, spawn_with};
@@ -18,32 +16,21 @@ use support::{Options, TestServer, spawn, spawn_with};
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// A sample docroot (see `iocp_http::fuzzing::sample_docroot`), removed on drop.
-struct Root(PathBuf);
+struct Root(iocp_http::fuzzing::TempDocroot);
 
 impl Root {
     fn new() -> Root {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "iocp-http-e2e-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        iocp_http::fuzzing::sample_docroot(&dir).unwrap();
-        Root(dir)
+        Root(iocp_http::fuzzing::TempDocroot::new("e2e").unwrap())
     }
-}
 
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
     }
 }
 
 fn setup() -> (Root, TestServer) {
     let root = Root::new();
-    let server = spawn(&root.0);
+    let server = spawn(root.path());
     (root, server)
 }
 
@@ -402,7 +389,7 @@ fn expect_100_continue_is_answered() {
 fn slowloris_gets_408_and_is_closed() {
     let root = Root::new();
     let opts = Options { head_timeout: Duration::from_millis(600), ..Options::default() };
-    let server = spawn_with(&root.0, opts);
+    let server = spawn_with(root.path(), opts);
     let mut sock = connect(server.addr());
     let start = Instant::now();
     sock.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n").unwrap();
@@ -438,7 +425,7 @@ fn slowloris_gets_408_and_is_closed() {
 fn an_idle_keep_alive_connection_is_closed_quietly() {
     let root = Root::new();
     let opts = Options { idle_timeout: Duration::from_millis(300), ..Options::default() };
-    let server = spawn_with(&root.0, opts);
+    let server = spawn_with(root.path(), opts);
     let mut sock = connect(server.addr());
     sock.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut pending = Vec::new();

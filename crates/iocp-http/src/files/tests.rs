@@ -1,36 +1,23 @@
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use super::*;
 use crate::{Config, Parsed, fuzzing};
 
-/// A fresh docroot (the sample one) removed on drop.
-struct Root(PathBuf);
+/// A fresh sample docroot, removed on drop.
+struct Root(fuzzing::TempDocroot);
 
 impl Root {
     fn new() -> Root {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "iocp-http-unit-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        fuzzing::sample_docroot(&dir).unwrap();
-        Root(dir)
+        Root(fuzzing::TempDocroot::new("unit").unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn site(&self) -> Site {
-        Site::new(Config::new(&self.0)).unwrap()
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        Site::new(Config::new(self.path())).unwrap()
     }
 }
 
@@ -84,7 +71,7 @@ fn a_file_comes_with_its_headers() {
     assert_eq!(header(&r, "Accept-Ranges").as_deref(), Some("bytes"));
     assert_eq!(header(&r, "Connection"), None);
     assert_eq!(header(&r, "Vary"), None);
-    let meta = fs::metadata(root.0.join("hello.txt")).unwrap();
+    let meta = fs::metadata(root.path().join("hello.txt")).unwrap();
     let lm = httpdate::parse_http_date(&header(&r, "Last-Modified").unwrap()).unwrap();
     let mtime = meta.modified().unwrap();
     assert!(mtime.duration_since(lm).unwrap() < Duration::from_secs(1));
@@ -277,7 +264,7 @@ fn directories_redirect_index_or_list() {
     let r = get(&site, "/sub/a%20%3C%26%3E%20b.txt", "");
     assert_eq!(body(&r), b"odd name\n");
 
-    let mut cfg = Config::new(&root.0);
+    let mut cfg = Config::new(root.path());
     cfg.listings = false;
     let quiet = Site::new(cfg).unwrap();
     assert_eq!(get(&quiet, "/sub/", "").status, 403);
@@ -310,7 +297,7 @@ fn gzip_sibling_is_served_when_accepted() {
     // No sibling: no Vary, no encoding.
     let r = get(&site, "/hello.txt", "Accept-Encoding: gzip\r\n");
     assert_eq!((header(&r, "Vary"), header(&r, "Content-Encoding")), (None, None));
-    let mut cfg = Config::new(&root.0);
+    let mut cfg = Config::new(root.path());
     cfg.precompressed = false;
     let off = Site::new(cfg).unwrap();
     let r = get(&off, "/style.css", "Accept-Encoding: gzip\r\n");
@@ -330,14 +317,15 @@ fn traversal_and_escaping_symlinks_are_refused() {
     assert_eq!(get(&site, "/escape/", "").status, 404);
     assert_eq!(get(&site, "/escape", "").status, 404);
     // A symlink that stays inside is fine, and one to a directory too.
-    std::os::unix::fs::symlink(root.0.join("hello.txt"), root.0.join("sub/link.txt")).unwrap();
-    std::os::unix::fs::symlink("..", root.0.join("sub/deeper/up")).unwrap();
+    std::os::unix::fs::symlink(root.path().join("hello.txt"), root.path().join("sub/link.txt"))
+        .unwrap();
+    std::os::unix::fs::symlink("..", root.path().join("sub/deeper/up")).unwrap();
     assert_eq!(body(&get(&site, "/sub/link.txt", "")), b"hello, world\n");
     assert_eq!(get(&site, "/sub/deeper/up/", "").status, 200);
     // A symlink to a file outside the root.
-    let outside = root.0.with_extension("outside");
+    let outside = root.path().with_extension("outside");
     fs::write(&outside, b"secret").unwrap();
-    std::os::unix::fs::symlink(&outside, root.0.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.path().join("leak.txt")).unwrap();
     let r = get(&site, "/leak.txt", "");
     fs::remove_file(&outside).unwrap();
     assert_eq!(r.status, 404);
@@ -346,7 +334,7 @@ fn traversal_and_escaping_symlinks_are_refused() {
 #[test]
 fn a_fifo_is_refused_without_hanging() {
     let root = Root::new();
-    let fifo = root.0.join("pipe");
+    let fifo = root.path().join("pipe");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     if !made.is_ok_and(|s| s.success()) {
         eprintln!("SKIP: mkfifo unavailable");
@@ -359,7 +347,7 @@ fn a_fifo_is_refused_without_hanging() {
 fn the_cache_notices_changed_files() {
     let root = Root::new();
     let site = root.site();
-    let file = root.0.join("change.txt");
+    let file = root.path().join("change.txt");
     fs::write(&file, b"first").unwrap();
     let a = get(&site, "/change.txt", "");
     assert_eq!(body(&a), b"first");
@@ -373,7 +361,7 @@ fn the_cache_notices_changed_files() {
     assert_eq!(body(&b), b"again");
     assert_ne!(header(&a, "ETag"), header(&b, "ETag"));
     // Replaced by rename (new inode).
-    let tmp = root.0.join("change.tmp");
+    let tmp = root.path().join("change.tmp");
     fs::write(&tmp, b"third version").unwrap();
     fs::rename(&tmp, &file).unwrap();
     assert_eq!(body(&get(&site, "/change.txt", "")), b"third version");
@@ -385,9 +373,9 @@ fn the_cache_notices_changed_files() {
 fn the_cache_stays_within_its_bounds() {
     let root = Root::new();
     for i in 0..20 {
-        fs::write(root.0.join(format!("f{i}.txt")), vec![b'x'; 1000]).unwrap();
+        fs::write(root.path().join(format!("f{i}.txt")), vec![b'x'; 1000]).unwrap();
     }
-    let mut cfg = Config::new(&root.0);
+    let mut cfg = Config::new(root.path());
     cfg.cache_total_max = 5000;
     cfg.cache_entries_max = 8;
     let site = Site::new(cfg).unwrap();
@@ -402,4 +390,19 @@ fn the_cache_stays_within_its_bounds() {
     // Large files hold no bytes but count as entries.
     let _ = get(&site, "/big.bin", "");
     assert!(site.cache.usage().0 <= 8);
+}
+
+#[test]
+fn a_site_needs_a_directory_root_and_a_clean_server_name() {
+    let root = Root::new();
+    assert!(Site::new(Config::new(root.path().join("hello.txt"))).is_err());
+    assert!(Site::new(Config::new(root.path().join("missing"))).is_err());
+    let mut cfg = Config::new(root.path());
+    cfg.server = "evil\r\nX: y".to_owned();
+    assert!(Site::new(cfg).is_err());
+    let mut cfg = Config::new(root.path());
+    cfg.server = "mine/2".to_owned();
+    let site = Site::new(cfg).unwrap();
+    assert_eq!(header(&get(&site, "/", ""), "Server").as_deref(), Some("mine/2"));
+    assert_eq!(site.root(), fs::canonicalize(root.path()).unwrap());
 }

@@ -1,11 +1,12 @@
 //! `iocp serve echo|http`: the servers, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use iocp::BackendChoice;
-use iocp_server::{Echo, Server, ServerConfig, ServerReport, Service};
+use iocp_server::{Echo, Http, Server, ServerConfig, ServerReport, Service};
 
 /// Options every server takes.
 #[derive(Debug, clap::Args)]
@@ -40,11 +41,35 @@ pub(crate) struct EchoArgs {
     common: Common,
 }
 
+/// `iocp serve http` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct HttpArgs {
+    /// The directory to serve
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Log every response (combined log format fields) to stderr
+    #[arg(long)]
+    access_log: bool,
+    /// Seconds a client has to finish sending a request it started (slowloris: 408, then close)
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Serve HTML listings of directories without index.html (else 403)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    listings: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// Which server.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ServeCommand {
     /// Echo every byte back (TCP)
     Echo(EchoArgs),
+    /// Serve a directory over HTTP/1.1 (GET and HEAD, keep-alive, ranges, conditionals)
+    Http(HttpArgs),
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Option<Duration>> {
@@ -75,6 +100,18 @@ pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
     init_logging();
     match cmd {
         ServeCommand::Echo(a) => serve(Echo, a.common.config(a.addr)?, "echo"),
+        ServeCommand::Http(a) => {
+            let mut site_cfg = iocp_http::Config::new(&a.root);
+            site_cfg.listings = a.listings;
+            let site = iocp_http::Site::new(site_cfg)
+                .with_context(|| format!("serving {}", a.root.display()))?;
+            eprintln!("iocp http: serving {}", site.root().display());
+            let cfg = ServerConfig {
+                request_timeout: secs(a.request_timeout, "request-timeout")?,
+                ..a.common.config(a.addr)?
+            };
+            serve(Http::new(site, a.access_log), cfg, "http")
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //!   timeouts, a connection limit, bounded buffering and a graceful stop, driven by a
 //!   [`Service`] that speaks the protocol.
 //! - [`Echo`]: the echo service.
+//! - [`Http`]: the HTTP/1.1 static-file service ([`iocp_http::Site`] on the framework).
 //!
 //! ```no_run
 //! use iocp_server::{Echo, Server, ServerConfig};
@@ -18,11 +19,13 @@
 //! ```
 
 mod echo;
+mod http;
 mod pool;
 mod server;
 mod signal;
 
 pub use echo::Echo;
+pub use http::{Http, HttpConn};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
 pub use server::{
     CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,

@@ -1,0 +1,156 @@
+//! The HTTP static-file service: [`iocp_http::Site`] on the connection framework.
+
+use std::net::SocketAddr;
+
+use iocp_http::{Body, CONTINUE, Parsed, Request, Response, Site};
+
+use crate::server::{CloseReason, Io, Next, Service, TimeoutKind};
+
+/// Responses to pipelined requests are gathered into one send up to this many bytes.
+const GATHER_MAX: usize = 64 * 1024;
+
+/// Serves a directory over HTTP/1.1 (see [`iocp_http`] for the protocol rules): parses the
+/// requests in each connection's input, gathers the responses to pipelined requests into one
+/// send, and sends file bodies zero-copy with `transmit_file` (the response head rides as the
+/// transmit's head, so a file response is one operation). A partial request that does not
+/// complete within the server's request timeout gets `408` and the connection closes; an idle
+/// keep-alive connection is closed by the idle timeout.
+#[derive(Debug)]
+pub struct Http {
+    site: Site,
+    access_log: bool,
+}
+
+impl Http {
+    /// Serves `site`; with `access_log`, every response is logged (combined log format fields)
+    /// as a `tracing` event with target `access`.
+    pub fn new(site: Site, access_log: bool) -> Self {
+        Http { site, access_log }
+    }
+
+    /// The site served.
+    pub fn site(&self) -> &Site {
+        &self.site
+    }
+
+    fn log(&self, conn: &HttpConn, req: Option<&Request>, resp: &Response) {
+        if !self.access_log {
+            return;
+        }
+        let peer = conn.peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string());
+        let (line, ua, referer) = match req {
+            Some(r) => (
+                format!("{} {} {}", r.method, r.target, r.version.as_str()),
+                r.user_agent.as_deref().unwrap_or("-"),
+                r.referer.as_deref().unwrap_or("-"),
+            ),
+            None => ("-".to_owned(), "-", "-"),
+        };
+        tracing::info!(
+            target: "access",
+            "{peer} \"{}\" {} {} \"{}\" \"{}\"",
+            line.escape_debug(),
+            resp.status,
+            resp.body_len(),
+            referer.escape_debug(),
+            ua.escape_debug()
+        );
+    }
+
+    /// Parses and answers what the input holds; says what the connection does next.
+    fn serve(&self, conn: &mut HttpConn, io: &mut Io) -> Next {
+        loop {
+            if io.output.len() >= GATHER_MAX {
+                return Next::Send;
+            }
+            match self.site.parse(&io.input) {
+                Parsed::Incomplete => break,
+                Parsed::Continue => {
+                    if !conn.continued {
+                        conn.continued = true;
+                        io.output.extend_from_slice(CONTINUE);
+                    }
+                    break;
+                }
+                Parsed::Request { req, consumed } => {
+                    conn.continued = false;
+                    io.consume(consumed);
+                    let resp = self.site.respond(&req);
+                    self.log(conn, Some(&req), &resp);
+                    io.output.extend_from_slice(&resp.head);
+                    if !resp.keep_alive {
+                        // Nothing after this response is answered.
+                        io.input.clear();
+                        io.close_after_send = true;
+                    }
+                    match resp.body {
+                        Body::Empty => {}
+                        Body::Bytes { data, offset, len } => {
+                            io.output.extend_from_slice(&data[offset..offset + len]);
+                        }
+                        Body::File { file, offset, len } => {
+                            return Next::Transmit { file, offset, len };
+                        }
+                    }
+                    if io.close_after_send {
+                        return Next::Send;
+                    }
+                }
+                Parsed::Error(resp) => {
+                    self.log(conn, None, &resp);
+                    io.input.clear();
+                    io.close_after_send = true;
+                    io.output.extend_from_slice(&resp.head);
+                    if let Body::Bytes { data, offset, len } = &resp.body {
+                        io.output.extend_from_slice(&data[*offset..*offset + *len]);
+                    }
+                    return Next::Send;
+                }
+            }
+        }
+        if io.output.is_empty() { Next::Read } else { Next::Send }
+    }
+}
+
+/// One HTTP connection's state.
+#[derive(Debug)]
+pub struct HttpConn {
+    peer: Option<SocketAddr>,
+    /// `100 Continue` was sent for the request being received.
+    continued: bool,
+}
+
+impl Service for Http {
+    type Conn = HttpConn;
+
+    fn open(&self, peer: Option<SocketAddr>) -> HttpConn {
+        HttpConn { peer, continued: false }
+    }
+
+    fn on_read(&self, conn: &mut HttpConn, io: &mut Io) -> Next {
+        self.serve(conn, io)
+    }
+
+    fn on_sent(&self, conn: &mut HttpConn, io: &mut Io) -> Next {
+        self.serve(conn, io)
+    }
+
+    fn on_timeout(&self, conn: &mut HttpConn, io: &mut Io, kind: TimeoutKind) -> Next {
+        match kind {
+            TimeoutKind::Idle => Next::Close,
+            TimeoutKind::Request => {
+                let resp = self.site.timeout_response();
+                self.log(conn, None, &resp);
+                io.input.clear();
+                io.output.clear();
+                io.output.extend_from_slice(&resp.head);
+                if let Body::Bytes { data, offset, len } = &resp.body {
+                    io.output.extend_from_slice(&data[*offset..*offset + *len]);
+                }
+                Next::Send
+            }
+        }
+    }
+
+    fn on_close(&self, _conn: HttpConn, _reason: CloseReason) {}
+}

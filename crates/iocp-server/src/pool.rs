@@ -189,6 +189,8 @@ fn worker<C: Send + 'static>(
             }
         }
         counters.handled.fetch_add(out.len() as u64, Ordering::Relaxed);
+        // The operations the handlers start go to the kernel together when the batch ends.
+        let _batch = port.submit_batch();
         for c in out.drain(..) {
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| handler(c))) {
                 counters.panics.fetch_add(1, Ordering::Relaxed);

@@ -59,7 +59,7 @@ pub use handle::{Handle, TransmitRange, WithTimeout};
 /// The [`Handle::write_at`] offset that appends at the end of the file (Windows'
 /// `0xFFFFFFFF_FFFFFFFF`).
 pub const APPEND: u64 = u64::MAX;
-pub use port::{BlockingGuard, CompletionPort, PortBuilder, blocking};
+pub use port::{BlockingGuard, CompletionPort, PortBuilder, SubmitBatch, blocking};
 pub use stats::PortStats;
 pub use sys::bufpool::{BufferPool, PooledBuf};
 

@@ -3,9 +3,11 @@
 mod assoc;
 pub(crate) mod state;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -281,6 +283,33 @@ impl<C: Send + 'static> CompletionPort<C> {
         inner.driver.buffer_pool(inner.id, count, size)
     }
 
+    /// Batches this thread's operation starts on this port: until the guard drops, operations
+    /// started by this thread are queued for the kernel but not yet handed to it, and the drop
+    /// hands them all over with one system call (on io_uring, one `io_uring_enter` for the
+    /// batch instead of one per operation; any other thread entering the ring meanwhile may
+    /// take them earlier). The epoll backend starts operations inline and ignores the batch.
+    ///
+    /// For a worker that handles a `get_many` batch of completions, each starting the next
+    /// operation: wrap the handling loop in a batch. Do not block inside one (the batched
+    /// operations would not start until the guard drops) and keep it on the thread that made
+    /// it (the guard is not `Send`).
+    ///
+    /// ```no_run
+    /// # let port: iocp::CompletionPort<()> = iocp::CompletionPort::new()?;
+    /// let mut done = Vec::new();
+    /// port.get_many(&mut done, 64, None)?;
+    /// let batch = port.submit_batch();
+    /// for c in done.drain(..) {
+    ///     // handle c, starting the next receive or send...
+    /// }
+    /// drop(batch); // one system call starts them all
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_batch(&self) -> SubmitBatch<'_, C> {
+        let previous = BATCH.with(|b| b.replace(self.shared.inner.id));
+        SubmitBatch { port: self, previous, _not_send: PhantomData }
+    }
+
     /// Counters: packets posted and dequeued, operations in flight, waiters, SQ-full events,
     /// CQ overflows (which must stay 0).
     pub fn stats(&self) -> PortStats {
@@ -343,6 +372,33 @@ impl Drop for BlockingGuard {
 /// on Windows. A no-op on a thread that is not running a packet.
 pub fn blocking() -> BlockingGuard {
     BlockingGuard { port: assoc::block() }
+}
+
+thread_local! {
+    /// The port whose submissions this thread defers (a live [`SubmitBatch`]); 0 for none.
+    static BATCH: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Batches the submissions a thread makes on one port; see [`CompletionPort::submit_batch`].
+#[must_use = "the batch is submitted when the guard drops"]
+pub struct SubmitBatch<'a, C: Send + 'static> {
+    port: &'a CompletionPort<C>,
+    previous: u64,
+    /// The batch belongs to the thread-local state of the thread that made it.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<C: Send + 'static> std::fmt::Debug for SubmitBatch<'_, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitBatch").field("port", &self.port.shared.inner.id).finish()
+    }
+}
+
+impl<C: Send + 'static> Drop for SubmitBatch<'_, C> {
+    fn drop(&mut self) {
+        BATCH.with(|b| b.set(self.previous));
+        self.port.shared.inner.driver.flush();
+    }
 }
 
 pub(crate) struct PortInner<C: Send + 'static> {
@@ -431,7 +487,8 @@ impl<C: Send + 'static> PortInner<C> {
             op.timed = true;
         }
         let timed = op.timed;
-        match self.driver.submit(op) {
+        let defer = BATCH.with(Cell::get) == self.id;
+        match self.driver.submit(op, defer) {
             Submitted::Pending => Ok(id),
             Submitted::Done(c) => {
                 self.deliver(std::iter::once(c));

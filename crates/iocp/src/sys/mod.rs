@@ -84,11 +84,25 @@ impl<C: Send + 'static> Driver<C> {
         }
     }
 
-    pub(crate) fn submit(&self, op: Box<Op<C>>) -> Submitted<C> {
+    /// `defer`: the thread is inside a [`SubmitBatch`](crate::SubmitBatch) of this port; a
+    /// driver that submits through a syscall may leave the request for [`Driver::flush`].
+    pub(crate) fn submit(&self, op: Box<Op<C>>, defer: bool) -> Submitted<C> {
         match self {
-            Driver::Epoll(d) => d.submit(op),
+            Driver::Epoll(d) => {
+                let _ = defer;
+                d.submit(op)
+            }
             #[cfg(feature = "uring")]
-            Driver::Uring(d) => d.submit(op),
+            Driver::Uring(d) => d.submit(op, defer),
+        }
+    }
+
+    /// Gives the kernel the requests deferred by `submit(.., true)`.
+    pub(crate) fn flush(&self) {
+        match self {
+            Driver::Epoll(_) => {}
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.flush(),
         }
     }
 

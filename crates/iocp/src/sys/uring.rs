@@ -56,6 +56,8 @@ struct Sq<C> {
     cancels_in_kernel: usize,
     /// Waiting for room, in order.
     backlog: VecDeque<Backlogged>,
+    /// An SQE was pushed since `reap` started (it must enter before returning).
+    pushed: bool,
 }
 
 impl<C> Sq<C> {
@@ -99,6 +101,8 @@ pub(crate) struct Driver<C> {
     /// Most cancels the kernel holds at once (the rest of the CQ, less one slot for the kick).
     cancel_limit: usize,
     kick_pending: AtomicBool,
+    /// SQEs were pushed by a `SubmitBatch` and not yet entered.
+    deferred: AtomicBool,
     sq_full: AtomicU64,
     /// Registered buffer rings; declared after `ring`, so the ring is closed first on drop and
     /// the kernel is done with their memory before it is freed.
@@ -124,11 +128,13 @@ impl<C: Send + 'static> Driver<C> {
                 ops_in_kernel: 0,
                 cancels_in_kernel: 0,
                 backlog: VecDeque::new(),
+                pushed: false,
             }),
             cq: Mutex::new(Vec::with_capacity(256)),
             op_limit: cq - reserve,
             cancel_limit: reserve - 1,
             kick_pending: AtomicBool::new(false),
+            deferred: AtomicBool::new(false),
             sq_full: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
             waiting: AtomicU64::new(0),
@@ -196,6 +202,7 @@ impl<C: Send + 'static> Driver<C> {
             if self.push(&entry) {
                 slot.in_kernel = true;
                 sq.ops_in_kernel += 1;
+                sq.pushed = true;
                 return;
             }
         }
@@ -215,6 +222,7 @@ impl<C: Send + 'static> Driver<C> {
                 .user_data(CANCEL);
             if self.push(&entry) {
                 sq.cancels_in_kernel += 1;
+                sq.pushed = true;
                 return;
             }
         }
@@ -228,7 +236,7 @@ impl<C: Send + 'static> Driver<C> {
         }
     }
 
-    pub(crate) fn submit(&self, op: Box<Op<C>>) -> Submitted<C> {
+    pub(crate) fn submit(&self, op: Box<Op<C>>, defer: bool) -> Submitted<C> {
         let mut sq = self.sq();
         if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
             return Submitted::Refused(super::closed_error(), op);
@@ -249,8 +257,20 @@ impl<C: Send + 'static> Driver<C> {
         drop(io);
         self.issue(&mut sq, token);
         drop(sq);
-        self.enter();
+        if defer {
+            self.deferred.store(true, Ordering::Release);
+        } else {
+            self.enter();
+        }
         Submitted::Pending
+    }
+
+    /// Submits the SQEs that `submit(.., true)` left in the ring (one `io_uring_enter` for a
+    /// whole batch). A concurrent enter by another thread may already have taken them.
+    pub(crate) fn flush(&self) {
+        if self.deferred.swap(false, Ordering::AcqRel) {
+            self.enter();
+        }
     }
 
     pub(crate) fn wait(
@@ -258,6 +278,8 @@ impl<C: Send + 'static> Driver<C> {
         timeout: Option<Duration>,
         out: &mut Vec<Completion<C>>,
     ) -> io::Result<()> {
+        // This enter submits whatever deferred SQEs the ring holds.
+        self.deferred.store(false, Ordering::Release);
         let res = match timeout {
             Some(t) if t.is_zero() => self.ring.submitter().submit(),
             Some(t) => {
@@ -289,6 +311,7 @@ impl<C: Send + 'static> Driver<C> {
             return;
         }
         let mut sq = self.sq();
+        sq.pushed = false;
         for (token, res, flags) in cqes.drain(..) {
             match token {
                 KICK => {
@@ -351,9 +374,14 @@ impl<C: Send + 'static> Driver<C> {
             }
         }
         self.drain_backlog(&mut sq);
+        // Only what this reap pushed (resumed ops, the backlog) needs an enter here; other
+        // threads' submissions enter on their own (or at their batch's flush).
+        let pushed = sq.pushed;
         drop(sq);
         drop(cqes);
-        self.enter();
+        if pushed {
+            self.enter();
+        }
     }
 
     fn finish(&self, sq: &mut Sq<C>, token: u64, status: i32) -> Completion<C> {

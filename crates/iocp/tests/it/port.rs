@@ -350,3 +350,38 @@ fn concurrent_posters_and_getters_lose_nothing_smoke() {
     }
     assert_eq!(total.load(Ordering::Relaxed), 10_000);
 }
+
+backend_test!(a_submit_batch_starts_its_operations_when_it_drops, |b| {
+    use std::io::Read;
+    let port: CompletionPort<usize> = b.build().unwrap();
+    let mut pairs = Vec::new();
+    for i in 0..8 {
+        let (client, server) = iocp_testkit::tcp_pair();
+        client.set_nonblocking(true).unwrap();
+        pairs.push((client, port.associate(server, CompletionKey(i)).unwrap()));
+    }
+    let batch = port.submit_batch();
+    for (i, (_, h)) in pairs.iter().enumerate() {
+        h.send(vec![i as u8; 100], i).unwrap();
+    }
+    if port.backend().kind() == iocp::BackendKind::Uring {
+        // Nothing entered the ring yet: no byte has left.
+        let mut buf = [0u8; 1];
+        let e = pairs[0].0.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+    drop(batch);
+    let mut seen = [false; 8];
+    for _ in 0..8 {
+        let c = port.get(Some(deadline())).unwrap();
+        assert_eq!(c.result().unwrap(), 100);
+        seen[*c.context()] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    for (i, (client, _)) in pairs.iter_mut().enumerate() {
+        client.set_nonblocking(false).unwrap();
+        let mut buf = [0u8; 100];
+        client.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == i as u8));
+    }
+});

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Echo servers compared: iocp (io_uring and epoll backends) against tokio, monoio, a plain C
+# epoll server (and a C io_uring one, and libiocp's C example, when built), all driven by the
+# same `iocp bench echo --json`, cases 50 x 64 B, 50 x 4 KiB and 1000 x 64 B, 3 interleaved
+# repetitions (round-robin over the servers), medians and ratios against tokio; tokio is
+# measured twice to show the noise floor. Server CPU per message comes from /proc/PID/stat.
+#
+#   bench/compare-echo.sh [--quick] [--duration S] [--reps N] [--write] [--cases 50x64,...]
+#
+# --quick: 1 repetition of 2 s (about a minute). --write: replace the echo-compare section of
+# BENCHMARKS.md. Raw results go to bench/results/ (bench/results/quick/ with --quick).
+# Every server is killed on exit; every run has a deadline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+step() { printf '== %s\n' "$*" >&2; }
+
+step "building iocp (release)"
+cargo build --release -p iocp-cli --quiet
+
+step "building the peers (bench/peers, release)"
+(cd bench/peers && cargo build --release --quiet)
+
+step "building the C servers"
+mkdir -p bench/peers/target/c
+gcc -O2 -Wall -Wextra -o bench/peers/target/c/epoll_echo bench/peers/c/epoll_echo.c -lpthread
+if [ -f bench/peers/c/uring_echo.c ]; then
+    if pkg-config --exists liburing 2>/dev/null || [ -f /usr/include/liburing.h ]; then
+        gcc -O2 -Wall -Wextra -o bench/peers/target/c/uring_echo bench/peers/c/uring_echo.c \
+            -luring -lpthread
+    else
+        echo "compare: liburing-dev is not installed: c-uring will be skipped" >&2
+    fi
+fi
+
+# 1000 connections on each side need descriptors.
+hard=$(ulimit -Hn)
+if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
+ulimit -n "$hard" 2>/dev/null || true
+step "ulimit -n $(ulimit -n)"
+
+# compare.py kills its servers on exit and on SIGINT/SIGTERM; this trap is the backstop for
+# anything left in our process group.
+trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT
+python3 "$root/bench/compare.py" echo "$@"

@@ -380,11 +380,12 @@ def run_http(args, logdir):
                         runs.append({"server": name, "rep": rep, "file": fname, "failed": str(e)})
                         continue
                     try:
-                        pids = [p.pid] + (children(p.pid) if has_workers else [])
                         url = f"http://127.0.0.1:{port}/{fname}.bin"
                         # a short unmeasured warm-up, then the measured run
                         subprocess.run([wrk, "-t2", "-c100", f"-d{max(1, int(args.warmup))}s", url],
                                        capture_output=True, timeout=args.warmup + 30)
+                        # after the warm-up: nginx's master listens before it forks the workers
+                        pids = [p.pid] + (children(p.pid) if has_workers else [])
                         cpu0 = cpu_seconds(pids)
                         r = subprocess.run([wrk, "-t2", "-c100", f"-d{args.duration}s", "--latency",
                                             url], capture_output=True, text=True,
@@ -392,7 +393,7 @@ def run_http(args, logdir):
                         cpu1 = cpu_seconds(pids)
                         res = parse_wrk(r.stdout)
                         res.update({"server": name, "rep": rep, "file": fname, "size": size,
-                                    "exit": r.returncode})
+                                    "exit": r.returncode, "server_pids": len(pids)})
                         if res.get("requests"):
                             res["server_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / res["requests"]
                         log(f"  {fmt(res.get('rate'))} req/s  {fmt(res.get('mb_per_s'), 1)} MB/s"

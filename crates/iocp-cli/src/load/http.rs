@@ -247,6 +247,10 @@ impl Session for HttpSession {
     fn waiting(&self) -> bool {
         self.sent_at.is_some()
     }
+
+    fn recv_capacity(&self) -> usize {
+        64 * 1024
+    }
 }
 
 /// The index just past `\r\n\r\n`, if present.

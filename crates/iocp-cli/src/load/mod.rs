@@ -18,6 +18,7 @@
 //! server gives errors and a non-zero exit, never a hang.
 
 mod echo;
+mod engine_iocp;
 mod http;
 mod report;
 
@@ -82,6 +83,33 @@ pub(crate) struct CommonArgs {
     /// Print one JSON object line instead of a table (and no progress bar)
     #[arg(long)]
     pub(crate) json: bool,
+    /// The generator's own I/O loop: epoll (default, independent of the code under test), or
+    /// an iocp CompletionPort on io_uring (iocp) or on epoll (iocp-epoll)
+    #[arg(long, value_enum, default_value_t = Engine::Epoll)]
+    pub(crate) engine: Engine,
+}
+
+/// The generator's I/O loop.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, clap::ValueEnum)]
+pub(crate) enum Engine {
+    /// A hand-rolled level-triggered epoll loop (rustix).
+    #[default]
+    Epoll,
+    /// An iocp CompletionPort on io_uring.
+    Iocp,
+    /// An iocp CompletionPort on its epoll backend.
+    IocpEpoll,
+}
+
+impl Engine {
+    /// The name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll",
+            Engine::Iocp => "iocp",
+            Engine::IocpEpoll => "iocp-epoll",
+        }
+    }
 }
 
 /// `iocp bench echo`.
@@ -170,6 +198,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     /// A process whose CPU time over the window is reported per message.
     pub(crate) server_pid: Option<u32>,
+    /// The generator's I/O loop.
+    pub(crate) engine: Engine,
 }
 
 impl Plan {
@@ -191,6 +221,7 @@ impl Plan {
             threads: a.threads.min(a.connections),
             timeout: a.timeout.max(Duration::from_millis(10)),
             server_pid: a.server_pid,
+            engine: a.engine,
         })
     }
 }
@@ -211,6 +242,10 @@ pub(crate) trait Session: Send + 'static {
     ) -> Result<Next, Fault>;
     /// Whether a reply is owed (so a close or a silence is an error).
     fn waiting(&self) -> bool;
+    /// The receive buffer a completion-based engine keeps per connection.
+    fn recv_capacity(&self) -> usize {
+        16 * 1024
+    }
 }
 
 /// What the engine does after [`Session::on_data`].
@@ -312,7 +347,23 @@ pub(crate) fn run<S: Session>(
         let (plan, ready_tx, count) = (plan.clone(), ready_tx.clone(), Arc::clone(&progress_count));
         let join = thread::Builder::new()
             .name(format!("iocp-bench-{t}"))
-            .spawn(move || worker(&plan, sessions, &ready_tx, &start_rx, &count))
+            .spawn(move || match plan.engine {
+                Engine::Epoll => worker(&plan, sessions, &ready_tx, &start_rx, &count),
+                Engine::Iocp | Engine::IocpEpoll => {
+                    let backend = if plan.engine == Engine::Iocp {
+                        iocp::BackendChoice::Uring
+                    } else {
+                        iocp::BackendChoice::Epoll
+                    };
+                    let out = engine_iocp::worker_iocp(
+                        &plan, sessions, &ready_tx, &start_rx, &count, backend,
+                    );
+                    if out.is_err() {
+                        let _ = ready_tx.send(()); // do not keep the others waiting
+                    }
+                    out
+                }
+            })
             .context("spawning a generator thread")?;
         workers.push((start_tx, join));
     }
@@ -565,8 +616,12 @@ fn worker<S: Session>(
                 Ok(Next::Continue) => {}
                 Ok(Next::Reconnect) => {
                     drop_conn(&ep, i, c);
+                    if now >= window.1 {
+                        live -= 1; // the run is over: no point connecting again
+                        continue;
+                    }
                     reconnects += 1;
-                    let limit = plan.timeout.min(window.1.saturating_duration_since(now));
+                    let limit = plan.timeout.min(Duration::from_secs(2));
                     match connect(plan.addr, limit) {
                         Ok(sock) => {
                             let data = epoll::EventData::new_u64(i as u64);

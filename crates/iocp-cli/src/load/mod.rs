@@ -203,6 +203,27 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// A plan for in-process use (the demo): `connections` to `addr`, measured for `duration`
+    /// after `warmup`, one generator thread on the epoll engine, a 5 s reply timeout.
+    #[allow(dead_code, reason = "the demo's constructor")]
+    pub(crate) fn basic(
+        addr: SocketAddr,
+        connections: usize,
+        duration: Duration,
+        warmup: Duration,
+    ) -> Plan {
+        Plan {
+            addr,
+            connections: connections.max(1),
+            duration: duration.max(Duration::from_millis(1)),
+            warmup,
+            threads: 1,
+            timeout: Duration::from_secs(5),
+            server_pid: None,
+            engine: Engine::Epoll,
+        }
+    }
+
     fn new(addr: SocketAddr, a: &CommonArgs) -> anyhow::Result<Plan> {
         if a.connections == 0 {
             bail!("--connections must be at least 1");
@@ -698,9 +719,39 @@ fn drop_conn<S>(ep: &impl std::os::fd::AsFd, _i: usize, c: &mut Conn<S>) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::thread;
     use std::time::Duration;
 
-    use super::parse_duration;
+    use super::{EchoLoad, Plan, parse_duration, run_echo};
+
+    /// The demo's way in: a plan built in code, no progress bar, a report back.
+    #[test]
+    fn run_echo_in_process() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for s in listener.incoming().take(3) {
+                let mut s = s.expect("accept");
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let plan = Plan::basic(addr, 3, Duration::from_millis(300), Duration::ZERO);
+        let load = EchoLoad { plan, size: 32, pipeline: 2 };
+        let report = run_echo(&load, false).expect("a run");
+        assert_eq!(report.totals.errors(), 0, "{}", report.table());
+        assert_eq!(report.totals.connected, 3);
+        assert!(report.msgs_per_sec() > 0.0 && report.p99_us() > 0.0, "{}", report.table());
+        assert!(report.json().starts_with(r#"{"bench":"echo","#));
+    }
 
     #[test]
     fn parses_durations() {

@@ -26,7 +26,12 @@ step "building the C servers"
 mkdir -p bench/peers/target/c
 gcc -O2 -Wall -Wextra -o bench/peers/target/c/epoll_echo bench/peers/c/epoll_echo.c -lpthread
 if [ -f bench/peers/c/uring_echo.c ]; then
-    if pkg-config --exists liburing 2>/dev/null || [ -f /usr/include/liburing.h ]; then
+    if [ ! -f /usr/include/liburing.h ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing liburing-dev (apt-get) for the C io_uring peer"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq liburing-dev; } \
+            >/dev/null 2>&1 || true
+    fi
+    if [ -f /usr/include/liburing.h ]; then
         gcc -O2 -Wall -Wextra -o bench/peers/target/c/uring_echo bench/peers/c/uring_echo.c \
             -luring -lpthread
     else

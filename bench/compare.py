@@ -230,7 +230,8 @@ def run_echo(args, logdir):
                 try:
                     cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
                            "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
-                           "--threads", str(args.gen_threads), "--server-pid", str(p.pid), "--json"]
+                           "--threads", str(args.gen_threads), "--engine", args.engine,
+                           "--server-pid", str(p.pid), "--json"]
                     limit = args.duration + args.warmup + 30
                     r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
                     line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "{}"
@@ -499,6 +500,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--server-threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--gen-threads", type=int, default=1, help="iocp bench echo --threads")
+    ap.add_argument("--engine", default="epoll", help="iocp bench echo --engine")
     ap.add_argument("--noise-peer", default="tokio", help="the server measured twice")
     ap.add_argument("--cases", default=None, help="echo cases, e.g. 50x64,1000x64")
     ap.add_argument("--port", type=int, default=None)

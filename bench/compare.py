@@ -29,6 +29,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IOCP = os.path.join(ROOT, "target", "release", "iocp")
+# The binary whose `serve echo|http` is measured: this tree's, unless IOCP_SERVE_BIN names
+# another build (e.g. to measure two versions of the server with the same generator).
+IOCP_SERVE = os.environ.get("IOCP_SERVE_BIN") or IOCP
 PEERS = os.path.join(ROOT, "bench", "peers", "target", "release")
 C_PEERS = os.path.join(ROOT, "bench", "peers", "target", "c")
 LIBIOCP_ECHO = os.path.join(ROOT, "examples", "c", "echo_server")
@@ -128,10 +131,11 @@ def start(argv, port, name, logdir):
 
 
 def iocp_has(subcommand):
-    """Whether the built iocp binary has `serve <subcommand>`."""
-    if not os.access(IOCP, os.X_OK):
+    """Whether the iocp binary to measure has `serve <subcommand>`."""
+    if not os.access(IOCP_SERVE, os.X_OK):
         return False
-    r = subprocess.run([IOCP, "serve", subcommand, "--help"], capture_output=True, timeout=10)
+    r = subprocess.run([IOCP_SERVE, "serve", subcommand, "--help"], capture_output=True,
+                       timeout=10)
     return r.returncode == 0
 
 
@@ -178,10 +182,10 @@ def echo_servers(threads, args):
     for backend in ("uring", "epoll"):
         name = f"iocp-{backend}"
         if have_serve:
-            servers.append((name, lambda a, b=backend: [IOCP, "serve", "echo", "--addr", a,
+            servers.append((name, lambda a, b=backend: [IOCP_SERVE, "serve", "echo", "--addr", a,
                                                         "--threads", str(threads), "--backend", b]))
         else:
-            log(f"compare: SKIP {name}: {IOCP} has no `serve echo` yet")
+            log(f"compare: SKIP {name}: {IOCP_SERVE} has no `serve echo` yet")
     peers = [
         ("tokio", os.path.join(PEERS, "tokio-echo")),
         ("monoio", os.path.join(PEERS, "monoio-echo")),
@@ -209,6 +213,8 @@ def run_echo(args, logdir):
     servers = echo_servers(args.server_threads, args)
     if not servers:
         raise RuntimeError("no server to measure")
+    est = args.reps * len(cases) * len(servers) * (args.duration + args.warmup + 1)
+    log(f"compare: {args.reps} x {len(cases)} cases x {len(servers)} servers, about {est:.0f} s")
     runs = []
     port = args.port
     total = args.reps * len(cases) * len(servers)
@@ -290,11 +296,11 @@ http {{
 def http_servers(args, tmp, docroot):
     servers = []
     if iocp_has("http"):
-        servers.append(("iocp", lambda port: ([IOCP, "serve", "http", "--root", docroot, "--addr",
+        servers.append(("iocp", lambda port: ([IOCP_SERVE, "serve", "http", "--root", docroot, "--addr",
                                                 f"127.0.0.1:{port}", "--threads",
                                                 str(args.server_threads)], False)))
     else:
-        log(f"compare: SKIP iocp: {IOCP} has no `serve http` yet")
+        log(f"compare: SKIP iocp: {IOCP_SERVE} has no `serve http` yet")
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
                                       else None)
     if nginx:
@@ -362,6 +368,8 @@ def run_http(args, logdir):
     servers = http_servers(args, tmp, docroot)
     if not servers:
         raise RuntimeError("no server to measure")
+    est = args.reps * len(files) * len(servers) * (args.duration + max(1, int(args.warmup)) + 1)
+    log(f"compare: {args.reps} x {len(files)} files x {len(servers)} servers, about {est:.0f} s")
     runs = []
     port = args.port
     total = args.reps * len(files) * len(servers)
@@ -525,7 +533,7 @@ def main():
     started = time.monotonic()
     info = {"what": args.what, "date": stamp, "commit": git_commit(), "machine": machine(),
             "reps": args.reps, "duration_s": args.duration, "warmup_s": args.warmup,
-            "server_threads": args.server_threads}
+            "server_threads": args.server_threads, "iocp_serve_bin": IOCP_SERVE}
     try:
         if args.what == "echo":
             summary, runs = run_echo(args, logdir)

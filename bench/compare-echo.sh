@@ -45,7 +45,19 @@ if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
 ulimit -n "$hard" 2>/dev/null || true
 step "ulimit -n $(ulimit -n)"
 
-# compare.py kills its servers on exit and on SIGINT/SIGTERM; this trap is the backstop for
-# anything left in our process group.
-trap 'jobs -p | xargs -r kill 2>/dev/null || true' EXIT
-python3 "$root/bench/compare.py" echo "$@"
+# compare.py kills its servers (each in its own process group) on exit and on SIGINT/SIGTERM;
+# should it die without doing so, this trap kills the groups it left in the pid file.
+pidfile=$(mktemp)
+cleanup() {
+    if [ -n "${py:-}" ]; then kill -TERM "$py" 2>/dev/null || true; wait "$py" 2>/dev/null || true; fi
+    while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$pidfile"
+    rm -f "$pidfile"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+COMPARE_PIDFILE=$pidfile python3 "$root/bench/compare.py" echo "$@" &
+py=$!
+status=0
+wait "$py" || status=$?
+py=
+exit "$status"

@@ -38,6 +38,15 @@ LIBIOCP_ECHO = os.path.join(ROOT, "examples", "c", "echo_server")
 HZ = os.sysconf("SC_CLK_TCK")
 
 RUNNING = []  # Popen objects of servers still up
+# The calling script's backstop: the process groups of running servers, one per line, which its
+# EXIT trap kills should this process die without cleaning up (SIGKILL).
+PIDFILE = os.environ.get("COMPARE_PIDFILE")
+
+
+def note_running():
+    if PIDFILE:
+        with open(PIDFILE, "w") as f:
+            f.writelines(f"{p.pid}\n" for p in RUNNING)
 
 
 def log(msg):
@@ -59,6 +68,7 @@ def stop(p, grace=3.0):
     """SIGTERM the server's process group, SIGKILL it after `grace` seconds."""
     if p in RUNNING:
         RUNNING.remove(p)
+        note_running()
     if p.poll() is not None:
         return
     try:
@@ -123,6 +133,7 @@ def start(argv, port, name, logdir):
     p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          start_new_session=True)
     RUNNING.append(p)
+    note_running()
     if not wait_port(port, p):
         stop(p)
         raise RuntimeError(f"{name} did not start listening on port {port} "

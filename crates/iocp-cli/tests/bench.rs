@@ -136,6 +136,20 @@ fn echo(mut s: TcpStream, bytes: &AtomicU64, kill: &AtomicBool) {
 
 #[test]
 fn echo_counts_add_up() {
+    echo_counts_add_up_on("epoll");
+}
+
+#[test]
+fn echo_counts_add_up_on_the_iocp_engines() {
+    echo_counts_add_up_on("iocp-epoll");
+    if iocp::probe().uring().is_ok() {
+        echo_counts_add_up_on("iocp");
+    } else {
+        eprintln!("SKIP --engine iocp: io_uring unavailable");
+    }
+}
+
+fn echo_counts_add_up_on(engine: &str) {
     let server = EchoServer::start();
     let addr = server.addr.to_string();
     let args = [
@@ -155,12 +169,15 @@ fn echo_counts_add_up() {
         "1s",
         "--warmup",
         "200ms",
+        "--engine",
+        engine,
         "--json",
     ];
     let run = iocp(&args, Duration::from_secs(30));
     assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
     let v = json_line(&run);
     assert_eq!(v["bench"], "echo");
+    assert_eq!(v["engine"], engine);
     assert_eq!(int(&v, "connections"), 8);
     assert_eq!(int(&v, "connected"), 8);
     assert_eq!(int(&v, "errors"), 0, "{v}");

@@ -194,6 +194,10 @@ impl Session for EchoSession {
     fn waiting(&self) -> bool {
         !self.in_flight.is_empty()
     }
+
+    fn recv_capacity(&self) -> usize {
+        (self.size * self.pipeline).clamp(4096, 64 * 1024)
+    }
 }
 
 #[cfg(test)]

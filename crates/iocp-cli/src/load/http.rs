@@ -26,14 +26,22 @@ pub(crate) struct HttpLoad {
 impl HttpLoad {
     /// Parses `http://host[:port]/path` and builds the request.
     pub(crate) fn new(url: &str, common: &CommonArgs) -> anyhow::Result<HttpLoad> {
+        let (addr, _, _) = parse_url(url)?;
+        HttpLoad::with_plan(url, Plan::new(addr, common)?)
+    }
+
+    /// An HTTP load on `url` with a given plan (the demo: [`Plan::basic`]); the plan's address
+    /// is replaced by the URL's.
+    ///
+    /// # Errors
+    ///
+    /// When the URL is not `http://host[:port]/path` or the host does not resolve.
+    pub(crate) fn with_plan(url: &str, mut plan: Plan) -> anyhow::Result<HttpLoad> {
         let (addr, host, path) = parse_url(url)?;
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: iocp-bench\r\n\r\n");
-        Ok(HttpLoad {
-            plan: Plan::new(addr, common)?,
-            url: url.to_owned(),
-            request: request.into(),
-        })
+        plan.addr = addr;
+        Ok(HttpLoad { plan, url: url.to_owned(), request: request.into() })
     }
 }
 
@@ -246,6 +254,10 @@ impl Session for HttpSession {
 
     fn waiting(&self) -> bool {
         self.sent_at.is_some()
+    }
+
+    fn recv_capacity(&self) -> usize {
+        64 * 1024
     }
 }
 

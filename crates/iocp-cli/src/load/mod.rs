@@ -18,6 +18,7 @@
 //! server gives errors and a non-zero exit, never a hang.
 
 mod echo;
+mod engine_iocp;
 mod http;
 mod report;
 
@@ -82,6 +83,33 @@ pub(crate) struct CommonArgs {
     /// Print one JSON object line instead of a table (and no progress bar)
     #[arg(long)]
     pub(crate) json: bool,
+    /// The generator's own I/O loop: epoll (default, independent of the code under test), or
+    /// an iocp CompletionPort on io_uring (iocp) or on epoll (iocp-epoll)
+    #[arg(long, value_enum, default_value_t = Engine::Epoll)]
+    pub(crate) engine: Engine,
+}
+
+/// The generator's I/O loop.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq, clap::ValueEnum)]
+pub(crate) enum Engine {
+    /// A hand-rolled level-triggered epoll loop (rustix).
+    #[default]
+    Epoll,
+    /// An iocp CompletionPort on io_uring.
+    Iocp,
+    /// An iocp CompletionPort on its epoll backend.
+    IocpEpoll,
+}
+
+impl Engine {
+    /// The name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Engine::Epoll => "epoll",
+            Engine::Iocp => "iocp",
+            Engine::IocpEpoll => "iocp-epoll",
+        }
+    }
 }
 
 /// `iocp bench echo`.
@@ -170,9 +198,32 @@ pub(crate) struct Plan {
     pub(crate) timeout: Duration,
     /// A process whose CPU time over the window is reported per message.
     pub(crate) server_pid: Option<u32>,
+    /// The generator's I/O loop.
+    pub(crate) engine: Engine,
 }
 
 impl Plan {
+    /// A plan for in-process use (the demo): `connections` to `addr`, measured for `duration`
+    /// after `warmup`, one generator thread on the epoll engine, a 5 s reply timeout.
+    #[allow(dead_code, reason = "the demo's constructor")]
+    pub(crate) fn basic(
+        addr: SocketAddr,
+        connections: usize,
+        duration: Duration,
+        warmup: Duration,
+    ) -> Plan {
+        Plan {
+            addr,
+            connections: connections.max(1),
+            duration: duration.max(Duration::from_millis(1)),
+            warmup,
+            threads: 1,
+            timeout: Duration::from_secs(5),
+            server_pid: None,
+            engine: Engine::Epoll,
+        }
+    }
+
     fn new(addr: SocketAddr, a: &CommonArgs) -> anyhow::Result<Plan> {
         if a.connections == 0 {
             bail!("--connections must be at least 1");
@@ -191,6 +242,7 @@ impl Plan {
             threads: a.threads.min(a.connections),
             timeout: a.timeout.max(Duration::from_millis(10)),
             server_pid: a.server_pid,
+            engine: a.engine,
         })
     }
 }
@@ -211,6 +263,10 @@ pub(crate) trait Session: Send + 'static {
     ) -> Result<Next, Fault>;
     /// Whether a reply is owed (so a close or a silence is an error).
     fn waiting(&self) -> bool;
+    /// The receive buffer a completion-based engine keeps per connection.
+    fn recv_capacity(&self) -> usize {
+        16 * 1024
+    }
 }
 
 /// What the engine does after [`Session::on_data`].
@@ -312,7 +368,23 @@ pub(crate) fn run<S: Session>(
         let (plan, ready_tx, count) = (plan.clone(), ready_tx.clone(), Arc::clone(&progress_count));
         let join = thread::Builder::new()
             .name(format!("iocp-bench-{t}"))
-            .spawn(move || worker(&plan, sessions, &ready_tx, &start_rx, &count))
+            .spawn(move || match plan.engine {
+                Engine::Epoll => worker(&plan, sessions, &ready_tx, &start_rx, &count),
+                Engine::Iocp | Engine::IocpEpoll => {
+                    let backend = if plan.engine == Engine::Iocp {
+                        iocp::BackendChoice::Uring
+                    } else {
+                        iocp::BackendChoice::Epoll
+                    };
+                    let out = engine_iocp::worker_iocp(
+                        &plan, sessions, &ready_tx, &start_rx, &count, backend,
+                    );
+                    if out.is_err() {
+                        let _ = ready_tx.send(()); // do not keep the others waiting
+                    }
+                    out
+                }
+            })
             .context("spawning a generator thread")?;
         workers.push((start_tx, join));
     }
@@ -565,8 +637,12 @@ fn worker<S: Session>(
                 Ok(Next::Continue) => {}
                 Ok(Next::Reconnect) => {
                     drop_conn(&ep, i, c);
+                    if now >= window.1 {
+                        live -= 1; // the run is over: no point connecting again
+                        continue;
+                    }
                     reconnects += 1;
-                    let limit = plan.timeout.min(window.1.saturating_duration_since(now));
+                    let limit = plan.timeout.min(Duration::from_secs(2));
                     match connect(plan.addr, limit) {
                         Ok(sock) => {
                             let data = epoll::EventData::new_u64(i as u64);
@@ -643,9 +719,39 @@ fn drop_conn<S>(ep: &impl std::os::fd::AsFd, _i: usize, c: &mut Conn<S>) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::thread;
     use std::time::Duration;
 
-    use super::parse_duration;
+    use super::{EchoLoad, Plan, parse_duration, run_echo};
+
+    /// The demo's way in: a plan built in code, no progress bar, a report back.
+    #[test]
+    fn run_echo_in_process() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for s in listener.incoming().take(3) {
+                let mut s = s.expect("accept");
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let plan = Plan::basic(addr, 3, Duration::from_millis(300), Duration::ZERO);
+        let load = EchoLoad { plan, size: 32, pipeline: 2 };
+        let report = run_echo(&load, false).expect("a run");
+        assert_eq!(report.totals.errors(), 0, "{}", report.table());
+        assert_eq!(report.totals.connected, 3);
+        assert!(report.msgs_per_sec() > 0.0 && report.p99_us() > 0.0, "{}", report.table());
+        assert!(report.json().starts_with(r#"{"bench":"echo","#));
+    }
 
     #[test]
     fn parses_durations() {

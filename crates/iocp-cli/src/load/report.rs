@@ -101,6 +101,8 @@ pub(crate) struct Totals {
     pub(crate) connected: u64,
     /// Generator threads.
     pub(crate) threads: usize,
+    /// The generator's I/O loop.
+    pub(crate) engine: &'static str,
     /// The warm-up asked for.
     pub(crate) warmup: Duration,
     /// The window asked for.
@@ -132,6 +134,7 @@ impl Totals {
             connections: plan.connections,
             connected: 0,
             threads: plan.threads,
+            engine: plan.engine.name(),
             warmup: plan.warmup,
             duration: plan.duration,
             window: Duration::ZERO,
@@ -198,8 +201,8 @@ impl Totals {
             row(
                 "connections",
                 format!(
-                    "{} ({} connected, {} threads)",
-                    self.connections, self.connected, self.threads
+                    "{} ({} connected; {} generator threads, {} engine)",
+                    self.connections, self.connected, self.threads, self.engine
                 ),
             ),
             row(
@@ -264,6 +267,7 @@ impl Totals {
             ("connections", Json::Int(self.connections as u64)),
             ("connected", Json::Int(self.connected)),
             ("threads", Json::Int(self.threads as u64)),
+            ("engine", Json::str(self.engine)),
             ("warmup_s", Json::Num(self.warmup.as_secs_f64())),
             ("duration_s", Json::Num(self.duration.as_secs_f64())),
             ("window_s", Json::Num((self.window.as_secs_f64() * 1000.0).round() / 1000.0)),

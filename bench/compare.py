@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Runs the echo or HTTP comparison behind bench/compare-echo.sh and bench/compare-http.sh.
+
+Called by those scripts after they have built everything; run them, not this file. For each
+case and each repetition it starts every server in turn (round-robin, so a slow minute hits all
+servers alike), loads it, stops it, and records throughput, p99 latency and the server's CPU
+time per message or request (utime + stime from /proc/PID/stat, over the measured window).
+Then it prints medians and ratios, writes every raw number as JSON under bench/results/, and
+with --write replaces the marked section of BENCHMARKS.md.
+
+Every server runs in its own process group and is killed on exit, on error and on
+SIGINT/SIGTERM; every wait has a deadline.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IOCP = os.path.join(ROOT, "target", "release", "iocp")
+# The binary whose `serve echo|http` is measured: this tree's, unless IOCP_SERVE_BIN names
+# another build (e.g. to measure two versions of the server with the same generator).
+IOCP_SERVE = os.environ.get("IOCP_SERVE_BIN") or IOCP
+PEERS = os.path.join(ROOT, "bench", "peers", "target", "release")
+C_PEERS = os.path.join(ROOT, "bench", "peers", "target", "c")
+LIBIOCP_ECHO = os.path.join(ROOT, "examples", "c", "echo_server")
+HZ = os.sysconf("SC_CLK_TCK")
+
+RUNNING = []  # Popen objects of servers still up
+# The calling script's backstop: the process groups of running servers, one per line, which its
+# EXIT trap kills should this process die without cleaning up (SIGKILL).
+PIDFILE = os.environ.get("COMPARE_PIDFILE")
+
+
+def note_running():
+    if PIDFILE:
+        with open(PIDFILE, "w") as f:
+            f.writelines(f"{p.pid}\n" for p in RUNNING)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def kill_all():
+    for p in list(RUNNING):
+        stop(p)
+
+
+def on_signal(signum, _frame):
+    kill_all()
+    log(f"compare: stopped by signal {signum}; servers killed")
+    sys.exit(130)
+
+
+def stop(p, grace=3.0):
+    """SIGTERM the server's process group, SIGKILL it after `grace` seconds."""
+    if p in RUNNING:
+        RUNNING.remove(p)
+        note_running()
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=5)
+
+
+def wait_port(port, proc, deadline_s=10.0):
+    """True once something accepts on 127.0.0.1:port; False if `proc` died or time ran out."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def cpu_seconds(pids):
+    """utime + stime of each pid in `pids`, summed (all threads); gone processes count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            total += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / HZ
+
+
+def children(pid):
+    """Direct children of `pid` (nginx workers of the master)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+            if int(rest[1]) == pid:
+                out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def start(argv, port, name, logdir):
+    logf = open(os.path.join(logdir, f"{name}.log"), "ab")
+    p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    RUNNING.append(p)
+    note_running()
+    if not wait_port(port, p):
+        stop(p)
+        raise RuntimeError(f"{name} did not start listening on port {port} "
+                           f"(log: {logdir}/{name}.log)")
+    return p
+
+
+def iocp_has(subcommand):
+    """Whether the iocp binary to measure has `serve <subcommand>`."""
+    if not os.access(IOCP_SERVE, os.X_OK):
+        return False
+    r = subprocess.run([IOCP_SERVE, "serve", subcommand, "--help"], capture_output=True,
+                       timeout=10)
+    return r.returncode == 0
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, digits=0, unit=""):
+    if x is None:
+        return "–"
+    if digits == 0:
+        return f"{x:,.0f}{unit}"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def git_commit():
+    try:
+        r = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return r.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine():
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "loadavg": open("/proc/loadavg").read().split()[:3],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# echo
+
+
+def echo_servers(threads, args):
+    """(name, argv-maker) for every echo server whose binary exists; prints what is skipped."""
+    servers = []
+    have_serve = iocp_has("echo")
+    for backend in ("uring", "epoll"):
+        name = f"iocp-{backend}"
+        if have_serve:
+            servers.append((name, lambda a, b=backend: [IOCP_SERVE, "serve", "echo", "--addr", a,
+                                                        "--threads", str(threads), "--backend", b]))
+        else:
+            log(f"compare: SKIP {name}: {IOCP_SERVE} has no `serve echo` yet")
+    peers = [
+        ("tokio", os.path.join(PEERS, "tokio-echo")),
+        ("monoio", os.path.join(PEERS, "monoio-echo")),
+        ("c-epoll", os.path.join(C_PEERS, "epoll_echo")),
+        ("c-uring", os.path.join(C_PEERS, "uring_echo")),
+        ("libiocp-c", LIBIOCP_ECHO),
+    ]
+    for name, path in peers:
+        if os.access(path, os.X_OK):
+            servers.append((name, lambda a, p=path: [p, "--addr", a, "--threads", str(threads)]))
+        else:
+            log(f"compare: SKIP {name}: no binary at {os.path.relpath(path, ROOT)}")
+    names = [n for n, _ in servers]
+    twice = args.noise_peer if args.noise_peer in names else (names[0] if names else None)
+    if twice:
+        maker = dict(servers)[twice]
+        servers.append((f"{twice}#2", maker))
+    return servers
+
+
+def run_echo(args, logdir):
+    cases = [(50, 64), (50, 4096), (1000, 64)]
+    if args.cases:
+        cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
+    servers = echo_servers(args.server_threads, args)
+    if not servers:
+        raise RuntimeError("no server to measure")
+    est = args.reps * len(cases) * len(servers) * (args.duration + args.warmup + 1)
+    log(f"compare: {args.reps} x {len(cases)} cases x {len(servers)} servers, about {est:.0f} s")
+    runs = []
+    port = args.port
+    total = args.reps * len(cases) * len(servers)
+    n = 0
+    for rep in range(args.reps):
+        for conns, size in cases:
+            for name, maker in servers:
+                n += 1
+                port += 1
+                addr = f"127.0.0.1:{port}"
+                log(f"[{n}/{total}] rep {rep + 1} {conns}x{size}B {name}")
+                try:
+                    p = start(maker(addr), port, name.replace("#", "_"), logdir)
+                except RuntimeError as e:
+                    log(f"compare: {e}")
+                    runs.append({"server": name, "rep": rep, "conns": conns, "size": size,
+                                 "failed": str(e)})
+                    continue
+                try:
+                    cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
+                           "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
+                           "--threads", str(args.gen_threads), "--engine", args.engine,
+                           "--server-pid", str(p.pid), "--json"]
+                    limit = args.duration + args.warmup + 30
+                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+                    line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "{}"
+                    res = json.loads(line)
+                    res.update({"server": name, "rep": rep, "conns": conns, "size": size,
+                                "exit": r.returncode})
+                    if r.returncode != 0:
+                        log(f"  exit {r.returncode}, errors {res.get('errors')}: {r.stderr.strip()}")
+                    log(f"  {fmt(res.get('rate'))} msgs/s  p99 {fmt(res['latency_us']['p99'])} µs"
+                        f"  server {fmt(res.get('server_cpu_us_per_msg'), 2)} µs/msg"
+                        f"  generator {fmt(res.get('gen_cpu_us_per_msg'), 2)} µs/msg")
+                    runs.append(res)
+                except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
+                    log(f"compare: bench against {name} failed: {e}")
+                    runs.append({"server": name, "rep": rep, "conns": conns, "size": size,
+                                 "failed": str(e)})
+                finally:
+                    stop(p)
+    return summarize(runs, [(f"{c}x{s}B", c, s) for c, s in cases], [n for n, _ in servers],
+                     key=lambda r: (r["conns"], r["size"]), ckey=lambda c: (c[1], c[2]),
+                     rate="rate", cpu="server_cpu_us_per_msg", unit="msgs/s"), runs
+
+
+# ---------------------------------------------------------------------------------------------
+# http
+
+NGINX_CONF = """\
+worker_processes 2;
+daemon off;
+master_process on;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+{user}
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    types {{ application/octet-stream bin; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+def http_servers(args, tmp, docroot):
+    servers = []
+    if iocp_has("http"):
+        servers.append(("iocp", lambda port: ([IOCP_SERVE, "serve", "http", "--root", docroot, "--addr",
+                                                f"127.0.0.1:{port}", "--threads",
+                                                str(args.server_threads)], False)))
+    else:
+        log(f"compare: SKIP iocp: {IOCP_SERVE} has no `serve http` yet")
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
+                                      else None)
+    if nginx:
+        def nginx_argv(port):
+            prefix = tempfile.mkdtemp(prefix="nginx-", dir=tmp)
+            os.makedirs(os.path.join(prefix, "tmp"))
+            user = "user root;" if os.geteuid() == 0 else ""
+            with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+                f.write(NGINX_CONF.format(prefix=prefix, port=port, root=docroot, user=user))
+            return ([nginx, "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c",
+                     os.path.join(prefix, "nginx.conf")], True)
+        servers.append(("nginx", nginx_argv))
+        servers.append(("nginx#2", nginx_argv))
+    else:
+        log("compare: SKIP nginx: not installed")
+    return servers
+
+
+WRK_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6}
+SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
+
+
+def parse_wrk(out):
+    res = {}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if m:
+        res["requests"] = int(m.group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        res["rate"] = float(m.group(1))
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    if m:
+        res["mb_per_s"] = float(m.group(1)) * SIZE_UNITS.get(m.group(2), 1) / 1e6
+    m = re.search(r"^\s+99%\s+([\d.]+)(\w+)", out, re.M)
+    if m:
+        res["p99_us"] = float(m.group(1)) * WRK_UNITS.get(m.group(2), 1)
+    m = re.search(r"^\s+50%\s+([\d.]+)(\w+)", out, re.M)
+    if m:
+        res["p50_us"] = float(m.group(1)) * WRK_UNITS.get(m.group(2), 1)
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    res["errors"] = errors
+    return res
+
+
+def run_http(args, logdir):
+    wrk = shutil.which("wrk")
+    if not wrk:
+        raise RuntimeError("wrk is not installed (compare-http.sh installs it with apt-get)")
+    tmp = tempfile.mkdtemp(prefix="iocp-compare-http-")
+    docroot = os.path.join(tmp, "www")
+    os.makedirs(docroot)
+    os.chmod(tmp, 0o755)
+    files = [("1KiB", 1024), ("64KiB", 64 * 1024), ("1MiB", 1024 * 1024)]
+    for name, size in files:
+        with open(os.path.join(docroot, f"{name}.bin"), "wb") as f:
+            f.write(os.urandom(size))
+        os.chmod(os.path.join(docroot, f"{name}.bin"), 0o644)
+    os.chmod(docroot, 0o755)
+    servers = http_servers(args, tmp, docroot)
+    if not servers:
+        raise RuntimeError("no server to measure")
+    est = args.reps * len(files) * len(servers) * (args.duration + max(1, int(args.warmup)) + 1)
+    log(f"compare: {args.reps} x {len(files)} files x {len(servers)} servers, about {est:.0f} s")
+    runs = []
+    port = args.port
+    total = args.reps * len(files) * len(servers)
+    n = 0
+    try:
+        for rep in range(args.reps):
+            for fname, size in files:
+                for name, maker in servers:
+                    n += 1
+                    port += 1
+                    log(f"[{n}/{total}] rep {rep + 1} {fname} {name}")
+                    argv, has_workers = maker(port)
+                    try:
+                        p = start(argv, port, name.replace("#", "_"), logdir)
+                    except RuntimeError as e:
+                        log(f"compare: {e}")
+                        runs.append({"server": name, "rep": rep, "file": fname, "failed": str(e)})
+                        continue
+                    try:
+                        url = f"http://127.0.0.1:{port}/{fname}.bin"
+                        # a short unmeasured warm-up, then the measured run
+                        subprocess.run([wrk, "-t2", "-c100", f"-d{max(1, int(args.warmup))}s", url],
+                                       capture_output=True, timeout=args.warmup + 30)
+                        # after the warm-up: nginx's master listens before it forks the workers
+                        pids = [p.pid] + (children(p.pid) if has_workers else [])
+                        cpu0 = cpu_seconds(pids)
+                        r = subprocess.run([wrk, "-t2", "-c100", f"-d{args.duration}s", "--latency",
+                                            url], capture_output=True, text=True,
+                                           timeout=args.duration + 30)
+                        cpu1 = cpu_seconds(pids)
+                        res = parse_wrk(r.stdout)
+                        res.update({"server": name, "rep": rep, "file": fname, "size": size,
+                                    "exit": r.returncode, "server_pids": len(pids)})
+                        if res.get("requests"):
+                            res["server_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / res["requests"]
+                        log(f"  {fmt(res.get('rate'))} req/s  {fmt(res.get('mb_per_s'), 1)} MB/s"
+                            f"  p99 {fmt(res.get('p99_us'))} µs"
+                            f"  server {fmt(res.get('server_cpu_us_per_req'), 2)} µs/req"
+                            f"  errors {res['errors']}")
+                        runs.append(res)
+                    except subprocess.TimeoutExpired as e:
+                        log(f"compare: wrk against {name} failed: {e}")
+                        runs.append({"server": name, "rep": rep, "file": fname, "failed": str(e)})
+                    finally:
+                        stop(p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summarize(runs, [(f, f, s) for f, s in files], [n for n, _ in servers],
+                     key=lambda r: r["file"], ckey=lambda c: c[1], rate="rate",
+                     cpu="server_cpu_us_per_req", unit="req/s", base="nginx"), runs
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics and output
+
+
+def summarize(runs, cases, servers, key, ckey, rate, cpu, unit, base="tokio"):
+    """Median per (case, server) and the median of per-repetition ratios against `base`."""
+    rows = []
+    for label, *rest in cases:
+        c = ckey((label, *rest))
+        case_runs = [r for r in runs if "failed" not in r and key(r) == c]
+        by_rep_base = {r["rep"]: r.get(rate) for r in case_runs if r["server"] == base}
+        for s in servers:
+            rs = [r for r in case_runs if r["server"] == s]
+            if not rs:
+                rows.append({"case": label, "server": s, "n": 0})
+                continue
+            ratios = [r[rate] / by_rep_base[r["rep"]] for r in rs
+                      if r.get(rate) and by_rep_base.get(r["rep"])]
+            p99 = [r["latency_us"]["p99"] if "latency_us" in r else r.get("p99_us") for r in rs]
+            rows.append({
+                "case": label, "server": s, "n": len(rs),
+                "rate": median([r.get(rate) for r in rs]),
+                "rate_min": min((r.get(rate) or 0) for r in rs),
+                "rate_max": max((r.get(rate) or 0) for r in rs),
+                "ratio": median(ratios),
+                "p99_us": median(p99),
+                "mb_per_s": median([r.get("mb_per_s") for r in rs]),
+                "server_cpu_us": median([r.get(cpu) for r in rs]),
+                "gen_cpu_us": median([r.get("gen_cpu_us_per_msg") for r in rs]),
+                "errors": sum(r.get("errors") or 0 for r in rs),
+            })
+    return {"unit": unit, "base": base, "rows": rows}
+
+
+def markdown(summary, what):
+    unit, base = summary["unit"], summary["base"]
+    per = "msg" if what == "echo" else "req"
+    head = [
+        "case", "server", f"{unit} (median)", "min–max", f"× {base}", "p99 µs", "MB/s",
+        f"server CPU µs/{per}",
+    ]
+    if what == "echo":
+        head.append(f"generator CPU µs/{per}")
+    head.append("errors")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        if not r["n"]:
+            cells = [r["case"], r["server"], "no run"] + [""] * (len(head) - 3)
+        else:
+            cells = [
+                r["case"], r["server"], fmt(r["rate"]),
+                f"{fmt(r['rate_min'])}–{fmt(r['rate_max'])}",
+                fmt(r["ratio"], 2, "×"), fmt(r["p99_us"]), fmt(r["mb_per_s"], 1),
+                fmt(r["server_cpu_us"], 2),
+            ]
+            if what == "echo":
+                cells.append(fmt(r["gen_cpu_us"], 2))
+            cells.append(str(r["errors"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path, marker, body):
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+    block = f"{begin}\n{body}{end}"
+    if begin in text and end in text:
+        pre, rest = text.split(begin, 1)
+        post = rest.split(end, 1)[1]
+        text = pre + block + post
+    else:
+        title = "Echo servers compared" if marker == "echo-compare" else "HTTP servers compared"
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{block}\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["echo", "http"])
+    ap.add_argument("--quick", action="store_true", help="1 repetition, 2 s per run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=None, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--server-threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--gen-threads", type=int, default=1, help="iocp bench echo --threads")
+    ap.add_argument("--engine", default="epoll", help="iocp bench echo --engine")
+    ap.add_argument("--noise-peer", default="tokio", help="the server measured twice")
+    ap.add_argument("--cases", default=None, help="echo cases, e.g. 50x64,1000x64")
+    ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.reps = 1
+        args.warmup = min(args.warmup, 0.5)
+    if args.duration is None:
+        args.duration = 2 if args.quick else (5 if args.what == "echo" else 10)
+    if args.what == "http":
+        args.duration = max(1, int(round(args.duration)))  # wrk takes whole seconds
+    if args.port is None:
+        args.port = 17000 if args.what == "echo" else 18000
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    outdir = os.path.join(ROOT, "bench", "results", "quick" if args.quick else "")
+    os.makedirs(outdir, exist_ok=True)
+    logdir = tempfile.mkdtemp(prefix=f"iocp-compare-{args.what}-logs-")
+    started = time.monotonic()
+    info = {"what": args.what, "date": stamp, "commit": git_commit(), "machine": machine(),
+            "reps": args.reps, "duration_s": args.duration, "warmup_s": args.warmup,
+            "server_threads": args.server_threads, "iocp_serve_bin": IOCP_SERVE}
+    try:
+        if args.what == "echo":
+            summary, runs = run_echo(args, logdir)
+        else:
+            summary, runs = run_http(args, logdir)
+    finally:
+        kill_all()
+    info["took_s"] = round(time.monotonic() - started, 1)
+    info["machine_after"] = machine()
+    out = os.path.join(outdir, f"{args.what}-{stamp}.json")
+    with open(out, "w") as f:
+        json.dump({"info": info, "summary": summary, "runs": runs}, f, indent=1)
+    table = markdown(summary, args.what)
+    print()
+    print(table)
+    m = info["machine"]
+    how = (f"{args.reps} interleaved repetition(s) of {args.duration} s after {args.warmup} s "
+           f"warm-up; medians, ratios = median of per-repetition ratios against "
+           f"{summary['base']}; servers with {args.server_threads} threads")
+    print(how)
+    print(f"raw results: {os.path.relpath(out, ROOT)}; server logs: {logdir}; "
+          f"took {info['took_s']} s")
+    if args.write:
+        script = "compare-echo.sh" if args.what == "echo" else "compare-http.sh"
+        body = (f"Measured {stamp[:8]} at commit `{info['commit']}` by `bench/{script}`"
+                f"{' --quick' if args.quick else ''}: {how}. Machine: {m['cpus']} CPUs, kernel "
+                f"{m['kernel']}, load average {' '.join(m['loadavg'])} at the start. Raw numbers: "
+                f"`{os.path.relpath(out, ROOT)}`.\n\n{table}")
+        marker = "echo-compare" if args.what == "echo" else "http-compare"
+        write_section(os.path.join(ROOT, "BENCHMARKS.md"), marker, body)
+        print(f"BENCHMARKS.md: section {marker} replaced")
+
+
+if __name__ == "__main__":
+    main()

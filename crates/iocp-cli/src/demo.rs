@@ -1,15 +1,18 @@
-//! `iocp demo`: post→get throughput and a TCP echo over loopback, on each backend.
+//! `iocp demo`: post→get throughput, then the echo and HTTP servers under the load generator,
+//! on each backend.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use iocp::{BackendChoice, BackendKind, CompletionKey, CompletionPort, Handle};
+use iocp::{BackendChoice, BackendKind, CompletionKey, CompletionPort};
+use iocp_http::{Config as SiteConfig, Site};
+use iocp_server::{Echo as EchoService, Http, Server, ServerConfig};
+
+use crate::load::{EchoLoad, HttpLoad, Plan, run_echo, run_http};
 
 use crate::json::Json;
 use crate::table::{self, Align};
@@ -20,8 +23,8 @@ pub(crate) struct DemoArgs {
     /// Backend(s) to run: auto, uring, epoll or all [default: $IOCP_BACKEND, else all]
     #[arg(long, value_name = "auto|uring|epoll|all", value_parser = parse_selection)]
     backend: Option<Selection>,
-    /// Seconds for each measurement (two per backend)
-    #[arg(long, value_name = "S", default_value_t = 1.0, value_parser = parse_seconds)]
+    /// Seconds for each measurement (three per backend: post→get, echo, http)
+    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
     seconds: f64,
     /// Print the probe report and one line per backend as JSON on stdout (tables go to stderr)
     #[arg(long)]
@@ -72,7 +75,8 @@ fn selection(flag: Option<Selection>) -> anyhow::Result<Selection> {
 struct Outcome {
     backend: BackendKind,
     posted: PostGet,
-    tcp: Echo,
+    echo: LoadRun,
+    http: LoadRun,
 }
 
 /// Runs `iocp demo`.
@@ -112,9 +116,10 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         Selection::One(c) => vec![c],
     };
 
+    let docroot = Docroot::create()?;
     let mut outcomes = Vec::new();
     for choice in choices {
-        let o = run_backend(choice, dur)?;
+        let o = run_backend(choice, dur, &docroot.0, !args.json)?;
         if args.json {
             writeln!(json_out, "{}", outcome_json(&o))?;
             json_out.flush()?;
@@ -128,26 +133,49 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
             vec![
                 o.backend.to_string(),
                 table::thousands(o.posted.per_sec().round() as u64),
-                table::thousands(o.tcp.per_sec().round() as u64),
-                format!("{:.1}", micros(o.tcp.p50)),
-                format!("{:.1}", micros(o.tcp.p99)),
+                table::thousands(o.echo.rate.round() as u64),
+                table::thousands(o.echo.p99_us.round() as u64),
+                table::thousands(o.http.rate.round() as u64),
+                table::thousands(o.http.p99_us.round() as u64),
             ]
         })
         .collect();
-    let header = ["backend", "post→get packets/s", "tcp round trips/s", "p50 µs", "p99 µs"];
-    let align = [Align::Left, Align::Right, Align::Right, Align::Right, Align::Right];
+    let header = [
+        "backend",
+        "post→get packets/s",
+        "echo msgs/s",
+        "echo p99 µs",
+        "http req/s",
+        "http p99 µs",
+    ];
+    let align = [Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right];
+    writeln!(human)?;
     human.write_all(table::render(Some(&header), &rows, &align, " | ").as_bytes())?;
     writeln!(
         human,
-        "\npost→get: {PRODUCERS} threads post, {CONSUMERS} threads get_many({BATCH}); \
-         tcp: {CLIENTS} std clients ping-pong {MSG}-byte messages with an echo server on \
-         the port ({SERVER_THREADS} threads; accept with initial receive, then recv/send)"
+        "\npost→get: {PRODUCERS} threads post, {CONSUMERS} threads get_many({BATCH}).\n\
+         echo: `iocp serve echo` ({SERVER_THREADS} worker threads) in this process, \
+         {ECHO_CONNS} connections ping-ponging {ECHO_SIZE}-byte messages from the \
+         `iocp bench echo` generator.\n\
+         http: `iocp serve http` on a generated docroot, {HTTP_CONNS} keep-alive connections \
+         fetching {HTTP_PATH} (4 KiB) with `iocp bench http`.\n\
+         Server and generator share this machine's cores; see BENCHMARKS.md for comparisons \
+         with tokio, monoio, C and nginx."
     )?;
     human.flush()?;
+    let errors: u64 = outcomes.iter().map(|o| o.echo.errors + o.http.errors).sum();
+    if errors > 0 {
+        bail!("the load runs saw {errors} errors");
+    }
     Ok(())
 }
 
-fn run_backend(choice: BackendChoice, dur: Duration) -> anyhow::Result<Outcome> {
+fn run_backend(
+    choice: BackendChoice,
+    dur: Duration,
+    root: &Path,
+    progress: bool,
+) -> anyhow::Result<Outcome> {
     let name = match choice {
         BackendChoice::Uring => "io_uring",
         BackendChoice::Epoll => "epoll",
@@ -155,16 +183,17 @@ fn run_backend(choice: BackendChoice, dur: Duration) -> anyhow::Result<Outcome> 
     };
     eprintln!("running {name}: post/get...");
     let posted = post_get(choice, dur).with_context(|| format!("{name}: post/get"))?;
-    eprintln!("running {}: tcp echo...", posted.backend);
-    let tcp = tcp_echo(choice, dur).with_context(|| format!("{name}: tcp echo"))?;
-    if posted.cq_overflow + tcp.cq_overflow > 0 {
+    eprintln!("running {name}: echo server, {ECHO_CONNS} connections...");
+    let echo = echo_run(choice, dur, progress).with_context(|| format!("{name}: echo"))?;
+    eprintln!("running {name}: http server, {HTTP_CONNS} connections...");
+    let http = http_run(choice, dur, root, progress).with_context(|| format!("{name}: http"))?;
+    if posted.cq_overflow > 0 {
         eprintln!(
             "warning: {}: the kernel dropped {} completions (CQ overflow)",
-            posted.backend,
-            posted.cq_overflow + tcp.cq_overflow
+            posted.backend, posted.cq_overflow
         );
     }
-    Ok(Outcome { backend: posted.backend, posted, tcp })
+    Ok(Outcome { backend: posted.backend, posted, echo, http })
 }
 
 fn outcome_json(o: &Outcome) -> Json {
@@ -173,17 +202,18 @@ fn outcome_json(o: &Outcome) -> Json {
         ("post_get_packets", Json::Int(o.posted.packets)),
         ("post_get_seconds", Json::Num(o.posted.elapsed.as_secs_f64())),
         ("post_get_packets_per_s", Json::num1(o.posted.per_sec())),
-        ("tcp_round_trips", Json::Int(o.tcp.round_trips)),
-        ("tcp_seconds", Json::Num(o.tcp.elapsed.as_secs_f64())),
-        ("tcp_round_trips_per_s", Json::num1(o.tcp.per_sec())),
-        ("p50_us", Json::num1(micros(o.tcp.p50))),
-        ("p99_us", Json::num1(micros(o.tcp.p99))),
-        ("cq_overflow", Json::Int(o.posted.cq_overflow + o.tcp.cq_overflow)),
+        ("echo_connections", Json::Int(ECHO_CONNS as u64)),
+        ("echo_msgs_per_s", Json::num1(o.echo.rate)),
+        ("echo_p99_us", Json::num1(o.echo.p99_us)),
+        ("echo_errors", Json::Int(o.echo.errors)),
+        ("echo_accepted", Json::Int(o.echo.accepted)),
+        ("http_connections", Json::Int(HTTP_CONNS as u64)),
+        ("http_reqs_per_s", Json::num1(o.http.rate)),
+        ("http_p99_us", Json::num1(o.http.p99_us)),
+        ("http_errors", Json::Int(o.http.errors)),
+        ("http_accepted", Json::Int(o.http.accepted)),
+        ("cq_overflow", Json::Int(o.posted.cq_overflow)),
     ])
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
 }
 
 fn per_sec(n: u64, d: Duration) -> f64 {
@@ -305,248 +335,91 @@ fn join<T>(h: thread::ScopedJoinHandle<'_, anyhow::Result<T>>) -> anyhow::Result
 }
 
 // ---------------------------------------------------------------------------------------------
-// TCP echo
+// The servers under load: `iocp serve echo` and `iocp serve http`, in-process, driven by the
+// `iocp bench` load generator.
 
-const CLIENTS: usize = 2;
 const SERVER_THREADS: usize = 2;
-const MSG: usize = 64;
-const RECV_BUF: usize = 4096;
-const LISTENER: CompletionKey = CompletionKey(1);
-/// Connections get keys from here up.
-const FIRST_CONN: u64 = 2;
-/// Longest a client waits for its echo.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+const ECHO_CONNS: usize = 50;
+const ECHO_SIZE: usize = 64;
+const HTTP_CONNS: usize = 50;
+/// The file the HTTP run fetches, from the generated docroot.
+const HTTP_PATH: &str = "/assets/4k.bin";
+const WARMUP: Duration = Duration::from_millis(300);
 
-/// The per-operation context: what was started.
+/// One load run against one server.
 #[derive(Debug)]
-enum Io {
-    Accept,
-    Recv,
-    Send,
-    /// A posted packet telling a server thread to exit.
-    Stop,
+struct LoadRun {
+    /// Messages (echo) or responses (HTTP) per second.
+    rate: f64,
+    p99_us: f64,
+    errors: u64,
+    /// The server's accepted connections, to show the run used the framework.
+    accepted: u64,
 }
 
-#[derive(Debug)]
-struct Echo {
-    round_trips: u64,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-    cq_overflow: u64,
+fn server_config(choice: BackendChoice) -> ServerConfig {
+    ServerConfig { backend: choice, threads: SERVER_THREADS, ..ServerConfig::default() }
 }
 
-impl Echo {
-    fn per_sec(&self) -> f64 {
-        per_sec(self.round_trips, self.elapsed)
-    }
-}
-
-/// The echo server: the port, the listener, and every connection's handle by key (dropping a
-/// handle closes its socket, so the map keeps them alive).
-struct Server {
-    port: CompletionPort<Io>,
-    listener: Handle<Io>,
-    conns: Mutex<HashMap<CompletionKey, Handle<Io>>>,
-    next_key: AtomicU64,
-    stopping: AtomicBool,
-}
-
-fn tcp_echo(choice: BackendChoice, dur: Duration) -> anyhow::Result<Echo> {
-    let port: CompletionPort<Io> = CompletionPort::<Io>::builder()
-        .backend(choice)
-        .concurrency(SERVER_THREADS)
-        .build()
-        .context("creating the port")?;
-    let std_listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    let addr = std_listener.local_addr()?;
-    let listener = port.associate(std_listener, LISTENER).context("associating the listener")?;
-    listener.accept(Vec::with_capacity(MSG), Io::Accept).context("starting accept")?;
-    let server = Server {
-        port,
-        listener,
-        conns: Mutex::new(HashMap::new()),
-        next_key: AtomicU64::new(FIRST_CONN),
-        stopping: AtomicBool::new(false),
-    };
-
-    let start = Instant::now();
-    let deadline = start + dur;
-    let (clients, elapsed) = thread::scope(|s| -> anyhow::Result<_> {
-        let servers: Vec<_> =
-            (0..SERVER_THREADS).map(|_| s.spawn(|| server.serve(dur + STUCK))).collect();
-        let clients: Vec<_> =
-            (0..CLIENTS).map(|_| s.spawn(move || client(addr, deadline))).collect();
-        let clients: Vec<_> = clients.into_iter().map(join).collect();
-        let elapsed = start.elapsed();
-        server.stopping.store(true, Ordering::Release);
-        for _ in 0..SERVER_THREADS {
-            server
-                .port
-                .post(0, CompletionKey(0), Io::Stop)
-                .map_err(|_| anyhow!("the port closed early"))?;
-        }
-        let served: Vec<_> = servers.into_iter().map(join).collect();
-        served.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-        let clients = clients.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((clients, elapsed))
-    })?;
-
-    let stats = server.port.stats();
-    server.listener.close();
-    server.conns.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    server.port.close();
-
-    let round_trips = clients.iter().map(|c| c.0).sum();
-    let mut lat: Vec<Duration> = clients.into_iter().flat_map(|c| c.1).collect();
-    lat.sort_unstable();
-    Ok(Echo {
-        round_trips,
-        elapsed,
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        cq_overflow: stats.cq_overflow,
+fn echo_run(choice: BackendChoice, dur: Duration, progress: bool) -> anyhow::Result<LoadRun> {
+    let server =
+        Server::start(EchoService, server_config(choice)).context("starting the echo server")?;
+    let plan = Plan::basic(server.local_addr(), ECHO_CONNS, dur, WARMUP);
+    let load = run_echo(&EchoLoad { plan, size: ECHO_SIZE, pipeline: 1 }, progress);
+    let report = server.stop();
+    let r = load?;
+    Ok(LoadRun {
+        rate: r.msgs_per_sec(),
+        p99_us: r.p99_us(),
+        errors: r.totals.errors(),
+        accepted: report.stats.accepted,
     })
 }
 
-/// Nearest-rank percentile of sorted samples (zero when there are none).
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+fn http_run(
+    choice: BackendChoice,
+    dur: Duration,
+    root: &Path,
+    progress: bool,
+) -> anyhow::Result<LoadRun> {
+    let site = Site::new(SiteConfig::new(root)).context("opening the demo docroot")?;
+    let server = Server::start(Http::new(site, false), server_config(choice))
+        .context("starting the HTTP server")?;
+    let url = format!("http://{}{HTTP_PATH}", server.local_addr());
+    let plan = Plan::basic(server.local_addr(), HTTP_CONNS, dur, WARMUP);
+    let load = HttpLoad::with_plan(&url, plan).and_then(|l| run_http(&l, progress));
+    let report = server.stop();
+    let r = load?;
+    Ok(LoadRun {
+        rate: r.reqs_per_sec(),
+        p99_us: r.p99_us(),
+        errors: r.totals.errors(),
+        accepted: report.stats.accepted,
+    })
 }
 
-/// One client: ping-pong `MSG`-byte messages until `deadline`. Returns the round trips made
-/// and their latencies, the first (which includes the accept) left out.
-fn client(addr: SocketAddr, deadline: Instant) -> anyhow::Result<(u64, Vec<Duration>)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut msg = [0u8; MSG];
-    let mut back = [0u8; MSG];
-    let mut lat = Vec::with_capacity(1 << 16);
-    let mut n: u64 = 0;
-    loop {
-        msg.fill(n as u8);
-        msg[..8].copy_from_slice(&n.to_le_bytes());
-        let t = Instant::now();
-        s.write_all(&msg).context("sending")?;
-        s.read_exact(&mut back).with_context(|| format!("waiting for echo {n}"))?;
-        let rtt = t.elapsed();
-        if back != msg {
-            bail!("echo {n} differs from what was sent");
-        }
-        if n > 0 {
-            lat.push(rtt);
-        }
-        n += 1;
-        if Instant::now() >= deadline {
-            return Ok((n, lat));
-        }
-    }
-}
+/// A small site in a temporary directory, removed on drop.
+struct Docroot(PathBuf);
 
-impl Server {
-    /// A server thread: runs completions until a stop packet.
-    fn serve(&self, idle_limit: Duration) -> anyhow::Result<()> {
-        loop {
-            let mut c =
-                self.port.get(Some(idle_limit)).context("server waiting for completions")?;
-            let key = c.key();
-            match c.context() {
-                Io::Stop => return Ok(()),
-                Io::Accept => {
-                    // Re-arm first, so the next client is not kept waiting. (A refusal while
-                    // stopping is the listener closing under us: fine.)
-                    if !self.stopping.load(Ordering::Acquire)
-                        && let Err(e) = self.listener.accept(Vec::with_capacity(MSG), Io::Accept)
-                        && !self.stopping.load(Ordering::Acquire)
-                    {
-                        return Err(anyhow!(e).context("re-arming accept"));
-                    }
-                    if c.is_aborted() {
-                        continue;
-                    }
-                    c.result().context("accept")?;
-                    let mut acc =
-                        c.take_accepted().context("accept completion without a connection")?;
-                    let data = acc.take_data();
-                    let sock = acc.take_socket().context("accept completion without a socket")?;
-                    if data.is_empty() {
-                        continue; // closed before sending anything
-                    }
-                    sock.set_tcp_nodelay(true)?;
-                    let key = CompletionKey(self.next_key.fetch_add(1, Ordering::Relaxed));
-                    let h = self.port.associate(sock, key).context("associating a connection")?;
-                    self.lock_conns().insert(key, h.clone());
-                    // Echo the initial receive.
-                    h.send(data, Io::Send).context("starting send")?;
-                }
-                Io::Recv => match c.result() {
-                    Ok(0) => self.drop_conn(key), // the client closed
-                    Ok(_) => {
-                        let buf = c.take_buf().context("recv completion without a buffer")?;
-                        self.conn(key)?.send(buf, Io::Send).context("starting send")?;
-                    }
-                    Err(_) if c.is_aborted() => self.drop_conn(key),
-                    Err(e) => return Err(anyhow!(e).context(format!("recv on {key:?}"))),
-                },
-                Io::Send => match c.result() {
-                    Ok(_) => {
-                        let mut buf = c.take_buf().context("send completion without a buffer")?;
-                        buf.clear();
-                        buf.reserve(RECV_BUF);
-                        self.conn(key)?.recv(buf, Io::Recv).context("starting recv")?;
-                    }
-                    Err(_) if c.is_aborted() => self.drop_conn(key),
-                    Err(e) => return Err(anyhow!(e).context(format!("send on {key:?}"))),
-                },
-            }
-        }
-    }
-
-    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<CompletionKey, Handle<Io>>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn conn(&self, key: CompletionKey) -> anyhow::Result<Handle<Io>> {
-        self.lock_conns().get(&key).cloned().with_context(|| format!("no connection with {key:?}"))
-    }
-
-    /// Forgets a connection: dropping its last handle closes the socket.
-    fn drop_conn(&self, key: CompletionKey) {
-        let h = self.lock_conns().remove(&key);
-        drop(h);
+impl Docroot {
+    fn create() -> anyhow::Result<Docroot> {
+        let dir = std::env::temp_dir().join(format!("iocp-demo-{}", std::process::id()));
+        let root = Docroot(dir);
+        let d = &root.0;
+        std::fs::create_dir_all(d.join("assets")).context("creating the demo docroot")?;
+        std::fs::write(
+            d.join("index.html"),
+            "<!DOCTYPE html><title>iocp demo</title><h1>Served by iocp on a completion port</h1>\n",
+        )?;
+        std::fs::write(d.join("assets/style.css"), "h1 { font-family: sans-serif }\n")?;
+        let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.join("assets/4k.bin"), data)?;
+        Ok(root)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::{Selection, parse_seconds, parse_selection, percentile};
-    use iocp::BackendChoice;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
-        assert_eq!(percentile(&v, 50.0), Duration::from_micros(50));
-        assert_eq!(percentile(&v, 99.0), Duration::from_micros(99));
-        assert_eq!(percentile(&v[..1], 99.0), Duration::from_micros(1));
-        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
-    }
-
-    #[test]
-    fn parses_backend_selection() {
-        assert_eq!(parse_selection("all"), Ok(Selection::All));
-        assert_eq!(parse_selection("epoll"), Ok(Selection::One(BackendChoice::Epoll)));
-        assert_eq!(parse_selection("io_uring"), Ok(Selection::One(BackendChoice::Uring)));
-        assert!(parse_selection("kqueue").is_err());
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("nan").is_err());
-        assert_eq!(parse_seconds("1.5"), Ok(1.5));
+impl Drop for Docroot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

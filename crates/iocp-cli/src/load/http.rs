@@ -84,13 +84,11 @@ pub(crate) struct HttpReport {
 
 impl HttpReport {
     /// Requests per second.
-    #[allow(dead_code, reason = "for the demo's summary table")]
     pub(crate) fn reqs_per_sec(&self) -> f64 {
         self.totals.rate()
     }
 
     /// 99th percentile latency in microseconds.
-    #[allow(dead_code, reason = "for the demo's summary table")]
     pub(crate) fn p99_us(&self) -> f64 {
         self.totals.latency.p99
     }

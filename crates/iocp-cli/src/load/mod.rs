@@ -41,10 +41,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) -> EchoReport and
 // run_http(&HttpLoad, progress) -> HttpReport.
-#[allow(unused_imports, reason = "the demo's entry points; the CLI itself names fewer")]
-pub(crate) use echo::{EchoLoad, EchoReport, run_echo};
-#[allow(unused_imports, reason = "the demo's entry points; the CLI itself names fewer")]
-pub(crate) use http::{HttpLoad, HttpReport, run_http};
+pub(crate) use echo::{EchoLoad, run_echo};
+pub(crate) use http::{HttpLoad, run_http};
 use report::{Fault, Totals};
 
 /// How long the connect phase may take in all, per generator thread.
@@ -205,7 +203,6 @@ pub(crate) struct Plan {
 impl Plan {
     /// A plan for in-process use (the demo): `connections` to `addr`, measured for `duration`
     /// after `warmup`, one generator thread on the epoll engine, a 5 s reply timeout.
-    #[allow(dead_code, reason = "the demo's constructor")]
     pub(crate) fn basic(
         addr: SocketAddr,
         connections: usize,

@@ -100,56 +100,94 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Cache {
     inner: RwLock<Inner>,
-    max_bytes: u64,
-    max_entries: usize,
+    limits: Limits,
+}
+
+/// The bounds of a [`Cache`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Total bytes of in-memory file data.
+    pub(crate) bytes: u64,
+    /// Entries of either kind.
+    pub(crate) entries: usize,
+    /// Entries holding an open file.
+    pub(crate) files: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     maps: [HashMap<String, Arc<Entry>>; 2],
     bytes: u64,
+    files: usize,
+}
+
+impl Inner {
+    fn account(&mut self, entry: &Entry, add: bool) {
+        let (bytes, files) = match &entry.content {
+            Content::Bytes(b) => (b.len() as u64, 0),
+            Content::File(_) => (0, 1),
+        };
+        if add {
+            self.bytes += bytes;
+            self.files += files;
+        } else {
+            self.bytes -= bytes;
+            self.files -= files;
+        }
+    }
 }
 
 impl Cache {
-    pub(crate) fn new(max_bytes: u64, max_entries: usize) -> Cache {
-        Cache { inner: RwLock::new(Inner::default()), max_bytes, max_entries }
+    pub(crate) fn new(limits: Limits) -> Cache {
+        Cache { inner: RwLock::new(Inner::default()), limits }
     }
 
     pub(crate) fn get(&self, path: &str, gzip: bool) -> Option<Arc<Entry>> {
         self.inner.read().maps[usize::from(gzip)].get(path).cloned()
     }
 
-    /// Inserts (or replaces) an entry, evicting arbitrary others to stay within the bounds.
+    /// Inserts (or replaces) an entry, evicting arbitrary others to stay within the limits.
     pub(crate) fn insert(&self, path: &str, gzip: bool, entry: Arc<Entry>) {
-        if self.max_entries == 0 || entry.bytes() > self.max_bytes {
+        let lim = self.limits;
+        let is_file = matches!(entry.content, Content::File(_));
+        if lim.entries == 0 || entry.bytes() > lim.bytes || is_file && lim.files == 0 {
             return;
         }
         let mut inner = self.inner.write();
-        let added = entry.bytes();
+        inner.account(&entry, true);
         if let Some(old) = inner.maps[usize::from(gzip)].insert(path.to_owned(), entry) {
-            inner.bytes -= old.bytes();
+            inner.account(&old, false);
         }
-        inner.bytes += added;
-        while inner.bytes > self.max_bytes
-            || inner.maps[0].len() + inner.maps[1].len() > self.max_entries
-        {
-            // Evict from the bigger map first, any key but the one just added.
-            let first = usize::from(inner.maps[1].len() > inner.maps[0].len());
+        loop {
+            // Which kind of entry must go: one holding bytes, one holding a file, or any.
+            let want: fn(&Entry) -> bool = if inner.bytes > lim.bytes {
+                |e| e.bytes() > 0
+            } else if inner.files > lim.files {
+                |e| matches!(e.content, Content::File(_))
+            } else if inner.maps[0].len() + inner.maps[1].len() > lim.entries {
+                |_| true
+            } else {
+                break;
+            };
+            // Any such entry but the one just added.
             let own = usize::from(gzip);
-            let victim = [first, 1 - first].into_iter().find_map(|m| {
-                inner.maps[m].keys().find(|k| !(m == own && *k == path)).map(|k| (m, k.clone()))
+            let victim = [0, 1].into_iter().find_map(|m| {
+                inner.maps[m]
+                    .iter()
+                    .find(|(k, e)| !(m == own && *k == path) && want(e))
+                    .map(|(k, _)| (m, k.clone()))
             });
             let Some((which, victim)) = victim else { break };
             if let Some(old) = inner.maps[which].remove(&victim) {
-                inner.bytes -= old.bytes();
+                inner.account(&old, false);
             }
         }
     }
 
-    /// The number of entries and the bytes of file data held.
+    /// The number of entries, the bytes of file data and the open files held.
     #[cfg(test)]
-    pub(crate) fn usage(&self) -> (usize, u64) {
+    pub(crate) fn usage(&self) -> (usize, u64, usize) {
         let inner = self.inner.read();
-        (inner.maps[0].len() + inner.maps[1].len(), inner.bytes)
+        (inner.maps[0].len() + inner.maps[1].len(), inner.bytes, inner.files)
     }
 }

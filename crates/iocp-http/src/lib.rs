@@ -151,8 +151,11 @@ pub struct Config {
     pub cache_file_max: u64,
     /// The total bytes of file data the cache may hold.
     pub cache_total_max: u64,
-    /// The most cache entries (each large-file entry holds an open file descriptor).
+    /// The most cache entries.
     pub cache_entries_max: usize,
+    /// The most cache entries for files over [`Config::cache_file_max`], each of which holds
+    /// an open file descriptor (keep it well under `RLIMIT_NOFILE`).
+    pub cache_open_files_max: usize,
     /// The `Server` header value.
     pub server: String,
     /// Serve an HTML listing for a directory without `index.html` (else `403`).
@@ -163,8 +166,8 @@ pub struct Config {
 
 impl Config {
     /// The defaults for serving `root`: 8 KiB heads, 4 KiB targets, files up to 256 KiB cached
-    /// in memory within 64 MiB, 1024 cache entries, `Server: iocp`, listings and `.gz` siblings
-    /// on.
+    /// in memory within 64 MiB, 1024 cache entries of which at most 128 hold an open file,
+    /// `Server: iocp`, listings and `.gz` siblings on.
     pub fn new(root: impl Into<PathBuf>) -> Config {
         Config {
             root: root.into(),
@@ -173,6 +176,7 @@ impl Config {
             cache_file_max: 256 * 1024,
             cache_total_max: 64 * 1024 * 1024,
             cache_entries_max: 1024,
+            cache_open_files_max: 128,
             server: "iocp".to_owned(),
             listings: true,
             precompressed: true,
@@ -214,7 +218,11 @@ impl Site {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad Server header value"));
         }
         let server_line = format!("Server: {}\r\n", cfg.server).into_bytes();
-        let cache = cache::Cache::new(cfg.cache_total_max, cfg.cache_entries_max);
+        let cache = cache::Cache::new(cache::Limits {
+            bytes: cfg.cache_total_max,
+            entries: cfg.cache_entries_max,
+            files: cfg.cache_open_files_max,
+        });
         Ok(Site { cfg, root, server_line, cache })
     }
 

@@ -374,22 +374,33 @@ fn the_cache_stays_within_its_bounds() {
     let root = Root::new();
     for i in 0..20 {
         fs::write(root.path().join(format!("f{i}.txt")), vec![b'x'; 1000]).unwrap();
+        fs::write(root.path().join(format!("g{i}.bin")), vec![b'y'; 5000]).unwrap();
     }
     let mut cfg = Config::new(root.path());
+    cfg.cache_file_max = 2000;
     cfg.cache_total_max = 5000;
     cfg.cache_entries_max = 8;
+    cfg.cache_open_files_max = 3;
     let site = Site::new(cfg).unwrap();
     for round in 0..2 {
         for i in 0..20 {
             let r = get(&site, &format!("/f{i}.txt"), "");
             assert_eq!(body(&r).len(), 1000, "round {round} file {i}");
-            let (entries, bytes) = site.cache.usage();
-            assert!(entries <= 8 && bytes <= 5000, "{entries} entries, {bytes} bytes");
+            let r = get(&site, &format!("/g{i}.bin"), "");
+            assert!(matches!(r.body, Body::File { .. }));
+            assert_eq!(body(&r).len(), 5000, "round {round} file {i}");
+            let (entries, bytes, files) = site.cache.usage();
+            assert!(entries <= 8 && bytes <= 5000 && files <= 3, "{entries} {bytes} {files}");
+            assert!(entries >= 2 && bytes >= 1000 && files >= 1, "still caching");
         }
     }
-    // Large files hold no bytes but count as entries.
-    let _ = get(&site, "/big.bin", "");
-    assert!(site.cache.usage().0 <= 8);
+    // A cached entry is served again from the cache (same Arc).
+    let a = get(&site, "/g19.bin", "");
+    let b = get(&site, "/g19.bin", "");
+    match (&a.body, &b.body) {
+        (Body::File { file: x, .. }, Body::File { file: y, .. }) => assert!(Arc::ptr_eq(x, y)),
+        _ => panic!("file bodies"),
+    }
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //!    for a short while): closing a socket with unread bytes sends a reset, which can destroy
 //!    the error response before the client reads it.
 //! 4. For an access log, [`Request`] has the method, target, version, `User-Agent` and `Referer`,
-//!    and [`Response`] the status and [`Response::body_len`]. A [`Parsed::Error`] has no request.
+//!    and [`Response`] the status and [`Response::body_len`]; [`access_log_line`] formats them
+//!    as a Combined Log Format line. A [`Parsed::Error`] has no request.
 //!
 //! ```no_run
 //! use std::io::{Read, Write};
@@ -117,6 +118,7 @@ mod date;
 mod files;
 mod head;
 mod listing;
+mod log;
 mod parse;
 mod path;
 #[cfg(test)]
@@ -132,6 +134,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use head::reason;
+pub use log::access_log_line;
 
 /// What the connection loop sends when [`Parsed::Continue`] asks it to (once per request).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";

@@ -29,38 +29,45 @@
 //!    and [`Response`] the status and [`Response::body_len`]; [`access_log_line`] formats them
 //!    as a Combined Log Format line. A [`Parsed::Error`] has no request.
 //!
+//! A blocking sketch of that loop (no timers; `tests/support/mod.rs` has a complete one):
+//!
 //! ```no_run
 //! use std::io::{Read, Write};
-//! use iocp_http::{Body, Config, Parsed, Site};
+//! use std::net::TcpStream;
+//! use iocp_http::{Body, Config, Parsed, Response, Site};
+//!
+//! fn send(sock: &mut TcpStream, resp: &Response) -> std::io::Result<()> {
+//!     sock.write_all(&resp.head)?;
+//!     match &resp.body {
+//!         Body::Empty => Ok(()),
+//!         Body::Bytes { data, offset, len } => sock.write_all(&data[*offset..*offset + *len]),
+//!         Body::File { .. } => todo!("transmit_file(file, offset, len) in the real server"),
+//!     }
+//! }
 //!
 //! let site = Site::new(Config::new("/srv/www"))?;
 //! let (mut sock, _) = std::net::TcpListener::bind("127.0.0.1:8080")?.accept()?;
-//! let mut buf = Vec::new();
-//! let mut chunk = [0u8; 4096];
+//! let (mut buf, mut chunk, mut continued) = (Vec::new(), [0u8; 4096], false);
 //! loop {
 //!     match site.parse(&buf) {
-//!         Parsed::Incomplete => {
-//!             let n = sock.read(&mut chunk)?;
-//!             if n == 0 { break; }
-//!             buf.extend_from_slice(&chunk[..n]);
-//!         }
-//!         Parsed::Continue => {
-//!             sock.write_all(iocp_http::CONTINUE)?;
-//!             let n = sock.read(&mut chunk)?;
-//!             if n == 0 { break; }
-//!             buf.extend_from_slice(&chunk[..n]);
-//!         }
 //!         Parsed::Request { req, consumed } => {
 //!             let resp = site.respond(&req);
-//!             sock.write_all(&resp.head)?;
-//!             if let Body::Bytes { data, offset, len } = &resp.body {
-//!                 sock.write_all(&data[*offset..*offset + *len])?;
-//!             } // Body::File: transmit_file(file, offset, len) in the real server.
+//!             send(&mut sock, &resp)?;
 //!             buf.drain(..consumed);
+//!             continued = false;
 //!             if !resp.keep_alive { break; }
+//!             continue;
 //!         }
-//!         Parsed::Error(resp) => { sock.write_all(&resp.head)?; break; }
+//!         Parsed::Error(resp) => { send(&mut sock, &resp)?; break; }
+//!         Parsed::Continue if !continued => {
+//!             sock.write_all(iocp_http::CONTINUE)?;
+//!             continued = true;
+//!         }
+//!         Parsed::Continue | Parsed::Incomplete => {}
 //!     }
+//!     let n = sock.read(&mut chunk)?;
+//!     if n == 0 { break; }
+//!     buf.extend_from_slice(&chunk[..n]);
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -71,8 +78,9 @@
 //!   only when the client asks with `Connection: keep-alive`. Responses always say `HTTP/1.1`.
 //! - `GET` and `HEAD` are served; every other method gets `405` with `Allow: GET, HEAD`.
 //! - Request head larger than [`Config::max_head`] (or more than 100 header fields): `431`.
-//!   Request target longer than [`Config::max_uri`]: `414`. Anything httparse rejects, a
-//!   missing `Host` on HTTP/1.1, or conflicting `Content-Length`s: `400`. These close.
+//!   Request target longer than [`Config::max_uri`]: `414`. Anything httparse rejects (bare
+//!   `LF` line ends are accepted, obsolete line folding is not), a missing `Host` on HTTP/1.1,
+//!   two `Host` fields, or a bad or conflicting `Content-Length`: `400`. These close.
 //! - Request bodies: a `Content-Length` body that fits with its head in [`Config::max_head`]
 //!   is waited for and discarded (the request is then answered normally and the connection can
 //!   stay open); a larger one gets `413` and the connection closes. Any `Transfer-Encoding` on a
@@ -89,14 +97,20 @@
 //!   `If-Modified-Since`; a match gives `304`.
 //! - ETags are strong: `"inode-size-mtime_ns"` in hex, with `-gz` appended for the gzip
 //!   sibling.
-//! - The request target's query string is ignored. Absolute-form targets
-//!   (`http://host/path`) are accepted and their authority ignored.
+//! - `If-Match` and `If-Unmodified-Since` are ignored (they guard writes; this server has none).
+//! - The request target's query string is ignored (but kept in a `301` to the slash form).
+//!   Absolute-form targets (`http://host/path`) are accepted and their authority ignored.
+//! - A missing file is `404`; a permission error or a path that is neither a regular file nor
+//!   a directory (FIFO, socket, device) is `403`; another I/O error is `500`.
+//! - Directory listings (`Cache-Control: no-cache`) list directories first, then files, by
+//!   name; names that are not UTF-8 are left out (no request could name them).
 //!
 //! # Security
 //!
 //! The path is percent-decoded strictly (a bad escape or invalid UTF-8 is `400`), then refused
 //! with `400` when it holds a `.` or `..` segment (encoded or not), an empty segment (`//`), an
-//! encoded `/` (`%2f`), a backslash or a NUL, or does not start with `/`. The surviving path is
+//! encoded `/` (`%2f`), a backslash or a control character such as NUL (raw or encoded), or
+//! does not start with `/`. The surviving path is
 //! joined to the canonical root, canonicalized, and must still lie under the root: a symlink
 //! that leads outside gives `404`, like a missing file. Only regular files are opened (with
 //! `O_NONBLOCK | O_NOFOLLOW`, so a FIFO swapped in cannot hang a worker).

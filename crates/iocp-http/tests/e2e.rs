@@ -494,3 +494,14 @@ fn many_connections_at_once() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn listings_can_be_turned_off_giving_403() {
+    let root = Root::new();
+    let opts = Options { configure: |cfg| cfg.listings = false, ..Options::default() };
+    let server = spawn_with(root.path(), opts);
+    let (r, ..) = raw(server.addr(), b"GET /sub/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 403);
+    let (r, ..) = raw(server.addr(), b"GET /with%20index/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"<p>index</p>\n".as_slice()));
+}

@@ -5,12 +5,14 @@ use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
 /// How long a resolution (canonicalize, prefix check, open, `.gz` sibling) is trusted before it
-/// is done again; within it, a `stat` of the canonical path revalidates the entry.
+/// is done again; within it, a `stat` of the canonical path revalidates the entry (at most once
+/// per [`Config::revalidate`](crate::Config::revalidate)).
 pub(crate) const TRUST: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file: a change of any of these invalidates an entry.
@@ -77,6 +79,8 @@ pub(crate) struct Entry {
     pub(crate) vary: bool,
     /// When the resolution was done.
     pub(crate) resolved_at: Instant,
+    /// When a `stat` last confirmed the entry, in nanoseconds after `resolved_at`.
+    pub(crate) checked_ns: AtomicU64,
 }
 
 impl Entry {
@@ -87,12 +91,26 @@ impl Entry {
         }
     }
 
-    /// Whether this entry may be served without resolving again: resolved within [`TRUST`]
-    /// and the canonical path still shows the same file version.
-    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.resolved_at) < TRUST
-            && std::fs::metadata(&self.canon)
-                .is_ok_and(|m| m.is_file() && Stamp::of(&m) == self.stamp)
+    /// Whether this entry may be served without resolving again: resolved within [`TRUST`],
+    /// and the canonical path still shows the same file version (checked by a `stat` unless
+    /// one did within `revalidate`).
+    pub(crate) fn is_fresh(&self, now: Instant, revalidate: Duration) -> bool {
+        let age = now.saturating_duration_since(self.resolved_at);
+        if age >= TRUST {
+            return false;
+        }
+        let age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let checked = self.checked_ns.load(Ordering::Relaxed);
+        if age_ns.saturating_sub(checked) < u64::try_from(revalidate.as_nanos()).unwrap_or(u64::MAX)
+        {
+            return true;
+        }
+        let same = std::fs::metadata(&self.canon)
+            .is_ok_and(|m| m.is_file() && Stamp::of(&m) == self.stamp);
+        if same {
+            self.checked_ns.fetch_max(age_ns, Ordering::Relaxed);
+        }
+        same
     }
 }
 

@@ -346,7 +346,9 @@ fn a_fifo_is_refused_without_hanging() {
 #[test]
 fn the_cache_notices_changed_files() {
     let root = Root::new();
-    let site = root.site();
+    let mut cfg = Config::new(root.path());
+    cfg.revalidate = Duration::ZERO;
+    let site = Site::new(cfg).unwrap();
     let file = root.path().join("change.txt");
     fs::write(&file, b"first").unwrap();
     let a = get(&site, "/change.txt", "");
@@ -416,4 +418,31 @@ fn a_site_needs_a_directory_root_and_a_clean_server_name() {
     let site = Site::new(cfg).unwrap();
     assert_eq!(header(&get(&site, "/", ""), "Server").as_deref(), Some("mine/2"));
     assert_eq!(site.root(), fs::canonicalize(root.path()).unwrap());
+}
+
+#[test]
+fn revalidation_waits_for_its_interval_then_notices() {
+    let root = Root::new();
+    let mut cfg = Config::new(root.path());
+    cfg.revalidate = Duration::from_millis(200);
+    let site = Site::new(cfg).unwrap();
+    let file = root.path().join("later.txt");
+    fs::write(&file, b"one").unwrap();
+    let before = Instant::now();
+    assert_eq!(body(&get(&site, "/later.txt", "")), b"one");
+    fs::write(&file, b"two!").unwrap();
+    let soon = get(&site, "/later.txt", "");
+    if before.elapsed() < Duration::from_millis(150) {
+        assert_eq!(body(&soon), b"one", "within the interval the entry is not re-checked");
+    }
+    // Past the interval (polled with a deadline) the change shows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if body(&get(&site, "/later.txt", "")) == b"two!" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(before.elapsed() >= Duration::from_millis(200));
 }

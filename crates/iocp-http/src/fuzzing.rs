@@ -20,7 +20,7 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
     fs::write(dir.join("index.html"), b"<h1>home</h1>\n")?;
     fs::write(dir.join("hello.txt"), b"hello, world\n")?;
     fs::write(dir.join("empty.txt"), b"")?;
-    fs::write(dir.join("big.bin"), vec![0x5a; 300 * 1024])?;
+    fs::write(dir.join("big.bin"), big_bin())?;
     fs::write(dir.join("style.css"), b"body { color: red }\n")?;
     fs::write(dir.join("style.css.gz"), b"\x1f\x8b\x08\x00not really gzip")?;
     fs::write(dir.join("sub/a <&> b.txt"), b"odd name\n")?;
@@ -31,6 +31,12 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink("/etc", &escape)?;
     }
     Ok(())
+}
+
+/// The content of the sample `big.bin` (300 KiB, over the in-memory cache limit): byte `i` is
+/// `i % 251`, so a body sent from a wrong offset shows.
+pub fn big_bin() -> Vec<u8> {
+    (0..300 * 1024).map(|i: u32| (i % 251) as u8).collect()
 }
 
 /// A [`sample_docroot`] in a fresh temporary directory, removed on drop.

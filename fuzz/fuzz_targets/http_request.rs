@@ -8,14 +8,17 @@ use std::sync::OnceLock;
 use iocp_http::{Site, fuzzing};
 use libfuzzer_sys::fuzz_target;
 
-/// The docroot lives as long as the process (libFuzzer exits without running destructors).
-static SITE: OnceLock<(fuzzing::TempDocroot, Site)> = OnceLock::new();
+/// The docroot is one fixed directory, made once and reused by every run and job (libFuzzer
+/// exits without running destructors, so a per-process directory would be left behind each time).
+static SITE: OnceLock<Site> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let (_, site) = SITE.get_or_init(|| {
-        let root = fuzzing::TempDocroot::new("fuzz").expect("fuzz docroot");
-        let site = fuzzing::site(root.path()).expect("fuzz site");
-        (root, site)
+    let site = SITE.get_or_init(|| {
+        let dir = std::env::temp_dir().join("iocp-http-fuzz-docroot");
+        if !dir.join("with index/index.html").is_file() {
+            fuzzing::sample_docroot(&dir).expect("fuzz docroot");
+        }
+        fuzzing::site(&dir).expect("fuzz site")
     });
     fuzzing::drive(site, data);
 });

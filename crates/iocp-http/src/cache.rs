@@ -5,12 +5,14 @@ use std::fs::{File, Metadata};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
 /// How long a resolution (canonicalize, prefix check, open, `.gz` sibling) is trusted before it
-/// is done again; within it, a `stat` of the canonical path revalidates the entry.
+/// is done again; within it, a `stat` of the canonical path revalidates the entry (at most once
+/// per [`Config::revalidate`](crate::Config::revalidate)).
 pub(crate) const TRUST: Duration = Duration::from_secs(1);
 
 /// What identifies one version of a file: a change of any of these invalidates an entry.
@@ -77,6 +79,8 @@ pub(crate) struct Entry {
     pub(crate) vary: bool,
     /// When the resolution was done.
     pub(crate) resolved_at: Instant,
+    /// When a `stat` last confirmed the entry, in nanoseconds after `resolved_at`.
+    pub(crate) checked_ns: AtomicU64,
 }
 
 impl Entry {
@@ -87,12 +91,26 @@ impl Entry {
         }
     }
 
-    /// Whether this entry may be served without resolving again: resolved within [`TRUST`]
-    /// and the canonical path still shows the same file version.
-    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.resolved_at) < TRUST
-            && std::fs::metadata(&self.canon)
-                .is_ok_and(|m| m.is_file() && Stamp::of(&m) == self.stamp)
+    /// Whether this entry may be served without resolving again: resolved within [`TRUST`],
+    /// and the canonical path still shows the same file version (checked by a `stat` unless
+    /// one did within `revalidate`).
+    pub(crate) fn is_fresh(&self, now: Instant, revalidate: Duration) -> bool {
+        let age = now.saturating_duration_since(self.resolved_at);
+        if age >= TRUST {
+            return false;
+        }
+        let age_ns = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let checked = self.checked_ns.load(Ordering::Relaxed);
+        if age_ns.saturating_sub(checked) < u64::try_from(revalidate.as_nanos()).unwrap_or(u64::MAX)
+        {
+            return true;
+        }
+        let same = std::fs::metadata(&self.canon)
+            .is_ok_and(|m| m.is_file() && Stamp::of(&m) == self.stamp);
+        if same {
+            self.checked_ns.fetch_max(age_ns, Ordering::Relaxed);
+        }
+        same
     }
 }
 
@@ -100,56 +118,94 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) struct Cache {
     inner: RwLock<Inner>,
-    max_bytes: u64,
-    max_entries: usize,
+    limits: Limits,
+}
+
+/// The bounds of a [`Cache`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Total bytes of in-memory file data.
+    pub(crate) bytes: u64,
+    /// Entries of either kind.
+    pub(crate) entries: usize,
+    /// Entries holding an open file.
+    pub(crate) files: usize,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     maps: [HashMap<String, Arc<Entry>>; 2],
     bytes: u64,
+    files: usize,
+}
+
+impl Inner {
+    fn account(&mut self, entry: &Entry, add: bool) {
+        let (bytes, files) = match &entry.content {
+            Content::Bytes(b) => (b.len() as u64, 0),
+            Content::File(_) => (0, 1),
+        };
+        if add {
+            self.bytes += bytes;
+            self.files += files;
+        } else {
+            self.bytes -= bytes;
+            self.files -= files;
+        }
+    }
 }
 
 impl Cache {
-    pub(crate) fn new(max_bytes: u64, max_entries: usize) -> Cache {
-        Cache { inner: RwLock::new(Inner::default()), max_bytes, max_entries }
+    pub(crate) fn new(limits: Limits) -> Cache {
+        Cache { inner: RwLock::new(Inner::default()), limits }
     }
 
     pub(crate) fn get(&self, path: &str, gzip: bool) -> Option<Arc<Entry>> {
         self.inner.read().maps[usize::from(gzip)].get(path).cloned()
     }
 
-    /// Inserts (or replaces) an entry, evicting arbitrary others to stay within the bounds.
+    /// Inserts (or replaces) an entry, evicting arbitrary others to stay within the limits.
     pub(crate) fn insert(&self, path: &str, gzip: bool, entry: Arc<Entry>) {
-        if self.max_entries == 0 || entry.bytes() > self.max_bytes {
+        let lim = self.limits;
+        let is_file = matches!(entry.content, Content::File(_));
+        if lim.entries == 0 || entry.bytes() > lim.bytes || is_file && lim.files == 0 {
             return;
         }
         let mut inner = self.inner.write();
-        let added = entry.bytes();
+        inner.account(&entry, true);
         if let Some(old) = inner.maps[usize::from(gzip)].insert(path.to_owned(), entry) {
-            inner.bytes -= old.bytes();
+            inner.account(&old, false);
         }
-        inner.bytes += added;
-        while inner.bytes > self.max_bytes
-            || inner.maps[0].len() + inner.maps[1].len() > self.max_entries
-        {
-            // Evict from the bigger map first, any key but the one just added.
-            let first = usize::from(inner.maps[1].len() > inner.maps[0].len());
+        loop {
+            // Which kind of entry must go: one holding bytes, one holding a file, or any.
+            let want: fn(&Entry) -> bool = if inner.bytes > lim.bytes {
+                |e| e.bytes() > 0
+            } else if inner.files > lim.files {
+                |e| matches!(e.content, Content::File(_))
+            } else if inner.maps[0].len() + inner.maps[1].len() > lim.entries {
+                |_| true
+            } else {
+                break;
+            };
+            // Any such entry but the one just added.
             let own = usize::from(gzip);
-            let victim = [first, 1 - first].into_iter().find_map(|m| {
-                inner.maps[m].keys().find(|k| !(m == own && *k == path)).map(|k| (m, k.clone()))
+            let victim = [0, 1].into_iter().find_map(|m| {
+                inner.maps[m]
+                    .iter()
+                    .find(|(k, e)| !(m == own && *k == path) && want(e))
+                    .map(|(k, _)| (m, k.clone()))
             });
             let Some((which, victim)) = victim else { break };
             if let Some(old) = inner.maps[which].remove(&victim) {
-                inner.bytes -= old.bytes();
+                inner.account(&old, false);
             }
         }
     }
 
-    /// The number of entries and the bytes of file data held.
+    /// The number of entries, the bytes of file data and the open files held.
     #[cfg(test)]
-    pub(crate) fn usage(&self) -> (usize, u64) {
+    pub(crate) fn usage(&self) -> (usize, u64, usize) {
         let inner = self.inner.read();
-        (inner.maps[0].len() + inner.maps[1].len(), inner.bytes)
+        (inner.maps[0].len() + inner.maps[1].len(), inner.bytes, inner.files)
     }
 }

@@ -7,6 +7,7 @@ use std::io::{self, Read as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::cache::{Content, Entry, Stamp};
@@ -35,7 +36,8 @@ pub(crate) fn respond(site: &Site, req: &Request) -> Response {
     };
     let gzip = req.accept_gzip && site.cfg.precompressed;
     let now = Instant::now();
-    let cached = site.cache.get(&target.decoded, gzip).filter(|e| e.is_fresh(now));
+    let cached =
+        site.cache.get(&target.decoded, gzip).filter(|e| e.is_fresh(now, site.cfg.revalidate));
     let resolved = match cached {
         Some(entry) => Resolved::File(entry),
         None => match resolve(site, &target, gzip) {
@@ -165,6 +167,7 @@ fn open_entry(site: &Site, path: &Path, gzip: bool) -> Result<Arc<Entry>, u16> {
         gzip,
         vary,
         resolved_at: Instant::now(),
+        checked_ns: AtomicU64::new(0),
     }))
 }
 

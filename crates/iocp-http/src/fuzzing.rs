@@ -20,7 +20,7 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
     fs::write(dir.join("index.html"), b"<h1>home</h1>\n")?;
     fs::write(dir.join("hello.txt"), b"hello, world\n")?;
     fs::write(dir.join("empty.txt"), b"")?;
-    fs::write(dir.join("big.bin"), vec![0x5a; 300 * 1024])?;
+    fs::write(dir.join("big.bin"), big_bin())?;
     fs::write(dir.join("style.css"), b"body { color: red }\n")?;
     fs::write(dir.join("style.css.gz"), b"\x1f\x8b\x08\x00not really gzip")?;
     fs::write(dir.join("sub/a <&> b.txt"), b"odd name\n")?;
@@ -31,6 +31,12 @@ pub fn sample_docroot(dir: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink("/etc", &escape)?;
     }
     Ok(())
+}
+
+/// The content of the sample `big.bin` (300 KiB, over the in-memory cache limit): byte `i` is
+/// `i % 251`, so a body sent from a wrong offset shows.
+pub fn big_bin() -> Vec<u8> {
+    (0..300 * 1024).map(|i: u32| (i % 251) as u8).collect()
 }
 
 /// A [`sample_docroot`] in a fresh temporary directory, removed on drop.
@@ -135,11 +141,56 @@ fn check(resp: &crate::Response) {
     match &resp.body {
         Body::Bytes { data, offset, len } => {
             assert!(offset.checked_add(*len).is_some_and(|end| end <= data.len()), "bytes range");
+            // The sample docroot's `escape` symlink points at /etc: nothing from there (the
+            // password file, or a listing of it) may ever be served.
+            let leaked = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+            assert!(
+                !leaked(b"root:x:0:0") && !leaked(b"href=\"passwd\""),
+                "content from outside the root"
+            );
         }
         Body::File { file, offset, len } => {
             let size = file.metadata().map_or(u64::MAX, |m| m.len());
             assert!(offset.checked_add(*len).is_some_and(|end| end <= size), "file range");
         }
         Body::Empty => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn bytes_response(body: &[u8]) -> crate::Response {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let data: Arc<[u8]> = body.into();
+        let len = data.len();
+        crate::Response {
+            status: 200,
+            head: head.into_bytes(),
+            body: Body::Bytes { data, offset: 0, len },
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn check_accepts_a_sound_response() {
+        check(&bytes_response(b"fine"));
+    }
+
+    #[test]
+    #[should_panic(expected = "content from outside the root")]
+    fn check_catches_a_leak() {
+        check(&bytes_response(b"root:x:0:0:root:/root:/bin/sh"));
+    }
+
+    #[test]
+    #[should_panic(expected = "Content-Length matches the body")]
+    fn check_catches_a_wrong_length() {
+        let mut r = bytes_response(b"fine");
+        r.head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec();
+        check(&r);
     }
 }

@@ -26,40 +26,48 @@
 //!    for a short while): closing a socket with unread bytes sends a reset, which can destroy
 //!    the error response before the client reads it.
 //! 4. For an access log, [`Request`] has the method, target, version, `User-Agent` and `Referer`,
-//!    and [`Response`] the status and [`Response::body_len`]. A [`Parsed::Error`] has no request.
+//!    and [`Response`] the status and [`Response::body_len`]; [`access_log_line`] formats them
+//!    as a Combined Log Format line. A [`Parsed::Error`] has no request.
+//!
+//! A blocking sketch of that loop (no timers; `tests/support/mod.rs` has a complete one):
 //!
 //! ```no_run
 //! use std::io::{Read, Write};
-//! use iocp_http::{Body, Config, Parsed, Site};
+//! use std::net::TcpStream;
+//! use iocp_http::{Body, Config, Parsed, Response, Site};
+//!
+//! fn send(sock: &mut TcpStream, resp: &Response) -> std::io::Result<()> {
+//!     sock.write_all(&resp.head)?;
+//!     match &resp.body {
+//!         Body::Empty => Ok(()),
+//!         Body::Bytes { data, offset, len } => sock.write_all(&data[*offset..*offset + *len]),
+//!         Body::File { .. } => todo!("transmit_file(file, offset, len) in the real server"),
+//!     }
+//! }
 //!
 //! let site = Site::new(Config::new("/srv/www"))?;
 //! let (mut sock, _) = std::net::TcpListener::bind("127.0.0.1:8080")?.accept()?;
-//! let mut buf = Vec::new();
-//! let mut chunk = [0u8; 4096];
+//! let (mut buf, mut chunk, mut continued) = (Vec::new(), [0u8; 4096], false);
 //! loop {
 //!     match site.parse(&buf) {
-//!         Parsed::Incomplete => {
-//!             let n = sock.read(&mut chunk)?;
-//!             if n == 0 { break; }
-//!             buf.extend_from_slice(&chunk[..n]);
-//!         }
-//!         Parsed::Continue => {
-//!             sock.write_all(iocp_http::CONTINUE)?;
-//!             let n = sock.read(&mut chunk)?;
-//!             if n == 0 { break; }
-//!             buf.extend_from_slice(&chunk[..n]);
-//!         }
 //!         Parsed::Request { req, consumed } => {
 //!             let resp = site.respond(&req);
-//!             sock.write_all(&resp.head)?;
-//!             if let Body::Bytes { data, offset, len } = &resp.body {
-//!                 sock.write_all(&data[*offset..*offset + *len])?;
-//!             } // Body::File: transmit_file(file, offset, len) in the real server.
+//!             send(&mut sock, &resp)?;
 //!             buf.drain(..consumed);
+//!             continued = false;
 //!             if !resp.keep_alive { break; }
+//!             continue;
 //!         }
-//!         Parsed::Error(resp) => { sock.write_all(&resp.head)?; break; }
+//!         Parsed::Error(resp) => { send(&mut sock, &resp)?; break; }
+//!         Parsed::Continue if !continued => {
+//!             sock.write_all(iocp_http::CONTINUE)?;
+//!             continued = true;
+//!         }
+//!         Parsed::Continue | Parsed::Incomplete => {}
 //!     }
+//!     let n = sock.read(&mut chunk)?;
+//!     if n == 0 { break; }
+//!     buf.extend_from_slice(&chunk[..n]);
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -70,8 +78,9 @@
 //!   only when the client asks with `Connection: keep-alive`. Responses always say `HTTP/1.1`.
 //! - `GET` and `HEAD` are served; every other method gets `405` with `Allow: GET, HEAD`.
 //! - Request head larger than [`Config::max_head`] (or more than 100 header fields): `431`.
-//!   Request target longer than [`Config::max_uri`]: `414`. Anything httparse rejects, a
-//!   missing `Host` on HTTP/1.1, or conflicting `Content-Length`s: `400`. These close.
+//!   Request target longer than [`Config::max_uri`]: `414`. Anything httparse rejects (bare
+//!   `LF` line ends are accepted, obsolete line folding is not), a missing `Host` on HTTP/1.1,
+//!   two `Host` fields, or a bad or conflicting `Content-Length`: `400`. These close.
 //! - Request bodies: a `Content-Length` body that fits with its head in [`Config::max_head`]
 //!   is waited for and discarded (the request is then answered normally and the connection can
 //!   stay open); a larger one gets `413` and the connection closes. Any `Transfer-Encoding` on a
@@ -88,14 +97,20 @@
 //!   `If-Modified-Since`; a match gives `304`.
 //! - ETags are strong: `"inode-size-mtime_ns"` in hex, with `-gz` appended for the gzip
 //!   sibling.
-//! - The request target's query string is ignored. Absolute-form targets
-//!   (`http://host/path`) are accepted and their authority ignored.
+//! - `If-Match` and `If-Unmodified-Since` are ignored (they guard writes; this server has none).
+//! - The request target's query string is ignored (but kept in a `301` to the slash form).
+//!   Absolute-form targets (`http://host/path`) are accepted and their authority ignored.
+//! - A missing file is `404`; a permission error or a path that is neither a regular file nor
+//!   a directory (FIFO, socket, device) is `403`; another I/O error is `500`.
+//! - Directory listings (`Cache-Control: no-cache`) list directories first, then files, by
+//!   name; names that are not UTF-8 are left out (no request could name them).
 //!
 //! # Security
 //!
 //! The path is percent-decoded strictly (a bad escape or invalid UTF-8 is `400`), then refused
 //! with `400` when it holds a `.` or `..` segment (encoded or not), an empty segment (`//`), an
-//! encoded `/` (`%2f`), a backslash or a NUL, or does not start with `/`. The surviving path is
+//! encoded `/` (`%2f`), a backslash or a control character such as NUL (raw or encoded), or
+//! does not start with `/`. The surviving path is
 //! joined to the canonical root, canonicalized, and must still lie under the root: a symlink
 //! that leads outside gives `404`, like a missing file. Only regular files are opened (with
 //! `O_NONBLOCK | O_NOFOLLOW`, so a FIFO swapped in cannot hang a worker).
@@ -104,7 +119,10 @@
 //!
 //! [`Site::respond`] looks the decoded path up in a cache first. An entry is trusted when it was
 //! fully resolved (canonicalize + open) less than a second ago and a `stat` of its canonical
-//! path still shows the same inode, size and mtime; otherwise the path is resolved again. Files
+//! path still shows the same device, inode, size and mtime (that `stat` is skipped when one
+//! succeeded within [`Config::revalidate`]); otherwise the path is resolved again. The full
+//! resolution every second also notices a new `.gz` sibling, a new `index.html`, or a symlink
+//! changed along the path. Files
 //! up to [`Config::cache_file_max`] bytes are kept in memory as `Arc<[u8]>` (bounded in total by
 //! [`Config::cache_total_max`]); larger ones keep their open `Arc<File>`, so a hot large file is
 //! served with one `stat` and no `open`. The `Date` header is formatted once per second per
@@ -117,6 +135,7 @@ mod date;
 mod files;
 mod head;
 mod listing;
+mod log;
 mod parse;
 mod path;
 #[cfg(test)]
@@ -130,8 +149,10 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use head::reason;
+pub use log::access_log_line;
 
 /// What the connection loop sends when [`Parsed::Continue`] asks it to (once per request).
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -151,10 +172,17 @@ pub struct Config {
     pub cache_file_max: u64,
     /// The total bytes of file data the cache may hold.
     pub cache_total_max: u64,
-    /// The most cache entries (each large-file entry holds an open file descriptor).
+    /// The most cache entries.
     pub cache_entries_max: usize,
+    /// The most cache entries for files over [`Config::cache_file_max`], each of which holds
+    /// an open file descriptor (keep it well under `RLIMIT_NOFILE`).
+    pub cache_open_files_max: usize,
     /// The `Server` header value.
     pub server: String,
+    /// How long a cache entry is served without a `stat` to check that its file is unchanged
+    /// (`Duration::ZERO`: a `stat` on every request). A `stat` costs about 2 µs here, most of a
+    /// cache hit's cost; a file changed on disk is served stale for at most this long.
+    pub revalidate: Duration,
     /// Serve an HTML listing for a directory without `index.html` (else `403`).
     pub listings: bool,
     /// Serve `NAME.gz` with `Content-Encoding: gzip` when it exists and the client accepts gzip.
@@ -163,8 +191,8 @@ pub struct Config {
 
 impl Config {
     /// The defaults for serving `root`: 8 KiB heads, 4 KiB targets, files up to 256 KiB cached
-    /// in memory within 64 MiB, 1024 cache entries, `Server: iocp`, listings and `.gz` siblings
-    /// on.
+    /// in memory within 64 MiB, 1024 cache entries of which at most 128 hold an open file,
+    /// revalidated every 100 ms, `Server: iocp`, listings and `.gz` siblings on.
     pub fn new(root: impl Into<PathBuf>) -> Config {
         Config {
             root: root.into(),
@@ -173,6 +201,8 @@ impl Config {
             cache_file_max: 256 * 1024,
             cache_total_max: 64 * 1024 * 1024,
             cache_entries_max: 1024,
+            cache_open_files_max: 128,
+            revalidate: Duration::from_millis(100),
             server: "iocp".to_owned(),
             listings: true,
             precompressed: true,
@@ -214,7 +244,11 @@ impl Site {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad Server header value"));
         }
         let server_line = format!("Server: {}\r\n", cfg.server).into_bytes();
-        let cache = cache::Cache::new(cfg.cache_total_max, cfg.cache_entries_max);
+        let cache = cache::Cache::new(cache::Limits {
+            bytes: cfg.cache_total_max,
+            entries: cfg.cache_entries_max,
+            files: cfg.cache_open_files_max,
+        });
         Ok(Site { cfg, root, server_line, cache })
     }
 

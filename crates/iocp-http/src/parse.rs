@@ -384,6 +384,13 @@ mod tests {
     }
 
     #[test]
+    fn bare_lf_line_ends_are_accepted() {
+        let s = site();
+        let (req, n) = request(s.parse(b"GET /lf HTTP/1.1\nHost: h\n\nrest"));
+        assert_eq!((req.target.as_str(), n), ("/lf", 26));
+    }
+
+    #[test]
     fn leading_blank_lines_are_skipped() {
         let s = site();
         let (req, n) = request(s.parse(b"\r\n\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\n"));

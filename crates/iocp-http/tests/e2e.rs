@@ -144,7 +144,7 @@ fn get_serves_a_file_with_its_headers() {
     let mut big = agent().get(server.url("/big.bin")).call().unwrap();
     assert_eq!(
         big.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap(),
-        vec![0x5a; 300 * 1024]
+        iocp_http::fuzzing::big_bin()
     );
     drop(root);
 }
@@ -212,7 +212,7 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!((b.status, b.header("Content-Length")), (200, Some("20")));
     assert_eq!((c.status, c.body.as_slice()), (200, b"{}\n".as_slice()));
     assert_eq!(d.status, 404);
-    assert_eq!((e.status, e.body.as_slice()), (206, [0x5a; 10].as_slice()));
+    assert_eq!((e.status, e.body.as_slice()), (206, &iocp_http::fuzzing::big_bin()[..10]));
     assert_eq!((f.status, f.body.len()), (200, 0));
     assert_closed(&mut sock, &pending);
 }
@@ -242,7 +242,13 @@ fn ranges_give_206_416_or_the_whole_file() {
     assert_eq!(r.body_mut().read_to_vec().unwrap(), b"world");
     let mut r = a.get(server.url("/big.bin")).header("Range", "bytes=-3").call().unwrap();
     assert_eq!(hdr(&r, "content-range").as_deref(), Some("bytes 307197-307199/307200"));
-    assert_eq!(r.body_mut().read_to_vec().unwrap(), [0x5a; 3]);
+    assert_eq!(r.body_mut().read_to_vec().unwrap(), &iocp_http::fuzzing::big_bin()[307_197..]);
+    // A range in the middle of a large (file-backed) body: the offset must be honoured.
+    let mut r =
+        a.get(server.url("/big.bin")).header("Range", "bytes=100000-165535").call().unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    let got = r.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap();
+    assert_eq!(got, &iocp_http::fuzzing::big_bin()[100_000..165_536]);
     let r = a.get(server.url("/hello.txt")).header("Range", "bytes=50-").call().unwrap();
     assert_eq!(r.status().as_u16(), 416);
     assert_eq!(hdr(&r, "content-range").as_deref(), Some("bytes */13"));
@@ -493,4 +499,47 @@ fn many_connections_at_once() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+#[test]
+fn listings_can_be_turned_off_giving_403() {
+    let root = Root::new();
+    let opts = Options { configure: |cfg| cfg.listings = false, ..Options::default() };
+    let server = spawn_with(root.path(), opts);
+    let (r, ..) = raw(server.addr(), b"GET /sub/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 403);
+    let (r, ..) = raw(server.addr(), b"GET /with%20index/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"<p>index</p>\n".as_slice()));
+}
+
+#[test]
+fn a_burst_of_pipelined_requests_in_one_write() {
+    let (_root, server) = setup();
+    let mut sock = connect(server.addr());
+    let mut batch = Vec::new();
+    for i in 0..200 {
+        let (method, path) = match i % 4 {
+            0 => ("GET", "/hello.txt"),
+            1 => ("HEAD", "/big.bin"),
+            2 => ("GET", "/sub/deeper/x.json"),
+            _ => ("GET", "/nope"),
+        };
+        batch.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    sock.write_all(&batch).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..200 {
+        let r = read_response(&mut sock, &mut pending, i % 4 == 1);
+        let want = match i % 4 {
+            0 => (200, b"hello, world\n".as_slice()),
+            1 => (200, b"".as_slice()),
+            2 => (200, b"{}\n".as_slice()),
+            _ => (404, b"404 Not Found\n".as_slice()),
+        };
+        assert_eq!((r.status, r.body.as_slice()), want, "response {i}");
+    }
+    let last = read_response(&mut sock, &mut pending, false);
+    assert_eq!(last.body, iocp_http::fuzzing::big_bin());
+    assert_closed(&mut sock, &pending);
 }

@@ -101,7 +101,7 @@ fn head_has_the_get_headers_and_no_body() {
     assert_eq!(header(&h, "Content-Length").as_deref(), Some("307200"));
     assert_eq!(header(&h, "ETag"), header(&g, "ETag"));
     assert!(matches!(g.body, Body::File { offset: 0, len: 307_200, .. }), "large files go by file");
-    assert_eq!(body(&g), vec![0x5a; 300 * 1024]);
+    assert_eq!(body(&g), fuzzing::big_bin());
     let missing = request(&site, "HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(missing.status, 404);
     assert!(matches!(missing.body, Body::Empty));
@@ -346,7 +346,9 @@ fn a_fifo_is_refused_without_hanging() {
 #[test]
 fn the_cache_notices_changed_files() {
     let root = Root::new();
-    let site = root.site();
+    let mut cfg = Config::new(root.path());
+    cfg.revalidate = Duration::ZERO;
+    let site = Site::new(cfg).unwrap();
     let file = root.path().join("change.txt");
     fs::write(&file, b"first").unwrap();
     let a = get(&site, "/change.txt", "");
@@ -374,22 +376,33 @@ fn the_cache_stays_within_its_bounds() {
     let root = Root::new();
     for i in 0..20 {
         fs::write(root.path().join(format!("f{i}.txt")), vec![b'x'; 1000]).unwrap();
+        fs::write(root.path().join(format!("g{i}.bin")), vec![b'y'; 5000]).unwrap();
     }
     let mut cfg = Config::new(root.path());
+    cfg.cache_file_max = 2000;
     cfg.cache_total_max = 5000;
     cfg.cache_entries_max = 8;
+    cfg.cache_open_files_max = 3;
     let site = Site::new(cfg).unwrap();
     for round in 0..2 {
         for i in 0..20 {
             let r = get(&site, &format!("/f{i}.txt"), "");
             assert_eq!(body(&r).len(), 1000, "round {round} file {i}");
-            let (entries, bytes) = site.cache.usage();
-            assert!(entries <= 8 && bytes <= 5000, "{entries} entries, {bytes} bytes");
+            let r = get(&site, &format!("/g{i}.bin"), "");
+            assert!(matches!(r.body, Body::File { .. }));
+            assert_eq!(body(&r).len(), 5000, "round {round} file {i}");
+            let (entries, bytes, files) = site.cache.usage();
+            assert!(entries <= 8 && bytes <= 5000 && files <= 3, "{entries} {bytes} {files}");
+            assert!(entries >= 2 && bytes >= 1000 && files >= 1, "still caching");
         }
     }
-    // Large files hold no bytes but count as entries.
-    let _ = get(&site, "/big.bin", "");
-    assert!(site.cache.usage().0 <= 8);
+    // A cached entry is served again from the cache (same Arc).
+    let a = get(&site, "/g19.bin", "");
+    let b = get(&site, "/g19.bin", "");
+    match (&a.body, &b.body) {
+        (Body::File { file: x, .. }, Body::File { file: y, .. }) => assert!(Arc::ptr_eq(x, y)),
+        _ => panic!("file bodies"),
+    }
 }
 
 #[test]
@@ -405,4 +418,31 @@ fn a_site_needs_a_directory_root_and_a_clean_server_name() {
     let site = Site::new(cfg).unwrap();
     assert_eq!(header(&get(&site, "/", ""), "Server").as_deref(), Some("mine/2"));
     assert_eq!(site.root(), fs::canonicalize(root.path()).unwrap());
+}
+
+#[test]
+fn revalidation_waits_for_its_interval_then_notices() {
+    let root = Root::new();
+    let mut cfg = Config::new(root.path());
+    cfg.revalidate = Duration::from_millis(200);
+    let site = Site::new(cfg).unwrap();
+    let file = root.path().join("later.txt");
+    fs::write(&file, b"one").unwrap();
+    let before = Instant::now();
+    assert_eq!(body(&get(&site, "/later.txt", "")), b"one");
+    fs::write(&file, b"two!").unwrap();
+    let soon = get(&site, "/later.txt", "");
+    if before.elapsed() < Duration::from_millis(150) {
+        assert_eq!(body(&soon), b"one", "within the interval the entry is not re-checked");
+    }
+    // Past the interval (polled with a deadline) the change shows.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if body(&get(&site, "/later.txt", "")) == b"two!" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the change never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(before.elapsed() >= Duration::from_millis(200));
 }

@@ -1,8 +1,9 @@
 //! The HTTP static-file service: [`iocp_http::Site`] on the connection framework.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
 
-use iocp_http::{Body, CONTINUE, Parsed, Request, Response, Site};
+use iocp_http::{Body, CONTINUE, Parsed, Request, Response, Site, access_log_line};
 
 use crate::server::{CloseReason, Io, Next, Service, TimeoutKind};
 
@@ -22,8 +23,8 @@ pub struct Http {
 }
 
 impl Http {
-    /// Serves `site`; with `access_log`, every response is logged (combined log format fields)
-    /// as a `tracing` event with target `access`.
+    /// Serves `site`; with `access_log`, every response is logged as a Combined Log Format
+    /// line ([`iocp_http::access_log_line`]) in a `tracing` event with target `access`.
     pub fn new(site: Site, access_log: bool) -> Self {
         Http { site, access_log }
     }
@@ -37,24 +38,9 @@ impl Http {
         if !self.access_log {
             return;
         }
-        let peer = conn.peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string());
-        let (line, ua, referer) = match req {
-            Some(r) => (
-                format!("{} {} {}", r.method, r.target, r.version.as_str()),
-                r.user_agent.as_deref().unwrap_or("-"),
-                r.referer.as_deref().unwrap_or("-"),
-            ),
-            None => ("-".to_owned(), "-", "-"),
-        };
-        tracing::info!(
-            target: "access",
-            "{peer} \"{}\" {} {} \"{}\" \"{}\"",
-            line.escape_debug(),
-            resp.status,
-            resp.body_len(),
-            referer.escape_debug(),
-            ua.escape_debug()
-        );
+        let peer = conn.peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        let line = access_log_line(peer, req, resp, SystemTime::now());
+        tracing::info!(target: "access", "{line}");
     }
 
     /// Parses and answers what the input holds; says what the connection does next.

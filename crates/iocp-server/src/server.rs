@@ -22,6 +22,8 @@ use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
 const CONN_KEY: CompletionKey = CompletionKey(1);
+/// A posted packet asking a worker to post the listener's accepts.
+const START_KEY: CompletionKey = CompletionKey(2);
 
 /// How a [`Server`] runs. Every limit has a default a public-facing server can live with.
 #[derive(Clone, Debug)]
@@ -360,8 +362,12 @@ impl<S: Service> Server<S> {
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
         let pool = Pool::start(port, &pool_cfg, move |c| handler_shared.on_completion(c))?;
-        for _ in 0..shared.cfg.accepts.max(1) {
-            shared.post_accept()?;
+        // The accepts are started by a worker, not by this thread: on io_uring the thread that
+        // submits an operation runs its completion work (task_work) and is interrupted for it,
+        // so the caller's own blocking calls could fail with EINTR. Every server operation is
+        // started on a pool thread.
+        if shared.port.post(0, START_KEY, Ctx::Accept).is_err() {
+            return Err(io::Error::other("the server's port closed while starting"));
         }
         tracing::info!(
             addr = %local_addr,
@@ -470,7 +476,10 @@ impl<S: Service> Shared<S> {
         while !self.stopping.load(Ordering::SeqCst)
             && self.accepts_posted.load(Ordering::SeqCst) < self.cfg.accepts.max(1)
         {
-            if self.post_accept().is_err() {
+            if let Err(e) = self.post_accept() {
+                if !self.stopping.load(Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "could not post an accept");
+                }
                 break;
             }
         }
@@ -478,6 +487,9 @@ impl<S: Service> Shared<S> {
 
     fn on_completion(&self, mut c: Completion<Ctx<S>>) {
         let res = c.result();
+        if c.key() == START_KEY {
+            return self.refill_accepts();
+        }
         match c.context() {
             Ctx::Accept => {
                 let accepted = c.take_accepted();

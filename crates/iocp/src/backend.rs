@@ -160,7 +160,21 @@ fn uring_probe() -> &'static Result<UringCaps, String> {
 
 #[cfg(feature = "uring")]
 fn probe_uring() -> Result<UringCaps, String> {
-    crate::sys::uring::probe()
+    // On a thread of its own: the NOP round trip gives the submitting thread an io_uring task
+    // context, and when the probe's ring is torn down (asynchronously, in a kernel worker) the
+    // kernel queues exit work on every such thread with a notification that interrupts a
+    // blocking system call: a caller's `recv` with a timeout would fail with EINTR some time
+    // later. A thread that has exited is left alone.
+    match std::thread::Builder::new()
+        .name("iocp-probe".into())
+        .spawn(crate::sys::uring::probe)
+        .map(std::thread::JoinHandle::join)
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("the io_uring probe panicked".into()),
+        // No thread to spare: probe here (the caller may see one EINTR later).
+        Err(_) => crate::sys::uring::probe(),
+    }
 }
 
 #[cfg(not(feature = "uring"))]

@@ -578,7 +578,7 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     pub(crate) fn stats(&self) -> DriverStats {
-        let sq = self.sq();
+        // Lock order is `cq` then `sq` (as in `reap`); never hold `sq` while taking `cq`.
         let overflow = {
             let _cq = self.cq.lock().unwrap_or_else(PoisonError::into_inner);
             // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`; it is
@@ -586,6 +586,7 @@ impl<C: Send + 'static> Driver<C> {
             let cq = unsafe { self.ring.completion_shared() };
             u64::from(cq.overflow())
         };
+        let sq = self.sq();
         let in_flight = sq.slots.iter().filter(|s| s.op.is_some()).count() as u64
             + self.waiting.load(Ordering::Relaxed);
         DriverStats {

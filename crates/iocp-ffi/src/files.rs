@@ -99,7 +99,7 @@ pub unsafe extern "C" fn CreateFileW(
         if !lpFileName.is_null() {
             for i in 0..32768 {
                 // SAFETY: the string is NUL-terminated (caller's contract); we stop at the NUL.
-                match unsafe { mem::get(lpFileName.add(i)) } {
+                match unsafe { mem::get(lpFileName.wrapping_add(i)) } {
                     Some(0) | None => break,
                     Some(u) => units.push(u),
                 }

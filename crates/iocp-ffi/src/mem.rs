@@ -4,7 +4,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::mem::offset_of;
+
 use crate::types::{OVERLAPPED, STATUS_PENDING};
+
+/// A pointer to the field at `off` of the OVERLAPPED at `ov` (address arithmetic only).
+fn field<T>(ov: *mut OVERLAPPED, off: usize) -> *mut T {
+    ov.cast::<u8>().wrapping_add(off).cast::<T>()
+}
 
 /// Writes `v` to `p` unless `p` is NULL.
 ///
@@ -92,7 +99,7 @@ unsafe fn internal<'a>(ov: *mut OVERLAPPED) -> &'a AtomicUsize {
 /// `ov` is non-NULL and valid (the caller's OVERLAPPED for the operation being started).
 pub(crate) unsafe fn ov_pending(ov: *mut OVERLAPPED) {
     // SAFETY: `InternalHigh` of a valid OVERLAPPED (caller's contract).
-    unsafe { (&raw mut (*ov).InternalHigh).write(0) };
+    unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).write(0) };
     // SAFETY: as above.
     unsafe { internal(ov) }.store(STATUS_PENDING, Ordering::Release);
 }
@@ -104,7 +111,7 @@ pub(crate) unsafe fn ov_pending(ov: *mut OVERLAPPED) {
 /// (Windows forbids freeing it before).
 pub(crate) unsafe fn ov_done(ov: *mut OVERLAPPED, status: u32, bytes: usize) {
     // SAFETY: caller's contract.
-    unsafe { (&raw mut (*ov).InternalHigh).write(bytes) };
+    unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).write(bytes) };
     // SAFETY: caller's contract.
     unsafe { internal(ov) }.store(status as usize, Ordering::Release);
 }
@@ -117,7 +124,7 @@ pub(crate) unsafe fn ov_read(ov: *mut OVERLAPPED) -> (usize, usize) {
     // SAFETY: caller's contract.
     let status = unsafe { internal(ov) }.load(Ordering::Acquire);
     // SAFETY: caller's contract; written before the Release store of `Internal` we acquired.
-    let bytes = unsafe { (&raw const (*ov).InternalHigh).read() };
+    let bytes = unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).read() };
     (status, bytes)
 }
 
@@ -127,8 +134,8 @@ pub(crate) unsafe fn ov_read(ov: *mut OVERLAPPED) -> (usize, usize) {
 /// `ov` is non-NULL and valid.
 pub(crate) unsafe fn ov_offset(ov: *mut OVERLAPPED) -> u64 {
     // SAFETY: caller's contract.
-    let lo = unsafe { (&raw const (*ov).Offset).read() };
+    let lo = unsafe { field::<u32>(ov, offset_of!(OVERLAPPED, Offset)).read() };
     // SAFETY: caller's contract.
-    let hi = unsafe { (&raw const (*ov).OffsetHigh).read() };
+    let hi = unsafe { field::<u32>(ov, offset_of!(OVERLAPPED, OffsetHigh)).read() };
     (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -155,7 +155,7 @@ pub unsafe extern "C" fn GetQueuedCompletionStatusEx(
                         dwNumberOfBytesTransferred: d.bytes as DWORD,
                     };
                     // SAFETY: i < n <= ulCount entries are writable (caller's contract).
-                    unsafe { mem::put(lpCompletionPortEntries.add(i), e) };
+                    unsafe { mem::put(lpCompletionPortEntries.wrapping_add(i), e) };
                 }
                 // SAFETY: caller's contract.
                 unsafe { mem::put(ulNumEntriesRemoved, n as ULONG) };

@@ -103,7 +103,7 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
 
 fn port_id(h: HANDLE) -> Option<u64> {
     let v = hval(h);
-    (v >= PORT_BASE && v % 4 == 0).then(|| ((v - PORT_BASE) >> 2) as u64)
+    (v >= PORT_BASE && v.is_multiple_of(4)).then(|| ((v - PORT_BASE) >> 2) as u64)
 }
 
 /// True when `h` has the shape of a port HANDLE (live or not).
@@ -254,30 +254,24 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         (
             Target::Accept { out, data_len, local_len, remote_len, accept_fd },
             Payload::Accept(mut acc),
-        ) => {
-            if errno == 0 {
-                match acc.take_socket() {
-                    Some(sock) => {
-                        let local = sock.local_addr().ok();
-                        let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
-                        let data = acc.take_data();
-                        // SAFETY: the AcceptEx output buffer stays valid until completion
-                        // (Win32 contract); `data` is at most `data_len` (the capacity asked).
-                        unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
-                        // SAFETY: as above; the slots follow the data area.
-                        unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
-                        // SAFETY: as above.
-                        unsafe {
-                            write_slot(out + data_len + local_len, remote_len, peer.as_ref())
-                        };
-                        if let Err(e) = install_accepted(sock.into(), accept_fd) {
-                            codes = e;
-                        }
-                    }
-                    None => codes = errors::from_errno(libc::ECONNABORTED),
+        ) if errno == 0 => match acc.take_socket() {
+            Some(sock) => {
+                let local = sock.local_addr().ok();
+                let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
+                let data = acc.take_data();
+                // SAFETY: the AcceptEx output buffer stays valid until completion (Win32
+                // contract); `data` is at most `data_len` (the capacity asked).
+                unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
+                // SAFETY: as above; the slots follow the data area.
+                unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
+                // SAFETY: as above.
+                unsafe { write_slot(out + data_len + local_len, remote_len, peer.as_ref()) };
+                if let Err(e) = install_accepted(sock.into(), accept_fd) {
+                    codes = e;
                 }
             }
-        }
+            None => codes = errors::from_errno(libc::ECONNABORTED),
+        },
         _ => {}
     }
     if let Some(a) = ctx.assoc.upgrade() {

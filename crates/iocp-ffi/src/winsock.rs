@@ -54,7 +54,7 @@ unsafe fn wsabufs(bufs: *const WSABUF, n: DWORD) -> Result<Vec<(usize, usize)>, 
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n as usize {
         // SAFETY: i < n entries are readable (caller's contract).
-        let b = unsafe { mem::get(bufs.add(i)) }.ok_or(WSAEFAULT)?;
+        let b = unsafe { mem::get(bufs.wrapping_add(i)) }.ok_or(WSAEFAULT)?;
         if b.len > 0 && b.buf.is_null() {
             return Err(WSAEFAULT);
         }
@@ -651,13 +651,12 @@ pub unsafe extern "C" fn TransmitFile(
         // SAFETY: caller's contract.
         let tfb = unsafe { mem::get(lpTransmitBuffers) };
         let (head, tail) = match tfb {
-            // SAFETY: the head and tail buffers are valid for their lengths (caller's contract).
-            Some(b) => unsafe {
-                (
-                    mem::copy_in(b.Head.cast(), b.HeadLength as usize),
-                    mem::copy_in(b.Tail.cast(), b.TailLength as usize),
-                )
-            },
+            Some(b) => (
+                // SAFETY: the head buffer is valid for its length (caller's contract).
+                unsafe { mem::copy_in(b.Head.cast(), b.HeadLength as usize) },
+                // SAFETY: the tail buffer is valid for its length (caller's contract).
+                unsafe { mem::copy_in(b.Tail.cast(), b.TailLength as usize) },
+            ),
             None => (Vec::new(), Vec::new()),
         };
         let a = match sock(hSocket) {

@@ -2,6 +2,9 @@
 //! the libiocp just built, and runs each on both backends (`IOCP_BACKEND=epoll`, then
 //! `uring` when io_uring is available; `IOCP_REQUIRE_URING=1` turns its absence into a
 //! failure, `IOCP_BACKEND=epoll` runs epoll only). Every run has a deadline.
+//!
+//! For CI: `IOCP_FFI_WRAPPER="valgrind ..."` runs every C program under that command, and
+//! `IOCP_FFI_ONLY=uring` (or `epoll`) runs one backend only (`.ci/ffi.sh`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -10,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const DEADLINE: Duration = Duration::from_secs(120);
+/// How long one C program may run: generous, since CI also runs them under valgrind.
+const DEADLINE: Duration = Duration::from_secs(300);
 
 /// `target/<profile>`, where cargo put libiocp.so and libiocp.a.
 fn lib_dir() -> PathBuf {
@@ -59,6 +63,15 @@ fn build(src: &str, name: &str, static_link: bool) -> PathBuf {
 
 /// The backends to run: (IOCP_BACKEND value, name the library reports).
 fn backends() -> Vec<(&'static str, &'static str)> {
+    let mut v = all_backends();
+    if let Ok(only) = std::env::var("IOCP_FFI_ONLY") {
+        v.retain(|(env, _)| *env == only);
+        assert!(!v.is_empty(), "IOCP_FFI_ONLY={only}: that backend is not available");
+    }
+    v
+}
+
+fn all_backends() -> Vec<(&'static str, &'static str)> {
     let mut v = vec![("epoll", "epoll")];
     let require = std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1");
     if std::env::var("IOCP_BACKEND").is_ok_and(|b| b == "epoll") {
@@ -74,6 +87,19 @@ fn backends() -> Vec<(&'static str, &'static str)> {
         eprintln!("SKIP io_uring: {}", report.reason());
     }
     v
+}
+
+/// A command running `bin`, under `IOCP_FFI_WRAPPER` when set.
+fn command(bin: &Path) -> Command {
+    match std::env::var("IOCP_FFI_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
 }
 
 /// Waits for `child` with the deadline; kills it if it overruns. Returns (success, stdout,
@@ -108,7 +134,7 @@ fn finish(mut child: Child, what: &str) -> (bool, String, String) {
 fn run_c_test(src: &str, name: &str) {
     let bin = build(src, name, false);
     for (env, reported) in backends() {
-        let child = Command::new(&bin)
+        let child = command(&bin)
             .env("IOCP_BACKEND", env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -147,7 +173,7 @@ fn c_files_offsets_eof_append() {
 #[test]
 fn c_static_library_links_and_runs() {
     let bin = build("tests/c/t_port.c", "t_port_static", true);
-    let child = Command::new(&bin)
+    let child = command(&bin)
         .env("IOCP_BACKEND", "epoll")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -173,7 +199,7 @@ fn example_file_copy_copies_exactly() {
                 let small = dir.join("copy-small");
                 std::fs::write(&small, &data[..3000]).expect("write");
                 let dst = dir.join(format!("copy-small-{env}"));
-                let child = Command::new(&bin)
+                let child = command(&bin)
                     .args([small.as_os_str(), dst.as_os_str()])
                     .args(["--block", block, "--depth", depth])
                     .env("IOCP_BACKEND", env)
@@ -187,7 +213,7 @@ fn example_file_copy_copies_exactly() {
                 continue;
             }
             let dst = dir.join(format!("copy-dst-{env}-{block}"));
-            let child = Command::new(&bin)
+            let child = command(&bin)
                 .args([src.as_os_str(), dst.as_os_str()])
                 .args(["--block", block, "--depth", depth])
                 .env("IOCP_BACKEND", env)
@@ -207,7 +233,7 @@ fn example_file_copy_copies_exactly() {
 fn example_echo_server_echoes_and_shuts_down_cleanly() {
     let bin = build("examples/c/echo_server.c", "echo_server", false);
     for (env, reported) in backends() {
-        let mut child = Command::new(&bin)
+        let mut child = command(&bin)
             .args(["--addr", "127.0.0.1", "--port", "0", "--threads", "3", "--accepts", "4"])
             .env("IOCP_BACKEND", env)
             .stdout(Stdio::piped())
@@ -229,7 +255,7 @@ fn example_echo_server_echoes_and_shuts_down_cleanly() {
         let mut clients: Vec<TcpStream> = (0..12)
             .map(|_| {
                 let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
                 s
             })
             .collect();

@@ -184,6 +184,32 @@ fn c_static_library_links_and_runs() {
 }
 
 #[test]
+fn examples_also_compile_as_cpp() {
+    // Windows IOCP servers are often C++: the header and both examples build with g++ too.
+    let lib = lib_dir();
+    for src in ["examples/c/echo_server.c", "examples/c/file_copy.c"] {
+        let out = out_dir().join("cpp-check");
+        let o = Command::new("g++")
+            .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-x", "c++"])
+            .arg("-I")
+            .arg(crate_dir().join("include"))
+            .arg(crate_dir().join(src))
+            .args(["-x", "none", "-o"])
+            .arg(&out)
+            .arg("-L")
+            .arg(&lib)
+            .args(["-liocp", "-lpthread"])
+            .output()
+            .expect("run g++");
+        assert!(
+            o.status.success(),
+            "g++ failed for {src}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
 fn example_file_copy_copies_exactly() {
     let bin = build("examples/c/file_copy.c", "file_copy", false);
     let dir = out_dir();

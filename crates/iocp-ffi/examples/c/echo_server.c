@@ -15,7 +15,9 @@
 #include <mswsock.h>
 #include <windows.h>
 #else
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "iocp.h"
 #include <pthread.h>
 #include <signal.h>
@@ -50,7 +52,7 @@ static LPFN_ACCEPTEX g_AcceptEx;
 static LPFN_GETACCEPTEXSOCKADDRS g_GetAcceptExSockaddrs;
 static volatile long g_stopping, g_outstanding, g_connections;
 static volatile long long g_bytes;
-static IO_CONTEXT g_live = {.prev = &g_live, .next = &g_live};
+static IO_CONTEXT g_live; /* list head; linked to itself in main */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void op_started(void) { __atomic_add_fetch(&g_outstanding, 1, __ATOMIC_SEQ_CST); }
@@ -226,6 +228,7 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    g_live.prev = g_live.next = &g_live;
     WSADATA wsa;
     if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 1;
     g_port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);

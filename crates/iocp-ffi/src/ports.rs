@@ -288,6 +288,8 @@ pub unsafe extern "C" fn GetOverlappedResult(
         let mut st = unsafe { mem::ov_read(lpOverlapped) };
         if st.0 == STATUS_PENDING && bWait != FALSE {
             let f = finished();
+            // A visible wait: the thread does not hold its port's concurrency slot meanwhile.
+            let _blocked = iocp_core::blocking();
             f.waiters.fetch_add(1, Ordering::AcqRel);
             let mut g = f.lock.lock();
             loop {

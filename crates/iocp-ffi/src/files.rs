@@ -10,7 +10,7 @@ use std::ffi::{CString, c_char, c_void};
 
 use crate::errors::*;
 use crate::mem;
-use crate::registry::{self, Target};
+use crate::registry::{self, Side, Target};
 use crate::types::*;
 use crate::{guard, set_last_error};
 
@@ -195,7 +195,8 @@ pub unsafe extern "C" fn ReadFile(
         let offset = unsafe { mem::ov_offset(lpOverlapped) };
         let target = Target::Scatter(vec![(lpBuffer as usize, n)]);
         let is_socket = a.is_socket;
-        let r = registry::start(&a, lpOverlapped, target, |h, ctx| {
+        let side = if is_socket && n > 0 { Side::Recv } else { Side::None };
+        let r = registry::start_sided(&a, lpOverlapped, target, side, 0, |h, ctx| {
             if is_socket {
                 if n == 0 { h.recv_ready(ctx) } else { h.recv(Vec::with_capacity(n), ctx) }
             } else {
@@ -243,7 +244,8 @@ pub unsafe extern "C" fn WriteFile(
         // SAFETY: caller's contract.
         let data = unsafe { mem::copy_in(lpBuffer.cast(), n) };
         let is_socket = a.is_socket;
-        let r = registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
+        let side = if is_socket { Side::Send } else { Side::None };
+        let r = registry::start_sided(&a, lpOverlapped, Target::None, side, 0, |h, ctx| {
             if is_socket { h.send(data, ctx) } else { h.write_at(data, offset, ctx) }
         });
         match r {

@@ -314,22 +314,23 @@ pub unsafe extern "C" fn GetOverlappedResult(
     })
 }
 
-/// SetFileCompletionNotificationModes: accepts `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` and
-/// `FILE_SKIP_SET_EVENT_ON_HANDLE`. Every operation of this library completes through the port
-/// (start calls return `ERROR_IO_PENDING`), so skip mode never has a packet to skip.
+/// SetFileCompletionNotificationModes: adds `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` (an
+/// operation that succeeds in line queues no packet) and `FILE_SKIP_SET_EVENT_ON_HANDLE`
+/// (accepted; there are no events). Modes can be added, never removed.
 ///
 /// # Safety
 /// No pointer is dereferenced.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn SetFileCompletionNotificationModes(FileHandle: HANDLE, Flags: u8) -> BOOL {
     guard(FALSE, || {
-        if registry::fd_of(hval(FileHandle)).is_none() {
+        let Some(fd) = registry::fd_of(hval(FileHandle)) else {
             return fail(ERROR_INVALID_HANDLE, FALSE);
-        }
+        };
         if Flags & !(FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE | 4) != 0
         {
             return fail(ERROR_INVALID_PARAMETER, FALSE);
         }
+        registry::add_modes(fd, Flags);
         TRUE
     })
 }

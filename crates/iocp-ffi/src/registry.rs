@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 
@@ -37,11 +37,24 @@ pub(crate) struct Ctx {
     pub(crate) ov: usize,
     pub(crate) target: Target,
     pub(crate) assoc: Weak<Assoc>,
+    /// Which in-flight counter of the association this op holds (`Side`).
+    pub(crate) side: Side,
+    /// Bytes already sent in line before the rest went to the core (added to the packet's count).
+    pub(crate) extra: usize,
+}
+
+/// The direction of a stream operation, for the in-line attempts: a receive (or send) is tried
+/// in line only when no other receive (send) of the socket is in flight, to keep stream order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    None,
+    Recv,
+    Send,
 }
 
 impl Ctx {
     pub(crate) fn posted(ov: usize) -> Self {
-        Ctx { ov, target: Target::None, assoc: Weak::new() }
+        Ctx { ov, target: Target::None, assoc: Weak::new(), side: Side::None, extra: 0 }
     }
 }
 
@@ -57,7 +70,69 @@ pub(crate) struct Assoc {
     pub(crate) port: Arc<PortEntry>,
     pub(crate) key: usize,
     pub(crate) is_socket: bool,
+    /// A connected-stream socket type (SOCK_STREAM): in-line receive/send attempts apply.
+    pub(crate) is_stream: bool,
+    /// SetFileCompletionNotificationModes flags (only ever added to).
+    pub(crate) modes: AtomicU8,
+    /// Receives / sends started on the core and not yet dequeued.
+    pub(crate) inflight: [AtomicUsize; 2],
     pub(crate) pending: Mutex<HashMap<usize, (OpId, ThreadId)>>,
+}
+
+impl Assoc {
+    pub(crate) fn skips_on_success(&self) -> bool {
+        self.modes.load(Ordering::Acquire) & crate::types::FILE_SKIP_COMPLETION_PORT_ON_SUCCESS != 0
+    }
+
+    pub(crate) fn idle(&self, side: Side) -> bool {
+        match side {
+            Side::Recv => self.inflight[0].load(Ordering::Acquire) == 0,
+            Side::Send => self.inflight[1].load(Ordering::Acquire) == 0,
+            Side::None => true,
+        }
+    }
+
+    fn count(&self, side: Side, up: bool) {
+        let c = match side {
+            Side::Recv => &self.inflight[0],
+            Side::Send => &self.inflight[1],
+            Side::None => return,
+        };
+        if up {
+            c.fetch_add(1, Ordering::AcqRel);
+        } else {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Reports an operation that completed in line with success: `Internal`/`InternalHigh` are
+    /// written now, and a packet is queued unless skip mode is on (iocp-semantics.md §7).
+    pub(crate) fn inline_success(&self, ov: *mut OVERLAPPED, bytes: usize) {
+        // SAFETY: the caller's OVERLAPPED, non-NULL (checked by the caller), valid (Win32
+        // contract).
+        unsafe { mem::ov_done(ov, 0, bytes) };
+        if !self.skips_on_success() {
+            let key = CompletionKey(self.key as u64);
+            // A closed port has nobody to dequeue the packet: dropping it is what Windows does.
+            let _ = self.port.port.post(bytes, key, Ctx::posted(ov as usize));
+        }
+    }
+}
+
+/// Modes set on a handle before its association (applied when it is associated).
+fn early_modes() -> &'static Mutex<HashMap<i32, u8>> {
+    static M: OnceLock<Mutex<HashMap<i32, u8>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+/// SetFileCompletionNotificationModes: adds `flags` to `fd`'s modes (associated or not yet).
+pub(crate) fn add_modes(fd: i32, flags: u8) {
+    match assoc(fd) {
+        Some(a) => {
+            a.modes.fetch_or(flags, Ordering::AcqRel);
+        }
+        None => *early_modes().lock().entry(fd).or_default() |= flags,
+    }
 }
 
 /// Port HANDLE values: far above any fd, multiples of 4 like Windows handles.
@@ -153,11 +228,22 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     }
     // SAFETY: `dup` is a fresh fd owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(dup) };
-    let is_socket = socket2::SockRef::from(&owned).r#type().is_ok();
+    let ty = socket2::SockRef::from(&owned).r#type().ok();
+    let is_socket = ty.is_some();
+    let is_stream = ty == Some(socket2::Type::STREAM);
     let handle =
         port.port.associate(owned, CompletionKey(key as u64)).map_err(|e| errors::from_io(&e))?;
-    let a =
-        Assoc { handle, port: port.clone(), key, is_socket, pending: Mutex::new(HashMap::new()) };
+    let modes = early_modes().lock().remove(&fd).unwrap_or(0);
+    let a = Assoc {
+        handle,
+        port: port.clone(),
+        key,
+        is_socket,
+        is_stream,
+        modes: AtomicU8::new(modes),
+        inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        pending: Mutex::new(HashMap::new()),
+    };
     table.insert(fd, Arc::new(a));
     Ok(())
 }
@@ -178,10 +264,24 @@ pub(crate) fn start(
     target: Target,
     submit: impl FnOnce(&Handle<Ctx>, Ctx) -> Result<OpId, SubmitError<Ctx>>,
 ) -> Result<(), Codes> {
+    start_sided(a, ov, target, Side::None, 0, submit)
+}
+
+/// [`start`] for a stream receive or send: counts it in flight on its side until dequeued;
+/// `extra` is the bytes already sent in line.
+pub(crate) fn start_sided(
+    a: &Arc<Assoc>,
+    ov: *mut OVERLAPPED,
+    target: Target,
+    side: Side,
+    extra: usize,
+    submit: impl FnOnce(&Handle<Ctx>, Ctx) -> Result<OpId, SubmitError<Ctx>>,
+) -> Result<(), Codes> {
     // SAFETY: the caller checked `ov` is non-NULL; it is the caller's OVERLAPPED, valid until
     // the packet is dequeued (Win32 contract).
     unsafe { mem::ov_pending(ov) };
-    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a) };
+    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra };
+    a.count(side, true);
     let mut pending = a.pending.lock();
     match submit(&a.handle, ctx) {
         Ok(op) => {
@@ -190,6 +290,7 @@ pub(crate) fn start(
         }
         Err(e) => {
             drop(pending);
+            a.count(side, false);
             let codes = errors::from_io(e.error());
             // SAFETY: as above; no packet will come, the status is written in line.
             unsafe { mem::ov_done(ov, codes.nt, 0) };
@@ -274,11 +375,14 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         },
         _ => {}
     }
+    bytes += ctx.extra;
     if let Some(a) = ctx.assoc.upgrade() {
         let mut pending = a.pending.lock();
         if pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op) {
             pending.remove(&ctx.ov);
         }
+        drop(pending);
+        a.count(ctx.side, false);
     }
     let ov = ctx.ov as *mut OVERLAPPED;
     {
@@ -371,6 +475,7 @@ pub(crate) fn dup_owned(fd: i32) -> Result<OwnedFd, Codes> {
 /// Closes a caller fd (CloseHandle / closesocket on something not associated).
 pub(crate) fn close_fd(fd: i32) -> Result<(), Codes> {
     created_files().lock().remove(&fd);
+    early_modes().lock().remove(&fd);
     // SAFETY: the caller hands us the fd to close (CloseHandle/closesocket contract).
     if unsafe { libc::close(fd) } < 0 {
         return Err(errors::last_os());

@@ -19,7 +19,7 @@ use socket2::{SockAddr, SockRef};
 
 use crate::errors::*;
 use crate::mem;
-use crate::registry::{self, Assoc, Target};
+use crate::registry::{self, Assoc, Side, Target};
 use crate::types::*;
 use crate::{guard, set_last_error};
 
@@ -262,9 +262,53 @@ unsafe fn sync_io(s: SOCKET, bufs: &[(usize, usize)], write: bool, done: *mut DW
     0
 }
 
+/// One non-blocking `recvmsg`/`sendmsg` over the caller's buffers on the caller's fd: the
+/// bytes moved, or the errno.
+///
+/// # Safety
+/// Every buffer is valid for its length (writable for a receive).
+unsafe fn try_stream(fd: i32, bufs: &[(usize, usize)], send: bool) -> Result<usize, i32> {
+    let mut iov: Vec<libc::iovec> =
+        bufs.iter().map(|&(p, n)| libc::iovec { iov_base: p as *mut c_void, iov_len: n }).collect();
+    // SAFETY: an all-zero msghdr (no name, no control) is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    let r = if send {
+        // SAFETY: the iovecs describe the caller's readable buffers (caller's contract).
+        unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+    } else {
+        // SAFETY: the iovecs describe the caller's writable buffers (caller's contract).
+        unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) }
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn would_block(e: i32) -> bool {
+    e == libc::EAGAIN || e == libc::EWOULDBLOCK || e == libc::EINTR
+}
+
+/// A start that failed in line: the status goes into the OVERLAPPED, no packet comes.
+///
+/// # Safety
+/// `ov` is non-NULL and valid.
+unsafe fn failed_in_line(ov: *mut OVERLAPPED, errno: i32) -> c_int {
+    let c = from_errno(errno);
+    // SAFETY: caller's contract.
+    unsafe { mem::ov_done(ov, c.nt, 0) };
+    wsa_fail(c.wsa)
+}
+
 /// WSARecv: an overlapped receive into the WSABUFs (filled in order, no gaps); a zero-length
-/// buffer list is the zero-byte receive (completes when the socket becomes readable). Without
-/// an OVERLAPPED: a plain `readv`.
+/// buffer list is the zero-byte receive (completes when the socket becomes readable). On a
+/// stream socket with no receive in flight it first tries in line: data (or the end of the
+/// stream) returns 0 with the count, plus one packet unless skip mode is set; an error returns
+/// it with no packet. Otherwise `SOCKET_ERROR` + `WSA_IO_PENDING`. Without an OVERLAPPED: a
+/// plain `readv`.
 ///
 /// # Safety
 /// Win32 contract: `lpBuffers` valid for `dwBufferCount` entries (captured before return); the
@@ -299,14 +343,40 @@ pub unsafe extern "C" fn WSARecv(
             Err(e) => return wsa_fail(e),
         };
         let total: usize = bufs.iter().map(|b| b.1).sum();
-        pending_or(registry::start(&a, lpOverlapped, Target::Scatter(bufs), |h, ctx| {
-            if total == 0 { h.recv_ready(ctx) } else { h.recv(Vec::with_capacity(total), ctx) }
+        if total == 0 {
+            return pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
+                h.recv_ready(ctx)
+            }));
+        }
+        // In line first, as Windows does, when no other receive is in flight (stream order):
+        // data or end of stream completes now (a packet unless skip mode), an error fails the
+        // call with no packet (cases 18-21, 23).
+        if a.is_stream && a.idle(Side::Recv) {
+            // SAFETY: caller's contract for the buffers.
+            match unsafe { try_stream(s as i32, &bufs, false) } {
+                Ok(n) => {
+                    // SAFETY: caller's contract.
+                    unsafe { mem::put(lpNumberOfBytesRecvd, n as DWORD) };
+                    // SAFETY: caller's contract.
+                    unsafe { mem::put(lpFlags, 0) };
+                    a.inline_success(lpOverlapped, n);
+                    return 0;
+                }
+                Err(e) if would_block(e) => {}
+                // SAFETY: non-NULL (checked), valid (caller's contract).
+                Err(e) => return unsafe { failed_in_line(lpOverlapped, e) },
+            }
+        }
+        let target = Target::Scatter(bufs);
+        pending_or(registry::start_sided(&a, lpOverlapped, target, Side::Recv, 0, |h, ctx| {
+            h.recv(Vec::with_capacity(total), ctx)
         }))
     })
 }
 
-/// WSASend: an overlapped send of the WSABUFs (copied before return; all of it is sent).
-/// Without an OVERLAPPED: a plain `writev`.
+/// WSASend: an overlapped send of the WSABUFs (all of it is sent; what is not sent in line is
+/// copied before return). In line first as WSARecv; a partial in-line send goes pending for the
+/// rest and its packet counts all bytes. Without an OVERLAPPED: a plain `writev`.
 ///
 /// # Safety
 /// As WSARecv.
@@ -338,9 +408,33 @@ pub unsafe extern "C" fn WSASend(
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
+        let total: usize = bufs.iter().map(|b| b.1).sum();
+        let mut sent = 0;
+        if a.is_stream && total > 0 && a.idle(Side::Send) {
+            // SAFETY: caller's contract for the buffers.
+            match unsafe { try_stream(s as i32, &bufs, true) } {
+                Ok(n) if n == total => {
+                    // SAFETY: caller's contract.
+                    unsafe { mem::put(lpNumberOfBytesSent, n as DWORD) };
+                    a.inline_success(lpOverlapped, n);
+                    return 0;
+                }
+                Ok(n) => sent = n,
+                Err(e) if would_block(e) => {}
+                // SAFETY: non-NULL (checked), valid (caller's contract).
+                Err(e) => return unsafe { failed_in_line(lpOverlapped, e) },
+            }
+        }
         // SAFETY: caller's contract.
-        let data = unsafe { gather(&bufs) };
-        pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| h.send(data, ctx)))
+        let rest = unsafe { gather(&bufs) }.split_off(sent);
+        pending_or(registry::start_sided(
+            &a,
+            lpOverlapped,
+            Target::None,
+            Side::Send,
+            sent,
+            |h, ctx| h.send(rest, ctx),
+        ))
     })
 }
 
@@ -666,9 +760,14 @@ pub unsafe extern "C" fn TransmitFile(
         if hFile.is_null() {
             let mut data = head;
             data.extend_from_slice(&tail);
-            return pending_bool(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
-                h.send(data, ctx)
-            }));
+            return pending_bool(registry::start_sided(
+                &a,
+                lpOverlapped,
+                Target::None,
+                Side::Send,
+                0,
+                |h, ctx| h.send(data, ctx),
+            ));
         }
         let Some(ffd) = registry::fd_of(hval(hFile)) else { return bool_fail(WSAEINVAL) };
         let file = match registry::dup_owned(ffd) {
@@ -679,9 +778,14 @@ pub unsafe extern "C" fn TransmitFile(
         let offset = unsafe { mem::ov_offset(lpOverlapped) };
         let len = (nNumberOfBytesToWrite != 0).then_some(u64::from(nNumberOfBytesToWrite));
         let range = TransmitRange { offset, len, head, tail };
-        pending_bool(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
-            h.transmit_file(file, range, ctx)
-        }))
+        pending_bool(registry::start_sided(
+            &a,
+            lpOverlapped,
+            Target::None,
+            Side::Send,
+            0,
+            |h, ctx| h.transmit_file(file, range, ctx),
+        ))
     })
 }
 

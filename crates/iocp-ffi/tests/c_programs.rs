@@ -10,16 +10,39 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
 /// How long one C program may run: generous, since CI also runs them under valgrind.
 const DEADLINE: Duration = Duration::from_secs(300);
 
-/// `target/<profile>`, where cargo put libiocp.so and libiocp.a.
+/// `target/<profile>`, where `cargo build -p iocp-ffi` puts libiocp.so and libiocp.a.
+///
+/// `cargo test` does not build a package's cdylib/staticlib for its integration tests (there is
+/// no rlib to link), so the first caller builds the library here, with the cargo that runs the
+/// tests (its build lock is released while tests run): the C programs always test the current
+/// code, also on a clean clone.
 fn lib_dir() -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "iocp-ffi", "--lib"]).current_dir(crate_dir());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let o = cmd.output().map_err(|e| format!("cargo build: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("cargo build -p iocp-ffi failed:\n{e}");
+    }
     assert!(dir.join("libiocp.so").exists(), "libiocp.so not found in {}", dir.display());
     dir
 }

@@ -41,19 +41,27 @@ static void extensions_through_wsaioctl(void) {
     CHECK(closesocket(s) == 0);
 }
 
+static void wait_readable(SOCKET s) {
+    struct pollfd p = {(int)s, POLLIN, 0};
+    CHECK(poll(&p, 1, 10000) == 1);
+}
+
 static void case_18_data_waiting_gives_exactly_one_packet(void) {
     HANDLE p = new_port(0);
     SOCKET c, s;
     tcp_pair(&c, &s);
     CHECK(CreateIoCompletionPort((HANDLE)s, p, 18, 0) == p);
     send_all(c, "hello", 5);
+    wait_readable(s);
     char buf[64];
     WSABUF wb = {sizeof buf, buf};
-    DWORD flags = 0;
+    DWORD flags = 7, got = 0;
     OVERLAPPED ov = {0};
-    int r = WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL);
-    CHECK(r == 0 || WSAGetLastError() == WSA_IO_PENDING);
-    expect_packet(p, TRUE, 0, 5, 18, &ov);
+    CHECK(WSARecv(s, &wb, 1, &got, &flags, &ov, NULL) == 0); /* completed in line */
+    CHECK_EQ(got, 5);
+    CHECK_EQ(flags, 0);
+    CHECK(HasOverlappedIoCompleted(&ov));
+    expect_packet(p, TRUE, 0, 5, 18, &ov); /* ... and still exactly one packet */
     CHECK(memcmp(buf, "hello", 5) == 0);
     CHECK_EQ(ov.Internal, 0);
     CHECK_EQ(ov.InternalHigh, 5);
@@ -68,15 +76,130 @@ static void case_19_peer_closed_gives_one_zero_byte_packet(void) {
     tcp_pair(&c, &s);
     CHECK(CreateIoCompletionPort((HANDLE)s, p, 19, 0) == p);
     CHECK(closesocket(c) == 0);
+    wait_readable(s);
     char buf[16];
     WSABUF wb = {sizeof buf, buf};
-    DWORD flags = 0;
+    DWORD flags = 0, got = 99;
     OVERLAPPED ov = {0};
-    int r = WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL);
-    CHECK(r == 0 || WSAGetLastError() == WSA_IO_PENDING);
+    CHECK(WSARecv(s, &wb, 1, &got, &flags, &ov, NULL) == 0);
+    CHECK_EQ(got, 0);
     expect_packet(p, TRUE, 0, 0, 19, &ov);
     expect_quiet(p);
     CHECK(closesocket(s) == 0);
+    CHECK(CloseHandle(p));
+}
+
+static void case_20_reset_fails_in_line_without_packet(void) {
+    HANDLE p = new_port(0);
+    for (int send_first = 0; send_first < 2; send_first++) {
+        SOCKET c, s;
+        tcp_pair(&c, &s);
+        CHECK(CreateIoCompletionPort((HANDLE)s, p, 20, 0) == p);
+        reset_close(c);
+        struct pollfd pf = {(int)s, POLLIN, 0};
+        CHECK(poll(&pf, 1, 10000) == 1); /* the RST arrived */
+        char buf[8] = "abc";
+        WSABUF wb = {3, buf};
+        DWORD flags = 0;
+        OVERLAPPED ov = {0};
+        int r = send_first ? WSASend(s, &wb, 1, NULL, 0, &ov, NULL)
+                           : WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL);
+        CHECK_EQ(r, SOCKET_ERROR);
+        CHECK_EQ(WSAGetLastError(), WSAECONNRESET);
+        CHECK_EQ(ov.Internal, STATUS_CONNECTION_RESET);
+        expect_quiet(p);
+        CHECK(closesocket(s) == 0);
+    }
+    CHECK(CloseHandle(p));
+}
+
+static void case_21_unconnected_recv_fails_in_line(void) {
+    HANDLE p = new_port(0);
+    SOCKET s = tcp_socket();
+    CHECK(CreateIoCompletionPort((HANDLE)s, p, 21, 0) == p);
+    char buf[8];
+    WSABUF wb = {sizeof buf, buf};
+    DWORD flags = 0;
+    OVERLAPPED ov = {0};
+    CHECK_EQ(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL), SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSAENOTCONN);
+    expect_quiet(p);
+    CHECK(closesocket(s) == 0);
+    CHECK(CloseHandle(p));
+}
+
+static void case_23_24_skip_mode(void) {
+    HANDLE p = new_port(0);
+    SOCKET c, s;
+    tcp_pair(&c, &s);
+    /* Set before the association: it applies once associated. */
+    CHECK(SetFileCompletionNotificationModes((HANDLE)s, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS));
+    CHECK(CreateIoCompletionPort((HANDLE)s, p, 23, 0) == p);
+    send_all(c, "abc", 3);
+    wait_readable(s);
+    char buf[8];
+    WSABUF wb = {sizeof buf, buf};
+    DWORD flags = 0, got = 0;
+    OVERLAPPED ov = {0};
+    CHECK(WSARecv(s, &wb, 1, &got, &flags, &ov, NULL) == 0);
+    CHECK_EQ(got, 3);
+    CHECK(GetOverlappedResult((HANDLE)s, &ov, &got, FALSE));
+    CHECK_EQ(got, 3);
+    expect_quiet(p); /* immediate success: no packet */
+    /* Pending: one packet. */
+    CHECK(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    send_all(c, "de", 2);
+    expect_packet(p, TRUE, 0, 2, 23, &ov);
+    /* Case 24: modes cannot be cleared. */
+    CHECK(SetFileCompletionNotificationModes((HANDLE)s, 0));
+    WSABUF sb = {2, (char *)"xy"};
+    CHECK(WSASend(s, &sb, 1, &got, 0, &ov, NULL) == 0);
+    CHECK_EQ(got, 2);
+    expect_quiet(p);
+    CHECK(!SetFileCompletionNotificationModes((HANDLE)s, 0x80));
+    CHECK_EQ(GetLastError(), ERROR_INVALID_PARAMETER);
+    CHECK(closesocket(c) == 0 && closesocket(s) == 0);
+    /* A pending ConnectEx on a skip-mode socket still queues its packet. */
+    struct sockaddr_in a;
+    SOCKET l = make_listener(&a);
+    SOCKET k = tcp_socket();
+    struct sockaddr_in any;
+    loopback(&any, 0);
+    CHECK(bind(k, (struct sockaddr *)&any, sizeof any) == 0);
+    CHECK(CreateIoCompletionPort((HANDLE)k, p, 24, 0) == p);
+    CHECK(SetFileCompletionNotificationModes((HANDLE)k, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS));
+    CHECK(!pConnectEx(k, (struct sockaddr *)&a, sizeof a, NULL, 0, NULL, &ov));
+    CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+    expect_packet(p, TRUE, 0, 0, 24, &ov);
+    CHECK(closesocket(k) == 0 && closesocket(l) == 0);
+    CHECK(CloseHandle(p));
+}
+
+static void stream_order_holds_with_pending_and_inline_receives(void) {
+    /* A receive pending in the core, then more WSARecvs: no in-line receive may overtake it. */
+    HANDLE p = new_port(0);
+    SOCKET c, s;
+    tcp_pair(&c, &s);
+    CHECK(CreateIoCompletionPort((HANDLE)s, p, 25, 0) == p);
+    char b1[1], b2[1];
+    WSABUF w1 = {1, b1}, w2 = {1, b2};
+    DWORD flags = 0;
+    OVERLAPPED o1 = {0}, o2 = {0};
+    CHECK(WSARecv(s, &w1, 1, NULL, &flags, &o1, NULL) == SOCKET_ERROR);
+    send_all(c, "12", 2);
+    wait_readable(s);
+    int r = WSARecv(s, &w2, 1, NULL, &flags, &o2, NULL);
+    CHECK(r == SOCKET_ERROR && WSAGetLastError() == WSA_IO_PENDING);
+    for (int i = 0; i < 2; i++) {
+        DWORD n;
+        ULONG_PTR k;
+        LPOVERLAPPED o;
+        CHECK(GetQueuedCompletionStatus(p, &n, &k, &o, 10000));
+        CHECK_EQ(n, 1);
+    }
+    CHECK(b1[0] == '1' && b2[0] == '2');
+    CHECK(closesocket(c) == 0 && closesocket(s) == 0);
     CHECK(CloseHandle(p));
 }
 
@@ -376,7 +499,10 @@ static void case_52_53_acceptex_keys_bytes_and_addresses(void) {
     CHECK(memcmp(buf, "ping", 4) == 0);
     WSABUF sb = {4, (char *)"pong"};
     OVERLAPPED sov = {0};
-    CHECK(WSASend(acc, &sb, 1, NULL, 0, &sov, NULL) == SOCKET_ERROR);
+    DWORD sent = 0;
+    int r = WSASend(acc, &sb, 1, &sent, 0, &sov, NULL);
+    CHECK(r == 0 || WSAGetLastError() == WSA_IO_PENDING); /* in line or pending: one packet */
+    CHECK(r != 0 || sent == 4);
     expect_packet(p, TRUE, 0, 4, 236, &sov);
     recv_all(c, buf, 4);
     CHECK(memcmp(buf, "pong", 4) == 0);
@@ -602,7 +728,11 @@ int main(void) {
     RUN(extensions_through_wsaioctl);
     RUN(case_18_data_waiting_gives_exactly_one_packet);
     RUN(case_19_peer_closed_gives_one_zero_byte_packet);
+    RUN(case_20_reset_fails_in_line_without_packet);
+    RUN(case_21_unconnected_recv_fails_in_line);
     RUN(case_22_n_receives_n_packets);
+    RUN(case_23_24_skip_mode);
+    RUN(stream_order_holds_with_pending_and_inline_receives);
     RUN(case_29_reset_is_netname_deleted);
     RUN(case_30_connectex_refused);
     RUN(case_31_cancelioex_one);

@@ -2,9 +2,11 @@
 //! GetAcceptExSockaddrs, ConnectEx, DisconnectEx, TransmitFile, WSAIoctl (the extension function
 //! pointers), and `setsockopt` accepting the two `SO_UPDATE_*_CONTEXT` options.
 //!
-//! A SOCKET is the Linux fd. Overlapped calls need the socket associated with a port; they copy
-//! the caller's send bytes at submit and the received bytes into the caller's WSABUFs when the
-//! packet is dequeued, and always return `SOCKET_ERROR` / FALSE with `WSA_IO_PENDING`.
+//! A SOCKET is the Linux fd. Overlapped calls need the socket associated with a port.
+//! `WSARecv`/`WSASend` on a stream socket first try in line (success: 0 and a packet unless skip
+//! mode; failure: the error and no packet); everything else goes to the core, which copies send
+//! bytes at submit and received bytes into the caller's buffers at dequeue, and returns
+//! `SOCKET_ERROR` / FALSE with `WSA_IO_PENDING`.
 
 #![allow(non_snake_case)] // the Win32 names, as the header declares them
 

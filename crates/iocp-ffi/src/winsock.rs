@@ -37,9 +37,14 @@ fn bool_fail(code: DWORD) -> BOOL {
 
 /// The association of socket `s`, or the WSA error to report.
 fn sock(s: SOCKET) -> Result<Arc<Assoc>, DWORD> {
-    let fd = registry::fd_of(s).ok_or(WSAENOTSOCK)?;
+    // The table first: an associated fd is open (closesocket/CloseHandle forget it before
+    // closing), which saves a validity syscall per operation.
+    if let Some(a) = i32::try_from(s).ok().filter(|&fd| fd > 0).and_then(registry::assoc) {
+        return Ok(a);
+    }
+    registry::fd_of(s).ok_or(WSAENOTSOCK)?;
     // Overlapped I/O needs a port here: without one there is no way to report completion.
-    registry::assoc(fd).ok_or(WSAEINVAL)
+    Err(WSAEINVAL)
 }
 
 /// Reads a WSABUF array into `(address, length)` pairs.

@@ -203,6 +203,20 @@ static void stream_order_holds_with_pending_and_inline_receives(void) {
     CHECK(CloseHandle(p));
 }
 
+static void case_27_synchronous_calls_queue_nothing(void) {
+    HANDLE p = new_port(0);
+    SOCKET c, s;
+    tcp_pair(&c, &s);
+    CHECK(CreateIoCompletionPort((HANDLE)c, p, 27, 0) == p);
+    CHECK(shutdown(c, SD_RECEIVE) == 0);
+    CHECK(pDisconnectEx(c, NULL, 0, 0)); /* NULL overlapped: synchronous */
+    char eof;
+    CHECK(recv(s, &eof, 1, 0) == 0); /* the peer saw the FIN */
+    expect_quiet(p);
+    CHECK(closesocket(c) == 0 && closesocket(s) == 0);
+    CHECK(CloseHandle(p));
+}
+
 #define N22 8
 static void case_22_n_receives_n_packets(void) {
     HANDLE p = new_port(0);
@@ -732,6 +746,7 @@ int main(void) {
     RUN(case_21_unconnected_recv_fails_in_line);
     RUN(case_22_n_receives_n_packets);
     RUN(case_23_24_skip_mode);
+    RUN(case_27_synchronous_calls_queue_nothing);
     RUN(stream_order_holds_with_pending_and_inline_receives);
     RUN(case_29_reset_is_netname_deleted);
     RUN(case_30_connectex_refused);

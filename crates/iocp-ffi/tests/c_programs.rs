@@ -30,8 +30,12 @@ fn lib_dir() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "-p", "iocp-ffi", "--lib"]).current_dir(crate_dir());
+        // The test profile reuses what `cargo test` just compiled (the core and its deps) and
+        // writes to the same target/debug; a `--release` test run builds release.
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
+        } else {
+            cmd.args(["--profile", "test"]);
         }
         let o = cmd.output().map_err(|e| format!("cargo build: {e}"))?;
         if o.status.success() {

@@ -412,8 +412,10 @@ fn install_accepted(sock: OwnedFd, accept_fd: i32) -> Result<(), Codes> {
     if let Some(old) = old {
         old.handle.close();
         let (port, key) = (old.port.clone(), old.key);
+        let modes = old.modes.load(Ordering::Acquire);
         drop(old);
         associate(accept_fd, &port, key)?;
+        add_modes(accept_fd, modes);
     }
     Ok(())
 }

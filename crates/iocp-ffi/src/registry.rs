@@ -1,0 +1,486 @@
+//! What the library keeps: the port table (HANDLE value → port), the association table (fd →
+//! core handle), the per-operation context, and the conversion of a core completion into what
+//! GetQueuedCompletionStatus reports.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::ThreadId;
+
+use iocp_core::{
+    BackendChoice, Completion, CompletionKey, CompletionPort, Handle, OpId, Payload, PortBuilder,
+    SubmitError,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+use socket2::SockAddr;
+
+use crate::errors::{self, Codes};
+use crate::mem;
+use crate::types::{DWORD, HANDLE, OVERLAPPED, handle_from, hval};
+
+/// Where the bytes of a receive or read go, and what else the dequeue must do.
+pub(crate) enum Target {
+    /// Nothing to copy (sends, connects, posted packets).
+    None,
+    /// The caller's buffers `(address, length)`, filled in order.
+    Scatter(Vec<(usize, usize)>),
+    /// WSARecvFrom: the buffers, and where the sender's address and its length go.
+    RecvFrom { bufs: Vec<(usize, usize)>, from: usize, fromlen: usize },
+    /// AcceptEx: the output buffer, its three lengths, and the accept socket's fd.
+    Accept { out: usize, data_len: usize, local_len: usize, remote_len: usize, accept_fd: i32 },
+}
+
+/// The per-operation context the core hands back in the completion: the caller's
+/// `LPOVERLAPPED` (returned untouched) plus what the dequeue must do.
+pub(crate) struct Ctx {
+    pub(crate) ov: usize,
+    pub(crate) target: Target,
+    pub(crate) assoc: Weak<Assoc>,
+    /// Which in-flight counter of the association this op holds (`Side`).
+    pub(crate) side: Side,
+    /// Bytes already sent in line before the rest went to the core (added to the packet's count).
+    pub(crate) extra: usize,
+}
+
+/// The direction of a stream operation, for the in-line attempts: a receive (or send) is tried
+/// in line only when no other receive (send) of the socket is in flight, to keep stream order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    None,
+    Recv,
+    Send,
+}
+
+impl Ctx {
+    pub(crate) fn posted(ov: usize) -> Self {
+        Ctx { ov, target: Target::None, assoc: Weak::new(), side: Side::None, extra: 0 }
+    }
+}
+
+/// A port and its table id.
+pub(crate) struct PortEntry {
+    pub(crate) port: CompletionPort<Ctx>,
+}
+
+/// A socket or file associated with a port: the core handle (on a `dup` of the caller's fd),
+/// and the operations started on it that have not been dequeued yet, by OVERLAPPED address.
+pub(crate) struct Assoc {
+    pub(crate) handle: Handle<Ctx>,
+    pub(crate) port: Arc<PortEntry>,
+    pub(crate) key: usize,
+    pub(crate) is_socket: bool,
+    /// A connected-stream socket type (SOCK_STREAM): in-line receive/send attempts apply.
+    pub(crate) is_stream: bool,
+    /// SetFileCompletionNotificationModes flags (only ever added to).
+    pub(crate) modes: AtomicU8,
+    /// Receives / sends started on the core and not yet dequeued.
+    pub(crate) inflight: [AtomicUsize; 2],
+    pub(crate) pending: Mutex<HashMap<usize, (OpId, ThreadId)>>,
+}
+
+impl Assoc {
+    pub(crate) fn skips_on_success(&self) -> bool {
+        self.modes.load(Ordering::Acquire) & crate::types::FILE_SKIP_COMPLETION_PORT_ON_SUCCESS != 0
+    }
+
+    pub(crate) fn idle(&self, side: Side) -> bool {
+        match side {
+            Side::Recv => self.inflight[0].load(Ordering::Acquire) == 0,
+            Side::Send => self.inflight[1].load(Ordering::Acquire) == 0,
+            Side::None => true,
+        }
+    }
+
+    fn count(&self, side: Side, up: bool) {
+        let c = match side {
+            Side::Recv => &self.inflight[0],
+            Side::Send => &self.inflight[1],
+            Side::None => return,
+        };
+        if up {
+            c.fetch_add(1, Ordering::AcqRel);
+        } else {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Reports an operation that completed in line with success: `Internal`/`InternalHigh` are
+    /// written now, and a packet is queued unless skip mode is on (iocp-semantics.md §7).
+    pub(crate) fn inline_success(&self, ov: *mut OVERLAPPED, bytes: usize) {
+        // SAFETY: the caller's OVERLAPPED, non-NULL (checked by the caller), valid (Win32
+        // contract).
+        unsafe { mem::ov_done(ov, 0, bytes) };
+        if !self.skips_on_success() {
+            let key = CompletionKey(self.key as u64);
+            // A closed port has nobody to dequeue the packet: dropping it is what Windows does.
+            let _ = self.port.port.post(bytes, key, Ctx::posted(ov as usize));
+        }
+    }
+}
+
+/// Modes set on a handle before its association (applied when it is associated).
+fn early_modes() -> &'static Mutex<HashMap<i32, u8>> {
+    static M: OnceLock<Mutex<HashMap<i32, u8>>> = OnceLock::new();
+    M.get_or_init(Default::default)
+}
+
+/// SetFileCompletionNotificationModes: adds `flags` to `fd`'s modes (associated or not yet).
+pub(crate) fn add_modes(fd: i32, flags: u8) {
+    match assoc(fd) {
+        Some(a) => {
+            a.modes.fetch_or(flags, Ordering::AcqRel);
+        }
+        None => *early_modes().lock().entry(fd).or_default() |= flags,
+    }
+}
+
+/// Port HANDLE values: far above any fd, multiples of 4 like Windows handles.
+const PORT_BASE: usize = 0x0000_5043_0000_0000;
+
+fn ports() -> &'static RwLock<HashMap<u64, Arc<PortEntry>>> {
+    static P: OnceLock<RwLock<HashMap<u64, Arc<PortEntry>>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+fn assocs() -> &'static RwLock<HashMap<i32, Arc<Assoc>>> {
+    static A: OnceLock<RwLock<HashMap<i32, Arc<Assoc>>>> = OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+/// Files opened by CreateFile: fd → opened with FILE_FLAG_OVERLAPPED.
+pub(crate) fn created_files() -> &'static Mutex<HashMap<i32, bool>> {
+    static F: OnceLock<Mutex<HashMap<i32, bool>>> = OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+/// The backend `IOCP_BACKEND` names (`epoll`, `uring`, `auto`; default auto).
+fn backend_choice() -> Result<BackendChoice, Codes> {
+    match std::env::var("IOCP_BACKEND") {
+        Ok(v) => v.parse().map_err(|_| errors::from_errno(libc::EINVAL)),
+        Err(_) => Ok(BackendChoice::Auto),
+    }
+}
+
+/// Creates a port; returns its HANDLE.
+pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>), Codes> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let port = PortBuilder::new()
+        .backend(backend_choice()?)
+        .concurrency(concurrency as usize)
+        .build::<Ctx>()
+        .map_err(|e| errors::from_io(&e))?;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let entry = Arc::new(PortEntry { port });
+    ports().write().insert(id, entry.clone());
+    Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
+}
+
+fn port_id(h: HANDLE) -> Option<u64> {
+    let v = hval(h);
+    (v >= PORT_BASE && v.is_multiple_of(4)).then(|| ((v - PORT_BASE) >> 2) as u64)
+}
+
+/// True when `h` has the shape of a port HANDLE (live or not).
+pub(crate) fn is_port_value(h: HANDLE) -> bool {
+    port_id(h).is_some()
+}
+
+/// The live port behind `h`.
+pub(crate) fn port(h: HANDLE) -> Option<Arc<PortEntry>> {
+    ports().read().get(&port_id(h)?).cloned()
+}
+
+/// Removes and closes the port behind `h`; false if there is none.
+pub(crate) fn close_port(h: HANDLE) -> bool {
+    let Some(id) = port_id(h) else { return false };
+    let Some(entry) = ports().write().remove(&id) else { return false };
+    entry.port.close();
+    true
+}
+
+/// The fd a HANDLE or SOCKET value names, if it is one (0 is NULL, not stdin).
+pub(crate) fn fd_of(v: usize) -> Option<i32> {
+    let fd = i32::try_from(v).ok().filter(|&fd| fd > 0)?;
+    // SAFETY: F_GETFD on any integer is harmless; it only reports whether the fd is open.
+    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then_some(fd)
+}
+
+/// The association of `fd`.
+pub(crate) fn assoc(fd: i32) -> Option<Arc<Assoc>> {
+    assocs().read().get(&fd).cloned()
+}
+
+/// Associates `fd` with `port` and `key` (CreateIoCompletionPort on a file or socket).
+pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<(), Codes> {
+    let invalid = errors::from_errno(libc::EINVAL);
+    if created_files().lock().get(&fd) == Some(&false) {
+        return Err(invalid); // case 11: opened without FILE_FLAG_OVERLAPPED
+    }
+    let mut table = assocs().write();
+    if table.contains_key(&fd) {
+        return Err(invalid); // case 12
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd (checked by the caller) creates a new fd we own.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(errors::last_os());
+    }
+    // SAFETY: `dup` is a fresh fd owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+    let ty = socket2::SockRef::from(&owned).r#type().ok();
+    let is_socket = ty.is_some();
+    let is_stream = ty == Some(socket2::Type::STREAM);
+    let handle =
+        port.port.associate(owned, CompletionKey(key as u64)).map_err(|e| errors::from_io(&e))?;
+    let modes = early_modes().lock().remove(&fd).unwrap_or(0);
+    let a = Assoc {
+        handle,
+        port: port.clone(),
+        key,
+        is_socket,
+        is_stream,
+        modes: AtomicU8::new(modes),
+        inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        pending: Mutex::new(HashMap::new()),
+    };
+    table.insert(fd, Arc::new(a));
+    Ok(())
+}
+
+/// Forgets `fd`'s association and closes its core handle: every pending operation completes
+/// once, aborted. Returns whether there was one.
+pub(crate) fn dissociate(fd: i32) -> bool {
+    let Some(a) = assocs().write().remove(&fd) else { return false };
+    a.handle.close();
+    true
+}
+
+/// Starts an operation on `a` for the caller's `ov`: marks it pending, submits, records it for
+/// CancelIo/CancelIoEx. On refusal the OVERLAPPED holds the failure status and no packet comes.
+pub(crate) fn start(
+    a: &Arc<Assoc>,
+    ov: *mut OVERLAPPED,
+    target: Target,
+    submit: impl FnOnce(&Handle<Ctx>, Ctx) -> Result<OpId, SubmitError<Ctx>>,
+) -> Result<(), Codes> {
+    start_sided(a, ov, target, Side::None, 0, submit)
+}
+
+/// [`start`] for a stream receive or send: counts it in flight on its side until dequeued;
+/// `extra` is the bytes already sent in line.
+pub(crate) fn start_sided(
+    a: &Arc<Assoc>,
+    ov: *mut OVERLAPPED,
+    target: Target,
+    side: Side,
+    extra: usize,
+    submit: impl FnOnce(&Handle<Ctx>, Ctx) -> Result<OpId, SubmitError<Ctx>>,
+) -> Result<(), Codes> {
+    // SAFETY: the caller checked `ov` is non-NULL; it is the caller's OVERLAPPED, valid until
+    // the packet is dequeued (Win32 contract).
+    unsafe { mem::ov_pending(ov) };
+    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra };
+    a.count(side, true);
+    let mut pending = a.pending.lock();
+    match submit(&a.handle, ctx) {
+        Ok(op) => {
+            pending.insert(ov as usize, (op, std::thread::current().id()));
+            Ok(())
+        }
+        Err(e) => {
+            drop(pending);
+            a.count(side, false);
+            let codes = errors::from_io(e.error());
+            // SAFETY: as above; no packet will come, the status is written in line.
+            unsafe { mem::ov_done(ov, codes.nt, 0) };
+            Err(codes)
+        }
+    }
+}
+
+/// GetOverlappedResult(bWait = TRUE) waits here for a dequeue to finish some OVERLAPPED.
+pub(crate) struct Finished {
+    pub(crate) lock: Mutex<()>,
+    pub(crate) cond: Condvar,
+    pub(crate) waiters: AtomicUsize,
+}
+
+pub(crate) fn finished() -> &'static Finished {
+    static F: OnceLock<Finished> = OnceLock::new();
+    F.get_or_init(|| Finished {
+        lock: Mutex::new(()),
+        cond: Condvar::new(),
+        waiters: AtomicUsize::new(0),
+    })
+}
+
+/// A dequeued packet, as GetQueuedCompletionStatus reports it.
+pub(crate) struct Done {
+    pub(crate) key: usize,
+    pub(crate) ov: usize,
+    pub(crate) bytes: usize,
+    pub(crate) nt: u32,
+    /// 0 for success, else the Win32 error GQCS returns FALSE with.
+    pub(crate) error: DWORD,
+}
+
+/// Turns a core completion into the packet: copies received bytes into the caller's buffers,
+/// finishes an AcceptEx (the accepted socket onto the caller's accept socket, the addresses
+/// into its buffer), writes `Internal` / `InternalHigh`, forgets the pending operation.
+pub(crate) fn finish(c: Completion<Ctx>) -> Done {
+    let key = c.key().0 as usize;
+    let mut bytes = c.bytes();
+    let op = c.op();
+    let errno = if c.is_eof() { errors::EOF } else { c.raw_os_error().unwrap_or(0) };
+    let (ctx, payload) = c.into_parts();
+    if matches!(payload, Payload::Posted) {
+        return Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: 0, error: 0 };
+    }
+    let mut codes = errors::from_errno(errno);
+    match (ctx.target, payload) {
+        (Target::Scatter(bufs), Payload::Recv(b) | Payload::Read(b)) => {
+            // SAFETY: the caller's buffers stay valid until this packet is dequeued (Win32
+            // contract for WSARecv/ReadFile buffers); this is that dequeue.
+            bytes = unsafe { mem::scatter(&bufs, &b) };
+        }
+        (Target::RecvFrom { bufs, from, fromlen }, Payload::RecvFrom(b, addr)) => {
+            // SAFETY: as above.
+            bytes = unsafe { mem::scatter(&bufs, &b) };
+            if let Some(addr) = addr {
+                // SAFETY: lpFrom / lpFromlen stay valid until completion (Win32 contract).
+                unsafe { write_addr(from, fromlen, &addr) };
+            }
+        }
+        (
+            Target::Accept { out, data_len, local_len, remote_len, accept_fd },
+            Payload::Accept(mut acc),
+        ) if errno == 0 => match acc.take_socket() {
+            Some(sock) => {
+                let local = sock.local_addr().ok();
+                let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
+                let data = acc.take_data();
+                // SAFETY: the AcceptEx output buffer stays valid until completion (Win32
+                // contract); `data` is at most `data_len` (the capacity asked).
+                unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
+                // SAFETY: as above; the slots follow the data area.
+                unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
+                // SAFETY: as above.
+                unsafe { write_slot(out + data_len + local_len, remote_len, peer.as_ref()) };
+                if let Err(e) = install_accepted(sock.into(), accept_fd) {
+                    codes = e;
+                }
+            }
+            None => codes = errors::from_errno(libc::ECONNABORTED),
+        },
+        _ => {}
+    }
+    bytes += ctx.extra;
+    if let Some(a) = ctx.assoc.upgrade() {
+        let mut pending = a.pending.lock();
+        if pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op) {
+            pending.remove(&ctx.ov);
+        }
+        drop(pending);
+        a.count(ctx.side, false);
+    }
+    let ov = ctx.ov as *mut OVERLAPPED;
+    {
+        let f = finished();
+        let _g = (f.waiters.load(Ordering::Acquire) > 0).then(|| f.lock.lock());
+        // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
+        unsafe { mem::ov_done(ov, codes.nt, bytes) };
+        if f.waiters.load(Ordering::Acquire) > 0 {
+            f.cond.notify_all();
+        }
+    }
+    let error = if codes.nt == 0 { 0 } else { codes.win32 };
+    Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: codes.nt, error }
+}
+
+/// Puts the accepted connection on the caller's accept-socket fd number (`dup3`), and moves an
+/// association the accept socket already had onto the new connection (same port and key).
+fn install_accepted(sock: OwnedFd, accept_fd: i32) -> Result<(), Codes> {
+    let old = assocs().write().remove(&accept_fd);
+    // SAFETY: dup3 onto the caller's accept socket, which the caller keeps open until the
+    // AcceptEx completes (Win32 contract); it atomically replaces that socket by the new one.
+    let r = unsafe { libc::dup3(sock.as_raw_fd(), accept_fd, libc::O_CLOEXEC) };
+    drop(sock);
+    if r < 0 {
+        return Err(errors::last_os());
+    }
+    if let Some(old) = old {
+        old.handle.close();
+        let (port, key) = (old.port.clone(), old.key);
+        let modes = old.modes.load(Ordering::Acquire);
+        drop(old);
+        associate(accept_fd, &port, key)?;
+        add_modes(accept_fd, modes);
+    }
+    Ok(())
+}
+
+/// An address slot of the AcceptEx buffer: `[u16 length][14 bytes][sockaddr]` (Windows also
+/// wants 16 spare bytes per slot). GetAcceptExSockaddrs reads it back.
+///
+/// # Safety
+/// `slot` is valid for writes of `len` bytes.
+unsafe fn write_slot(slot: usize, len: usize, addr: Option<&SockAddr>) {
+    if slot == 0 || len < 16 {
+        return;
+    }
+    let bytes = addr.map(sockaddr_bytes).unwrap_or_default();
+    let n = bytes.len().min(len - 16);
+    let mut head = [0u8; 16];
+    head[..2].copy_from_slice(&(n as u16).to_ne_bytes());
+    // SAFETY: `len >= 16` bytes are writable at `slot` (caller's contract).
+    unsafe { mem::copy_out(slot, &head) };
+    // SAFETY: 16 + n <= len bytes are writable at `slot`.
+    unsafe { mem::copy_out(slot + 16, &bytes[..n]) };
+}
+
+/// The bytes of a socket address, as `struct sockaddr_*`.
+pub(crate) fn sockaddr_bytes(a: &SockAddr) -> Vec<u8> {
+    // SAFETY: a SockAddr holds `len()` initialised bytes of sockaddr storage at `as_ptr()`;
+    // the slice lives only for the copy.
+    let s = unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len() as usize) };
+    s.to_vec()
+}
+
+/// Writes an address to `(*from, *fromlen)` as recvfrom would (truncating to `*fromlen`).
+///
+/// # Safety
+/// `fromlen` is NULL or a valid `int`; `from` is NULL or valid for `*fromlen` bytes.
+pub(crate) unsafe fn write_addr(from: usize, fromlen: usize, addr: &SockAddr) {
+    let lenp = fromlen as *mut i32;
+    // SAFETY: caller's contract.
+    let Some(cap) = (unsafe { mem::get(lenp) }) else { return };
+    let bytes = sockaddr_bytes(addr);
+    let n = bytes.len().min(usize::try_from(cap).unwrap_or(0));
+    // SAFETY: `from` is writable for `*fromlen >= n` bytes (caller's contract).
+    unsafe { mem::copy_out(from, &bytes[..n]) };
+    // SAFETY: caller's contract.
+    unsafe { mem::put(lenp, bytes.len() as i32) };
+}
+
+/// A fresh `OwnedFd` duplicate of `fd` (for TransmitFile's file).
+pub(crate) fn dup_owned(fd: i32) -> Result<OwnedFd, Codes> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new fd we own (or fails).
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if d < 0 {
+        return Err(errors::last_os());
+    }
+    // SAFETY: `d` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(d) })
+}
+
+/// Closes a caller fd (CloseHandle / closesocket on something not associated).
+pub(crate) fn close_fd(fd: i32) -> Result<(), Codes> {
+    created_files().lock().remove(&fd);
+    early_modes().lock().remove(&fd);
+    // SAFETY: the caller hands us the fd to close (CloseHandle/closesocket contract).
+    if unsafe { libc::close(fd) } < 0 {
+        return Err(errors::last_os());
+    }
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! Builds the C conformance tests and the C examples with `gcc -Wall -Wextra -Werror` against
+//! the libiocp just built, and runs each on both backends (`IOCP_BACKEND=epoll`, then
+//! `uring` when io_uring is available; `IOCP_REQUIRE_URING=1` turns its absence into a
+//! failure, `IOCP_BACKEND=epoll` runs epoll only). Every run has a deadline.
+//!
+//! For CI: `IOCP_FFI_WRAPPER="valgrind ..."` runs every C program under that command, and
+//! `IOCP_FFI_ONLY=uring` (or `epoll`) runs one backend only (`.ci/ffi.sh`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+/// How long one C program may run: generous, since CI also runs them under valgrind.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// `target/<profile>`, where `cargo build -p iocp-ffi` puts libiocp.so and libiocp.a.
+///
+/// `cargo test` does not build a package's cdylib/staticlib for its integration tests (there is
+/// no rlib to link), so the first caller builds the library here, with the cargo that runs the
+/// tests (its build lock is released while tests run): the C programs always test the current
+/// code, also on a clean clone.
+fn lib_dir() -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "iocp-ffi", "--lib"]).current_dir(crate_dir());
+        // The test profile reuses what `cargo test` just compiled (the core and its deps) and
+        // writes to the same target/debug; a `--release` test run builds release.
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        } else {
+            cmd.args(["--profile", "test"]);
+        }
+        let o = cmd.output().map_err(|e| format!("cargo build: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&o.stderr).into_owned())
+        }
+    });
+    if let Err(e) = built {
+        panic!("cargo build -p iocp-ffi failed:\n{e}");
+    }
+    assert!(dir.join("libiocp.so").exists(), "libiocp.so not found in {}", dir.display());
+    dir
+}
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn out_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&d).expect("create the C output directory");
+    d
+}
+
+/// Compiles one C file against the shared library (or, with `static_link`, libiocp.a).
+fn build(src: &str, name: &str, static_link: bool) -> PathBuf {
+    let lib = lib_dir();
+    let out = out_dir().join(name);
+    let mut cmd = Command::new("gcc");
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-I")
+        .arg(crate_dir().join("include"))
+        .arg(crate_dir().join(src))
+        .arg("-o")
+        .arg(&out);
+    if static_link {
+        cmd.arg(lib.join("libiocp.a")).args(["-lpthread", "-ldl", "-lm", "-lgcc_s"]);
+    } else {
+        cmd.arg("-L").arg(&lib).arg("-liocp").arg(format!("-Wl,-rpath,{}", lib.display()));
+        cmd.arg("-lpthread");
+    }
+    let o = cmd.output().expect("run gcc");
+    assert!(
+        o.status.success(),
+        "gcc failed for {src}:\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// The backends to run: (IOCP_BACKEND value, name the library reports).
+fn backends() -> Vec<(&'static str, &'static str)> {
+    let mut v = all_backends();
+    if let Ok(only) = std::env::var("IOCP_FFI_ONLY") {
+        v.retain(|(env, _)| *env == only);
+        assert!(!v.is_empty(), "IOCP_FFI_ONLY={only}: that backend is not available");
+    }
+    v
+}
+
+fn all_backends() -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![("epoll", "epoll")];
+    let require = std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1");
+    if std::env::var("IOCP_BACKEND").is_ok_and(|b| b == "epoll") {
+        assert!(!require, "IOCP_REQUIRE_URING=1 contradicts IOCP_BACKEND=epoll");
+        eprintln!("SKIP io_uring: IOCP_BACKEND=epoll");
+        return v;
+    }
+    let report = iocp_core::probe();
+    if report.kind() == iocp_core::BackendKind::Uring {
+        v.push(("uring", "io_uring"));
+    } else {
+        assert!(!require, "IOCP_REQUIRE_URING=1 but io_uring is unavailable: {}", report.reason());
+        eprintln!("SKIP io_uring: {}", report.reason());
+    }
+    v
+}
+
+/// A command running `bin`, under `IOCP_FFI_WRAPPER` when set.
+fn command(bin: &Path) -> Command {
+    match std::env::var("IOCP_FFI_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or("env"));
+            c.args(parts).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
+/// Waits for `child` with the deadline; kills it if it overruns. Returns (success, stdout,
+/// stderr).
+fn finish(mut child: Child, what: &str) -> (bool, String, String) {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut o = String::new();
+        let mut e = String::new();
+        if let Some(s) = out.as_mut() {
+            let _ = s.read_to_string(&mut o);
+        }
+        if let Some(s) = err.as_mut() {
+            let _ = s.read_to_string(&mut e);
+        }
+        let status = child.wait();
+        let _ = tx.send((status.map(|s| s.success()).unwrap_or(false), o, e));
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(r) => r,
+        Err(_) => {
+            // SAFETY: kill(2) of our own child, by pid.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{what} overran its {DEADLINE:?} deadline and was killed");
+        }
+    }
+}
+
+fn run_c_test(src: &str, name: &str) {
+    let bin = build(src, name, false);
+    for (env, reported) in backends() {
+        let child = command(&bin)
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the C test");
+        let (ok, out, err) = finish(child, name);
+        eprintln!("--- {name} on {env}\n{out}{err}");
+        assert!(ok, "{name} failed on {env}:\n{out}{err}");
+        assert!(
+            out.contains(&format!("backend {reported}\n")),
+            "{name} did not run on {reported}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn c_abi_header_matches_library() {
+    run_c_test("tests/c/t_abi.c", "t_abi");
+}
+
+#[test]
+fn c_port_basics_failures_close_concurrency() {
+    run_c_test("tests/c/t_port.c", "t_port");
+}
+
+#[test]
+fn c_sockets_one_packet_cancel_close_extensions() {
+    run_c_test("tests/c/t_net.c", "t_net");
+}
+
+#[test]
+fn c_files_offsets_eof_append() {
+    run_c_test("tests/c/t_file.c", "t_file");
+}
+
+#[test]
+fn c_static_library_links_and_runs() {
+    let bin = build("tests/c/t_port.c", "t_port_static", true);
+    let child = command(&bin)
+        .env("IOCP_BACKEND", "epoll")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (ok, out, err) = finish(child, "t_port_static");
+    assert!(ok, "statically linked t_port failed:\n{out}{err}");
+}
+
+#[test]
+fn examples_also_compile_as_cpp() {
+    // Windows IOCP servers are often C++: the header and both examples build with g++ too.
+    let lib = lib_dir();
+    for src in ["examples/c/echo_server.c", "examples/c/file_copy.c"] {
+        let out = out_dir().join("cpp-check");
+        let o = Command::new("g++")
+            .args(["-std=c++17", "-Wall", "-Wextra", "-Werror", "-x", "c++"])
+            .arg("-I")
+            .arg(crate_dir().join("include"))
+            .arg(crate_dir().join(src))
+            .args(["-x", "none", "-o"])
+            .arg(&out)
+            .arg("-L")
+            .arg(&lib)
+            .args(["-liocp", "-lpthread"])
+            .output()
+            .expect("run g++");
+        assert!(
+            o.status.success(),
+            "g++ failed for {src}:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn example_file_copy_copies_exactly() {
+    let bin = build("examples/c/file_copy.c", "file_copy", false);
+    let dir = out_dir();
+    let src = dir.join("copy-src");
+    // 1 MiB + 123 bytes of a deterministic pattern: not a multiple of the block size.
+    let data: Vec<u8> =
+        (0..(1 << 20) + 123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&src, &data).expect("write the source");
+    for (env, _) in backends() {
+        for (block, depth) in [("65536", "4"), ("4000", "7"), ("1", "2")] {
+            if block == "1" && data.len() > 4096 {
+                // 1-byte blocks over 1 MiB would be slow; use a small file for that one.
+                let small = dir.join("copy-small");
+                std::fs::write(&small, &data[..3000]).expect("write");
+                let dst = dir.join(format!("copy-small-{env}"));
+                let child = command(&bin)
+                    .args([small.as_os_str(), dst.as_os_str()])
+                    .args(["--block", block, "--depth", depth])
+                    .env("IOCP_BACKEND", env)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn");
+                let (ok, out, err) = finish(child, "file_copy");
+                assert!(ok, "file_copy failed on {env}:\n{out}{err}");
+                assert_eq!(std::fs::read(&dst).expect("read"), &data[..3000]);
+                continue;
+            }
+            let dst = dir.join(format!("copy-dst-{env}-{block}"));
+            let child = command(&bin)
+                .args([src.as_os_str(), dst.as_os_str()])
+                .args(["--block", block, "--depth", depth])
+                .env("IOCP_BACKEND", env)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            let (ok, out, err) = finish(child, "file_copy");
+            assert!(ok, "file_copy failed on {env}:\n{out}{err}");
+            assert!(out.contains(&format!("copied {} bytes", data.len())), "{out}");
+            assert!(std::fs::read(&dst).expect("read the copy") == data, "copy differs on {env}");
+        }
+    }
+}
+
+#[test]
+fn example_echo_server_echoes_and_shuts_down_cleanly() {
+    let bin = build("examples/c/echo_server.c", "echo_server", false);
+    for (env, reported) in backends() {
+        let mut child = command(&bin)
+            .args(["--addr", "127.0.0.1", "--port", "0", "--threads", "3", "--accepts", "4"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echo_server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        assert!(line.contains(&format!("backend {reported}")), "{line}");
+        let port: u16 = line
+            .split(':')
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        // 12 clients (more than the 4 pending accepts), 30 round trips each, sizes up to 10 KB
+        // (more than the server's 4 KB buffer: partial receives are echoed piecewise).
+        let mut clients: Vec<TcpStream> = (0..12)
+            .map(|_| {
+                let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+                s
+            })
+            .collect();
+        let mut total = 0u64;
+        for round in 0..30usize {
+            for (i, c) in clients.iter_mut().enumerate() {
+                let len = 1 + (round * 337 + i * 91) % 10_000;
+                let msg: Vec<u8> = (0..len).map(|j| (j + i + round) as u8).collect();
+                c.write_all(&msg).expect("send");
+                let mut back = vec![0u8; len];
+                c.read_exact(&mut back).expect("echo");
+                assert!(back == msg, "echo mismatch on {env}");
+                total += len as u64;
+            }
+        }
+        drop(clients.split_off(6)); // half the clients leave first
+        // SAFETY: kill(2) of our own child, by pid: SIGTERM asks it to shut down.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.stdout = Some(stdout.into_inner());
+        let (ok, out, err) = finish(child, "echo_server");
+        drop(clients);
+        assert!(ok, "echo_server did not shut down cleanly on {env}:\n{line}{out}{err}");
+        assert!(out.contains(&format!("connections 12 bytes {total} outstanding 0")), "{out}");
+    }
+}

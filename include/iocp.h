@@ -1,0 +1,1 @@
+../crates/iocp-ffi/include/iocp.h

@@ -39,6 +39,10 @@ if [ -f bench/peers/c/uring_echo.c ]; then
     fi
 fi
 
+step "building libiocp's C echo example (crates/iocp-ffi/examples/c/echo_server.c)"
+cargo build --release -p iocp-ffi --quiet
+gcc -O2 -Wall -Wextra -I crates/iocp-ffi/include -o bench/peers/target/c/libiocp_echo \
+    crates/iocp-ffi/examples/c/echo_server.c target/release/libiocp.a -lpthread -ldl -lm -lgcc_s
 # 1000 connections on each side need descriptors.
 hard=$(ulimit -Hn)
 if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi

@@ -34,7 +34,7 @@ IOCP = os.path.join(ROOT, "target", "release", "iocp")
 IOCP_SERVE = os.environ.get("IOCP_SERVE_BIN") or IOCP
 PEERS = os.path.join(ROOT, "bench", "peers", "target", "release")
 C_PEERS = os.path.join(ROOT, "bench", "peers", "target", "c")
-LIBIOCP_ECHO = os.path.join(ROOT, "examples", "c", "echo_server")
+LIBIOCP_ECHO = os.path.join(ROOT, "bench", "peers", "target", "c", "libiocp_echo")
 HZ = os.sysconf("SC_CLK_TCK")
 
 RUNNING = []  # Popen objects of servers still up
@@ -205,7 +205,11 @@ def echo_servers(threads, args):
         ("libiocp-c", LIBIOCP_ECHO),
     ]
     for name, path in peers:
-        if os.access(path, os.X_OK):
+        if os.access(path, os.X_OK) and name == "libiocp-c":
+            # The Windows-style example takes --addr IP --port P.
+            servers.append((name, lambda a, p=path: [p, "--addr", a.rsplit(":", 1)[0], "--port",
+                                                     a.rsplit(":", 1)[1], "--threads", str(threads)]))
+        elif os.access(path, os.X_OK):
             servers.append((name, lambda a, p=path: [p, "--addr", a, "--threads", str(threads)]))
         else:
             log(f"compare: SKIP {name}: no binary at {os.path.relpath(path, ROOT)}")

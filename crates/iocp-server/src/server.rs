@@ -527,8 +527,10 @@ impl<S: Service> Shared<S> {
         let Some((Some(sock), peer, _)) = accepted.map(|a| a.into_parts()) else {
             return;
         };
-        let active = self.counters.active.load(Ordering::Relaxed);
+        // Count the connection in before checking, so two workers cannot both take the last slot.
+        let active = self.counters.active.fetch_add(1, Ordering::AcqRel);
         if active >= self.cfg.max_connections as u64 {
+            self.counters.active.fetch_sub(1, Ordering::AcqRel);
             bump(&self.counters.refused);
             tracing::debug!("connection refused: max_connections reached");
             return; // dropping the socket closes it
@@ -540,6 +542,7 @@ impl<S: Service> Shared<S> {
             Ok(h) => h,
             Err(e) => {
                 bump(&self.counters.accept_errors);
+                self.counters.active.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(error = %e, "associate failed");
                 return;
             }
@@ -548,6 +551,7 @@ impl<S: Service> Shared<S> {
             Ok(state) => state,
             Err(_) => {
                 bump(&self.counters.panics);
+                self.counters.active.fetch_sub(1, Ordering::AcqRel);
                 tracing::error!("service panicked in open: connection dropped");
                 return;
             }
@@ -558,7 +562,6 @@ impl<S: Service> Shared<S> {
             let _ = handle.shutdown(Shutdown::Read);
         }
         bump(&self.counters.accepted);
-        self.counters.active.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(?peer, slot, "connection accepted");
         let conn = Box::new(Conn {
             handle,

@@ -21,11 +21,6 @@ mod table;
 
 use std::process::ExitCode;
 
-/// The servers allocate and free an operation record per I/O, often on different threads;
-/// mimalloc's thread-local free lists make that cheaper than glibc's arenas (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 
 /// Windows IOCP semantics on Linux: io_uring, with an epoll fallback.

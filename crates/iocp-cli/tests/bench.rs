@@ -3,60 +3,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-/// What a finished run printed.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
+mod common;
 
-/// Runs the `iocp` binary with `args`, killing it (and failing) if it runs past `limit`.
-fn iocp(args: &[&str], limit: Duration) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning iocp");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            r.read_to_string(&mut s).expect("reading iocp output");
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
-    let deadline = start + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for iocp") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("iocp {args:?} ran longer than {limit:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-        took: start.elapsed(),
-    }
-}
+use common::{Run, iocp};
 
 /// The one JSON line of a `--json` run.
 fn json_line(run: &Run) -> Value {

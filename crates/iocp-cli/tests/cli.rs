@@ -1,55 +1,10 @@
 //! Smoke tests of the `iocp` binary: it runs, exits 0 and prints what it should.
 
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// What a finished run printed.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-/// Runs the `iocp` binary with `args`, killing it if it runs past `limit`.
-fn iocp(args: &[&str], limit: Duration) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
-        .args(args)
-        .env_remove("IOCP_BACKEND")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning iocp");
-    // Drain both pipes on their own threads, so a full pipe cannot stall the child.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            r.read_to_string(&mut s).expect("reading iocp output");
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout is piped")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr is piped")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for iocp") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("iocp {args:?} ran longer than {limit:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        status,
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
-    }
-}
+use common::iocp;
 
 #[test]
 fn probe_json_is_one_object_with_a_backend() {

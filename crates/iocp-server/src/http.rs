@@ -86,15 +86,20 @@ impl Http {
                     self.log(conn, None, &resp);
                     io.input.clear();
                     io.close_after_send = true;
-                    io.output.extend_from_slice(&resp.head);
-                    if let Body::Bytes { data, offset, len } = &resp.body {
-                        io.output.extend_from_slice(&data[*offset..*offset + *len]);
-                    }
+                    append_bodied(io, &resp);
                     return Next::Send;
                 }
             }
         }
         if io.output.is_empty() { Next::Read } else { Next::Send }
+    }
+}
+
+/// Appends a response without a file body (head, then any in-memory body) to the output.
+fn append_bodied(io: &mut Io, resp: &Response) {
+    io.output.extend_from_slice(&resp.head);
+    if let Body::Bytes { data, offset, len } = &resp.body {
+        io.output.extend_from_slice(&data[*offset..*offset + *len]);
     }
 }
 
@@ -129,10 +134,7 @@ impl Service for Http {
                 self.log(conn, None, &resp);
                 io.input.clear();
                 io.output.clear();
-                io.output.extend_from_slice(&resp.head);
-                if let Body::Bytes { data, offset, len } = &resp.body {
-                    io.output.extend_from_slice(&data[*offset..*offset + *len]);
-                }
+                append_bodied(io, &resp);
                 Next::Send
             }
         }

@@ -616,22 +616,11 @@ impl<S: Service> Shared<S> {
             }
             (Pending::Read, Err(e)) if timed_out(&e) => {
                 let kind = if conn.partial_since.is_some() {
-                    bump(&self.counters.request_timeouts);
                     TimeoutKind::Request
                 } else {
-                    bump(&self.counters.idle_timeouts);
                     TimeoutKind::Idle
                 };
-                let step = self.step(conn, |s, st, io| s.on_timeout(st, io, kind));
-                let Some((mut conn, next)) = step else { return };
-                if matches!(next, Next::Read) {
-                    // Asking to read again after a timeout would wait forever on a
-                    // silent peer; the deadline already ran out.
-                    self.close(conn, CloseReason::Timeout);
-                } else {
-                    conn.io.close_after_send = true;
-                    self.drive(conn, next);
-                }
+                self.deadline_expired(conn, kind);
             }
             (Pending::Send, Ok(n)) => {
                 conn.bytes_out += n as u64;
@@ -674,6 +663,25 @@ impl<S: Service> Shared<S> {
         }
     }
 
+    /// A receive deadline expired: count it, let the service answer, then close (after the
+    /// answer, if any).
+    fn deadline_expired(&self, conn: Box<Conn<S>>, kind: TimeoutKind) {
+        bump(match kind {
+            TimeoutKind::Request => &self.counters.request_timeouts,
+            TimeoutKind::Idle => &self.counters.idle_timeouts,
+        });
+        let Some((mut conn, next)) = self.step(conn, |s, st, io| s.on_timeout(st, io, kind)) else {
+            return;
+        };
+        if matches!(next, Next::Read) {
+            // Asking to read again after a timeout would wait forever on a silent peer; the
+            // deadline already ran out.
+            return self.close(conn, CloseReason::Timeout);
+        }
+        conn.io.close_after_send = true;
+        self.drive(conn, next);
+    }
+
     /// Starts what `next` says.
     fn drive(&self, mut conn: Box<Conn<S>>, next: Next) {
         match next {
@@ -691,15 +699,7 @@ impl<S: Service> Shared<S> {
                     None => self.cfg.idle_timeout,
                 };
                 if timeout == Some(Duration::ZERO) {
-                    bump(&self.counters.request_timeouts);
-                    let step =
-                        self.step(conn, |s, st, io| s.on_timeout(st, io, TimeoutKind::Request));
-                    let Some((mut conn, next)) = step else { return };
-                    if matches!(next, Next::Read) {
-                        return self.close(conn, CloseReason::Timeout);
-                    }
-                    conn.io.close_after_send = true;
-                    return self.drive(conn, next);
+                    return self.deadline_expired(conn, TimeoutKind::Request);
                 }
                 conn.pending = Pending::Read;
                 let buf = std::mem::take(&mut conn.io.input);

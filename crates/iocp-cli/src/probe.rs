@@ -64,8 +64,11 @@ pub(crate) fn human(report: &BackendReport) -> String {
             for (name, ok) in &caps.opcodes {
                 rows.push(vec![format!("  opcode {name}"), yes_no(*ok)]);
             }
+            for (name, ok) in &caps.features {
+                rows.push(vec![format!("  feature {name}"), yes_no(*ok)]);
+            }
             for (name, ok) in &caps.optional {
-                rows.push(vec![format!("  optional {name}"), yes_no(*ok)]);
+                rows.push(vec![format!("  unused {name}"), yes_no(*ok)]);
             }
         }
         Err(why) => rows.push(vec!["io_uring".into(), format!("unavailable: {why}")]),
@@ -84,6 +87,7 @@ pub(crate) fn to_json(report: &BackendReport) -> Json {
             ("ext_arg", Json::Bool(caps.ext_arg)),
             ("nodrop", Json::Bool(caps.nodrop)),
             ("opcodes", flags(&caps.opcodes)),
+            ("features", flags(&caps.features)),
             ("optional", flags(&caps.optional)),
         ]),
         Err(why) => Json::Obj(vec![("available", Json::Bool(false)), ("error", Json::str(why))]),

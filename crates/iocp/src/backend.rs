@@ -72,7 +72,7 @@ impl BackendReport {
     }
 
     /// Why this backend: e.g. "epoll: io_uring_setup failed with EPERM; kernel.io_uring_disabled
-    /// = 2", or "io_uring: setup, NOP round trip and 9 opcodes OK".
+    /// = 2", or "io_uring: setup, NOP round trip, 12 opcodes and 3 features OK".
     pub fn reason(&self) -> &str {
         &self.reason
     }
@@ -106,7 +106,10 @@ pub struct UringCaps {
     pub ext_arg: bool,
     /// `IORING_FEAT_NODROP`: the kernel keeps CQEs that do not fit instead of dropping them.
     pub nodrop: bool,
-    /// Optional opcodes for later features (multishot accept/receive, buffer rings, MSG_RING).
+    /// Behaviours the operations rely on beyond opcodes (multishot accept, the provided-buffer
+    /// ring, cancel-any), each tried on the probe's ring: required.
+    pub features: Vec<(&'static str, bool)>,
+    /// Opcodes reported for information: the port does not use them.
     pub optional: Vec<(&'static str, bool)>,
 }
 
@@ -197,8 +200,9 @@ pub(crate) fn choose(choice: BackendChoice) -> io::Result<BackendReport> {
         (BackendChoice::Uring | BackendChoice::Auto, Ok(caps)) => Ok(report(
             BackendKind::Uring,
             format!(
-                "setup, NOP round trip and {} opcodes OK (kernel {kernel})",
-                caps.opcodes.len()
+                "setup, NOP round trip, {} opcodes and {} features OK (kernel {kernel})",
+                caps.opcodes.len(),
+                caps.features.len()
             ),
         )),
         (BackendChoice::Uring, Err(why)) => Err(io::Error::new(

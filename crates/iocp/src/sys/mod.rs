@@ -25,6 +25,8 @@ mod chunks;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(feature = "uring")]
+mod opcodes;
+#[cfg(feature = "uring")]
 pub(crate) mod uring;
 
 use op::Op;

@@ -5,6 +5,8 @@
 //! `IOCP_REQUIRE_URING=1` is set (as `.ci/run` does), which turns the skip into a failure.
 //! `IOCP_BACKEND=epoll` skips the io_uring cases and makes [`auto_builder`] choose epoll.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};

@@ -4,9 +4,12 @@
 //! - [`CompletionPort`]: any thread may dequeue any completion ([`CompletionPort::get`],
 //!   [`CompletionPort::get_many`]); packets come out FIFO; blocked threads are released LIFO;
 //!   a concurrency limit gates how many threads run packets at once; user packets can be posted.
-//! - [`Handle`]: a socket associated with one port and one [`CompletionKey`] for life, on which
-//!   overlapped operations start: accept (with an initial receive), connect (with an initial
-//!   send), scatter/gather receive and send, the zero-byte receive.
+//! - [`Handle`]: a socket or file associated with one port and one [`CompletionKey`] for life,
+//!   on which overlapped operations start: accept (with an initial receive) and repeating
+//!   accept, connect (with an initial send), scatter/gather receive and send, the zero-byte
+//!   receive, receives from a registered [`BufferPool`], UDP `recv_from`/`send_to`, file
+//!   `read_at`/`write_at` (with [`APPEND`]), `transmit_file`, `disconnect` (for reuse); each may
+//!   carry a deadline, and pending ones can be cancelled one by one or all at once.
 //! - [`Completion`]: key, bytes transferred, result, and the operation's context handed back
 //!   whole: your context value `C` plus every buffer the operation owned (the "extended
 //!   OVERLAPPED"). Every started operation yields exactly one.

@@ -199,19 +199,44 @@ fn echo_server_dying_mid_run_gives_errors_not_a_hang() {
     assert_eq!(failures, 4, "{kinds}");
 }
 
+/// An address where nothing listens (bound, then closed again).
+fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Not one connection made: a clear error and exit 2, no report of zeros that reads like a
+/// result (issue 13 item 4).
+fn assert_no_connection_error(run: &Run, addr: &str, tried: usize) {
+    assert_eq!(run.status.code(), Some(2), "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.is_empty(), "no report expected, got:\n{}", run.stdout);
+    let want = format!("no connection to {addr} could be made ({tried} tried");
+    assert!(run.stderr.contains(&want), "stderr lacks {want:?}:\n{}", run.stderr);
+    assert!(run.stderr.contains(&format!("connect_refused {tried}")), "{}", run.stderr);
+}
+
 #[test]
-fn echo_without_a_server_fails_fast() {
-    let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").to_string()
-    }; // closed again: nothing listens there now
-    let args = ["bench", "echo", "--addr", &addr, "-c", "3", "-d", "10s", "--json"];
+fn echo_without_a_server_fails_fast_with_a_clear_error() {
+    let addr = dead_addr().to_string();
+    for json in [true, false] {
+        let mut args = vec!["bench", "echo", "--addr", &addr, "-c", "3", "-d", "10s"];
+        if json {
+            args.push("--json");
+        }
+        let run = iocp(&args, Duration::from_secs(30));
+        assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+        assert_no_connection_error(&run, &addr, 3);
+    }
+}
+
+#[test]
+fn http_without_a_server_fails_fast_with_a_clear_error() {
+    let addr = dead_addr().to_string();
+    let url = format!("http://{addr}/");
+    let args = ["bench", "http", "--url", &url, "-c", "2", "-t", "2", "-d", "10s", "--json"];
     let run = iocp(&args, Duration::from_secs(30));
-    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
     assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
-    let v = json_line(&run);
-    assert_eq!(int(&v["error_kinds"], "connect_refused"), 3, "{v}");
-    assert_eq!(int(&v, "msgs"), 0);
+    assert_no_connection_error(&run, &addr, 2);
 }
 
 /// A thread-per-connection HTTP/1.1 responder: every request (head up to the empty line) gets

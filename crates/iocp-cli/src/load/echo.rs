@@ -87,8 +87,8 @@ impl EchoReport {
 ///
 /// # Errors
 ///
-/// Only when the run cannot happen at all (no threads, no epoll). Failed connections and bad
-/// echoes are counted in the report: see [`Totals::failed`].
+/// When the run cannot happen at all (no threads, no epoll, not one connection made). Failed
+/// connections and bad echoes are counted in the report: see [`Totals::failed`].
 pub(crate) fn run_echo(load: &EchoLoad, progress: bool) -> anyhow::Result<EchoReport> {
     let (size, pipeline) = (load.size, load.pipeline);
     let totals = super::run(&load.plan, |i| EchoSession::new(i, size, pipeline), progress, "echo")?;

@@ -125,7 +125,7 @@ impl HttpReport {
 ///
 /// # Errors
 ///
-/// Only when the run cannot happen at all. Failed connections, malformed responses and
+/// When the run cannot happen at all (not one connection made, …). Failed connections, malformed responses and
 /// chunked bodies are counted in the report: see [`Totals::failed`].
 pub(crate) fn run_http(load: &HttpLoad, progress: bool) -> anyhow::Result<HttpReport> {
     let request = load.request.clone();

@@ -137,7 +137,8 @@ pub(crate) struct HttpArgs {
 }
 
 /// Runs `iocp bench …`: 0 when the run had no error, 1 when it had errors (the report is still
-/// printed), 2 when it could not run at all.
+/// printed), 2 when it could not run at all (bad arguments, or not one connection made: then
+/// only the error is printed, on stderr).
 pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     let result = match cmd {
         BenchCommand::Echo(a) => EchoLoad::new(a.addr, a.size, a.pipeline, &a.common)
@@ -350,6 +351,10 @@ struct ThreadOut {
 }
 
 /// Runs `plan` with one session per connection from `make`, returning the merged totals.
+///
+/// # Errors
+///
+/// When the run cannot happen (no thread, no epoll) and when not one connection could be made.
 pub(crate) fn run<S: Session>(
     plan: &Plan,
     make: impl Fn(usize) -> S,
@@ -448,6 +453,15 @@ pub(crate) fn run<S: Session>(
         totals.connected += out.connected;
         totals.reconnects += out.reconnects;
         totals.gen_cpu += out.cpu;
+    }
+    if totals.connected == 0 {
+        // Nothing was measured: a table of zeros would read like a result.
+        bail!(
+            "no connection to {} could be made ({} tried; errors: {})",
+            plan.addr,
+            plan.connections,
+            totals.error_summary()
+        );
     }
     totals.set_latency(&hist);
     if let (Some(Some(Some(a))), Some(Some(b))) = (server_cpu0, server_cpu1) {

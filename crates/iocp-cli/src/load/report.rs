@@ -168,6 +168,16 @@ impl Totals {
         self.faults.iter().sum()
     }
 
+    /// The errors by kind, e.g. `connect_refused 3, timeout 1`, or `0`.
+    pub(crate) fn error_summary(&self) -> String {
+        let errors: Vec<String> = Fault::ALL
+            .iter()
+            .filter(|f| self.faults[**f as usize] > 0)
+            .map(|f| format!("{} {}", f.name(), self.faults[*f as usize]))
+            .collect();
+        if errors.is_empty() { "0".to_owned() } else { errors.join(", ") }
+    }
+
     /// A run that had errors or completed nothing: the command exits non-zero.
     pub(crate) fn failed(&self) -> bool {
         self.errors() > 0 || self.msgs == 0
@@ -235,15 +245,7 @@ impl Totals {
         if self.reconnects > 0 {
             rows.push(row("reconnects", table::thousands(self.reconnects)));
         }
-        let errors: Vec<String> = Fault::ALL
-            .iter()
-            .filter(|f| self.faults[**f as usize] > 0)
-            .map(|f| format!("{} {}", f.name(), self.faults[*f as usize]))
-            .collect();
-        rows.push(row(
-            "errors",
-            if errors.is_empty() { "0".to_owned() } else { errors.join(", ") },
-        ));
+        rows.push(row("errors", self.error_summary()));
         if let Some(g) = self.gen_us_per_msg() {
             rows.push(row(&format!("generator CPU µs/{unit}"), format!("{g:.2}")));
         }

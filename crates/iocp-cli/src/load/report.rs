@@ -1,13 +1,14 @@
-//! What a load run measured, common to every protocol: counts, rates, latency, errors, CPU.
+//! What a load run measured: a thread's [`Recorder`], the merged [`Totals`] (counts, rates,
+//! latency, errors, CPU) and the [`Report`] printed as a table or one JSON line.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::Plan;
+use super::plan::Plan;
 use crate::json::Json;
 use crate::table::{self, Align};
 
@@ -72,6 +73,114 @@ impl Fault {
             | io::ErrorKind::BrokenPipe => Fault::Reset,
             _ => Fault::Io,
         }
+    }
+}
+
+/// Where a thread's completed exchanges go: only those that finish inside the window count.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    window: (Instant, Instant),
+    pub(super) hist: Histogram<u64>,
+    /// Exchanges completed in the window.
+    pub(super) msgs: u64,
+    /// Payload bytes received in the window (echo: message bytes; HTTP: whole responses).
+    pub(super) bytes: u64,
+    /// Exchanges completed since the last progress flush, window or not.
+    pub(super) progress: u64,
+    /// HTTP status counts in the window, indexed by status code.
+    pub(super) statuses: Vec<u64>,
+}
+
+impl Recorder {
+    pub(super) fn new(window: (Instant, Instant)) -> Recorder {
+        Recorder {
+            window,
+            hist: new_histogram(),
+            msgs: 0,
+            bytes: 0,
+            progress: 0,
+            statuses: Vec::new(),
+        }
+    }
+
+    /// One exchange sent at `sent` finished at `now`, having received `bytes`.
+    pub(crate) fn done(&mut self, sent: Instant, now: Instant, bytes: u64) {
+        self.progress += 1;
+        if now >= self.window.0 && now < self.window.1 {
+            self.msgs += 1;
+            self.bytes += bytes;
+            let ns = u64::try_from(now.duration_since(sent).as_nanos()).unwrap_or(u64::MAX);
+            self.hist.saturating_record(ns.max(1));
+        }
+    }
+
+    /// Counts an HTTP status (in the window only, like [`Recorder::done`]).
+    pub(crate) fn status(&mut self, now: Instant, code: u16) {
+        if now >= self.window.0 && now < self.window.1 {
+            let i = usize::from(code);
+            if self.statuses.len() <= i {
+                self.statuses.resize(i + 1, 0);
+            }
+            self.statuses[i] += 1;
+        }
+    }
+}
+
+/// A latency histogram in nanoseconds, 3 significant digits, up to an hour.
+pub(super) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("invariant: valid static bounds")
+}
+
+/// What one run of one protocol measured, as `iocp bench` prints it.
+#[derive(Clone, Debug)]
+pub(crate) struct Report {
+    /// The protocol: `echo` or `http`.
+    pub(crate) bench: &'static str,
+    /// One exchange in tables (`msg`, `req`) and the JSON key of their count (`msgs`,
+    /// `requests`).
+    pub(crate) unit: (&'static str, &'static str),
+    /// The table's `load` row.
+    pub(crate) load: String,
+    /// The protocol's own JSON fields, before the common ones.
+    pub(crate) fields: Vec<(&'static str, Json)>,
+    /// Whether the JSON ends with the HTTP status classes (`status: {"2xx": …}`).
+    pub(crate) status_classes: bool,
+    /// Counts, rates, latency, status codes, errors and CPU.
+    pub(crate) totals: Totals,
+}
+
+impl Report {
+    /// Exchanges (messages, requests) per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.totals.rate()
+    }
+
+    /// 99th percentile latency in microseconds.
+    pub(crate) fn p99_us(&self) -> f64 {
+        self.totals.latency.p99
+    }
+
+    /// A plain-text table, one line per quantity.
+    pub(crate) fn table(&self) -> String {
+        let mut rows = vec![row("load", self.load.clone())];
+        rows.extend(self.totals.rows(self.unit.0));
+        Totals::render(&rows)
+    }
+
+    /// One JSON object line (with the newline).
+    pub(crate) fn json(&self) -> String {
+        let mut fields = vec![("bench", Json::str(self.bench))];
+        fields.extend(self.fields.iter().cloned());
+        fields.extend(self.totals.json_fields(self.unit.1));
+        if self.status_classes {
+            let class = |lo: u16| {
+                Json::Int(self.totals.statuses.range(lo..lo + 100).map(|(_, n)| n).sum::<u64>())
+            };
+            let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            let by_class = classes.iter().zip((100..).step_by(100)).map(|(k, lo)| (*k, class(lo)));
+            fields.push(("status", Json::Obj(by_class.collect())));
+        }
+        format!("{}\n", Json::Obj(fields))
     }
 }
 

@@ -4,10 +4,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use super::echo::{EchoLoad, run_echo};
 use super::http::{HttpLoad, run_http};
+use super::run::raise_fd_limit;
 
 /// `iocp bench …`: the load generator.
 #[derive(Debug, Subcommand)]
@@ -83,6 +85,16 @@ pub(crate) struct EchoArgs {
     /// Messages in flight per connection
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// Scale mode: only this many of the connections send; the rest connect and stay idle
+    #[arg(long)]
+    active: Option<usize>,
+    /// Scale mode: open the connections as fast as they go (up to 60 s for all) and report
+    /// the connect time and, with --server-pid, the server's RSS per connection
+    #[arg(long)]
+    ramp: bool,
+    /// Scale mode: open this many connections per second in all (implies --ramp)
+    #[arg(long)]
+    rate: Option<f64>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -101,12 +113,11 @@ pub(crate) struct HttpArgs {
 /// printed), 2 when it could not run at all (bad arguments, or not one connection made: then
 /// only the error is printed, on stderr).
 pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
+    raise_fd_limit();
     let (report, json) = match cmd {
-        BenchCommand::Echo(a) => (
-            EchoLoad::new(a.addr, a.size, a.pipeline, &a.common)
-                .and_then(|load| run_echo(&load, !a.common.json)),
-            a.common.json,
-        ),
+        BenchCommand::Echo(a) => {
+            (echo_load(a).and_then(|load| run_echo(&load, !a.common.json)), a.common.json)
+        }
         BenchCommand::Http(a) => (
             HttpLoad::new(&a.url, &a.common).and_then(|load| run_http(&load, !a.common.json)),
             a.common.json,
@@ -122,6 +133,21 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The echo load of the command line, scale mode included.
+fn echo_load(a: &EchoArgs) -> anyhow::Result<EchoLoad> {
+    let mut load = EchoLoad::new(a.addr, a.size, a.pipeline, &a.common)?;
+    if let Some(n) = a.active {
+        if n > a.common.connections {
+            bail!("--active {n} is more than --connections {}", a.common.connections);
+        }
+        load.plan.active = n;
+    }
+    if a.ramp || a.rate.is_some() {
+        load.plan.ramp(a.rate)?;
+    }
+    Ok(load)
 }
 
 /// Parses `10s`, `250ms`, `2m`, `1.5` (seconds).

@@ -48,13 +48,23 @@ impl EchoLoad {
 /// When the run cannot happen at all (no threads, no epoll, not one connection made). Failed
 /// connections and bad echoes are counted in the report: see [`Totals::failed`](super::report::Totals::failed).
 pub(crate) fn run_echo(load: &EchoLoad, progress: bool) -> anyhow::Result<Report> {
-    let (size, pipeline) = (load.size, load.pipeline);
-    let totals = run(&load.plan, |i| EchoSession::new(i, size, pipeline), progress, "echo")?;
+    let (size, pipeline, active) = (load.size, load.pipeline, load.plan.active);
+    // An idle connection (scale mode) is a session with nothing in flight: it never sends.
+    let make = |i| EchoSession::new(i, size, if i < active { pipeline } else { 0 });
+    let totals = run(&load.plan, make, progress, "echo")?;
+    let mut what = format!("echo, {size} B messages, {pipeline} in flight per connection");
+    if active < load.plan.connections {
+        what += &format!("; {active} of {} connections active", load.plan.connections);
+    }
     Ok(Report {
         bench: "echo",
         unit: ("msg", "msgs"),
-        load: format!("echo, {size} B messages, {pipeline} in flight per connection"),
-        fields: vec![("size", Json::Int(size as u64)), ("pipeline", Json::Int(pipeline as u64))],
+        load: what,
+        fields: vec![
+            ("size", Json::Int(size as u64)),
+            ("pipeline", Json::Int(pipeline as u64)),
+            ("active", Json::Int(active as u64)),
+        ],
         status_classes: false,
         totals,
     })

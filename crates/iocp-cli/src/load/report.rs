@@ -199,6 +199,23 @@ pub(crate) struct Latency {
     pub(crate) max: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram in nanoseconds (all zero when it is empty).
+    pub(crate) fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
+}
+
 /// The protocol-independent part of a report.
 #[derive(Clone, Debug)]
 pub(crate) struct Totals {
@@ -234,6 +251,13 @@ pub(crate) struct Totals {
     pub(crate) gen_cpu: Duration,
     /// The `--server-pid` process's CPU time over the window.
     pub(crate) server_cpu: Option<Duration>,
+    /// From the first connect until every generator thread was connected (or gave up).
+    pub(crate) connect_time: Duration,
+    /// How long each successful first connect took.
+    pub(crate) connect_latency: Latency,
+    /// The `--server-pid` process's resident memory in bytes before the first connect and at
+    /// the start of the window.
+    pub(crate) server_rss: Option<(u64, u64)>,
 }
 
 impl Totals {
@@ -255,21 +279,16 @@ impl Totals {
             reconnects: 0,
             gen_cpu: Duration::ZERO,
             server_cpu: None,
+            connect_time: Duration::ZERO,
+            connect_latency: Latency::default(),
+            server_rss: None,
         }
     }
 
-    pub(crate) fn set_latency(&mut self, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1000.0;
-        self.latency = Latency {
-            mean: h.mean() / 1000.0,
-            p50: us(h.value_at_quantile(0.50)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-        };
+    /// Server RSS growth per connection connected, in bytes, with `--server-pid`.
+    pub(crate) fn server_rss_per_conn(&self) -> Option<f64> {
+        let (before, after) = self.server_rss?;
+        (self.connected > 0).then(|| (after as f64 - before as f64) / self.connected as f64)
     }
 
     /// Errors of every kind.
@@ -325,6 +344,16 @@ impl Totals {
                 ),
             ),
             row(
+                "connect",
+                format!(
+                    "{:.2} s in all; each p50 {:.0}  p99 {:.0}  max {:.0} µs",
+                    self.connect_time.as_secs_f64(),
+                    self.connect_latency.p50,
+                    self.connect_latency.p99,
+                    self.connect_latency.max
+                ),
+            ),
+            row(
                 "window",
                 format!(
                     "{:.2} s after {:.1} s warm-up",
@@ -360,6 +389,15 @@ impl Totals {
         }
         if let Some(s) = self.server_us_per_msg() {
             rows.push(row(&format!("server CPU µs/{unit}"), format!("{s:.2}")));
+        }
+        if let (Some((before, after)), Some(per)) = (self.server_rss, self.server_rss_per_conn()) {
+            let mb = |b: u64| b as f64 / 1e6;
+            let text = format!(
+                "{:.1} MB before connecting, {:.1} MB connected: {per:.0} B per connection",
+                mb(before),
+                mb(after)
+            );
+            rows.push(row("server RSS", text));
         }
         rows
     }
@@ -401,6 +439,18 @@ impl Totals {
             ("reconnects", Json::Int(self.reconnects)),
             ("gen_cpu_us_per_msg", opt(self.gen_us_per_msg())),
             ("server_cpu_us_per_msg", opt(self.server_us_per_msg())),
+            ("connect_s", Json::Num((self.connect_time.as_secs_f64() * 1000.0).round() / 1000.0)),
+            (
+                "connect_us",
+                Json::Obj(vec![
+                    ("p50", Json::num1(self.connect_latency.p50)),
+                    ("p99", Json::num1(self.connect_latency.p99)),
+                    ("max", Json::num1(self.connect_latency.max)),
+                ]),
+            ),
+            ("server_rss_before", self.server_rss.map_or(Json::Null, |r| Json::Int(r.0))),
+            ("server_rss_after", self.server_rss.map_or(Json::Null, |r| Json::Int(r.1))),
+            ("server_rss_per_conn", opt(self.server_rss_per_conn())),
         ]
     }
 }

@@ -14,15 +14,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::args::Engine;
 use super::plan::{Next, Plan, Session};
-use super::report::{Fault, Recorder, Totals, new_histogram};
+use super::report::{Fault, Latency, Recorder, Totals, new_histogram};
 use super::{engine_epoll, engine_iocp};
 
-/// How long the connect phase may take in all, per generator thread.
+/// How long the connect phase may take in all, per generator thread (outside scale mode).
 pub(crate) const CONNECT_BUDGET: Duration = Duration::from_secs(5);
 
 /// What one generator thread measured.
@@ -30,6 +31,8 @@ pub(super) struct ThreadOut {
     rec: Recorder,
     faults: [u64; Fault::COUNT],
     connected: u64,
+    /// How long each successful first connect took, in nanoseconds.
+    connect_hist: Histogram<u64>,
     reconnects: u64,
     cpu: Duration,
 }
@@ -46,6 +49,8 @@ pub(crate) fn run<S: Session>(
     what: &str,
 ) -> anyhow::Result<Totals> {
     let progress_count = Arc::new(AtomicU64::new(0));
+    let rss_before = plan.server_pid.and_then(process_rss);
+    let connect_start = Instant::now();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let mut workers = Vec::with_capacity(plan.threads);
     for t in 0..plan.threads {
@@ -55,7 +60,7 @@ pub(crate) fn run<S: Session>(
         let join = thread::Builder::new()
             .name(format!("iocp-bench-{t}"))
             .spawn(move || {
-                let w = Worker::new(&plan, &ready_tx, &start_rx, &count);
+                let w = Worker::new(&plan, t, &ready_tx, &start_rx, &count);
                 let out = match plan.engine {
                     Engine::Epoll => engine_epoll::worker(w, sessions),
                     Engine::Iocp => engine_iocp::worker(w, sessions, iocp::BackendChoice::Uring),
@@ -74,7 +79,7 @@ pub(crate) fn run<S: Session>(
     drop(ready_tx);
 
     // Everyone connected (or gave up: the connect phase is bounded), then the clock starts.
-    let connect_deadline = Instant::now() + CONNECT_BUDGET + Duration::from_secs(1);
+    let connect_deadline = Instant::now() + plan.connect_budget + Duration::from_secs(1);
     for _ in 0..plan.threads {
         let left = connect_deadline.saturating_duration_since(Instant::now());
         if ready_rx.recv_timeout(left).is_err() {
@@ -82,6 +87,7 @@ pub(crate) fn run<S: Session>(
         }
     }
     let t0 = Instant::now();
+    let connect_time = t0.duration_since(connect_start);
     let window = (t0 + plan.warmup, t0 + plan.warmup + plan.duration);
     for (start_tx, _) in &workers {
         let _ = start_tx.send(window);
@@ -89,12 +95,15 @@ pub(crate) fn run<S: Session>(
 
     let bar = progress_bar(progress, plan, what);
     let mut server_cpu0 = None;
+    let mut rss_after = None;
     let mut last = (t0, 0u64);
     let mut rate = 0.0;
     let ended = loop {
         let now = Instant::now();
         if server_cpu0.is_none() && now >= window.0 {
             server_cpu0 = Some(plan.server_pid.map(process_cpu));
+            // After the warm-up the server has accepted every connection it is going to.
+            rss_after = plan.server_pid.and_then(process_rss);
         }
         if now >= window.1 || workers.iter().all(|(_, j)| j.is_finished()) {
             break now.min(window.1);
@@ -115,11 +124,14 @@ pub(crate) fn run<S: Session>(
 
     let mut totals = Totals::new(plan);
     totals.window = ended.saturating_duration_since(window.0);
+    totals.connect_time = connect_time;
     let mut hist = new_histogram();
+    let mut connect_hist = new_histogram();
     for (start_tx, join) in workers {
         drop(start_tx);
         let out = join.join().map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
         hist.add(&out.rec.hist).context("merging latency histograms")?;
+        connect_hist.add(&out.connect_hist).context("merging connect histograms")?;
         totals.msgs += out.rec.msgs;
         totals.bytes += out.rec.bytes;
         for (i, n) in out.rec.statuses.iter().enumerate() {
@@ -144,7 +156,11 @@ pub(crate) fn run<S: Session>(
             totals.error_summary()
         );
     }
-    totals.set_latency(&hist);
+    totals.latency = Latency::of(&hist);
+    totals.connect_latency = Latency::of(&connect_hist);
+    if let (Some(a), Some(b)) = (rss_before, rss_after) {
+        totals.server_rss = Some((a, b));
+    }
     if let (Some(Some(Some(a))), Some(Some(b))) = (server_cpu0, server_cpu1) {
         totals.server_cpu = Some(b.saturating_sub(a));
     }
@@ -178,18 +194,48 @@ pub(crate) fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64((utime + stime) as f64 / hz as f64))
 }
 
+/// Resident memory of process `pid` in bytes (VmRSS in /proc/PID/status); `None` if the
+/// process is gone or the file is unreadable.
+pub(crate) fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line["VmRSS:".len()..].trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Raises this process's soft limit on open files to the hard limit, so that as many
+/// connections as the system allows can be opened (a failure is left to show as connect
+/// errors).
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // "unlimited" is not a valid open-file limit: the kernel caps it at fs.nr_open.
+    let max = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|c| c < max) {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(max), maximum: limit.maximum });
+    }
+}
+
 fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
 }
 
-/// Connects to `addr` within `limit`, non-blocking with TCP_NODELAY.
-fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Fault> {
+/// Connects to `addr` within `limit` (from `source` when given), non-blocking with
+/// TCP_NODELAY.
+fn connect(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+    limit: Duration,
+) -> Result<TcpStream, Fault> {
     if limit.is_zero() {
         return Err(Fault::ConnectTimeout);
     }
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|_| Fault::ConnectOther)?;
+    if let Some(from) = source {
+        sock.bind(&SockAddr::from(from)).map_err(|_| Fault::ConnectOther)?;
+    }
     sock.connect_timeout(&SockAddr::from(addr), limit).map_err(|e| match e.kind() {
         io::ErrorKind::ConnectionRefused => Fault::ConnectRefused,
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Fault::ConnectTimeout,
@@ -228,11 +274,14 @@ pub(super) trait Link {
 /// [`Worker::settle`]), and ends with [`Worker::finish`].
 pub(super) struct Worker<'a> {
     plan: &'a Plan,
+    /// This thread's number: it owns connections `thread`, `thread + threads`, …
+    thread: usize,
     ready: &'a mpsc::Sender<()>,
     start: &'a mpsc::Receiver<(Instant, Instant)>,
     progress: &'a AtomicU64,
     faults: [u64; Fault::COUNT],
     connected: u64,
+    connect_hist: Histogram<u64>,
     reconnects: u64,
     /// Connections that are up (or being restarted); the loop ends when none is left.
     live: usize,
@@ -252,6 +301,7 @@ pub(super) struct Tick {
 impl<'a> Worker<'a> {
     fn new(
         plan: &'a Plan,
+        thread: usize,
         ready: &'a mpsc::Sender<()>,
         start: &'a mpsc::Receiver<(Instant, Instant)>,
         progress: &'a AtomicU64,
@@ -259,11 +309,13 @@ impl<'a> Worker<'a> {
         let now = Instant::now();
         Worker {
             plan,
+            thread,
             ready,
             start,
             progress,
             faults: [0; Fault::COUNT],
             connected: 0,
+            connect_hist: new_histogram(),
             reconnects: 0,
             live: 0,
             window: (now, now),
@@ -272,21 +324,33 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Connects one socket per session, in turn, within [`CONNECT_BUDGET`] in all; `wrap`
-    /// makes the engine's connection from the session and the socket (`None`: the connect
-    /// failed, its fault counted).
+    /// Connects one socket per session, in turn, within the plan's connect budget in all (and
+    /// at this thread's share of its connect rate); `wrap` makes the engine's connection from
+    /// the session and the socket (`None`: the connect failed, its fault counted).
     pub(super) fn connect_all<S, C>(
         &mut self,
         sessions: Vec<S>,
         mut wrap: impl FnMut(usize, S, Option<TcpStream>) -> anyhow::Result<C>,
     ) -> anyhow::Result<Vec<C>> {
         let mut conns = Vec::with_capacity(sessions.len());
-        let deadline = Instant::now() + CONNECT_BUDGET;
+        let begin = Instant::now();
+        let deadline = begin + self.plan.connect_budget;
+        let threads = self.plan.threads as f64;
         for (i, session) in sessions.into_iter().enumerate() {
-            let limit =
-                Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now()));
-            let sock = connect(self.plan.addr, limit).map_err(|f| self.fault(f)).ok();
-            self.connected += u64::from(sock.is_some());
+            if let Some(rate) = self.plan.connect_rate {
+                // Pacing, not synchronisation: connect `i` is due at i / (rate / threads).
+                let due = begin + Duration::from_secs_f64(i as f64 * threads / rate);
+                thread::sleep(due.min(deadline).saturating_duration_since(Instant::now()));
+            }
+            let at = Instant::now();
+            let limit = Duration::from_secs(2).min(deadline.saturating_duration_since(at));
+            let source = self.plan.source(self.thread + i * self.plan.threads);
+            let sock = connect(self.plan.addr, source, limit).map_err(|f| self.fault(f)).ok();
+            if sock.is_some() {
+                self.connected += 1;
+                let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.connect_hist.saturating_record(ns.max(1));
+            }
             conns.push(wrap(i, session, sock)?);
         }
         Ok(conns)
@@ -295,7 +359,7 @@ impl<'a> Worker<'a> {
     /// Says this thread is connected and waits for the window; returns the thread's recorder.
     pub(super) fn start(&mut self) -> anyhow::Result<Recorder> {
         let _ = self.ready.send(());
-        let Ok(window) = self.start.recv_timeout(CONNECT_BUDGET * 2) else {
+        let Ok(window) = self.start.recv_timeout(self.plan.connect_budget * 2) else {
             bail!("the run was abandoned before it started");
         };
         self.window = window;
@@ -372,7 +436,7 @@ impl<'a> Worker<'a> {
                 }
                 self.reconnects += 1;
                 let limit = self.plan.timeout.min(Duration::from_secs(2));
-                match connect(self.plan.addr, limit) {
+                match connect(self.plan.addr, None, limit) {
                     Ok(sock) => {
                         if let Err(f) = c.open(io, i, sock, now)? {
                             c.close(io);
@@ -412,7 +476,7 @@ impl<'a> Worker<'a> {
     /// What this thread measured.
     pub(super) fn finish(self, rec: Recorder) -> ThreadOut {
         let cpu = self.cpu0.map_or(Duration::ZERO, |c0| thread_cpu().saturating_sub(c0));
-        let Worker { faults, connected, reconnects, .. } = self;
-        ThreadOut { rec, faults, connected, reconnects, cpu }
+        let Worker { faults, connected, connect_hist, reconnects, .. } = self;
+        ThreadOut { rec, faults, connected, connect_hist, reconnects, cpu }
     }
 }

@@ -199,8 +199,10 @@ def echo_servers(threads, args):
     for backend in ("uring", "epoll"):
         name = f"iocp-{backend}"
         if have_serve:
+            # --max-connections above the scale row's count (the default is 10,000)
             servers.append((name, lambda a, b=backend: [IOCP_SERVE, "serve", "echo", "--addr", a,
-                                                        "--threads", str(threads), "--backend", b]))
+                                                        "--threads", str(threads), "--backend", b,
+                                                        "--max-connections", "1000000"]))
         else:
             log(f"compare: SKIP {name}: {IOCP_SERVE} has no `serve echo` yet")
     peers = [

@@ -273,6 +273,28 @@ fn echo_connect_rate_paces_the_connects() {
     assert!(run.stderr.contains("--active 11 is more than --connections 10"), "{}", run.stderr);
 }
 
+/// An echo server that closes an idle connection is at fault: the close counts as an error
+/// (`closed`), never as an HTTP-style reconnect (which hid a server's connection limit).
+#[test]
+fn echo_idle_connections_closed_by_the_server_are_errors() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s); // accept and close at once
+        }
+    });
+    let args = [
+        "bench", "echo", "--addr", &addr, "-c", "3", "--active", "0", "-d", "300ms", "--warmup",
+        "0s", "--json",
+    ];
+    let run = iocp(&args, Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(1), "stderr:\n{}", run.stderr);
+    let v = json_line(&run);
+    assert_eq!(int(&v["error_kinds"], "closed"), 3, "{v}");
+    assert_eq!(int(&v, "reconnects"), 0, "{v}");
+}
+
 /// An address where nothing listens (bound, then closed again).
 fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -168,6 +168,12 @@ impl Session for EchoSession {
         !self.in_flight.is_empty()
     }
 
+    /// An echo server never closes on its own: a close is an error even on an idle (scale
+    /// mode) connection, never a reconnect.
+    fn on_close(&self) -> Result<Next, Fault> {
+        Err(Fault::Closed)
+    }
+
     fn recv_capacity(&self) -> usize {
         (self.size * self.pipeline).clamp(4096, 64 * 1024)
     }

@@ -144,8 +144,7 @@ pub(super) fn worker<S: Session>(mut w: Worker<'_>, sessions: Vec<S>) -> anyhow:
             {
                 let Some(sock) = &c.sock else { continue };
                 outcome = match (&*sock).read(&mut rbuf) {
-                    Ok(0) if c.session.waiting() => Err(Fault::Closed),
-                    Ok(0) => Ok(Next::Reconnect),
+                    Ok(0) => c.session.on_close(),
                     Ok(n) => {
                         c.last_progress = now;
                         match c.session.on_data(&rbuf[..n], now, &mut rec, &mut c.tx) {

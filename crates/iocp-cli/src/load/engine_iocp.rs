@@ -159,8 +159,7 @@ pub(super) fn worker<S: Session>(
                     }
                     c.pump(i).map(|()| Next::Continue)
                 }
-                Ok(0) if c.session.waiting() => Err(Fault::Closed),
-                Ok(0) => Ok(Next::Reconnect),
+                Ok(0) => c.session.on_close(),
                 Ok(_) => {
                     c.last_progress = now;
                     let mut buf = buf;

@@ -158,6 +158,11 @@ pub(crate) trait Session: Send + 'static {
     ) -> Result<Next, Fault>;
     /// Whether a reply is owed (so a close or a silence is an error).
     fn waiting(&self) -> bool;
+    /// The server closed the connection: an error while a reply is owed, else (HTTP's
+    /// `Connection: close` done) connect again.
+    fn on_close(&self) -> Result<Next, Fault> {
+        if self.waiting() { Err(Fault::Closed) } else { Ok(Next::Reconnect) }
+    }
     /// The receive buffer a completion-based engine keeps per connection.
     fn recv_capacity(&self) -> usize {
         16 * 1024

@@ -39,6 +39,8 @@ pub(crate) struct CommonArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
     /// Also report this process's CPU time per message (from /proc/PID/stat, over the window)
+    /// and its RSS growth per connection (VmRSS before the first connect and at the window's
+    /// start)
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
     /// Print one JSON object line instead of a table (and no progress bar)

@@ -83,4 +83,35 @@ mod tests {
         assert!(report.rate() > 0.0 && report.p99_us() > 0.0, "{}", report.table());
         assert!(report.json().starts_with(r#"{"bench":"echo","#));
     }
+
+    /// When one source address's ports would run short, connection `i` binds to
+    /// 127.0.0.(2 + i / per_source) before connecting: the server sees those addresses.
+    #[test]
+    fn connections_spread_over_source_addresses() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for s in listener.incoming().take(4) {
+                let mut s = s.expect("accept");
+                let _ = tx.send(s.peer_addr().expect("peer").ip().to_string());
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut plan = Plan::basic(addr, 4, Duration::from_millis(100), Duration::ZERO);
+        plan.per_source = Some(2);
+        let report = run_echo(&EchoLoad { plan, size: 16, pipeline: 1 }, false).expect("a run");
+        assert_eq!((report.totals.connected, report.totals.errors()), (4, 0), "{}", report.table());
+        let mut peers: Vec<String> =
+            (0..4).map(|_| rx.recv_timeout(Duration::from_secs(5)).expect("a peer")).collect();
+        peers.sort();
+        assert_eq!(peers, ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]);
+    }
 }

@@ -211,6 +211,16 @@ fn echo_server_dying_mid_run_gives_errors_not_a_hang() {
 /// the report has the connect time and the server's RSS per connection.
 #[test]
 fn echo_scale_mode_connects_all_and_only_the_active_ones_send() {
+    echo_scale_mode_on("epoll");
+    echo_scale_mode_on("iocp-epoll");
+    if iocp::probe().uring().is_ok() {
+        echo_scale_mode_on("iocp");
+    } else {
+        eprintln!("SKIP --engine iocp: io_uring unavailable");
+    }
+}
+
+fn echo_scale_mode_on(engine: &str) {
     let server = EchoServer::start();
     let addr = server.addr.to_string();
     // The "server" whose memory is measured is this test process (it runs the echo threads).
@@ -231,6 +241,8 @@ fn echo_scale_mode_connects_all_and_only_the_active_ones_send() {
         "500ms",
         "--warmup",
         "200ms",
+        "--engine",
+        engine,
         "--server-pid",
         &pid,
         "--json",
@@ -238,6 +250,7 @@ fn echo_scale_mode_connects_all_and_only_the_active_ones_send() {
     let run = iocp(&args, Duration::from_secs(60));
     assert!(run.status.success(), "status {}; stderr:\n{}", run.status, run.stderr);
     let v = json_line(&run);
+    assert_eq!(v["engine"], engine);
     assert_eq!((int(&v, "connected"), int(&v, "active"), int(&v, "errors")), (200, 20, 0), "{v}");
     assert_eq!(server.conns.load(Ordering::SeqCst), 200);
     assert_eq!(server.talkers.load(Ordering::SeqCst), 20, "only the active connections send");

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Echo servers compared: iocp (io_uring and epoll backends) against tokio, monoio, a plain C
 # epoll server (and a C io_uring one, and libiocp's C example, when built), all driven by the
-# same `iocp bench echo --json`, cases 50 x 64 B, 50 x 4 KiB and 1000 x 64 B, 3 interleaved
-# repetitions (round-robin over the servers), medians and ratios against tokio; tokio is
-# measured twice to show the noise floor. Server CPU per message comes from /proc/PID/stat.
+# same `iocp bench echo --json` on its own epoll engine (not the iocp library) with as many
+# generator threads as the servers have (--server-threads, default: the CPUs), each thread its
+# own epoll loop. Cases 50 x 64 B, 50 x 4 KiB and 1000 x 64 B, then a scale row (19,000
+# connections opened with --ramp, 1,000 of them active: connect time, server RSS per
+# connection, msgs/s). At least 3 interleaved repetitions (round-robin over the servers, the
+# order rotated each repetition), medians and ratios against tokio; tokio is measured twice,
+# the second instance showing the noise floor. Server CPU per message from /proc/PID/stat
+# beside every rate.
 #
 #   bench/compare-echo.sh [--quick] [--duration S] [--reps N] [--write] [--cases 50x64,...]
+#                         [--server-threads N] [--scale CONNSxACTIVE|off]
 #
-# --quick: 1 repetition of 2 s (about a minute). --write: replace the echo-compare section of
-# BENCHMARKS.md. Raw results go to bench/results/ (bench/results/quick/ with --quick).
+# --quick: 1 repetition of 2 s, scale row 2000x200 (a smoke test, not a comparison). --write:
+# replace the echo-compare section of BENCHMARKS.md. Raw results go to bench/results/
+# (bench/results/quick/ with --quick).
 # Every server is killed on exit; every run has a deadline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,9 +50,9 @@ step "building libiocp's C echo example (crates/iocp-ffi/examples/c/echo_server.
 cargo build --release -p iocp-ffi --quiet
 gcc -O2 -Wall -Wextra -I crates/iocp-ffi/include -o bench/peers/target/c/libiocp_echo \
     crates/iocp-ffi/examples/c/echo_server.c target/release/libiocp.a -lpthread -ldl -lm -lgcc_s
-# 1000 connections on each side need descriptors.
+# The scale row's 19,000 connections need descriptors on each side (the servers inherit this).
 hard=$(ulimit -Hn)
-if [ "$hard" = unlimited ] || [ "$hard" -gt 20000 ]; then hard=20000; fi
+if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
 ulimit -n "$hard" 2>/dev/null || true
 step "ulimit -n $(ulimit -n)"
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# HTTP static files compared: `iocp serve http` against nginx (worker_processes 2, sendfile on,
-# access_log off, keep-alive, under a temporary prefix on loopback), the same docroot, loaded
-# by `wrk -t2 -c100 --latency` on 1 KiB, 64 KiB and 1 MiB files, 3 interleaved repetitions,
-# medians and ratios against nginx (measured twice to show the noise floor). Server CPU per
-# request from /proc/PID/stat (nginx: master + workers).
+# HTTP static files compared: `iocp serve http` against nginx configured as in production
+# (worker_processes = the server threads, `listen ... reuseport` so each worker has its own
+# accept queue, sendfile on, tcp_nopush on, access_log off, keepalive_requests 1000000, under a
+# temporary prefix on loopback), the same docroot, loaded by `wrk -tN -c100 --latency` with N =
+# the server threads (--server-threads, default: the CPUs) on 1 KiB, 64 KiB and 1 MiB files.
+# At least 3 interleaved repetitions (the order rotated each repetition), medians and ratios
+# against nginx, measured twice (the second instance is the noise floor). Server CPU per
+# request from /proc/PID/stat (nginx: master + workers) beside every rate.
 #
-#   bench/compare-http.sh [--quick] [--duration S] [--reps N] [--write]
+#   bench/compare-http.sh [--quick] [--duration S] [--reps N] [--write] [--server-threads N]
 #
 # Installs nginx and wrk with apt-get when they are missing. --quick: 1 repetition of 2 s.
 # --write: replace the http-compare section of BENCHMARKS.md. Raw results go to bench/results/.

@@ -2,11 +2,17 @@
 """Runs the echo or HTTP comparison behind bench/compare-echo.sh and bench/compare-http.sh.
 
 Called by those scripts after they have built everything; run them, not this file. For each
-case and each repetition it starts every server in turn (round-robin, so a slow minute hits all
-servers alike), loads it, stops it, and records throughput, p99 latency and the server's CPU
-time per message or request (utime + stime from /proc/PID/stat, over the measured window).
-Then it prints medians and ratios, writes every raw number as JSON under bench/results/, and
-with --write replaces the marked section of BENCHMARKS.md.
+case and each repetition it starts every server in turn (round-robin, the order rotated every
+repetition, so a slow minute and a position in the round hit all servers alike), loads it,
+stops it, and records throughput, p99 latency and the server's CPU time per message or request
+(utime + stime from /proc/PID/stat, over the measured window). The load generator runs as many
+threads as the server (echo: `iocp bench echo --threads N` on its own epoll engine, one epoll
+loop per thread, which does not use the iocp library; HTTP: `wrk -tN`); the baseline (tokio,
+nginx) runs twice, the second instance showing the noise floor; at least 3 repetitions, medians.
+The echo comparison ends with a scale row: many connections opened as fast as they go, a few of
+them active, reporting connect time, the server's RSS per connection and the active ones'
+msgs/s. Then it prints medians and ratios, writes every raw number as JSON under bench/results/,
+and with --write replaces the marked sections of BENCHMARKS.md.
 
 Every server runs in its own process group and is killed on exit, on error and on
 SIGINT/SIGTERM; every wait has a deadline.
@@ -193,8 +199,10 @@ def echo_servers(threads, args):
     for backend in ("uring", "epoll"):
         name = f"iocp-{backend}"
         if have_serve:
+            # --max-connections above the scale row's count (the default is 10,000)
             servers.append((name, lambda a, b=backend: [IOCP_SERVE, "serve", "echo", "--addr", a,
-                                                        "--threads", str(threads), "--backend", b]))
+                                                        "--threads", str(threads), "--backend", b,
+                                                        "--max-connections", "1000000"]))
         else:
             log(f"compare: SKIP {name}: {IOCP_SERVE} has no `serve echo` yet")
     peers = [
@@ -221,6 +229,34 @@ def echo_servers(threads, args):
     return servers
 
 
+def bench_echo(cmd, limit, name):
+    """Runs one `iocp bench echo --json`; its result dict (with "exit"), or {"failed": why}."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        return {"failed": f"timed out: {e}"}
+    lines = r.stdout.strip().splitlines()
+    if not lines:
+        # exit 2: no connection could be made (or bad arguments); the reason is on stderr
+        why = r.stderr.strip() or f"exit {r.returncode}, no output"
+        log(f"compare: bench against {name} failed: {why}")
+        return {"failed": why, "exit": r.returncode}
+    try:
+        res = json.loads(lines[-1])
+    except ValueError as e:
+        return {"failed": f"not JSON ({e}): {lines[-1][:200]}"}
+    res["exit"] = r.returncode
+    if r.returncode != 0:
+        log(f"  exit {r.returncode}, errors {res.get('errors')}: {r.stderr.strip()}")
+    return res
+
+
+def rotated(xs, k):
+    """`xs` rotated left by `k` (the server order of repetition `k`)."""
+    k %= max(1, len(xs))
+    return xs[k:] + xs[:k]
+
+
 def run_echo(args, logdir):
     cases = [(50, 64), (50, 4096), (1000, 64)]
     if args.cases:
@@ -236,7 +272,7 @@ def run_echo(args, logdir):
     n = 0
     for rep in range(args.reps):
         for conns, size in cases:
-            for name, maker in servers:
+            for name, maker in rotated(servers, rep):
                 n += 1
                 port += 1
                 addr = f"127.0.0.1:{port}"
@@ -251,24 +287,15 @@ def run_echo(args, logdir):
                 try:
                     cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
                            "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
-                           "--threads", str(args.gen_threads), "--engine", args.engine,
+                           "--threads", str(args.gen_threads), "--engine", "epoll",
                            "--server-pid", str(p.pid), "--json"]
-                    limit = args.duration + args.warmup + 30
-                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-                    line = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else "{}"
-                    res = json.loads(line)
-                    res.update({"server": name, "rep": rep, "conns": conns, "size": size,
-                                "exit": r.returncode})
-                    if r.returncode != 0:
-                        log(f"  exit {r.returncode}, errors {res.get('errors')}: {r.stderr.strip()}")
-                    log(f"  {fmt(res.get('rate'))} msgs/s  p99 {fmt(res['latency_us']['p99'])} µs"
-                        f"  server {fmt(res.get('server_cpu_us_per_msg'), 2)} µs/msg"
-                        f"  generator {fmt(res.get('gen_cpu_us_per_msg'), 2)} µs/msg")
+                    res = bench_echo(cmd, args.duration + args.warmup + 30, name)
+                    res.update({"server": name, "rep": rep, "conns": conns, "size": size})
+                    if "failed" not in res:
+                        log(f"  {fmt(res.get('rate'))} msgs/s  p99 {fmt(res['latency_us']['p99'])} µs"
+                            f"  server {fmt(res.get('server_cpu_us_per_msg'), 2)} µs/msg"
+                            f"  generator {fmt(res.get('gen_cpu_us_per_msg'), 2)} µs/msg")
                     runs.append(res)
-                except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
-                    log(f"compare: bench against {name} failed: {e}")
-                    runs.append({"server": name, "rep": rep, "conns": conns, "size": size,
-                                 "failed": str(e)})
                 finally:
                     stop(p)
     return summarize(runs, [(f"{c}x{s}B", c, s) for c, s in cases], [n for n, _ in servers],
@@ -276,11 +303,92 @@ def run_echo(args, logdir):
                      rate="rate", cpu="server_cpu_us_per_msg", unit="msgs/s"), runs
 
 
+def run_scale(args, logdir):
+    """The scale row: `args.scale` = CONNSxACTIVE connections opened with --ramp, ACTIVE of them
+    sending 64 B messages, the rest idle; per server the connect time, RSS per connection and
+    the active connections' msgs/s. Interleaved like the other cases."""
+    conns, active = (int(x) for x in args.scale.split("x"))
+    servers = echo_servers(args.server_threads, args)
+    runs = []
+    port = args.port + 5000
+    total = args.reps * len(servers)
+    n = 0
+    for rep in range(args.reps):
+        for name, maker in rotated(servers, rep):
+            n += 1
+            port += 1
+            addr = f"127.0.0.1:{port}"
+            log(f"[scale {n}/{total}] rep {rep + 1} {conns} connections, {active} active, {name}")
+            base = {"server": name, "rep": rep, "conns": conns, "active": active}
+            try:
+                p = start(maker(addr), port, name.replace("#", "_") + "_scale", logdir)
+            except RuntimeError as e:
+                log(f"compare: {e}")
+                runs.append({**base, "failed": str(e)})
+                continue
+            try:
+                cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "--active",
+                       str(active), "--ramp", "-s", "64", "-d", f"{args.duration}s", "--warmup",
+                       f"{args.warmup}s", "--threads", str(args.gen_threads), "--engine", "epoll",
+                       "--server-pid", str(p.pid), "--json"]
+                res = bench_echo(cmd, args.duration + args.warmup + 120, name)
+                res.update(base)
+                if "failed" not in res:
+                    log(f"  connected {res.get('connected')} in {fmt(res.get('connect_s'), 2)} s"
+                        f" (p99 {fmt(res.get('connect_us', {}).get('p99'))} µs)"
+                        f"  RSS {fmt(res.get('server_rss_per_conn'))} B/conn"
+                        f"  {fmt(res.get('rate'))} msgs/s"
+                        f"  server {fmt(res.get('server_cpu_us_per_msg'), 2)} µs/msg")
+                runs.append(res)
+            finally:
+                stop(p)
+    rows = []
+    for s in [n for n, _ in servers]:
+        rs = [r for r in runs if r["server"] == s and "failed" not in r]
+        if not rs:
+            rows.append({"server": s, "n": 0})
+            continue
+        rows.append({
+            "server": s, "n": len(rs),
+            "connected": min(r.get("connected") or 0 for r in rs),
+            "connect_s": median([r.get("connect_s") for r in rs]),
+            "connect_p99_us": median([(r.get("connect_us") or {}).get("p99") for r in rs]),
+            "connect_max_us": median([(r.get("connect_us") or {}).get("max") for r in rs]),
+            "rss_per_conn": median([r.get("server_rss_per_conn") for r in rs]),
+            "rate": median([r.get("rate") for r in rs]),
+            "server_cpu_us": median([r.get("server_cpu_us_per_msg") for r in rs]),
+            "p99_us": median([(r.get("latency_us") or {}).get("p99") for r in rs]),
+            "errors": sum(r.get("errors") or 0 for r in rs),
+        })
+    return {"conns": conns, "active": active, "rows": rows}, runs
+
+
+def scale_markdown(scale):
+    head = ["server", "connected", "connect s (median)", "connect p99 µs", "connect max µs",
+            "server RSS B/conn",
+            f"msgs/s of {scale['active']} active", "server CPU µs/msg", "p99 µs", "errors"]
+    lines = [f"Scale: {scale['conns']} connections opened with `--ramp`, {scale['active']} of "
+             f"them active (64 B ping-pong), the rest idle.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in scale["rows"]:
+        if not r["n"]:
+            cells = [r["server"], "no run"] + [""] * (len(head) - 2)
+        else:
+            cells = [r["server"], f"{r['connected']:,}", fmt(r["connect_s"], 2),
+                     fmt(r["connect_p99_us"]), fmt(r["connect_max_us"]), fmt(r["rss_per_conn"]),
+                     fmt(r["rate"]),
+                     fmt(r["server_cpu_us"], 2), fmt(r["p99_us"]), str(r["errors"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------
 # http
 
+# As nginx runs in production: one worker per server thread, each with its own accept queue
+# (`reuseport`), sendfile + tcp_nopush, no access log, keep-alive connections kept for good.
 NGINX_CONF = """\
-worker_processes 2;
+worker_processes {workers};
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
@@ -301,7 +409,7 @@ http {{
     scgi_temp_path {prefix}/tmp/scgi;
     types {{ application/octet-stream bin; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port} reuseport;
         root {root};
     }}
 }}
@@ -324,7 +432,8 @@ def http_servers(args, tmp, docroot):
             os.makedirs(os.path.join(prefix, "tmp"))
             user = "user root;" if os.geteuid() == 0 else ""
             with open(os.path.join(prefix, "nginx.conf"), "w") as f:
-                f.write(NGINX_CONF.format(prefix=prefix, port=port, root=docroot, user=user))
+                f.write(NGINX_CONF.format(prefix=prefix, port=port, root=docroot, user=user,
+                                          workers=args.server_threads))
             return ([nginx, "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c",
                      os.path.join(prefix, "nginx.conf")], True)
         servers.append(("nginx", nginx_argv))
@@ -392,7 +501,7 @@ def run_http(args, logdir):
     try:
         for rep in range(args.reps):
             for fname, size in files:
-                for name, maker in servers:
+                for name, maker in rotated(servers, rep):
                     n += 1
                     port += 1
                     log(f"[{n}/{total}] rep {rep + 1} {fname} {name}")
@@ -406,13 +515,15 @@ def run_http(args, logdir):
                     try:
                         url = f"http://127.0.0.1:{port}/{fname}.bin"
                         # a short unmeasured warm-up, then the measured run
-                        subprocess.run([wrk, "-t2", "-c100", f"-d{max(1, int(args.warmup))}s", url],
+                        subprocess.run([wrk, f"-t{args.server_threads}", "-c100",
+                                        f"-d{max(1, int(args.warmup))}s", url],
                                        capture_output=True, timeout=args.warmup + 30)
                         # after the warm-up: nginx's master listens before it forks the workers
                         pids = [p.pid] + (children(p.pid) if has_workers else [])
                         cpu0 = cpu_seconds(pids)
-                        r = subprocess.run([wrk, "-t2", "-c100", f"-d{args.duration}s", "--latency",
-                                            url], capture_output=True, text=True,
+                        r = subprocess.run([wrk, f"-t{args.server_threads}", "-c100",
+                                            f"-d{args.duration}s", "--latency", url],
+                                           capture_output=True, text=True,
                                            timeout=args.duration + 30)
                         cpu1 = cpu_seconds(pids)
                         res = parse_wrk(r.stdout)
@@ -522,16 +633,28 @@ def main():
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--server-threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--gen-threads", type=int, default=1, help="iocp bench echo --threads")
-    ap.add_argument("--engine", default="epoll", help="iocp bench echo --engine")
+    ap.add_argument("--gen-threads", type=int, default=None,
+                    help="iocp bench echo --threads (default: --server-threads)")
     ap.add_argument("--noise-peer", default="tokio", help="the server measured twice")
     ap.add_argument("--cases", default=None, help="echo cases, e.g. 50x64,1000x64")
+    ap.add_argument("--scale", default=None,
+                    help="echo scale row CONNSxACTIVE, or 'off' (default 19000x1000; --quick: "
+                         "2000x200)")
     ap.add_argument("--port", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = ap.parse_args()
     if args.quick:
         args.reps = 1
         args.warmup = min(args.warmup, 0.5)
+    elif args.reps < 3:
+        ap.error("--reps must be at least 3 for a comparison (medians of interleaved runs); "
+                 "--quick is the smoke test")
+    if args.scale is None:
+        args.scale = "2000x200" if args.quick else "19000x1000"
+    if args.gen_threads is None:
+        args.gen_threads = args.server_threads
+    if args.scale != "off" and not re.fullmatch(r"\d+x\d+", args.scale):
+        ap.error(f"--scale takes CONNSxACTIVE or off, not {args.scale!r}")
     if args.duration is None:
         args.duration = 2 if args.quick else (5 if args.what == "echo" else 10)
     if args.what == "http":
@@ -550,8 +673,12 @@ def main():
             "reps": args.reps, "duration_s": args.duration, "warmup_s": args.warmup,
             "server_threads": args.server_threads, "iocp_serve_bin": IOCP_SERVE}
     try:
+        scale = None
         if args.what == "echo":
             summary, runs = run_echo(args, logdir)
+            if args.scale != "off":
+                scale, scale_runs = run_scale(args, logdir)
+                runs += [{**r, "case": "scale"} for r in scale_runs]
         else:
             summary, runs = run_http(args, logdir)
     finally:
@@ -560,14 +687,18 @@ def main():
     info["machine_after"] = machine()
     out = os.path.join(outdir, f"{args.what}-{stamp}.json")
     with open(out, "w") as f:
-        json.dump({"info": info, "summary": summary, "runs": runs}, f, indent=1)
+        json.dump({"info": info, "summary": summary, "scale": scale, "runs": runs}, f, indent=1)
     table = markdown(summary, args.what)
+    if scale:
+        table += "\n" + scale_markdown(scale)
     print()
     print(table)
     m = info["machine"]
     how = (f"{args.reps} interleaved repetition(s) of {args.duration} s after {args.warmup} s "
            f"warm-up; medians, ratios = median of per-repetition ratios against "
-           f"{summary['base']}; servers with {args.server_threads} threads")
+           f"{summary['base']}; servers with {args.server_threads} threads, the load generator "
+           f"with {args.gen_threads if args.what == 'echo' else args.server_threads}; server CPU "
+           f"per {'message' if args.what == 'echo' else 'request'} from /proc over the window")
     print(how)
     print(f"raw results: {os.path.relpath(out, ROOT)}; server logs: {logdir}; "
           f"took {info['took_s']} s")

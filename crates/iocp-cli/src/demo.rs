@@ -369,7 +369,7 @@ fn echo_run(choice: BackendChoice, dur: Duration, progress: bool) -> anyhow::Res
     let report = server.stop();
     let r = load?;
     Ok(LoadRun {
-        rate: r.msgs_per_sec(),
+        rate: r.rate(),
         p99_us: r.p99_us(),
         errors: r.totals.errors(),
         accepted: report.stats.accepted,
@@ -391,7 +391,7 @@ fn http_run(
     let report = server.stop();
     let r = load?;
     Ok(LoadRun {
-        rate: r.reqs_per_sec(),
+        rate: r.rate(),
         p99_us: r.p99_us(),
         errors: r.totals.errors(),
         accepted: report.stats.accepted,

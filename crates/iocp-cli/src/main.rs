@@ -8,7 +8,8 @@
 //! - `iocp bench echo|http …`: the load generator (see `load`).
 //!
 //! Exit status: 0 on success, 2 on any error (including bad arguments); `bench` exits 1 when
-//! the run had errors (its report is still printed).
+//! the run had errors (its report is still printed), 2 with only an error when not one
+//! connection could be made.
 
 #![forbid(unsafe_code)]
 

@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 
-use super::report::{Fault, Totals};
-use super::{CommonArgs, Next, Plan, Recorder, Session};
+use super::args::CommonArgs;
+use super::plan::{Next, Plan, Session};
+use super::report::{Fault, Recorder, Report};
+use super::run::run;
 use crate::json::Json;
 
 /// An echo load: C connections each sending `size`-byte messages, `pipeline` in flight.
@@ -39,60 +41,33 @@ impl EchoLoad {
     }
 }
 
-/// What an echo run measured.
-#[derive(Clone, Debug)]
-pub(crate) struct EchoReport {
-    /// Bytes per message.
-    pub(crate) size: usize,
-    /// Messages in flight per connection.
-    pub(crate) pipeline: usize,
-    /// Counts, rates, latency, errors and CPU.
-    pub(crate) totals: Totals,
-}
-
-impl EchoReport {
-    /// Messages per second.
-    pub(crate) fn msgs_per_sec(&self) -> f64 {
-        self.totals.rate()
-    }
-
-    /// 99th percentile latency in microseconds.
-    pub(crate) fn p99_us(&self) -> f64 {
-        self.totals.latency.p99
-    }
-
-    /// A plain-text table, one line per quantity.
-    pub(crate) fn table(&self) -> String {
-        let mut rows = vec![vec![
-            "load".to_owned(),
-            format!("echo, {} B messages, {} in flight per connection", self.size, self.pipeline),
-        ]];
-        rows.extend(self.totals.rows("msg"));
-        Totals::render(&rows)
-    }
-
-    /// One JSON object line (with the newline).
-    pub(crate) fn json(&self) -> String {
-        let mut fields = vec![
-            ("bench", Json::str("echo")),
-            ("size", Json::Int(self.size as u64)),
-            ("pipeline", Json::Int(self.pipeline as u64)),
-        ];
-        fields.extend(self.totals.json_fields("msgs"));
-        format!("{}\n", Json::Obj(fields))
-    }
-}
-
 /// Runs an echo load. With `progress`, a bar on stderr while it runs (only on a terminal).
 ///
 /// # Errors
 ///
-/// Only when the run cannot happen at all (no threads, no epoll). Failed connections and bad
-/// echoes are counted in the report: see [`Totals::failed`].
-pub(crate) fn run_echo(load: &EchoLoad, progress: bool) -> anyhow::Result<EchoReport> {
-    let (size, pipeline) = (load.size, load.pipeline);
-    let totals = super::run(&load.plan, |i| EchoSession::new(i, size, pipeline), progress, "echo")?;
-    Ok(EchoReport { size, pipeline, totals })
+/// When the run cannot happen at all (no threads, no epoll, not one connection made). Failed
+/// connections and bad echoes are counted in the report: see [`Totals::failed`](super::report::Totals::failed).
+pub(crate) fn run_echo(load: &EchoLoad, progress: bool) -> anyhow::Result<Report> {
+    let (size, pipeline, active) = (load.size, load.pipeline, load.plan.active);
+    // An idle connection (scale mode) is a session with nothing in flight: it never sends.
+    let make = |i| EchoSession::new(i, size, if i < active { pipeline } else { 0 });
+    let totals = run(&load.plan, make, progress, "echo")?;
+    let mut what = format!("echo, {size} B messages, {pipeline} in flight per connection");
+    if active < load.plan.connections {
+        what += &format!("; {active} of {} connections active", load.plan.connections);
+    }
+    Ok(Report {
+        bench: "echo",
+        unit: ("msg", "msgs"),
+        load: what,
+        fields: vec![
+            ("size", Json::Int(size as u64)),
+            ("pipeline", Json::Int(pipeline as u64)),
+            ("active", Json::Int(active as u64)),
+        ],
+        status_classes: false,
+        totals,
+    })
 }
 
 /// Distinct message contents per connection: message `m` is `pattern[m % SHIFTS..][..size]`.
@@ -191,6 +166,12 @@ impl Session for EchoSession {
 
     fn waiting(&self) -> bool {
         !self.in_flight.is_empty()
+    }
+
+    /// An echo server never closes on its own: a close is an error even on an idle (scale
+    /// mode) connection, never a reconnect.
+    fn on_close(&self) -> Result<Next, Fault> {
+        Err(Fault::Closed)
     }
 
     fn recv_capacity(&self) -> usize {

@@ -7,15 +7,15 @@
 //! test.
 
 use std::mem;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use iocp::{BackendChoice, CompletionKey, CompletionPort, GetError, Handle, PortBuilder};
 
+use super::plan::{Next, Session};
 use super::report::Fault;
-use super::{CONNECT_BUDGET, Next, Plan, Recorder, Session, ThreadOut, connect, thread_cpu};
+use super::run::{Link, ThreadOut, Worker};
 
 /// Which operation a completion finishes, on which connection and which incarnation of it.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +37,44 @@ struct PConn<S> {
     last_progress: Instant,
 }
 
-impl<S: Session> PConn<S> {
+impl<S: Session> Link for PConn<S> {
+    type Io = CompletionPort<Op>;
+
+    /// Associates the socket as `i`, posts a receive and sends the session's first requests.
+    fn open(
+        &mut self,
+        port: &CompletionPort<Op>,
+        i: usize,
+        sock: TcpStream,
+        now: Instant,
+    ) -> anyhow::Result<Result<(), Fault>> {
+        let h = port.associate(sock, CompletionKey(i as u64)).context("associate")?;
+        self.handle = Some(h);
+        self.last_progress = now;
+        self.session.start(now, &mut self.tx);
+        let cap = self.session.recv_capacity();
+        Ok(self.arm_recv(i, Vec::with_capacity(cap)).and_then(|()| self.pump(i)))
+    }
+
+    fn close(&mut self, _port: &CompletionPort<Op>) {
+        if let Some(h) = self.handle.take() {
+            h.close();
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.sending = false;
+        self.tx.clear();
+    }
+
+    fn is_open(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    fn waiting(&self) -> (bool, Instant) {
+        (self.session.waiting(), self.last_progress)
+    }
+}
+
+impl<S> PConn<S> {
     /// Starts a send of what is queued, unless one is in flight.
     fn pump(&mut self, i: usize) -> Result<(), Fault> {
         if self.sending || self.tx.is_empty() {
@@ -59,110 +96,43 @@ impl<S: Session> PConn<S> {
         h.recv(buf, op).map_err(|_| Fault::Io)?;
         Ok(())
     }
-
-    fn close(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.close();
-        }
-        self.generation = self.generation.wrapping_add(1);
-        self.sending = false;
-        self.tx.clear();
-    }
 }
 
 fn conn_id(i: usize) -> u32 {
     u32::try_from(i).expect("invariant: fewer than 2^32 connections")
 }
 
-/// The `--engine iocp` twin of `worker`.
-pub(super) fn worker_iocp<S: Session>(
-    plan: &Plan,
+/// One generator thread on an iocp port with `backend`.
+pub(super) fn worker<S: Session>(
+    mut w: Worker<'_>,
     sessions: Vec<S>,
-    ready: &mpsc::Sender<()>,
-    start: &mpsc::Receiver<(Instant, Instant)>,
-    progress: &AtomicU64,
     backend: BackendChoice,
 ) -> anyhow::Result<ThreadOut> {
     let port: CompletionPort<Op> =
         PortBuilder::new().concurrency(1).backend(backend).build().context("a port")?;
-    let mut faults = [0u64; Fault::COUNT];
-    let mut conns: Vec<PConn<S>> = Vec::with_capacity(sessions.len());
-    let connect_deadline = Instant::now() + CONNECT_BUDGET;
-    let mut connected = 0;
-    for (i, session) in sessions.into_iter().enumerate() {
-        let limit =
-            Duration::from_secs(2).min(connect_deadline.saturating_duration_since(Instant::now()));
-        let handle = match connect(plan.addr, limit) {
-            Ok(s) => Some(port.associate(s, CompletionKey(i as u64)).context("associate")?),
-            Err(f) => {
-                faults[f as usize] += 1;
-                None
-            }
-        };
-        connected += u64::from(handle.is_some());
-        conns.push(PConn {
-            handle,
+    let mut socks = Vec::with_capacity(sessions.len());
+    let mut conns = w.connect_all(sessions, |_, session, sock| {
+        socks.push(sock);
+        Ok(PConn {
+            handle: None,
             generation: 0,
             session,
             tx: Vec::new(),
             spare: Vec::new(),
             sending: false,
             last_progress: Instant::now(),
-        });
-    }
-    let _ = ready.send(());
-    let Ok(window) = start.recv_timeout(CONNECT_BUDGET * 2) else {
-        bail!("the run was abandoned before it started");
-    };
-
-    let mut rec = Recorder::new(window);
-    let now = Instant::now();
-    let mut live = 0usize;
-    for (i, c) in conns.iter_mut().enumerate() {
-        if c.handle.is_none() {
-            continue;
-        }
-        c.session.start(now, &mut c.tx);
-        c.last_progress = now;
-        let cap = c.session.recv_capacity();
-        match c.arm_recv(i, Vec::with_capacity(cap)).and_then(|()| c.pump(i)) {
-            Ok(()) => live += 1,
-            Err(f) => {
-                faults[f as usize] += 1;
-                c.close();
-            }
-        }
-    }
+        })
+    })?;
+    let mut rec = w.start()?;
+    w.open_all(&port, &mut conns, socks, Instant::now())?;
 
     let mut out = Vec::with_capacity(256);
-    let mut cpu0 = None;
-    let mut last_scan = now;
-    let mut reconnects = 0u64;
-    loop {
-        let now = Instant::now();
-        if cpu0.is_none() && now >= window.0 {
-            cpu0 = Some(thread_cpu());
+    while let Some(tick) = w.tick() {
+        if tick.scan {
+            w.expire(&port, &mut conns);
         }
-        if now >= window.1 || live == 0 {
-            break;
-        }
-        if now.duration_since(last_scan) >= Duration::from_millis(100) {
-            last_scan = now;
-            for c in &mut conns {
-                if c.handle.is_some()
-                    && c.session.waiting()
-                    && now.duration_since(c.last_progress) > plan.timeout
-                {
-                    faults[Fault::Timeout as usize] += 1;
-                    c.close();
-                    live -= 1;
-                }
-            }
-        }
-        let edge = if now < window.0 { window.0 } else { window.1 };
-        let wait = (edge - now).clamp(Duration::from_millis(1), Duration::from_millis(100));
         out.clear();
-        match port.get_many(&mut out, 256, Some(wait)) {
+        match port.get_many(&mut out, 256, Some(tick.wait)) {
             Ok(_) | Err(GetError::TimedOut) => {}
             Err(e) => bail!("the generator's port failed: {e}"),
         }
@@ -189,8 +159,7 @@ pub(super) fn worker_iocp<S: Session>(
                     }
                     c.pump(i).map(|()| Next::Continue)
                 }
-                Ok(0) if c.session.waiting() => Err(Fault::Closed),
-                Ok(0) => Ok(Next::Reconnect),
+                Ok(0) => c.session.on_close(),
                 Ok(_) => {
                     c.last_progress = now;
                     let mut buf = buf;
@@ -203,47 +172,13 @@ pub(super) fn worker_iocp<S: Session>(
                     }
                 }
             };
-            match outcome {
-                Ok(Next::Continue) => {}
-                Ok(Next::Reconnect) => {
-                    c.close();
-                    if now >= window.1 {
-                        live -= 1; // the run is over: no point connecting again
-                        continue;
-                    }
-                    reconnects += 1;
-                    let limit = plan.timeout.min(Duration::from_secs(2));
-                    let restarted = connect(plan.addr, limit).and_then(|s| {
-                        let h =
-                            port.associate(s, CompletionKey(i as u64)).map_err(|_| Fault::Io)?;
-                        c.handle = Some(h);
-                        c.last_progress = now;
-                        c.session.start(now, &mut c.tx);
-                        let cap = c.session.recv_capacity();
-                        c.arm_recv(i, Vec::with_capacity(cap)).and_then(|()| c.pump(i))
-                    });
-                    if let Err(f) = restarted {
-                        faults[f as usize] += 1;
-                        c.close();
-                        live -= 1;
-                    }
-                }
-                Err(f) => {
-                    faults[f as usize] += 1;
-                    c.close();
-                    live -= 1;
-                }
-            }
+            w.settle(&port, c, i, outcome, now)?;
         }
-        if rec.progress > 0 {
-            progress.fetch_add(rec.progress, Ordering::Relaxed);
-            rec.progress = 0;
-        }
+        w.publish(&mut rec);
     }
-    let cpu = cpu0.map_or(Duration::ZERO, |c0| thread_cpu().saturating_sub(c0));
     for c in &mut conns {
-        c.close();
+        c.close(&port);
     }
     port.close();
-    Ok(ThreadOut { rec, faults, connected, reconnects, cpu })
+    Ok(w.finish(rec))
 }

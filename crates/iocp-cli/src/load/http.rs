@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-use super::report::{Fault, Totals};
-use super::{CommonArgs, Next, Plan, Recorder, Session};
+use super::args::CommonArgs;
+use super::plan::{Next, Plan, Session};
+use super::report::{Fault, Recorder, Report};
+use super::run::run;
 use crate::json::Json;
 
 /// The longest response head accepted.
@@ -73,64 +75,23 @@ fn parse_url(url: &str) -> anyhow::Result<(SocketAddr, String, String)> {
     Ok((addr, authority.to_owned(), path.to_owned()))
 }
 
-/// What an HTTP run measured.
-#[derive(Clone, Debug)]
-pub(crate) struct HttpReport {
-    /// The URL fetched.
-    pub(crate) url: String,
-    /// Counts, rates, latency, status codes, errors and CPU.
-    pub(crate) totals: Totals,
-}
-
-impl HttpReport {
-    /// Requests per second.
-    pub(crate) fn reqs_per_sec(&self) -> f64 {
-        self.totals.rate()
-    }
-
-    /// 99th percentile latency in microseconds.
-    pub(crate) fn p99_us(&self) -> f64 {
-        self.totals.latency.p99
-    }
-
-    /// A plain-text table, one line per quantity.
-    pub(crate) fn table(&self) -> String {
-        let mut rows = vec![vec!["load".to_owned(), format!("http GET {}", self.url)]];
-        rows.extend(self.totals.rows("req"));
-        Totals::render(&rows)
-    }
-
-    /// One JSON object line (with the newline).
-    pub(crate) fn json(&self) -> String {
-        let mut fields = vec![("bench", Json::str("http")), ("url", Json::str(self.url.clone()))];
-        fields.extend(self.totals.json_fields("requests"));
-        let class = |lo: u16| {
-            Json::Int(self.totals.statuses.range(lo..lo + 100).map(|(_, n)| n).sum::<u64>())
-        };
-        fields.push((
-            "status",
-            Json::Obj(vec![
-                ("1xx", class(100)),
-                ("2xx", class(200)),
-                ("3xx", class(300)),
-                ("4xx", class(400)),
-                ("5xx", class(500)),
-            ]),
-        ));
-        format!("{}\n", Json::Obj(fields))
-    }
-}
-
 /// Runs an HTTP load. With `progress`, a bar on stderr while it runs (only on a terminal).
 ///
 /// # Errors
 ///
-/// Only when the run cannot happen at all. Failed connections, malformed responses and
-/// chunked bodies are counted in the report: see [`Totals::failed`].
-pub(crate) fn run_http(load: &HttpLoad, progress: bool) -> anyhow::Result<HttpReport> {
+/// When the run cannot happen at all (not one connection made, …). Failed connections, malformed responses and
+/// chunked bodies are counted in the report: see [`Totals::failed`](super::report::Totals::failed).
+pub(crate) fn run_http(load: &HttpLoad, progress: bool) -> anyhow::Result<Report> {
     let request = load.request.clone();
-    let totals = super::run(&load.plan, |_| HttpSession::new(request.clone()), progress, "http")?;
-    Ok(HttpReport { url: load.url.clone(), totals })
+    let totals = run(&load.plan, |_| HttpSession::new(request.clone()), progress, "http")?;
+    Ok(Report {
+        bench: "http",
+        unit: ("req", "requests"),
+        load: format!("http GET {}", load.url),
+        fields: vec![("url", Json::str(load.url.clone()))],
+        status_classes: true,
+        totals,
+    })
 }
 
 /// Where a response stands.

@@ -1,13 +1,14 @@
-//! What a load run measured, common to every protocol: counts, rates, latency, errors, CPU.
+//! What a load run measured: a thread's [`Recorder`], the merged [`Totals`] (counts, rates,
+//! latency, errors, CPU) and the [`Report`] printed as a table or one JSON line.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::Plan;
+use super::plan::Plan;
 use crate::json::Json;
 use crate::table::{self, Align};
 
@@ -75,6 +76,114 @@ impl Fault {
     }
 }
 
+/// Where a thread's completed exchanges go: only those that finish inside the window count.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    window: (Instant, Instant),
+    pub(super) hist: Histogram<u64>,
+    /// Exchanges completed in the window.
+    pub(super) msgs: u64,
+    /// Payload bytes received in the window (echo: message bytes; HTTP: whole responses).
+    pub(super) bytes: u64,
+    /// Exchanges completed since the last progress flush, window or not.
+    pub(super) progress: u64,
+    /// HTTP status counts in the window, indexed by status code.
+    pub(super) statuses: Vec<u64>,
+}
+
+impl Recorder {
+    pub(super) fn new(window: (Instant, Instant)) -> Recorder {
+        Recorder {
+            window,
+            hist: new_histogram(),
+            msgs: 0,
+            bytes: 0,
+            progress: 0,
+            statuses: Vec::new(),
+        }
+    }
+
+    /// One exchange sent at `sent` finished at `now`, having received `bytes`.
+    pub(crate) fn done(&mut self, sent: Instant, now: Instant, bytes: u64) {
+        self.progress += 1;
+        if now >= self.window.0 && now < self.window.1 {
+            self.msgs += 1;
+            self.bytes += bytes;
+            let ns = u64::try_from(now.duration_since(sent).as_nanos()).unwrap_or(u64::MAX);
+            self.hist.saturating_record(ns.max(1));
+        }
+    }
+
+    /// Counts an HTTP status (in the window only, like [`Recorder::done`]).
+    pub(crate) fn status(&mut self, now: Instant, code: u16) {
+        if now >= self.window.0 && now < self.window.1 {
+            let i = usize::from(code);
+            if self.statuses.len() <= i {
+                self.statuses.resize(i + 1, 0);
+            }
+            self.statuses[i] += 1;
+        }
+    }
+}
+
+/// A latency histogram in nanoseconds, 3 significant digits, up to an hour.
+pub(super) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("invariant: valid static bounds")
+}
+
+/// What one run of one protocol measured, as `iocp bench` prints it.
+#[derive(Clone, Debug)]
+pub(crate) struct Report {
+    /// The protocol: `echo` or `http`.
+    pub(crate) bench: &'static str,
+    /// One exchange in tables (`msg`, `req`) and the JSON key of their count (`msgs`,
+    /// `requests`).
+    pub(crate) unit: (&'static str, &'static str),
+    /// The table's `load` row.
+    pub(crate) load: String,
+    /// The protocol's own JSON fields, before the common ones.
+    pub(crate) fields: Vec<(&'static str, Json)>,
+    /// Whether the JSON ends with the HTTP status classes (`status: {"2xx": …}`).
+    pub(crate) status_classes: bool,
+    /// Counts, rates, latency, status codes, errors and CPU.
+    pub(crate) totals: Totals,
+}
+
+impl Report {
+    /// Exchanges (messages, requests) per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.totals.rate()
+    }
+
+    /// 99th percentile latency in microseconds.
+    pub(crate) fn p99_us(&self) -> f64 {
+        self.totals.latency.p99
+    }
+
+    /// A plain-text table, one line per quantity.
+    pub(crate) fn table(&self) -> String {
+        let mut rows = vec![row("load", self.load.clone())];
+        rows.extend(self.totals.rows(self.unit.0));
+        Totals::render(&rows)
+    }
+
+    /// One JSON object line (with the newline).
+    pub(crate) fn json(&self) -> String {
+        let mut fields = vec![("bench", Json::str(self.bench))];
+        fields.extend(self.fields.iter().cloned());
+        fields.extend(self.totals.json_fields(self.unit.1));
+        if self.status_classes {
+            let class = |lo: u16| {
+                Json::Int(self.totals.statuses.range(lo..lo + 100).map(|(_, n)| n).sum::<u64>())
+            };
+            let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            let by_class = classes.iter().zip((100..).step_by(100)).map(|(k, lo)| (*k, class(lo)));
+            fields.push(("status", Json::Obj(by_class.collect())));
+        }
+        format!("{}\n", Json::Obj(fields))
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Latency {
@@ -88,6 +197,23 @@ pub(crate) struct Latency {
     pub(crate) p999: f64,
     /// Maximum.
     pub(crate) max: f64,
+}
+
+impl Latency {
+    /// The percentiles of a histogram in nanoseconds (all zero when it is empty).
+    pub(crate) fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            mean: h.mean() / 1000.0,
+            p50: us(h.value_at_quantile(0.50)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+        }
+    }
 }
 
 /// The protocol-independent part of a report.
@@ -125,6 +251,13 @@ pub(crate) struct Totals {
     pub(crate) gen_cpu: Duration,
     /// The `--server-pid` process's CPU time over the window.
     pub(crate) server_cpu: Option<Duration>,
+    /// From the first connect until every generator thread was connected (or gave up).
+    pub(crate) connect_time: Duration,
+    /// How long each successful first connect took.
+    pub(crate) connect_latency: Latency,
+    /// The `--server-pid` process's resident memory in bytes before the first connect and at
+    /// the start of the window.
+    pub(crate) server_rss: Option<(u64, u64)>,
 }
 
 impl Totals {
@@ -146,26 +279,31 @@ impl Totals {
             reconnects: 0,
             gen_cpu: Duration::ZERO,
             server_cpu: None,
+            connect_time: Duration::ZERO,
+            connect_latency: Latency::default(),
+            server_rss: None,
         }
     }
 
-    pub(crate) fn set_latency(&mut self, h: &Histogram<u64>) {
-        if h.is_empty() {
-            return;
-        }
-        let us = |ns: u64| ns as f64 / 1000.0;
-        self.latency = Latency {
-            mean: h.mean() / 1000.0,
-            p50: us(h.value_at_quantile(0.50)),
-            p99: us(h.value_at_quantile(0.99)),
-            p999: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
-        };
+    /// Server RSS growth per connection connected, in bytes, with `--server-pid`.
+    pub(crate) fn server_rss_per_conn(&self) -> Option<f64> {
+        let (before, after) = self.server_rss?;
+        (self.connected > 0).then(|| (after as f64 - before as f64) / self.connected as f64)
     }
 
     /// Errors of every kind.
     pub(crate) fn errors(&self) -> u64 {
         self.faults.iter().sum()
+    }
+
+    /// The errors by kind, e.g. `connect_refused 3, timeout 1`, or `0`.
+    pub(crate) fn error_summary(&self) -> String {
+        let errors: Vec<String> = Fault::ALL
+            .iter()
+            .filter(|f| self.faults[**f as usize] > 0)
+            .map(|f| format!("{} {}", f.name(), self.faults[*f as usize]))
+            .collect();
+        if errors.is_empty() { "0".to_owned() } else { errors.join(", ") }
     }
 
     /// A run that had errors or completed nothing: the command exits non-zero.
@@ -206,6 +344,16 @@ impl Totals {
                 ),
             ),
             row(
+                "connect",
+                format!(
+                    "{:.2} s in all; each p50 {:.0}  p99 {:.0}  max {:.0} µs",
+                    self.connect_time.as_secs_f64(),
+                    self.connect_latency.p50,
+                    self.connect_latency.p99,
+                    self.connect_latency.max
+                ),
+            ),
+            row(
                 "window",
                 format!(
                     "{:.2} s after {:.1} s warm-up",
@@ -235,20 +383,21 @@ impl Totals {
         if self.reconnects > 0 {
             rows.push(row("reconnects", table::thousands(self.reconnects)));
         }
-        let errors: Vec<String> = Fault::ALL
-            .iter()
-            .filter(|f| self.faults[**f as usize] > 0)
-            .map(|f| format!("{} {}", f.name(), self.faults[*f as usize]))
-            .collect();
-        rows.push(row(
-            "errors",
-            if errors.is_empty() { "0".to_owned() } else { errors.join(", ") },
-        ));
+        rows.push(row("errors", self.error_summary()));
         if let Some(g) = self.gen_us_per_msg() {
             rows.push(row(&format!("generator CPU µs/{unit}"), format!("{g:.2}")));
         }
         if let Some(s) = self.server_us_per_msg() {
             rows.push(row(&format!("server CPU µs/{unit}"), format!("{s:.2}")));
+        }
+        if let (Some((before, after)), Some(per)) = (self.server_rss, self.server_rss_per_conn()) {
+            let mb = |b: u64| b as f64 / 1e6;
+            let text = format!(
+                "{:.1} MB before connecting, {:.1} MB connected: {per:.0} B per connection",
+                mb(before),
+                mb(after)
+            );
+            rows.push(row("server RSS", text));
         }
         rows
     }
@@ -290,6 +439,18 @@ impl Totals {
             ("reconnects", Json::Int(self.reconnects)),
             ("gen_cpu_us_per_msg", opt(self.gen_us_per_msg())),
             ("server_cpu_us_per_msg", opt(self.server_us_per_msg())),
+            ("connect_s", Json::Num((self.connect_time.as_secs_f64() * 1000.0).round() / 1000.0)),
+            (
+                "connect_us",
+                Json::Obj(vec![
+                    ("p50", Json::num1(self.connect_latency.p50)),
+                    ("p99", Json::num1(self.connect_latency.p99)),
+                    ("max", Json::num1(self.connect_latency.max)),
+                ]),
+            ),
+            ("server_rss_before", self.server_rss.map_or(Json::Null, |r| Json::Int(r.0))),
+            ("server_rss_after", self.server_rss.map_or(Json::Null, |r| Json::Int(r.1))),
+            ("server_rss_per_conn", opt(self.server_rss_per_conn())),
         ]
     }
 }

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub accepts: usize,
     /// The kernel's listen backlog.
     pub listen_backlog: i32,
+    /// Set `SO_REUSEPORT` on the listener, so several processes (or servers) can listen on the
+    /// same address and the kernel spreads new connections across them.
+    pub reuse_port: bool,
     /// Connections served at once; the next ones are accepted and closed at once, and counted
     /// as refused.
     pub max_connections: usize,
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             backend: BackendChoice::Auto,
             accepts: 16,
             listen_backlog: 1024,
+            reuse_port: false,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(60)),
             request_timeout: Some(Duration::from_secs(10)),
@@ -347,6 +351,9 @@ impl<S: Service> Server<S> {
         );
         let sock = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_reuse_address(true)?;
+        if cfg.reuse_port {
+            sock.set_reuse_port(true)?;
+        }
         sock.bind(&cfg.addr.into())?;
         sock.listen(cfg.listen_backlog)?;
         let local_addr = sock
@@ -677,9 +684,7 @@ impl<S: Service> Shared<S> {
             }
             // Readiness without data (another reader cannot exist; a spurious wake-up): park
             // again, without the buffer.
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
-                self.drive(conn, Next::Read)
-            }
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => self.drive(conn, Next::Read),
             Err(e) => {
                 if !self.stopping.load(Ordering::Relaxed) {
                     bump(&self.counters.io_errors);

@@ -29,6 +29,10 @@ pub(crate) struct Common {
     /// Seconds a stop lets connections finish before aborting them
     #[arg(long, value_name = "S", default_value_t = 5.0)]
     grace: f64,
+    /// Set SO_REUSEPORT, so several server processes can share the address (the kernel spreads
+    /// connections across them)
+    #[arg(long)]
+    reuseport: bool,
 }
 
 /// `iocp serve echo` options.
@@ -91,6 +95,7 @@ impl Common {
             idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
             write_timeout: secs(self.write_timeout, "write-timeout")?,
             grace: secs(self.grace, "grace")?.unwrap_or(Duration::ZERO),
+            reuse_port: self.reuseport,
             ..ServerConfig::default()
         })
     }

@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 
 use crate::server::{Io, Next, Service};
 
-/// Echoes what it receives. Zero copies and no allocation per message: the filled input
-/// buffer becomes the output buffer, and the buffer that was just sent becomes the next
-/// input buffer. One receive or one send per connection is in flight at a time, so a peer
+/// Echoes what it receives. Zero copies: the filled input buffer becomes the output buffer
+/// (the server sizes it to the bytes that arrived, and frees it once sent and the connection
+/// is idle). One receive or one send per connection is in flight at a time, so a peer
 /// that does not read stops the server from reading (back-pressure): the server buffers at
 /// most one input buffer per connection.
 #[derive(Clone, Copy, Debug, Default)]

@@ -24,6 +24,8 @@ const LISTENER_KEY: CompletionKey = CompletionKey(0);
 const CONN_KEY: CompletionKey = CompletionKey(1);
 /// A posted packet asking a worker to post the listener's accepts.
 const START_KEY: CompletionKey = CompletionKey(2);
+/// The smallest buffer a readable idle connection takes (see `Shared::read_now`).
+const MIN_READ: usize = 256;
 
 /// How a [`Server`] runs. Every limit has a default a public-facing server can live with.
 #[derive(Clone, Debug)]
@@ -38,6 +40,9 @@ pub struct ServerConfig {
     pub accepts: usize,
     /// The kernel's listen backlog.
     pub listen_backlog: i32,
+    /// Set `SO_REUSEPORT` on the listener, so several processes (or servers) can listen on the
+    /// same address and the kernel spreads new connections across them.
+    pub reuse_port: bool,
     /// Connections served at once; the next ones are accepted and closed at once, and counted
     /// as refused.
     pub max_connections: usize,
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             backend: BackendChoice::Auto,
             accepts: 16,
             listen_backlog: 1024,
+            reuse_port: false,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(60)),
             request_timeout: Some(Duration::from_secs(10)),
@@ -88,7 +94,8 @@ pub struct Io {
     /// [`Io::consume`]); what stays is a partial request (the request timeout runs on it).
     pub input: Vec<u8>,
     /// Bytes to send with [`Next::Send`], or the head sent before the file with
-    /// [`Next::Transmit`]. Empty (capacity kept) when the service is called.
+    /// [`Next::Transmit`]. Empty when the service is called (the capacity of the last send is
+    /// kept while the connection is busy, and released when it goes idle).
     pub output: Vec<u8>,
     /// Close the connection (gracefully) once the next send completes.
     pub close_after_send: bool,
@@ -266,6 +273,8 @@ pub struct ServerReport {
 /// Which operation a connection has in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
+    /// Parked on a zero-byte receive (no buffer): the connection has no partial input.
+    Ready,
     Read,
     Send,
     Linger,
@@ -342,6 +351,9 @@ impl<S: Service> Server<S> {
         );
         let sock = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;
         sock.set_reuse_address(true)?;
+        if cfg.reuse_port {
+            sock.set_reuse_port(true)?;
+        }
         sock.bind(&cfg.addr.into())?;
         sock.listen(cfg.listen_backlog)?;
         let local_addr = sock
@@ -579,6 +591,8 @@ impl<S: Service> Shared<S> {
 
     fn on_conn(&self, mut conn: Box<Conn<S>>, res: io::Result<usize>, payload: Payload) {
         match conn.pending {
+            // A zero-byte receive hands back no buffer.
+            Pending::Ready => {}
             Pending::Read | Pending::Linger => {
                 if let Payload::Recv(buf) = payload {
                     conn.io.input = buf;
@@ -603,18 +617,10 @@ impl<S: Service> Shared<S> {
                 self.drive_linger(conn);
             }
             (Pending::Linger, _) => self.close(conn, CloseReason::Done),
+            (Pending::Ready, Ok(_)) => self.read_now(conn),
             (Pending::Read, Ok(0)) => self.close(conn, CloseReason::Eof),
-            (Pending::Read, Ok(n)) => {
-                conn.bytes_in += n as u64;
-                let Some((mut conn, next)) = self.step(conn, S::on_read) else { return };
-                conn.partial_since = if conn.io.input.is_empty() {
-                    None
-                } else {
-                    conn.partial_since.or_else(|| Some(Instant::now()))
-                };
-                self.drive(conn, next);
-            }
-            (Pending::Read, Err(e)) if timed_out(&e) => {
+            (Pending::Read, Ok(n)) => self.on_input(conn, n),
+            (Pending::Read | Pending::Ready, Err(e)) if timed_out(&e) => {
                 let kind = if conn.partial_since.is_some() {
                     TimeoutKind::Request
                 } else {
@@ -636,6 +642,51 @@ impl<S: Service> Shared<S> {
             }
             (_, Err(e)) => {
                 if !(self.stopping.load(Ordering::Relaxed) && cancelled(&e)) {
+                    bump(&self.counters.io_errors);
+                    tracing::debug!(error = %e, slot = conn.slot, "connection error");
+                }
+                self.close(conn, CloseReason::Error);
+            }
+        }
+    }
+
+    /// `n` new bytes are in `conn.io.input`: let the service handle them.
+    fn on_input(&self, mut conn: Box<Conn<S>>, n: usize) {
+        conn.bytes_in += n as u64;
+        let Some((mut conn, next)) = self.step(conn, S::on_read) else { return };
+        conn.partial_since = if conn.io.input.is_empty() {
+            None
+        } else {
+            conn.partial_since.or_else(|| Some(Instant::now()))
+        };
+        self.drive(conn, next);
+    }
+
+    /// The zero-byte receive completed: the socket is readable. Takes a buffer sized to what
+    /// the kernel holds (at least [`MIN_READ`], at most `read_buffer`) and reads it at once,
+    /// non-blocking, as a Windows server does after its zero-byte `WSARecv`. The connection's
+    /// one pending operation has completed, so nothing else reads this socket now.
+    fn read_now(&self, mut conn: Box<Conn<S>>) {
+        let queued = rustix::io::ioctl_fionread(&conn.handle).unwrap_or(0);
+        let limit = self.cfg.read_buffer.min(self.cfg.max_input).max(1);
+        let room = usize::try_from(queued).unwrap_or(usize::MAX).max(MIN_READ).min(limit);
+        let mut buf = Vec::with_capacity(room);
+        let r = rustix::net::recv(
+            &conn.handle,
+            rustix::buffer::spare_capacity(&mut buf),
+            rustix::net::RecvFlags::DONTWAIT,
+        );
+        match r {
+            Ok((0, _)) => self.close(conn, CloseReason::Eof),
+            Ok((n, _)) => {
+                conn.io.input = buf;
+                self.on_input(conn, n);
+            }
+            // Readiness without data (another reader cannot exist; a spurious wake-up): park
+            // again, without the buffer.
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => self.drive(conn, Next::Read),
+            Err(e) => {
+                if !self.stopping.load(Ordering::Relaxed) {
                     bump(&self.counters.io_errors);
                     tracing::debug!(error = %e, slot = conn.slot, "connection error");
                 }
@@ -690,16 +741,29 @@ impl<S: Service> Shared<S> {
                     bump(&self.counters.overflows);
                     return self.close(conn, CloseReason::Overflow);
                 }
-                if conn.io.input.capacity() == conn.io.input.len() {
-                    let room = self.cfg.read_buffer.min(self.cfg.max_input - conn.io.input.len());
-                    conn.io.input.reserve_exact(room);
-                }
                 let timeout = match conn.partial_since {
                     Some(t0) => self.cfg.request_timeout.map(|d| d.saturating_sub(t0.elapsed())),
                     None => self.cfg.idle_timeout,
                 };
                 if timeout == Some(Duration::ZERO) {
                     return self.deadline_expired(conn, TimeoutKind::Request);
+                }
+                if conn.io.input.is_empty() {
+                    // Idle: park on a zero-byte receive and hold no buffer meanwhile (the
+                    // output buffer too is released now that it has been sent).
+                    conn.io.input = Vec::new();
+                    conn.io.output = Vec::new();
+                    conn.pending = Pending::Ready;
+                    let handle = conn.handle.clone();
+                    let r = match timeout {
+                        Some(d) => handle.with_timeout(d).recv_ready(Ctx::Conn(conn)),
+                        None => handle.recv_ready(Ctx::Conn(conn)),
+                    };
+                    return self.refused_start(r);
+                }
+                if conn.io.input.capacity() == conn.io.input.len() {
+                    let room = self.cfg.read_buffer.min(self.cfg.max_input - conn.io.input.len());
+                    conn.io.input.reserve_exact(room);
                 }
                 conn.pending = Pending::Read;
                 let buf = std::mem::take(&mut conn.io.input);

@@ -175,6 +175,30 @@ pub fn send_all(s: &mut TcpStream, data: &[u8]) {
     s.write_all(data).expect("write_all");
 }
 
+/// Raises this process's soft limit on open files to its hard limit and checks it is at least
+/// `need`. Returns false (after printing a `SKIP` line saying why) when the hard limit is too
+/// low, so a test with thousands of sockets skips with a clear message instead of failing on
+/// `EMFILE`.
+pub fn raise_fd_limit(need: u64) -> bool {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum;
+    if lim.current != hard {
+        // Raising the soft limit up to the hard one needs no privilege.
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: hard, maximum: hard });
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if now.is_some_and(|n| n < need) {
+        eprintln!(
+            "SKIP: needs {need} open files; RLIMIT_NOFILE hard limit is {} (raise it, e.g. \
+             `ulimit -Hn {need}` as root)",
+            hard.map_or("unlimited".to_string(), |h| h.to_string())
+        );
+        return false;
+    }
+    true
+}
+
 /// Polls `f` until it returns `Some`, or panics at the [`deadline`].
 pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + deadline();

@@ -58,9 +58,9 @@ impl PortBuilder {
         self
     }
 
-    /// io_uring completion queue entries (default 16 × `ring_entries`, at most 65536). It
-    /// bounds the operations the kernel holds at once: the port never gives the kernel more
-    /// requests than the CQ can take, and queues the rest in user space until room frees up.
+    /// io_uring completion queue entries (default 16 × `ring_entries`, at most 65536). It does
+    /// not bound the operations in flight: completions beyond its room wait in the kernel until
+    /// the poller reaps; a larger CQ only saves those round trips under bursts.
     pub fn cq_entries(mut self, n: u32) -> Self {
         self.cfg.cq_entries = Some(n);
         self

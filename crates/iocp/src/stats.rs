@@ -18,10 +18,12 @@ pub struct PortStats {
     pub running: u64,
     /// Operations started and not yet completed.
     pub in_flight: u64,
-    /// io_uring: operations waiting in user space for room in the CQ.
+    /// io_uring: SQEs waiting in user space because the SQ ring refused them (full, and the
+    /// kernel did not take its entries).
     pub backlog: u64,
-    /// io_uring: times an operation had to wait for room (back-pressure events).
+    /// io_uring: times an operation had to wait for room in the SQ ring.
     pub sq_full: u64,
-    /// io_uring: completions the kernel dropped for lack of CQ room. Must stay 0.
+    /// io_uring: completions the kernel dropped (it keeps those the CQ has no room for, unless
+    /// it cannot allocate memory for them). Must stay 0.
     pub cq_overflow: u64,
 }

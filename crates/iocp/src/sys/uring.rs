@@ -5,10 +5,14 @@
 //! - Completion: only the port's poller reaps the CQ (the port guarantees one poller at a time;
 //!   the `cq` lock makes that explicit), so the multi-consumer port needs no multi-consumer CQ.
 //! - Wake-up: `kick` pushes a NOP, whose CQE ends the poller's `io_uring_enter` wait.
-//! - Overflow: the kernel is never given more requests than the CQ can hold. Operations beyond
-//!   `op_limit` wait in a user-space backlog (counted in `sq_full`) and are pushed as
-//!   completions free room; a reserve of CQ slots is kept for cancels and the kick, so a close
-//!   can always make progress even when idle receives hold every other slot.
+//! - Overflow: every started operation goes to the kernel at once, however many are in flight
+//!   (an idle receive must never keep an accept, a send or a cancel out of the kernel: that
+//!   deadlocks a server whose idle connections outnumber the CQ). More CQEs than the CQ holds
+//!   are kept by the kernel (`IORING_FEAT_NODROP`, implied by the EXT_ARG the probe requires)
+//!   and flushed into the CQ by the poller's next enter. Only an SQE the kernel refuses (SQ
+//!   ring full and `io_uring_enter` failing with EBUSY/EAGAIN) waits in a user-space backlog
+//!   (counted in `sq_full`); the poller retries it at each reap and wait, stopping at the first
+//!   refusal, so it never spins with the locks held.
 //!
 //! Each in-flight operation lives in a slab slot; its `user_data` is the slot index plus a
 //! generation, so a late cancel can never hit a newer operation in a reused slot.
@@ -53,9 +57,7 @@ struct Sq<C> {
     free: Vec<u32>,
     /// Operations whose SQE the kernel has (or will get with the next enter).
     ops_in_kernel: usize,
-    /// Cancel SQEs in the kernel.
-    cancels_in_kernel: usize,
-    /// Waiting for room, in order.
+    /// Refused by a full SQ ring, waiting to be pushed, in order.
     backlog: VecDeque<Backlogged>,
     /// An SQE was pushed since `reap` started (it must enter before returning).
     pushed: bool,
@@ -97,10 +99,6 @@ pub(crate) struct Driver<C> {
     ring: IoUring,
     sq: Mutex<Sq<C>>,
     cq: Mutex<Vec<(u64, i32, u32)>>,
-    /// Most operations the kernel holds at once.
-    op_limit: usize,
-    /// Most cancels the kernel holds at once (the rest of the CQ, less one slot for the kick).
-    cancel_limit: usize,
     kick_pending: AtomicBool,
     /// SQEs were pushed by a `SubmitBatch` and not yet entered.
     deferred: AtomicBool,
@@ -118,22 +116,16 @@ impl<C: Send + 'static> Driver<C> {
         let entries = cfg.ring_entries.clamp(2, 32768);
         let cq_entries = cfg.cq_entries.unwrap_or(entries * 16).clamp(entries, 65536);
         let ring = IoUring::builder().setup_cqsize(cq_entries).setup_clamp().build(entries)?;
-        let cq = ring.params().cq_entries() as usize;
-        // Keep an eighth of the CQ (at least 2 slots) for cancels and the kick.
-        let reserve = (cq / 8).max(2);
         Ok(Driver {
             ring,
             sq: Mutex::new(Sq {
                 slots: ChunkVec::new(),
                 free: Vec::new(),
                 ops_in_kernel: 0,
-                cancels_in_kernel: 0,
                 backlog: VecDeque::new(),
                 pushed: false,
             }),
             cq: Mutex::new(Vec::with_capacity(256)),
-            op_limit: cq - reserve,
-            cancel_limit: reserve - 1,
             kick_pending: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
             sq_full: AtomicU64::new(0),
@@ -173,6 +165,10 @@ impl<C: Send + 'static> Driver<C> {
     /// Pushes one SQE. The caller holds the `sq` lock (so no other `SubmissionQueue` exists)
     /// and has checked the budget.
     fn push(&self, entry: &squeue::Entry) -> bool {
+        #[cfg(test)]
+        if tests::REFUSE_PUSH.with(std::cell::Cell::get) {
+            return false;
+        }
         // SAFETY: the `sq` mutex is held by the caller, so this is the only live
         // `SubmissionQueue` of the ring.
         let mut sq = unsafe { self.ring.submission_shared() };
@@ -193,22 +189,27 @@ impl<C: Send + 'static> Driver<C> {
         true
     }
 
-    /// Gives the kernel the op in `token`'s slot if the budget allows; else backlogs it.
+    /// Gives the kernel the op in `token`'s slot; backlogs it if the SQ ring refuses it.
     fn issue(&self, sq: &mut Sq<C>, token: u64) {
-        if sq.ops_in_kernel < self.op_limit
-            && let Some(slot) = sq.slot(token)
-        {
-            let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
-            let entry = op.sqe().user_data(token);
-            if self.push(&entry) {
-                slot.in_kernel = true;
-                sq.ops_in_kernel += 1;
-                sq.pushed = true;
-                return;
-            }
+        if !self.try_issue(sq, token) {
+            self.sq_full.fetch_add(1, Ordering::Relaxed);
+            sq.backlog.push_back(Backlogged::Op(token));
         }
-        self.sq_full.fetch_add(1, Ordering::Relaxed);
-        sq.backlog.push_back(Backlogged::Op(token));
+    }
+
+    /// Pushes the op in `token`'s slot. False only if the SQ ring refused it; true also when
+    /// the slot is gone (the op was aborted meanwhile): nothing is left to issue.
+    fn try_issue(&self, sq: &mut Sq<C>, token: u64) -> bool {
+        let Some(slot) = sq.slot(token) else { return true };
+        let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
+        let entry = op.sqe().user_data(token);
+        if !self.push(&entry) {
+            return false;
+        }
+        slot.in_kernel = true;
+        sq.ops_in_kernel += 1;
+        sq.pushed = true;
+        true
     }
 
     fn issue_cancel(&self, sq: &mut Sq<C>, token: u64) {
@@ -217,17 +218,20 @@ impl<C: Send + 'static> Driver<C> {
             return;
         }
         slot.cancel_sent = true;
-        if sq.cancels_in_kernel < self.cancel_limit {
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token))
-                .build()
-                .user_data(CANCEL);
-            if self.push(&entry) {
-                sq.cancels_in_kernel += 1;
-                sq.pushed = true;
-                return;
-            }
+        if !self.try_cancel(sq, token) {
+            sq.backlog.push_back(Backlogged::Cancel(token));
         }
-        sq.backlog.push_back(Backlogged::Cancel(token));
+    }
+
+    /// Pushes the cancel of `token`. False only if the SQ ring refused it.
+    fn try_cancel(&self, sq: &mut Sq<C>, token: u64) -> bool {
+        let entry =
+            opcode::AsyncCancel2::new(CancelBuilder::user_data(token)).build().user_data(CANCEL);
+        if !self.push(&entry) {
+            return false;
+        }
+        sq.pushed = true;
+        true
     }
 
     fn enter(&self) {
@@ -281,6 +285,19 @@ impl<C: Send + 'static> Driver<C> {
     ) -> io::Result<()> {
         // This enter submits whatever deferred SQEs the ring holds.
         self.deferred.store(false, Ordering::Release);
+        let mut timeout = timeout;
+        {
+            let mut sq = self.sq();
+            if !sq.backlog.is_empty() {
+                self.drain_backlog(&mut sq);
+                if !sq.backlog.is_empty() {
+                    // The kernel refused SQEs (EBUSY/EAGAIN): retry soon, not only when an
+                    // unrelated CQE happens to arrive.
+                    let retry = Duration::from_millis(1);
+                    timeout = Some(timeout.map_or(retry, |t| t.min(retry)));
+                }
+            }
+        }
         let res = match timeout {
             Some(t) if t.is_zero() => self.ring.submitter().submit(),
             Some(t) => {
@@ -293,6 +310,11 @@ impl<C: Send + 'static> Driver<C> {
         if let Err(e) = res {
             match e.raw_os_error() {
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                Some(libc::EBADR) => {
+                    // The kernel could not allocate an overflow entry and dropped CQEs (counted
+                    // in `cq_overflow`); the CQEs it kept are still reaped.
+                    tracing::error!("io_uring dropped completions (out of kernel memory)");
+                }
                 _ => return Err(e),
             }
         }
@@ -319,10 +341,7 @@ impl<C: Send + 'static> Driver<C> {
                     self.kick_pending.store(false, Ordering::Release);
                     continue;
                 }
-                CANCEL => {
-                    sq.cancels_in_kernel -= 1;
-                    continue;
-                }
+                CANCEL => continue,
                 _ => {}
             }
             let Some(slot) = sq.slot(token) else {
@@ -409,27 +428,21 @@ impl<C: Send + 'static> Driver<C> {
         op.complete(status)
     }
 
+    /// Pushes backlogged SQEs in order until the SQ ring refuses one, which stays at the front
+    /// for the next reap or wait: each entry is tried once per call, never re-queued in a loop.
     fn drain_backlog(&self, sq: &mut Sq<C>) {
         while let Some(front) = sq.backlog.front() {
-            match *front {
-                Backlogged::Op(token) => {
-                    if sq.ops_in_kernel >= self.op_limit {
-                        break;
-                    }
-                    sq.backlog.pop_front();
-                    self.issue(sq, token);
-                }
+            let pushed = match *front {
+                Backlogged::Op(token) => self.try_issue(sq, token),
+                // The op may have completed (or been aborted) meanwhile: nothing to cancel.
                 Backlogged::Cancel(token) => {
-                    if sq.cancels_in_kernel >= self.cancel_limit {
-                        break;
-                    }
-                    sq.backlog.pop_front();
-                    if let Some(slot) = sq.slot(token) {
-                        slot.cancel_sent = false;
-                        self.issue_cancel(sq, token);
-                    }
+                    !sq.slot(token).is_some_and(|s| s.in_kernel) || self.try_cancel(sq, token)
                 }
+            };
+            if !pushed {
+                break;
             }
+            sq.backlog.pop_front();
         }
     }
 
@@ -531,9 +544,7 @@ impl<C: Send + 'static> Driver<C> {
             if sq.ops_in_kernel > 0 {
                 let entry =
                     opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(CANCEL);
-                if self.push(&entry) {
-                    sq.cancels_in_kernel += 1;
-                }
+                let _ = self.push(&entry);
             }
         }
         self.enter();
@@ -770,4 +781,78 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
         return Err(format!("kernel lacks io_uring {} (Linux 5.19 has them)", missing.join(", ")));
     }
     Ok(caps)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::io::Write;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::{BackendChoice, BackendKind, CompletionKey, CompletionPort, GetError};
+
+    thread_local! {
+        /// Makes this thread's SQE pushes fail, as a full SQ ring whose `io_uring_enter`
+        /// returns EBUSY/EAGAIN would.
+        pub(super) static REFUSE_PUSH: Cell<bool> = const { Cell::new(false) };
+    }
+
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        (c, l.accept().expect("accept").0)
+    }
+
+    /// An SQE the kernel keeps refusing stays at the head of the backlog: the poller returns
+    /// the completions it has (instead of spinning on the entry with the SQ and CQ locks held)
+    /// and pushes the entry once the ring takes it.
+    #[test]
+    fn a_refused_sqe_waits_in_the_backlog_without_spinning() {
+        if std::env::var("IOCP_BACKEND").is_ok_and(|v| v == "epoll") {
+            eprintln!("SKIP io_uring: IOCP_BACKEND=epoll");
+            return;
+        }
+        if crate::probe().kind() != BackendKind::Uring {
+            assert!(
+                !std::env::var("IOCP_REQUIRE_URING").is_ok_and(|v| v == "1"),
+                "IOCP_REQUIRE_URING=1 but io_uring is unavailable"
+            );
+            eprintln!("SKIP io_uring: unavailable");
+            return;
+        }
+        let (done, done_rx) = mpsc::channel();
+        // The scenario runs on its own thread, which is also the port's poller: the refusal is
+        // per thread. A spinning poller would never report back.
+        std::thread::spawn(move || {
+            let port = CompletionPort::<u32>::builder()
+                .backend(BackendChoice::Uring)
+                .build::<u32>()
+                .expect("port");
+            let (mut ca, sa) = pair();
+            let (mut cb, sb) = pair();
+            let ha = port.associate(sa, CompletionKey(1)).expect("associate");
+            let hb = port.associate(sb, CompletionKey(2)).expect("associate");
+            cb.write_all(b"b").expect("write");
+            hb.recv(Vec::with_capacity(8), 2).expect("recv b");
+            REFUSE_PUSH.with(|r| r.set(true));
+            ha.recv(Vec::with_capacity(8), 1).expect("recv a");
+            assert_eq!(port.stats().backlog, 1);
+            // b's completion arrives although a's SQE is still refused.
+            let c = port.get(Some(Duration::from_secs(10))).expect("b completes");
+            assert_eq!((*c.context(), c.result().ok()), (2, Some(1)));
+            assert_eq!(port.stats().backlog, 1);
+            REFUSE_PUSH.with(|r| r.set(false));
+            ca.write_all(b"a").expect("write");
+            let c = port.get(Some(Duration::from_secs(10))).expect("a completes");
+            assert_eq!((*c.context(), c.result().ok()), (1, Some(1)));
+            let s = port.stats();
+            assert_eq!((s.backlog, s.in_flight), (0, 0));
+            assert_eq!(port.get(Some(Duration::from_millis(50))).unwrap_err(), GetError::TimedOut);
+            done.send(()).expect("report");
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the poller returned (did not spin on a refused SQE) and the op completed");
+    }
 }

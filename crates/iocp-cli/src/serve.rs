@@ -23,6 +23,10 @@ pub(crate) struct Common {
     /// Close a connection idle this many seconds (0: never)
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     idle_timeout: f64,
+    /// Seconds a connection waiting for its next request keeps its buffers before it parks
+    /// on a zero-byte receive and holds none (0: park at once)
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    park_after: f64,
     /// Close a connection whose peer has not read a response within this many seconds (0: never)
     #[arg(long, value_name = "S", default_value_t = 30.0)]
     write_timeout: f64,
@@ -93,6 +97,7 @@ impl Common {
             backend: self.backend,
             max_connections: self.max_connections.max(1),
             idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
+            park_after: Some(secs(self.park_after, "park-after")?.unwrap_or(Duration::ZERO)),
             write_timeout: secs(self.write_timeout, "write-timeout")?,
             grace: secs(self.grace, "grace")?.unwrap_or(Duration::ZERO),
             reuse_port: self.reuseport,

@@ -154,8 +154,15 @@ fn five_thousand_idle_connections(kind: BackendKind, backend: &str) {
         return;
     }
     let started = Instant::now();
-    let server = ServerProcess::start(&["--backend", backend, "--addr", "127.0.0.1:0"])
-        .unwrap_or_else(|out| panic!("the server did not start:\n{out}"));
+    let server = ServerProcess::start(&[
+        "--backend",
+        backend,
+        "--addr",
+        "127.0.0.1:0",
+        "--park-after",
+        "0.2",
+    ])
+    .unwrap_or_else(|out| panic!("the server did not start:\n{out}"));
     // Warm up (threads, rings, allocator arenas), so the baseline is a running server's.
     drop(connect_and_echo(server.addr, 200));
     let warm = Instant::now() + deadline();
@@ -170,7 +177,16 @@ fn five_thousand_idle_connections(kind: BackendKind, backend: &str) {
         base = now;
     }
     let conns = connect_and_echo(server.addr, CONNS);
-    let idle = server.rss();
+    // Busy connections keep their buffers for `--park-after` (0.2 s), then park without them:
+    // watch the RSS come down (a deadline bounds the wait).
+    let busy = server.rss();
+    let parked_by = Instant::now() + deadline();
+    let mut idle = busy;
+    while idle.saturating_sub(base) / CONNS as u64 >= 1024 && Instant::now() < parked_by {
+        thread::sleep(Duration::from_millis(50));
+        idle = server.rss();
+    }
+    eprintln!("{backend}: RSS right after the echoes {} KiB", busy / 1024);
     let per_conn = idle.saturating_sub(base) / CONNS as u64;
     eprintln!(
         "{backend}: {CONNS} idle connections: RSS {} KiB -> {} KiB, {per_conn} B per connection",

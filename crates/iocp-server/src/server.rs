@@ -48,6 +48,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// A connection with nothing pending that sends nothing for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// How long a connection waiting for its next request keeps its buffers. Until then it
+    /// waits on a buffered receive (one operation per message, as a busy connection wants);
+    /// after it, it parks on a zero-byte receive and holds no buffer, and the first bytes that
+    /// arrive are read into a buffer sized to them. `Some(ZERO)` parks at once (least memory,
+    /// one more system call per message); `None` never parks.
+    pub park_after: Option<Duration>,
     /// Once a request has started arriving (unconsumed input is buffered), the rest must come
     /// within this time (slowloris); the service chooses what to answer.
     pub request_timeout: Option<Duration>,
@@ -77,6 +83,7 @@ impl Default for ServerConfig {
             reuse_port: false,
             max_connections: 10_000,
             idle_timeout: Some(Duration::from_secs(60)),
+            park_after: Some(Duration::from_secs(1)),
             request_timeout: Some(Duration::from_secs(10)),
             write_timeout: Some(Duration::from_secs(30)),
             read_buffer: 16 * 1024,
@@ -217,6 +224,9 @@ pub struct ServerStats {
     pub bytes_in: u64,
     /// Bytes sent (counted when a connection closes).
     pub bytes_out: u64,
+    /// Times an idle connection parked on a zero-byte receive, releasing its buffers
+    /// ([`ServerConfig::park_after`]).
+    pub parks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +244,7 @@ struct Counters {
     panics: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    parks: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -257,6 +268,7 @@ impl Counters {
             panics: l(&self.panics),
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
+            parks: l(&self.parks),
         }
     }
 }
@@ -288,6 +300,9 @@ struct Conn<S: Service> {
     state: S::Conn,
     io: Io,
     pending: Pending,
+    /// The pending buffered receive's deadline is `park_after`, not the idle timeout: when it
+    /// expires the connection parks instead of closing.
+    parking: bool,
     /// When the unconsumed input started (the request timeout's start).
     partial_since: Option<Instant>,
     linger_until: Option<Instant>,
@@ -581,6 +596,7 @@ impl<S: Service> Shared<S> {
             state,
             io: Io::default(),
             pending: Pending::Read,
+            parking: false,
             partial_since: None,
             linger_until: None,
             bytes_in: 0,
@@ -620,6 +636,15 @@ impl<S: Service> Shared<S> {
             (Pending::Ready, Ok(_)) => self.read_now(conn),
             (Pending::Read, Ok(0)) => self.close(conn, CloseReason::Eof),
             (Pending::Read, Ok(n)) => self.on_input(conn, n),
+            (Pending::Read, Err(e)) if conn.parking && timed_out(&e) => {
+                conn.parking = false;
+                let park = self.cfg.park_after.unwrap_or_default();
+                let left = self.cfg.idle_timeout.map(|d| d.saturating_sub(park));
+                if left == Some(Duration::ZERO) {
+                    return self.deadline_expired(conn, TimeoutKind::Idle);
+                }
+                self.park(conn, left);
+            }
             (Pending::Read | Pending::Ready, Err(e)) if timed_out(&e) => {
                 let kind = if conn.partial_since.is_some() {
                     TimeoutKind::Request
@@ -648,6 +673,21 @@ impl<S: Service> Shared<S> {
                 self.close(conn, CloseReason::Error);
             }
         }
+    }
+
+    /// Parks an idle connection on a zero-byte receive, holding no buffer meanwhile (the output
+    /// buffer too is released: it has been sent).
+    fn park(&self, mut conn: Box<Conn<S>>, timeout: Option<Duration>) {
+        bump(&self.counters.parks);
+        conn.io.input = Vec::new();
+        conn.io.output = Vec::new();
+        conn.pending = Pending::Ready;
+        let handle = conn.handle.clone();
+        let r = match timeout {
+            Some(d) => handle.with_timeout(d).recv_ready(Ctx::Conn(conn)),
+            None => handle.recv_ready(Ctx::Conn(conn)),
+        };
+        self.refused_start(r);
     }
 
     /// `n` new bytes are in `conn.io.input`: let the service handle them.
@@ -748,18 +788,19 @@ impl<S: Service> Shared<S> {
                 if timeout == Some(Duration::ZERO) {
                     return self.deadline_expired(conn, TimeoutKind::Request);
                 }
+                let mut timeout = timeout;
+                conn.parking = false;
                 if conn.io.input.is_empty() {
-                    // Idle: park on a zero-byte receive and hold no buffer meanwhile (the
-                    // output buffer too is released now that it has been sent).
-                    conn.io.input = Vec::new();
-                    conn.io.output = Vec::new();
-                    conn.pending = Pending::Ready;
-                    let handle = conn.handle.clone();
-                    let r = match timeout {
-                        Some(d) => handle.with_timeout(d).recv_ready(Ctx::Conn(conn)),
-                        None => handle.recv_ready(Ctx::Conn(conn)),
-                    };
-                    return self.refused_start(r);
+                    // Waiting for the next request: keep the buffers for `park_after` (a busy
+                    // connection's next message is usually close), then park without them.
+                    match self.cfg.park_after {
+                        Some(Duration::ZERO) => return self.park(conn, timeout),
+                        Some(p) if timeout.is_none_or(|t| p < t) => {
+                            timeout = Some(p);
+                            conn.parking = true;
+                        }
+                        _ => {}
+                    }
                 }
                 if conn.io.input.capacity() == conn.io.input.len() {
                     let room = self.cfg.read_buffer.min(self.cfg.max_input - conn.io.input.len());

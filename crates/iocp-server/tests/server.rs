@@ -153,6 +153,64 @@ backend_test!(
 );
 
 backend_test!(
+    an_idle_connection_parks_without_buffers_and_keeps_its_idle_deadline,
+    choice | c | {
+        // Keeps its buffers for `park_after`, then parks on a zero-byte receive; data after
+        // that is still read, and the idle timeout counts from the last message, not the park.
+        let cfg = ServerConfig {
+            idle_timeout: Some(Duration::from_millis(400)),
+            park_after: Some(Duration::from_millis(50)),
+            ..config(c)
+        };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        for (round, msg) in [&b"first"[..], b"second message"].into_iter().enumerate() {
+            wait_stats(&server, "the connection to park", |st| st.parks == round as u64);
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
+        }
+        let t0 = Instant::now();
+        wait_stats(&server, "the connection to park again", |st| st.parks == 2);
+        assert!(read_to_end(&mut s).is_empty());
+        let idle = t0.elapsed();
+        assert!(idle >= Duration::from_millis(350), "closed {idle:?} after the last message");
+        wait_stats(&server, "idle timeout", |st| st.idle_timeouts == 1 && st.closed == 1);
+        assert_eq!(server.stats().parks, 2, "one park per idle period");
+        server.stop();
+    }
+);
+
+backend_test!(
+    a_busy_connection_does_not_park,
+    choice | c | {
+        let cfg = ServerConfig { park_after: Some(Duration::from_secs(30)), ..config(c) };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        for i in 0..200u32 {
+            let msg = i.to_le_bytes();
+            s.write_all(&msg).unwrap();
+            let mut back = [0u8; 4];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
+        }
+        assert_eq!(server.stats().parks, 0);
+        let parked_at_once =
+            Server::start(Echo, ServerConfig { park_after: Some(Duration::ZERO), ..config(c) })
+                .unwrap();
+        let mut s2 = connect(parked_at_once.local_addr());
+        s2.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s2.read_exact(&mut b).unwrap();
+        wait_stats(&parked_at_once, "parks at once", |st| st.parks >= 2);
+        drop((s, s2));
+        server.stop();
+        parked_at_once.stop();
+    }
+);
+
+backend_test!(
     graceful_stop_echoes_every_byte_received,
     choice | c | {
         let server = Server::start(Echo, config(c)).unwrap();

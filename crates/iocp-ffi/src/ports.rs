@@ -210,8 +210,7 @@ pub unsafe extern "C" fn CloseHandle(hObject: HANDLE) -> BOOL {
         let Some(fd) = registry::fd_of(hval(hObject)) else {
             return fail(ERROR_INVALID_HANDLE, FALSE);
         };
-        registry::dissociate(fd);
-        match registry::close_fd(fd) {
+        match registry::close_socket_or_file(fd) {
             Ok(()) => TRUE,
             Err(c) => fail(c.win32, FALSE),
         }

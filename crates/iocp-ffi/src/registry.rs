@@ -27,8 +27,16 @@ pub(crate) enum Target {
     Scatter(Vec<(usize, usize)>),
     /// WSARecvFrom: the buffers, and where the sender's address and its length go.
     RecvFrom { bufs: Vec<(usize, usize)>, from: usize, fromlen: usize },
-    /// AcceptEx: the output buffer, its three lengths, and the accept socket's fd.
-    Accept { out: usize, data_len: usize, local_len: usize, remote_len: usize, accept_fd: i32 },
+    /// AcceptEx: the output buffer, its three lengths, the accept socket's fd, and the watch
+    /// that says whether that socket is still the one the caller passed ([`watch_accept`]).
+    Accept {
+        out: usize,
+        data_len: usize,
+        local_len: usize,
+        remote_len: usize,
+        accept_fd: i32,
+        watch: u64,
+    },
 }
 
 /// The per-operation context the core hands back in the completion: the caller's
@@ -61,12 +69,18 @@ impl Ctx {
 /// A port and its table id.
 pub(crate) struct PortEntry {
     pub(crate) port: CompletionPort<Ctx>,
+    /// Associations closed (closesocket / CloseHandle) while they still had operations not
+    /// dequeued: kept so that closing the port can end those operations' OVERLAPPEDs too.
+    closing: Mutex<Vec<Arc<Assoc>>>,
 }
 
 /// A socket or file associated with a port: the core handle (on a `dup` of the caller's fd),
 /// and the operations started on it that have not been dequeued yet, by OVERLAPPED address.
 pub(crate) struct Assoc {
     pub(crate) handle: Handle<Ctx>,
+    /// The caller fd's identity when it was associated: a `close()` (not `closesocket`) and a
+    /// new file or socket on the same number shows as a different identity.
+    ident: Ident,
     pub(crate) port: Arc<PortEntry>,
     pub(crate) key: usize,
     pub(crate) is_socket: bool,
@@ -171,7 +185,7 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
         .build::<Ctx>()
         .map_err(|e| errors::from_io(&e))?;
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(PortEntry { port });
+    let entry = Arc::new(PortEntry { port, closing: Mutex::new(Vec::new()) });
     ports().write().insert(id, entry.clone());
     Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
 }
@@ -196,6 +210,20 @@ pub(crate) fn close_port(h: HANDLE) -> bool {
     let Some(id) = port_id(h) else { return false };
     let Some(entry) = ports().write().remove(&id) else { return false };
     entry.port.close();
+    // The core drops what it held: the operations started through this port that were not
+    // dequeued never will be. Their OVERLAPPEDs end as cancelled, so GetOverlappedResult and
+    // HasOverlappedIoCompleted do not wait forever (the caller may then free them).
+    let mut members: Vec<Arc<Assoc>> =
+        assocs().read().values().filter(|a| Arc::ptr_eq(&a.port, &entry)).cloned().collect();
+    members.append(&mut entry.closing.lock());
+    for a in members {
+        let ovs: Vec<usize> = a.pending.lock().drain().map(|(ov, _)| ov).collect();
+        for ov in ovs {
+            // SAFETY: a pending operation's OVERLAPPED stays valid until its packet is dequeued
+            // (Win32 contract); this one's packet never will be.
+            unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        }
+    }
     true
 }
 
@@ -206,9 +234,41 @@ pub(crate) fn fd_of(v: usize) -> Option<i32> {
     (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then_some(fd)
 }
 
-/// The association of `fd`.
+/// What an open fd refers to: `(st_dev, st_ino)`. A live socket or file keeps its inode, so a
+/// different identity on the same fd number means the number was closed and reused.
+pub(crate) type Ident = (u64, u64);
+
+/// The identity of `fd`, or `None` if it is not open.
+pub(crate) fn ident(fd: i32) -> Option<Ident> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat(2) to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) on any integer writes only into `st`, which we own.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+/// The association of `fd`. One whose fd number was `close()`d and reused by another file or
+/// socket (its identity differs) is stale: it is dropped here (its pending operations complete
+/// aborted) and the new file or socket counts as not associated.
 pub(crate) fn assoc(fd: i32) -> Option<Arc<Assoc>> {
-    assocs().read().get(&fd).cloned()
+    let a = assocs().read().get(&fd).cloned()?;
+    if ident(fd) == Some(a.ident) {
+        return Some(a);
+    }
+    drop_stale(fd, &a);
+    None
+}
+
+/// Forgets `a`, the stale association of `fd` (unless another thread already replaced it).
+fn drop_stale(fd: i32, a: &Arc<Assoc>) {
+    let mut table = assocs().write();
+    if table.get(&fd).is_some_and(|cur| Arc::ptr_eq(cur, a)) {
+        table.remove(&fd);
+    }
+    drop(table);
+    a.handle.close();
 }
 
 /// Associates `fd` with `port` and `key` (CreateIoCompletionPort on a file or socket).
@@ -217,10 +277,29 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     if created_files().lock().get(&fd) == Some(&false) {
         return Err(invalid); // case 11: opened without FILE_FLAG_OVERLAPPED
     }
+    let Some(id) = ident(fd) else { return Err(errors::from_errno(libc::EBADF)) };
     let mut table = assocs().write();
-    if table.contains_key(&fd) {
+    if table.get(&fd).is_some_and(|old| old.ident == id) {
         return Err(invalid); // case 12
     }
+    // An entry with another identity is stale (the number was close()d and reused): replaced
+    // below, its handle closed once the table is unlocked.
+    let stale = table.remove(&fd);
+    let r = associate_locked(&mut table, fd, id, port, key);
+    drop(table);
+    if let Some(old) = stale {
+        old.handle.close();
+    }
+    r
+}
+
+fn associate_locked(
+    table: &mut HashMap<i32, Arc<Assoc>>,
+    fd: i32,
+    id: Ident,
+    port: &Arc<PortEntry>,
+    key: usize,
+) -> Result<(), Codes> {
     // SAFETY: F_DUPFD_CLOEXEC on an open fd (checked by the caller) creates a new fd we own.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     if dup < 0 {
@@ -236,6 +315,7 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     let modes = early_modes().lock().remove(&fd).unwrap_or(0);
     let a = Assoc {
         handle,
+        ident: id,
         port: port.clone(),
         key,
         is_socket,
@@ -253,7 +333,113 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
 pub(crate) fn dissociate(fd: i32) -> bool {
     let Some(a) = assocs().write().remove(&fd) else { return false };
     a.handle.close();
+    let mut closing = a.port.closing.lock();
+    closing.retain(|c| !c.pending.lock().is_empty());
+    if !a.pending.lock().is_empty() {
+        closing.push(a.clone());
+    }
     true
+}
+
+/// A pending AcceptEx's claim on its accept socket: which AcceptEx (the listener and the
+/// OVERLAPPED, to cancel it) and the accept socket's identity when it started.
+struct AcceptWatch {
+    id: u64,
+    listener: Weak<Assoc>,
+    ov: usize,
+    ident: Ident,
+}
+
+/// Pending AcceptEx claims by accept-socket fd. The accepted connection is installed on the fd
+/// number only under this lock and only while the claim stands; closing the accept socket
+/// removes the claim under the same lock first, so no `dup3` can land on a closed (and maybe
+/// reused) number.
+fn accept_watches() -> &'static Mutex<HashMap<i32, Vec<AcceptWatch>>> {
+    static W: OnceLock<Mutex<HashMap<i32, Vec<AcceptWatch>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// Claims `accept_fd` for an AcceptEx on `listener` with `ov`; `None` if the fd is not open.
+pub(crate) fn watch_accept(accept_fd: i32, listener: &Arc<Assoc>, ov: usize) -> Option<u64> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let ident = ident(accept_fd)?;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let w = AcceptWatch { id, listener: Arc::downgrade(listener), ov, ident };
+    accept_watches().lock().entry(accept_fd).or_default().push(w);
+    Some(id)
+}
+
+/// Removes claim `id` on `accept_fd`; returns the identity it recorded if it still stood.
+fn take_watch(
+    watches: &mut HashMap<i32, Vec<AcceptWatch>>,
+    accept_fd: i32,
+    id: u64,
+) -> Option<Ident> {
+    let list = watches.get_mut(&accept_fd)?;
+    let i = list.iter().position(|w| w.id == id)?;
+    let w = list.swap_remove(i);
+    if list.is_empty() {
+        watches.remove(&accept_fd);
+    }
+    Some(w.ident)
+}
+
+/// After a started AcceptEx: if its claim was withdrawn meanwhile (closesocket of the accept
+/// socket raced the start and found no operation to cancel yet), cancels it now.
+pub(crate) fn recheck_accept(listener: &Arc<Assoc>, accept_fd: i32, id: u64, ov: usize) {
+    let stands =
+        accept_watches().lock().get(&accept_fd).is_some_and(|l| l.iter().any(|w| w.id == id));
+    if stands {
+        return;
+    }
+    let op = listener.pending.lock().get(&ov).map(|&(op, _)| op);
+    if let Some(op) = op {
+        let _ = listener.handle.cancel(op);
+    }
+}
+
+/// Withdraws claim `id` on `accept_fd` (its AcceptEx was refused at start).
+pub(crate) fn unwatch_accept(accept_fd: i32, id: u64) {
+    take_watch(&mut accept_watches().lock(), accept_fd, id);
+}
+
+/// The accept socket `fd` is being closed: every AcceptEx pending with it loses its claim (its
+/// connection, if one comes, is never put on the fd number) and is cancelled, so it completes
+/// once with `ERROR_OPERATION_ABORTED` (iocp-semantics.md: closing the accept socket is how
+/// Windows code aborts an AcceptEx).
+fn abort_accepts_into(fd: i32) {
+    let Some(list) = accept_watches().lock().remove(&fd) else { return };
+    for w in list {
+        let Some(listener) = w.listener.upgrade() else { continue };
+        let op = listener.pending.lock().get(&w.ov).map(|&(op, _)| op);
+        if let Some(op) = op {
+            // Already completed (queued, not dequeued): the dequeue sees no claim and reports
+            // the abort itself.
+            let _ = listener.handle.cancel(op);
+        }
+    }
+}
+
+/// closesocket / CloseHandle of a socket or file: aborts the AcceptEx calls that would put a
+/// connection on it, forgets its association (pending operations complete aborted), closes
+/// the fd.
+///
+/// A socket with no overlapped operation in flight is first shut down for reading: a Linux
+/// `close` does not wake a thread blocked in `accept`/`recv` on the same socket (the blocked
+/// call holds its own reference), `shutdown` does (accept fails, recv returns 0), as
+/// closesocket does on Windows. With operations in flight it is not: they must complete
+/// aborted, not with the end of stream the shutdown would give them first. `SHUT_RD` sends
+/// nothing to the peer, so a graceful or abortive (SO_LINGER 0) close is unchanged.
+pub(crate) fn close_socket_or_file(fd: i32) -> Result<(), Codes> {
+    let busy = assocs().read().get(&fd).is_some_and(|a| !a.pending.lock().is_empty());
+    abort_accepts_into(fd);
+    dissociate(fd);
+    if !busy {
+        // SAFETY: shutdown(2) on the caller's fd, still open (closed just below); on a file or
+        // an unconnected socket it fails harmlessly (ENOTSOCK, ENOTCONN).
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    close_fd(fd)
 }
 
 /// Starts an operation on `a` for the caller's `ov`: marks it pending, submits, records it for
@@ -315,6 +501,21 @@ pub(crate) fn finished() -> &'static Finished {
     })
 }
 
+/// Writes an operation's final status and wakes GetOverlappedResult waiters.
+///
+/// # Safety
+/// `ov` is the non-NULL, valid OVERLAPPED of an operation whose packet has not been dequeued
+/// (or is being dequeued now).
+unsafe fn complete_ov(ov: *mut OVERLAPPED, nt: u32, bytes: usize) {
+    let f = finished();
+    let _g = (f.waiters.load(Ordering::Acquire) > 0).then(|| f.lock.lock());
+    // SAFETY: valid and not yet released to the caller (this function's contract).
+    unsafe { mem::ov_done(ov, nt, bytes) };
+    if f.waiters.load(Ordering::Acquire) > 0 {
+        f.cond.notify_all();
+    }
+}
+
 /// A dequeued packet, as GetQueuedCompletionStatus reports it.
 pub(crate) struct Done {
     pub(crate) key: usize,
@@ -345,34 +546,48 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
             bytes = unsafe { mem::scatter(&bufs, &b) };
         }
         (Target::RecvFrom { bufs, from, fromlen }, Payload::RecvFrom(b, addr)) => {
-            // SAFETY: as above.
+            // SAFETY: the WSARecvFrom buffers stay valid until this dequeue (Win32 contract).
             bytes = unsafe { mem::scatter(&bufs, &b) };
             if let Some(addr) = addr {
                 // SAFETY: lpFrom / lpFromlen stay valid until completion (Win32 contract).
                 unsafe { write_addr(from, fromlen, &addr) };
             }
         }
-        (
-            Target::Accept { out, data_len, local_len, remote_len, accept_fd },
-            Payload::Accept(mut acc),
-        ) if errno == 0 => match acc.take_socket() {
-            Some(sock) => {
-                let local = sock.local_addr().ok();
-                let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
-                let data = acc.take_data();
-                // SAFETY: the AcceptEx output buffer stays valid until completion (Win32
-                // contract); `data` is at most `data_len` (the capacity asked).
-                unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
-                // SAFETY: as above; the slots follow the data area.
-                unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
-                // SAFETY: as above.
-                unsafe { write_slot(out + data_len + local_len, remote_len, peer.as_ref()) };
-                if let Err(e) = install_accepted(sock.into(), accept_fd) {
-                    codes = e;
-                }
+        (Target::Accept { out, data_len, local_len, remote_len, accept_fd, watch }, payload) => {
+            let mut watches = accept_watches().lock();
+            let claim = take_watch(&mut watches, accept_fd, watch);
+            match payload {
+                Payload::Accept(mut acc) if errno == 0 => match acc.take_socket() {
+                    // The accept socket is still open and still the caller's (not close()d and
+                    // its number reused): the connection goes onto it, under the lock that
+                    // closesocket takes before closing.
+                    Some(sock) if claim.is_some() && ident(accept_fd) == claim => {
+                        let local = sock.local_addr().ok();
+                        let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
+                        let data = acc.take_data();
+                        // SAFETY: the AcceptEx output buffer stays valid until completion
+                        // (Win32 contract); `data` is at most `data_len` (the capacity asked).
+                        unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
+                        // SAFETY: the same buffer; its local slot follows the data area and
+                        // holds `local_len` bytes (AcceptEx's contract on the three lengths).
+                        unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
+                        // SAFETY: the same buffer; the remote slot follows the local one.
+                        unsafe {
+                            write_slot(out + data_len + local_len, remote_len, peer.as_ref())
+                        };
+                        if let Err(e) = install_accepted(sock.into(), accept_fd) {
+                            codes = e;
+                        }
+                    }
+                    // The accept socket was closed meanwhile: the connection is dropped (reset),
+                    // the fd number never touched; the AcceptEx reports the abort.
+                    Some(_) => codes = errors::from_errno(libc::ECANCELED),
+                    None => codes = errors::from_errno(libc::ECONNABORTED),
+                },
+                _ => {}
             }
-            None => codes = errors::from_errno(libc::ECONNABORTED),
-        },
+            drop(watches);
+        }
         _ => {}
     }
     bytes += ctx.extra;
@@ -384,16 +599,8 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         drop(pending);
         a.count(ctx.side, false);
     }
-    let ov = ctx.ov as *mut OVERLAPPED;
-    {
-        let f = finished();
-        let _g = (f.waiters.load(Ordering::Acquire) > 0).then(|| f.lock.lock());
-        // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
-        unsafe { mem::ov_done(ov, codes.nt, bytes) };
-        if f.waiters.load(Ordering::Acquire) > 0 {
-            f.cond.notify_all();
-        }
-    }
+    // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
+    unsafe { complete_ov(ctx.ov as *mut OVERLAPPED, codes.nt, bytes) };
     let error = if codes.nt == 0 { 0 } else { codes.win32 };
     Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: codes.nt, error }
 }
@@ -402,8 +609,10 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
 /// association the accept socket already had onto the new connection (same port and key).
 fn install_accepted(sock: OwnedFd, accept_fd: i32) -> Result<(), Codes> {
     let old = assocs().write().remove(&accept_fd);
-    // SAFETY: dup3 onto the caller's accept socket, which the caller keeps open until the
-    // AcceptEx completes (Win32 contract); it atomically replaces that socket by the new one.
+    // SAFETY: dup3 onto the caller's accept socket: the caller holds the accept-watch lock
+    // with the AcceptEx's claim standing and the fd's identity just checked, and closesocket
+    // withdraws the claim under that lock before it closes, so the number is still the
+    // caller's accept socket; dup3 atomically replaces it by the new connection.
     let r = unsafe { libc::dup3(sock.as_raw_fd(), accept_fd, libc::O_CLOEXEC) };
     drop(sock);
     if r < 0 {

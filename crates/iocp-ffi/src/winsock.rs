@@ -238,8 +238,7 @@ pub unsafe extern "C" fn WSASocketW(
 pub unsafe extern "C" fn closesocket(s: SOCKET) -> c_int {
     guard(SOCKET_ERROR, || {
         let Some(fd) = registry::fd_of(s) else { return wsa_fail(WSAENOTSOCK) };
-        registry::dissociate(fd);
-        match registry::close_fd(fd) {
+        match registry::close_socket_or_file(fd) {
             Ok(()) => 0,
             Err(c) => wsa_fail(c.wsa),
         }
@@ -573,16 +572,27 @@ pub unsafe extern "C" fn AcceptEx(
             Err(e) => return bool_fail(e),
         };
         let data_len = dwReceiveDataLength as usize;
+        // The claim on the accept socket: closesocket of it aborts this AcceptEx, and the
+        // connection only goes onto the fd number while the claim stands.
+        let Some(watch) = registry::watch_accept(accept_fd, &a, lpOverlapped as usize) else {
+            return bool_fail(WSAENOTSOCK);
+        };
         let target = Target::Accept {
             out: lpOutputBuffer as usize,
             data_len,
             local_len: dwLocalAddressLength as usize,
             remote_len: dwRemoteAddressLength as usize,
             accept_fd,
+            watch,
         };
-        pending_bool(registry::start(&a, lpOverlapped, target, |h, ctx| {
+        let r = registry::start(&a, lpOverlapped, target, |h, ctx| {
             h.accept(Vec::with_capacity(data_len), ctx)
-        }))
+        });
+        match r {
+            Ok(()) => registry::recheck_accept(&a, accept_fd, watch, lpOverlapped as usize),
+            Err(_) => registry::unwatch_accept(accept_fd, watch),
+        }
+        pending_bool(r)
     })
 }
 

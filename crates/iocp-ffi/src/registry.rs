@@ -69,9 +69,6 @@ impl Ctx {
 /// A port and its table id.
 pub(crate) struct PortEntry {
     pub(crate) port: CompletionPort<Ctx>,
-    /// Associations closed (closesocket / CloseHandle) while they still had operations not
-    /// dequeued: kept so that closing the port can end those operations' OVERLAPPEDs too.
-    closing: Mutex<Vec<Arc<Assoc>>>,
 }
 
 /// A socket or file associated with a port: the core handle (on a `dup` of the caller's fd),
@@ -117,6 +114,41 @@ impl Assoc {
         } else {
             c.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Ends every operation of this association that has not been dequeued, for the caller:
+    /// `Internal = STATUS_CANCELLED` now, and the caller's memory is never touched again (the
+    /// dequeue of such an operation finds it gone from `pending` and reports the abort without
+    /// copying anything). Used when the socket or the port goes away, so that
+    /// `HasOverlappedIoCompleted` / `GetOverlappedResult` see the end without any dequeue.
+    pub(crate) fn release_pending(&self) {
+        let ovs: Vec<usize> = self.pending.lock().drain().map(|(ov, _)| ov).collect();
+        for ov in ovs {
+            // SAFETY: an operation's OVERLAPPED stays valid until its packet is dequeued (Win32
+            // contract); this one was still in `pending`, so not dequeued, and removing it under
+            // the lock made this the last write to it.
+            unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        }
+    }
+
+    /// The accept socket of this listener's AcceptEx with `ov` is being closed: that AcceptEx
+    /// is released (its OVERLAPPED ends as cancelled now, its dequeue touches nothing) and
+    /// cancelled, so it completes once, aborted (or, if it had already completed, its queued
+    /// packet reports the abort and its connection is closed).
+    fn release_accept(&self, ov: usize) {
+        let Some((op, _)) = self.pending.lock().remove(&ov) else { return };
+        // SAFETY: the AcceptEx's OVERLAPPED, valid until its packet is dequeued (Win32
+        // contract); it was still in `pending` and is no longer, so this is the last write.
+        unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        let _ = self.handle.cancel(op);
+    }
+
+    /// The association goes away (closesocket, CloseHandle, a stale number): its pending
+    /// operations are released ([`Assoc::release_pending`]), then its core handle is closed,
+    /// which completes each of them once, aborted.
+    fn retire(&self) {
+        self.release_pending();
+        self.handle.close();
     }
 
     /// Reports an operation that completed in line with success: `Internal`/`InternalHigh` are
@@ -185,7 +217,7 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
         .build::<Ctx>()
         .map_err(|e| errors::from_io(&e))?;
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(PortEntry { port, closing: Mutex::new(Vec::new()) });
+    let entry = Arc::new(PortEntry { port });
     ports().write().insert(id, entry.clone());
     Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
 }
@@ -212,17 +244,12 @@ pub(crate) fn close_port(h: HANDLE) -> bool {
     entry.port.close();
     // The core drops what it held: the operations started through this port that were not
     // dequeued never will be. Their OVERLAPPEDs end as cancelled, so GetOverlappedResult and
-    // HasOverlappedIoCompleted do not wait forever (the caller may then free them).
-    let mut members: Vec<Arc<Assoc>> =
+    // HasOverlappedIoCompleted do not wait forever (the caller may then free them). Sockets
+    // closed before the port ended theirs when they were closed.
+    let members: Vec<Arc<Assoc>> =
         assocs().read().values().filter(|a| Arc::ptr_eq(&a.port, &entry)).cloned().collect();
-    members.append(&mut entry.closing.lock());
     for a in members {
-        let ovs: Vec<usize> = a.pending.lock().drain().map(|(ov, _)| ov).collect();
-        for ov in ovs {
-            // SAFETY: a pending operation's OVERLAPPED stays valid until its packet is dequeued
-            // (Win32 contract); this one's packet never will be.
-            unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
-        }
+        a.release_pending();
     }
     true
 }
@@ -268,7 +295,7 @@ fn drop_stale(fd: i32, a: &Arc<Assoc>) {
         table.remove(&fd);
     }
     drop(table);
-    a.handle.close();
+    a.retire();
 }
 
 /// Associates `fd` with `port` and `key` (CreateIoCompletionPort on a file or socket).
@@ -288,7 +315,7 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     let r = associate_locked(&mut table, fd, id, port, key);
     drop(table);
     if let Some(old) = stale {
-        old.handle.close();
+        old.retire();
     }
     r
 }
@@ -332,12 +359,7 @@ fn associate_locked(
 /// once, aborted. Returns whether there was one.
 pub(crate) fn dissociate(fd: i32) -> bool {
     let Some(a) = assocs().write().remove(&fd) else { return false };
-    a.handle.close();
-    let mut closing = a.port.closing.lock();
-    closing.retain(|c| !c.pending.lock().is_empty());
-    if !a.pending.lock().is_empty() {
-        closing.push(a.clone());
-    }
+    a.retire();
     true
 }
 
@@ -389,12 +411,8 @@ fn take_watch(
 pub(crate) fn recheck_accept(listener: &Arc<Assoc>, accept_fd: i32, id: u64, ov: usize) {
     let stands =
         accept_watches().lock().get(&accept_fd).is_some_and(|l| l.iter().any(|w| w.id == id));
-    if stands {
-        return;
-    }
-    let op = listener.pending.lock().get(&ov).map(|&(op, _)| op);
-    if let Some(op) = op {
-        let _ = listener.handle.cancel(op);
+    if !stands {
+        listener.release_accept(ov);
     }
 }
 
@@ -410,12 +428,8 @@ pub(crate) fn unwatch_accept(accept_fd: i32, id: u64) {
 fn abort_accepts_into(fd: i32) {
     let Some(list) = accept_watches().lock().remove(&fd) else { return };
     for w in list {
-        let Some(listener) = w.listener.upgrade() else { continue };
-        let op = listener.pending.lock().get(&w.ov).map(|&(op, _)| op);
-        if let Some(op) = op {
-            // Already completed (queued, not dequeued): the dequeue sees no claim and reports
-            // the abort itself.
-            let _ = listener.handle.cancel(op);
+        if let Some(listener) = w.listener.upgrade() {
+            listener.release_accept(w.ov);
         }
     }
 }
@@ -538,6 +552,31 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     if matches!(payload, Payload::Posted) {
         return Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: 0, error: 0 };
     }
+    // Whether this dequeue still owns the operation: it is in its association's `pending`
+    // (removed here, under the lock). If not, the socket or the port went away and already
+    // ended the OVERLAPPED (`release_pending`): the caller may have freed it and its buffers,
+    // so nothing of the caller's is touched; the packet reports the abort.
+    let owner = ctx.assoc.upgrade();
+    let owned = owner.as_ref().is_some_and(|a| {
+        let mut pending = a.pending.lock();
+        let mine = pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op);
+        if mine {
+            pending.remove(&ctx.ov);
+        }
+        mine
+    });
+    if let Some(a) = &owner {
+        a.count(ctx.side, false);
+    }
+    drop(owner);
+    if !owned {
+        if let Target::Accept { accept_fd, watch, .. } = ctx.target {
+            take_watch(&mut accept_watches().lock(), accept_fd, watch);
+        }
+        drop(payload); // an accepted connection in it is closed, never installed
+        let codes = errors::from_errno(libc::ECANCELED);
+        return Done { key, ov: ctx.ov, bytes: 0, nt: codes.nt, error: codes.win32 };
+    }
     let mut codes = errors::from_errno(errno);
     match (ctx.target, payload) {
         (Target::Scatter(bufs), Payload::Recv(b) | Payload::Read(b)) => {
@@ -591,14 +630,6 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         _ => {}
     }
     bytes += ctx.extra;
-    if let Some(a) = ctx.assoc.upgrade() {
-        let mut pending = a.pending.lock();
-        if pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op) {
-            pending.remove(&ctx.ov);
-        }
-        drop(pending);
-        a.count(ctx.side, false);
-    }
     // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
     unsafe { complete_ov(ctx.ov as *mut OVERLAPPED, codes.nt, bytes) };
     let error = if codes.nt == 0 { 0 } else { codes.win32 };
@@ -619,7 +650,7 @@ fn install_accepted(sock: OwnedFd, accept_fd: i32) -> Result<(), Codes> {
         return Err(errors::last_os());
     }
     if let Some(old) = old {
-        old.handle.close();
+        old.retire();
         let (port, key) = (old.port.clone(), old.key);
         let modes = old.modes.load(Ordering::Acquire);
         drop(old);

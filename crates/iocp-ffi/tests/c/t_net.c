@@ -2,6 +2,7 @@
  * results, and the Winsock extensions reached through WSAIoctl (cases 12, 18, 19, 22, 29-32,
  * 34, 36, 48, 52-58 of iocp-semantics.md §15). */
 #include "check.h"
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -709,6 +710,82 @@ static void closesocket_wakes_blocking_accept_and_recv(void) {
     }
 }
 
+
+/* Issue 14 §2.1 (the shutdown pattern of the SDK servers): closesocket, then poll
+ * HasOverlappedIoCompleted without ever dequeuing. Each OVERLAPPED ends at once (cancelled),
+ * GetOverlappedResult reports the abort, and after the program frees the OVERLAPPEDs and
+ * buffers nothing writes to them (valgrind in CI); the packets still come, one each. */
+static void closesocket_ends_overlappeds_without_a_dequeue(void) {
+    HANDLE p = new_port(0);
+    struct sockaddr_in a;
+    SOCKET l = make_listener(&a);
+    CHECK(CreateIoCompletionPort((HANDLE)l, p, 142, 0) == p);
+    SOCKET c = tcp_socket();
+    int small = 4096;
+    CHECK(setsockopt(c, SOL_SOCKET, SO_SNDBUF, (const char *)&small, sizeof small) == 0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    int peer = accept((int)l, NULL, NULL);
+    CHECK(peer >= 0);
+    CHECK(CreateIoCompletionPort((HANDLE)c, p, 143, 0) == p);
+    enum { RECV, SEND, ACCEPT, N };
+    OVERLAPPED *ov[N];
+    uintptr_t addr[N];
+    for (int i = 0; i < N; i++) {
+        ov[i] = (OVERLAPPED *)calloc(1, sizeof(OVERLAPPED));
+        CHECK(ov[i] != NULL);
+        addr[i] = (uintptr_t)ov[i];
+    }
+    char *rbuf = (char *)malloc(64);
+    size_t big = 8 << 20;
+    char *data = (char *)calloc(1, big);
+    char *out = (char *)malloc(2 * ADDR_SLOT);
+    CHECK(rbuf && data && out);
+    WSABUF rb = {64, rbuf}, sb = {(ULONG)big, data};
+    DWORD flags = 0, n = 0;
+    CHECK(WSARecv(c, &rb, 1, NULL, &flags, ov[RECV], NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    CHECK(WSASend(c, &sb, 1, NULL, 0, ov[SEND], NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    SOCKET acc = tcp_socket();
+    CHECK(!pAcceptEx(l, acc, out, 0, ADDR_SLOT, ADDR_SLOT, &n, ov[ACCEPT]));
+    CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+    CHECK(closesocket(c) == 0);
+    CHECK(closesocket(acc) == 0);
+    long long end = now_ms() + 5000;
+    for (int i = 0; i < N; i++) {
+        while (!HasOverlappedIoCompleted(ov[i])) {
+            CHECK(now_ms() < end);
+            sched_yield();
+        }
+        DWORD got = 7;
+        CHECK(!GetOverlappedResult((HANDLE)c, ov[i], &got, TRUE));
+        CHECK_EQ(GetLastError(), ERROR_OPERATION_ABORTED);
+        CHECK_EQ(ov[i]->Internal, STATUS_CANCELLED);
+        free(ov[i]);
+    }
+    free(rbuf);
+    free(data);
+    free(out);
+    /* The packets: one each, aborted, with the keys of the sockets they were started on. */
+    int seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        DWORD got;
+        ULONG_PTR k;
+        LPOVERLAPPED o = NULL;
+        CHECK(!GetQueuedCompletionStatus(p, &got, &k, &o, 10000));
+        CHECK_EQ(GetLastError(), ERROR_OPERATION_ABORTED);
+        for (int j = 0; j < N; j++)
+            if ((uintptr_t)o == addr[j]) {
+                seen[j]++;
+                CHECK_EQ(k, j == ACCEPT ? 142 : 143);
+            }
+    }
+    for (int i = 0; i < N; i++) CHECK_EQ(seen[i], 1);
+    expect_quiet(p);
+    CHECK(close(peer) == 0 && closesocket(l) == 0);
+    CHECK(CloseHandle(p));
+}
+
 static void same_addr(const struct sockaddr *a, int alen, const struct sockaddr *b, int blen) {
     CHECK_EQ(alen, blen);
     CHECK(memcmp(a, b, (size_t)alen) == 0);
@@ -990,6 +1067,7 @@ int main(void) {
     RUN(close_instead_of_closesocket_never_clobbers_the_number);
     RUN(close_instead_of_closesocket_stale_association);
     RUN(closesocket_wakes_blocking_accept_and_recv);
+    RUN(closesocket_ends_overlappeds_without_a_dequeue);
     RUN(case_52_53_acceptex_keys_bytes_and_addresses);
     RUN(case_54_connectex);
     RUN(case_56_scatter_in_order);

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 
@@ -88,6 +88,9 @@ pub(crate) struct Assoc {
     /// Receives / sends started on the core and not yet dequeued.
     pub(crate) inflight: [AtomicUsize; 2],
     pub(crate) pending: Mutex<HashMap<usize, (OpId, ThreadId)>>,
+    /// A ConnectEx whose connection was established and then reset at once reported success
+    /// (as Windows does); the next receive or send on the socket reports the reset.
+    pub(crate) reset_pending: AtomicBool,
 }
 
 impl Assoc {
@@ -350,6 +353,7 @@ fn associate_locked(
         modes: AtomicU8::new(modes),
         inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
         pending: Mutex::new(HashMap::new()),
+        reset_pending: AtomicBool::new(false),
     };
     table.insert(fd, Arc::new(a));
     Ok(())
@@ -568,7 +572,6 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     if let Some(a) = &owner {
         a.count(ctx.side, false);
     }
-    drop(owner);
     if !owned {
         if let Target::Accept { accept_fd, watch, .. } = ctx.target {
             take_watch(&mut accept_watches().lock(), accept_fd, watch);
@@ -579,6 +582,15 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     }
     let mut codes = errors::from_errno(errno);
     match (ctx.target, payload) {
+        // A refused connect is ECONNREFUSED; ECONNRESET (or EPIPE from the initial send) means
+        // the connection was established and the peer reset it at once. On Windows that
+        // ConnectEx succeeds and the reset shows on the next I/O: so here too (issue 14 §2.4).
+        (_, Payload::Connect(_)) if errno == libc::ECONNRESET || errno == libc::EPIPE => {
+            codes = errors::from_errno(0);
+            if let Some(a) = &owner {
+                a.reset_pending.store(true, Ordering::Release);
+            }
+        }
         (Target::Scatter(bufs), Payload::Recv(b) | Payload::Read(b)) => {
             // SAFETY: the caller's buffers stay valid until this packet is dequeued (Win32
             // contract for WSARecv/ReadFile buffers); this is that dequeue.

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use iocp_core::TransmitRange;
 use socket2::{SockAddr, SockRef};
@@ -309,6 +310,19 @@ unsafe fn failed_in_line(ov: *mut OVERLAPPED, errno: i32) -> c_int {
     wsa_fail(c.wsa)
 }
 
+/// The reset a ConnectEx did not report (its connection was reset at once): the first
+/// overlapped receive or send after it fails in line with it, no packet.
+///
+/// # Safety
+/// `ov` is non-NULL and valid.
+unsafe fn deferred_reset(a: &Assoc, ov: *mut OVERLAPPED) -> Option<c_int> {
+    if !a.reset_pending.load(Ordering::Acquire) || !a.reset_pending.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: caller's contract.
+    Some(unsafe { failed_in_line(ov, libc::ECONNRESET) })
+}
+
 /// WSARecv: an overlapped receive into the WSABUFs (filled in order, no gaps); a zero-length
 /// buffer list is the zero-byte receive (completes when the socket becomes readable). On a
 /// stream socket with no receive in flight it first tries in line: data (or the end of the
@@ -348,6 +362,10 @@ pub unsafe extern "C" fn WSARecv(
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
+        // SAFETY: non-NULL (checked), valid (caller's contract).
+        if let Some(r) = unsafe { deferred_reset(&a, lpOverlapped) } {
+            return r;
+        }
         let total: usize = bufs.iter().map(|b| b.1).sum();
         if total == 0 {
             return pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
@@ -414,6 +432,10 @@ pub unsafe extern "C" fn WSASend(
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
+        // SAFETY: non-NULL (checked), valid (caller's contract).
+        if let Some(r) = unsafe { deferred_reset(&a, lpOverlapped) } {
+            return r;
+        }
         let total: usize = bufs.iter().map(|b| b.1).sum();
         let mut sent = 0;
         if a.is_stream && total > 0 && a.idle(Side::Send) {

@@ -786,6 +786,44 @@ static void closesocket_ends_overlappeds_without_a_dequeue(void) {
     CHECK(CloseHandle(p));
 }
 
+
+/* Issue 14 §2.4: a connection established and reset by the peer at once: ConnectEx succeeds
+ * (as on Windows), the reset shows on the next receive (in line, WSAECONNRESET, no packet).
+ * The reset is made to arrive before anyone dequeues (and so before the library looks at the
+ * connect's outcome on epoll). */
+static void connectex_then_reset_succeeds_and_next_io_sees_the_reset(void) {
+    HANDLE p = new_port(0);
+    for (int round = 0; round < 5; round++) {
+        struct sockaddr_in a;
+        SOCKET l = make_listener(&a);
+        SOCKET s = tcp_socket();
+        struct sockaddr_in any;
+        loopback(&any, 0);
+        CHECK(bind(s, (struct sockaddr *)&any, sizeof any) == 0);
+        CHECK(CreateIoCompletionPort((HANDLE)s, p, 60, 0) == p);
+        OVERLAPPED ov = {0};
+        CHECK(!pConnectEx(s, (struct sockaddr *)&a, sizeof a, NULL, 0, NULL, &ov));
+        CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+        int peer = accept((int)l, NULL, NULL);
+        CHECK(peer >= 0);
+        reset_close((SOCKET)peer);
+        struct pollfd pf = {(int)s, POLLIN, 0};
+        CHECK(poll(&pf, 1, 10000) == 1); /* the RST arrived */
+        CHECK(pf.revents & (POLLHUP | POLLERR));
+        expect_packet(p, TRUE, 0, 0, 60, &ov);
+        char buf[8];
+        WSABUF wb = {sizeof buf, buf};
+        DWORD flags = 0;
+        OVERLAPPED rov = {0};
+        CHECK_EQ(WSARecv(s, &wb, 1, NULL, &flags, &rov, NULL), SOCKET_ERROR);
+        CHECK_EQ(WSAGetLastError(), WSAECONNRESET);
+        CHECK_EQ(rov.Internal, STATUS_CONNECTION_RESET);
+        expect_quiet(p);
+        CHECK(closesocket(s) == 0 && closesocket(l) == 0);
+    }
+    CHECK(CloseHandle(p));
+}
+
 static void same_addr(const struct sockaddr *a, int alen, const struct sockaddr *b, int blen) {
     CHECK_EQ(alen, blen);
     CHECK(memcmp(a, b, (size_t)alen) == 0);
@@ -1068,6 +1106,7 @@ int main(void) {
     RUN(close_instead_of_closesocket_stale_association);
     RUN(closesocket_wakes_blocking_accept_and_recv);
     RUN(closesocket_ends_overlappeds_without_a_dequeue);
+    RUN(connectex_then_reset_succeeds_and_next_io_sees_the_reset);
     RUN(case_52_53_acceptex_keys_bytes_and_addresses);
     RUN(case_54_connectex);
     RUN(case_56_scatter_in_order);

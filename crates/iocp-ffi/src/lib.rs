@@ -22,6 +22,7 @@ mod mem;
 pub mod ports;
 mod registry;
 pub mod types;
+pub mod win32;
 pub mod winsock;
 
 use std::cell::Cell;

@@ -200,6 +200,13 @@ pub unsafe extern "C" fn PostQueuedCompletionStatus(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn CloseHandle(hObject: HANDLE) -> BOOL {
     guard(FALSE, || {
+        if crate::win32::is_object_value(hObject) {
+            return if crate::win32::close_object(hObject) {
+                TRUE
+            } else {
+                fail(ERROR_INVALID_HANDLE, FALSE)
+            };
+        }
         if registry::is_port_value(hObject) {
             return if registry::close_port(hObject) {
                 TRUE

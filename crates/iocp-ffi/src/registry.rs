@@ -227,7 +227,8 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
 
 fn port_id(h: HANDLE) -> Option<u64> {
     let v = hval(h);
-    (v >= PORT_BASE && v.is_multiple_of(4)).then(|| ((v - PORT_BASE) >> 2) as u64)
+    ((PORT_BASE..PORT_BASE + (1 << 40)).contains(&v) && v.is_multiple_of(4))
+        .then(|| ((v - PORT_BASE) >> 2) as u64)
 }
 
 /// True when `h` has the shape of a port HANDLE (live or not).

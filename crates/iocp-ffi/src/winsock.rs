@@ -926,8 +926,12 @@ pub unsafe extern "C" fn WSAIoctl(
     })
 }
 
+/// `SO_PORT_SCALABILITY`.
+const SO_PORT_SCALABILITY: c_int = 0x3006;
+
 /// `setsockopt` as Windows code calls it (the header maps `setsockopt` here):
-/// `SO_UPDATE_ACCEPT_CONTEXT` and `SO_UPDATE_CONNECT_CONTEXT` are accepted and do nothing (a
+/// `SO_UPDATE_ACCEPT_CONTEXT`, `SO_UPDATE_CONNECT_CONTEXT`, `SO_PORT_SCALABILITY` and
+/// `SO_EXCLUSIVEADDRUSE` are accepted and do nothing (a
 /// Linux accepted or connected socket already has its full state); everything else goes to
 /// `setsockopt(2)`, with a failure also reported through WSAGetLastError.
 ///
@@ -943,8 +947,13 @@ pub unsafe extern "C" fn iocp_setsockopt(
 ) -> c_int {
     guard(SOCKET_ERROR, || {
         let Some(fd) = registry::fd_of(s) else { return wsa_fail(WSAENOTSOCK) };
+        // SO_PORT_SCALABILITY and SO_EXCLUSIVEADDRUSE (~SO_REUSEADDR) have no Linux knob:
+        // accepted, no-ops (a Linux port is exclusive unless SO_REUSEADDR/SO_REUSEPORT).
         if level == libc::SOL_SOCKET
-            && (optname == SO_UPDATE_ACCEPT_CONTEXT || optname == SO_UPDATE_CONNECT_CONTEXT)
+            && (optname == SO_UPDATE_ACCEPT_CONTEXT
+                || optname == SO_UPDATE_CONNECT_CONTEXT
+                || optname == SO_PORT_SCALABILITY
+                || optname == !libc::SO_REUSEADDR)
         {
             return 0;
         }

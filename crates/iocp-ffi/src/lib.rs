@@ -16,6 +16,7 @@
 //!
 //! docs/PORTING.md says what compiles as is and what differs from Windows.
 
+pub mod abi;
 pub mod errors;
 pub mod files;
 mod mem;

@@ -106,9 +106,11 @@ pub unsafe extern "C" fn GetQueuedCompletionStatus(
                 let d = registry::finish(c);
                 // SAFETY: caller's contract for the three out-pointers.
                 unsafe { mem::put(lpNumberOfBytesTransferred, d.bytes as DWORD) };
-                // SAFETY: as above.
+                // SAFETY: `lpCompletionKey` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(lpCompletionKey, d.key) };
-                // SAFETY: as above.
+                // SAFETY: `lpOverlapped` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(lpOverlapped, d.ov as *mut OVERLAPPED) };
                 if d.error != 0 { fail(d.error, FALSE) } else { TRUE }
             }
@@ -157,7 +159,8 @@ pub unsafe extern "C" fn GetQueuedCompletionStatusEx(
                     // SAFETY: i < n <= ulCount entries are writable (caller's contract).
                     unsafe { mem::put(lpCompletionPortEntries.wrapping_add(i), e) };
                 }
-                // SAFETY: caller's contract.
+                // SAFETY: `ulNumEntriesRemoved` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(ulNumEntriesRemoved, n as ULONG) };
                 TRUE
             }
@@ -299,7 +302,8 @@ pub unsafe extern "C" fn GetOverlappedResult(
             f.waiters.fetch_add(1, Ordering::AcqRel);
             let mut g = f.lock.lock();
             loop {
-                // SAFETY: as above.
+                // SAFETY: `lpOverlapped` is non-NULL (checked) and valid until its operation's
+                // packet is dequeued (GetOverlappedResult's contract).
                 st = unsafe { mem::ov_read(lpOverlapped) };
                 if st.0 != STATUS_PENDING {
                     break;
@@ -313,7 +317,8 @@ pub unsafe extern "C" fn GetOverlappedResult(
         if status == STATUS_PENDING {
             return fail(ERROR_IO_INCOMPLETE, FALSE);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpNumberOfBytesTransferred` is NULL or valid for a write (the exported call's
+        // out-parameter contract); `put` skips NULL.
         unsafe { mem::put(lpNumberOfBytesTransferred, bytes as DWORD) };
         let status = status as u32;
         if status == STATUS_SUCCESS { TRUE } else { fail(win32_from_nt(status), FALSE) }

@@ -706,13 +706,14 @@ pub(crate) fn sockaddr_bytes(a: &SockAddr) -> Vec<u8> {
 /// `fromlen` is NULL or a valid `int`; `from` is NULL or valid for `*fromlen` bytes.
 pub(crate) unsafe fn write_addr(from: usize, fromlen: usize, addr: &SockAddr) {
     let lenp = fromlen as *mut i32;
-    // SAFETY: caller's contract.
+    // SAFETY: `lenp` is NULL or valid for a read (the exported call's contract); `get` skips NULL.
     let Some(cap) = (unsafe { mem::get(lenp) }) else { return };
     let bytes = sockaddr_bytes(addr);
     let n = bytes.len().min(usize::try_from(cap).unwrap_or(0));
     // SAFETY: `from` is writable for `*fromlen >= n` bytes (caller's contract).
     unsafe { mem::copy_out(from, &bytes[..n]) };
-    // SAFETY: caller's contract.
+    // SAFETY: `lenp` is NULL or valid for a write (the exported call's out-parameter contract);
+    // `put` skips NULL.
     unsafe { mem::put(lenp, bytes.len() as i32) };
 }
 

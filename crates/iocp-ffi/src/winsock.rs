@@ -78,7 +78,8 @@ unsafe fn wsabufs(bufs: *const WSABUF, n: DWORD) -> Result<Vec<(usize, usize)>, 
 unsafe fn gather(bufs: &[(usize, usize)]) -> Vec<u8> {
     let mut v = Vec::with_capacity(bufs.iter().map(|b| b.1).sum());
     for &(p, n) in bufs {
-        // SAFETY: caller's contract.
+        // SAFETY: each `(address, length)` is a caller buffer readable for its length (this
+        // function's contract).
         v.extend_from_slice(&unsafe { mem::copy_in(p as *const u8, n) });
     }
     v
@@ -93,7 +94,7 @@ unsafe fn parse_addr(name: *const c_void, len: c_int) -> Result<SockAddr, DWORD>
     if name.is_null() || len < 2 {
         return Err(WSAEFAULT);
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `name` is non-NULL (checked) and readable for `len` bytes (this function's contract).
     let b = unsafe { mem::copy_in(name.cast(), len) };
     let family = c_int::from(u16::from_ne_bytes([b[0], b[1]]));
     let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
@@ -213,7 +214,7 @@ pub unsafe extern "C" fn WSASocketA(
     wsa_socket(af, r#type, protocol, lpProtocolInfo)
 }
 
-/// WSASocketW: as WSASocketA.
+/// WSASocketW: WSASocketA (the protocol info, the only string-bearing argument, must be NULL).
 ///
 /// # Safety
 /// No pointer is dereferenced.
@@ -226,8 +227,8 @@ pub unsafe extern "C" fn WSASocketW(
     g: u32,
     dwFlags: DWORD,
 ) -> SOCKET {
-    let _ = (g, dwFlags);
-    wsa_socket(af, r#type, protocol, lpProtocolInfo)
+    // SAFETY: WSASocketA dereferences no pointer (`lpProtocolInfo` is only compared with NULL).
+    unsafe { WSASocketA(af, r#type, protocol, lpProtocolInfo, g, dwFlags) }
 }
 
 /// closesocket: pending overlapped operations each complete once with
@@ -264,7 +265,8 @@ unsafe fn sync_io(s: SOCKET, bufs: &[(usize, usize)], write: bool, done: *mut DW
     if r < 0 {
         return wsa_fail(last_os().wsa);
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `done` is NULL or valid for a write (the exported call's out-parameter contract);
+    // `put` skips NULL.
     unsafe { mem::put(done, r as DWORD) };
     0
 }
@@ -305,7 +307,8 @@ fn would_block(e: i32) -> bool {
 /// `ov` is non-NULL and valid.
 unsafe fn failed_in_line(ov: *mut OVERLAPPED, errno: i32) -> c_int {
     let c = from_errno(errno);
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid (this function's contract); no packet comes for it, so
+    // this is its one result write.
     unsafe { mem::ov_done(ov, c.nt, 0) };
     wsa_fail(c.wsa)
 }
@@ -319,7 +322,7 @@ unsafe fn deferred_reset(a: &Assoc, ov: *mut OVERLAPPED) -> Option<c_int> {
     if !a.reset_pending.load(Ordering::Acquire) || !a.reset_pending.swap(false, Ordering::AcqRel) {
         return None;
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid (this function's contract).
     Some(unsafe { failed_in_line(ov, libc::ECONNRESET) })
 }
 
@@ -347,15 +350,18 @@ pub unsafe extern "C" fn WSARecv(
         if !lpCompletionRoutine.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
         if lpOverlapped.is_null() {
-            // SAFETY: caller's contract.
+            // SAFETY: `lpFlags` is NULL or valid for a write (the exported call's out-parameter
+            // contract); `put` skips NULL.
             unsafe { mem::put(lpFlags, 0) };
-            // SAFETY: caller's contract.
+            // SAFETY: the WSABUFs name the caller's buffers, valid for their lengths during this
+            // synchronous call; the count pointer is NULL or writable (Winsock's contract).
             return unsafe { sync_io(s, &bufs, false, lpNumberOfBytesRecvd) };
         }
         let a = match sock(s) {
@@ -379,9 +385,11 @@ pub unsafe extern "C" fn WSARecv(
             // SAFETY: caller's contract for the buffers.
             match unsafe { try_stream(s as i32, &bufs, false) } {
                 Ok(n) => {
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpNumberOfBytesRecvd` is NULL or valid for a write (the exported
+                    // call's out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpNumberOfBytesRecvd, n as DWORD) };
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpFlags` is NULL or valid for a write (the exported call's
+                    // out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpFlags, 0) };
                     a.inline_success(lpOverlapped, n);
                     return 0;
@@ -419,13 +427,15 @@ pub unsafe extern "C" fn WSASend(
         if !lpCompletionRoutine.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
         if lpOverlapped.is_null() {
-            // SAFETY: caller's contract.
+            // SAFETY: the WSABUFs name the caller's buffers, valid for their lengths during this
+            // synchronous call; the count pointer is NULL or writable (Winsock's contract).
             return unsafe { sync_io(s, &bufs, true, lpNumberOfBytesSent) };
         }
         let a = match sock(s) {
@@ -442,7 +452,8 @@ pub unsafe extern "C" fn WSASend(
             // SAFETY: caller's contract for the buffers.
             match unsafe { try_stream(s as i32, &bufs, true) } {
                 Ok(n) if n == total => {
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpNumberOfBytesSent` is NULL or valid for a write (the exported
+                    // call's out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpNumberOfBytesSent, n as DWORD) };
                     a.inline_success(lpOverlapped, n);
                     return 0;
@@ -453,7 +464,8 @@ pub unsafe extern "C" fn WSASend(
                 Err(e) => return unsafe { failed_in_line(lpOverlapped, e) },
             }
         }
-        // SAFETY: caller's contract.
+        // SAFETY: each WSABUF is readable for its length during the call (a send's buffers need
+        // only last until it returns: the bytes are copied here).
         let rest = unsafe { gather(&bufs) }.split_off(sent);
         pending_or(registry::start_sided(
             &a,
@@ -489,7 +501,8 @@ pub unsafe extern "C" fn WSARecvFrom(
         if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
@@ -530,12 +543,14 @@ pub unsafe extern "C" fn WSASendTo(
         if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpTo` is NULL or readable for `iTolen` bytes during the call (the sockaddr
+        // contract); `parse_addr` rejects NULL.
         let to = match unsafe { parse_addr(lpTo, iTolen) } {
             Ok(t) => t,
             Err(e) => return wsa_fail(e),
@@ -544,7 +559,8 @@ pub unsafe extern "C" fn WSASendTo(
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: each WSABUF is readable for its length during the call (a send's buffers need
+        // only last until it returns: the bytes are copied here).
         let data = unsafe { gather(&bufs) };
         pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
             h.send_to(data, to, ctx)
@@ -663,7 +679,8 @@ pub unsafe extern "C" fn GetAcceptExSockaddrs(
             let n = u16::from_ne_bytes([head[0], head[1]]);
             // SAFETY: caller's contract for the out-pointers.
             unsafe { mem::put(out, (slot + 16) as *mut c_void) };
-            // SAFETY: as above.
+            // SAFETY: `outlen` is NULL or valid for a write (the exported call's out-parameter
+            // contract); `put` skips NULL.
             unsafe { mem::put(outlen, c_int::from(n)) };
         }
     })
@@ -691,7 +708,8 @@ pub unsafe extern "C" fn ConnectEx(
         if lpOverlapped.is_null() {
             return bool_fail(WSAEINVAL);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `name` is NULL or readable for `namelen` bytes during the call (the sockaddr
+        // contract); `parse_addr` rejects NULL.
         let addr = match unsafe { parse_addr(name, namelen) } {
             Ok(a) => a,
             Err(e) => return bool_fail(e),
@@ -711,7 +729,8 @@ pub unsafe extern "C" fn ConnectEx(
             Ok(a) => a,
             Err(e) => return bool_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpSendBuffer` is readable for `dwSendDataLength` bytes during the call
+        // (ConnectEx's contract); `copy_in` skips NULL or 0.
         let data = unsafe { mem::copy_in(lpSendBuffer.cast(), dwSendDataLength as usize) };
         pending_bool(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
             h.connect(addr, data, ctx)
@@ -781,7 +800,8 @@ pub unsafe extern "C" fn TransmitFile(
         if lpOverlapped.is_null() {
             return bool_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpTransmitBuffers` is NULL or valid for a read (the exported call's contract);
+        // `get` skips NULL.
         let tfb = unsafe { mem::get(lpTransmitBuffers) };
         let (head, tail) = match tfb {
             Some(b) => (
@@ -920,7 +940,8 @@ pub unsafe extern "C" fn WSAIoctl(
         };
         // SAFETY: at least 8 writable bytes (checked size, caller's contract), maybe unaligned.
         unsafe { lpvOutBuffer.cast::<usize>().write_unaligned(f) };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpcbBytesReturned` is NULL or valid for a write (the exported call's
+        // out-parameter contract); `put` skips NULL.
         unsafe { mem::put(lpcbBytesReturned, size_of::<usize>() as DWORD) };
         0
     })

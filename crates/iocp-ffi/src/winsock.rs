@@ -38,8 +38,8 @@ fn bool_fail(code: DWORD) -> BOOL {
 
 /// The association of socket `s`, or the WSA error to report.
 fn sock(s: SOCKET) -> Result<Arc<Assoc>, DWORD> {
-    // The table first: an associated fd is open (closesocket/CloseHandle forget it before
-    // closing), which saves a validity syscall per operation.
+    // The table first: `assoc` also checks, by the fd's identity (one fstat), that the number
+    // still names the socket that was associated (not close()d and reused).
     if let Some(a) = i32::try_from(s).ok().filter(|&fd| fd > 0).and_then(registry::assoc) {
         return Ok(a);
     }

@@ -657,3 +657,51 @@ pub unsafe extern "C" fn QueryPerformanceFrequency(lpFrequency: *mut i64) -> BOO
     unsafe { crate::mem::put(lpFrequency, 1_000_000_000) };
     TRUE
 }
+
+/// `SYSTEM_INFO` (x64 layout, 48 bytes).
+#[repr(C)]
+#[derive(Debug)]
+pub struct SYSTEM_INFO {
+    wProcessorArchitecture: u16,
+    wReserved: u16,
+    dwPageSize: DWORD,
+    lpMinimumApplicationAddress: *mut c_void,
+    lpMaximumApplicationAddress: *mut c_void,
+    dwActiveProcessorMask: usize,
+    dwNumberOfProcessors: DWORD,
+    dwProcessorType: DWORD,
+    dwAllocationGranularity: DWORD,
+    wProcessorLevel: u16,
+    wProcessorRevision: u16,
+}
+
+const _: () = assert!(size_of::<SYSTEM_INFO>() == 48);
+
+/// GetSystemInfo: the online processors (`dwNumberOfProcessors`, the usual sizing of a worker
+/// pool), the page size, and Windows' 64 KiB allocation granularity.
+///
+/// # Safety
+/// `lpSystemInfo` is NULL or valid for a write of a SYSTEM_INFO.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn GetSystemInfo(lpSystemInfo: *mut SYSTEM_INFO) {
+    // SAFETY: sysconf(3) with constant names has no memory effects.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as DWORD;
+    // SAFETY: sysconf(3) of the page size has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as DWORD;
+    let (arch, ty) = if cfg!(target_arch = "aarch64") { (12, 0) } else { (9, 8664) };
+    let si = SYSTEM_INFO {
+        wProcessorArchitecture: arch,
+        wReserved: 0,
+        dwPageSize: page,
+        lpMinimumApplicationAddress: std::ptr::without_provenance_mut(0x1_0000),
+        lpMaximumApplicationAddress: std::ptr::without_provenance_mut(0x7FFF_FFFE_FFFF),
+        dwActiveProcessorMask: if cpus >= 64 { usize::MAX } else { (1usize << cpus) - 1 },
+        dwNumberOfProcessors: cpus,
+        dwProcessorType: ty,
+        dwAllocationGranularity: 64 << 10,
+        wProcessorLevel: 0,
+        wProcessorRevision: 0,
+    };
+    // SAFETY: NULL or valid for a SYSTEM_INFO write (this function's contract).
+    unsafe { crate::mem::put(lpSystemInfo, si) };
+}

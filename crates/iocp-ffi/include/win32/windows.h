@@ -198,6 +198,53 @@ typedef BOOL(WINAPI *PHANDLER_ROUTINE)(DWORD CtrlType);
 BOOL WINAPI SetConsoleCtrlHandler(PHANDLER_ROUTINE HandlerRoutine, BOOL Add);
 BOOL WINAPI GenerateConsoleCtrlEvent(DWORD dwCtrlEvent, DWORD dwProcessGroupId);
 
+/* System information and the process heap (malloc/calloc/realloc/free). */
+#define PROCESSOR_ARCHITECTURE_AMD64 9
+#define PROCESSOR_ARCHITECTURE_ARM64 12
+typedef struct _SYSTEM_INFO {
+    union {
+        DWORD dwOemId;
+        struct {
+            WORD wProcessorArchitecture;
+            WORD wReserved;
+        };
+    };
+    DWORD dwPageSize;
+    LPVOID lpMinimumApplicationAddress;
+    LPVOID lpMaximumApplicationAddress;
+    DWORD_PTR dwActiveProcessorMask;
+    DWORD dwNumberOfProcessors;
+    DWORD dwProcessorType;
+    DWORD dwAllocationGranularity;
+    WORD wProcessorLevel;
+    WORD wProcessorRevision;
+} SYSTEM_INFO, *LPSYSTEM_INFO;
+void WINAPI GetSystemInfo(LPSYSTEM_INFO lpSystemInfo);
+
+#define HEAP_NO_SERIALIZE 0x1
+#define HEAP_GENERATE_EXCEPTIONS 0x4
+#define HEAP_ZERO_MEMORY 0x8
+static inline HANDLE GetProcessHeap(void) {
+    static int heap;
+    return (HANDLE)&heap;
+}
+static inline LPVOID HeapAlloc(HANDLE hHeap, DWORD dwFlags, SIZE_T dwBytes) {
+    (void)hHeap;
+    return (dwFlags & HEAP_ZERO_MEMORY) ? calloc(1, dwBytes ? dwBytes : 1)
+                                        : malloc(dwBytes ? dwBytes : 1);
+}
+static inline LPVOID HeapReAlloc(HANDLE hHeap, DWORD dwFlags, LPVOID lpMem, SIZE_T dwBytes) {
+    (void)hHeap;
+    (void)dwFlags; /* HEAP_ZERO_MEMORY does not zero the grown part here */
+    return realloc(lpMem, dwBytes ? dwBytes : 1);
+}
+static inline BOOL HeapFree(HANDLE hHeap, DWORD dwFlags, LPVOID lpMem) {
+    (void)hHeap;
+    (void)dwFlags;
+    free(lpMem);
+    return TRUE;
+}
+
 /* Time. */
 DWORD WINAPI GetTickCount(void);
 ULONGLONG WINAPI GetTickCount64(void);
@@ -213,6 +260,14 @@ BOOL WINAPI QueryPerformanceFrequency(LARGE_INTEGER *lpFrequency);
 static_assert(sizeof(CRITICAL_SECTION) == 40, "CRITICAL_SECTION is 40 bytes on x64");
 #else
 _Static_assert(sizeof(CRITICAL_SECTION) == 40, "CRITICAL_SECTION is 40 bytes on x64");
+#endif
+#endif
+
+#if defined(__x86_64__) || defined(__aarch64__)
+#ifdef __cplusplus
+static_assert(sizeof(SYSTEM_INFO) == 48, "SYSTEM_INFO is 48 bytes on x64");
+#else
+_Static_assert(sizeof(SYSTEM_INFO) == 48, "SYSTEM_INFO is 48 bytes on x64");
 #endif
 #endif
 

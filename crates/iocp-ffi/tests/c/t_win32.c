@@ -300,6 +300,25 @@ static void time_calls(void) {
     CHECK((DWORD)(GetTickCount() - (DWORD)t0) >= 19);
 }
 
+static void system_info_and_heap(void) {
+    SYSTEM_INFO si;
+    memset(&si, 0xff, sizeof si);
+    GetSystemInfo(&si);
+    CHECK_EQ(sizeof si, 48);
+    CHECK(si.dwNumberOfProcessors >= 1 && si.dwNumberOfProcessors < 100000);
+    CHECK(si.dwPageSize >= 4096);
+    CHECK_EQ(si.dwAllocationGranularity, 65536);
+#if defined(__x86_64__)
+    CHECK_EQ(si.wProcessorArchitecture, PROCESSOR_ARCHITECTURE_AMD64);
+#endif
+    unsigned char *p = (unsigned char *)HeapAlloc(GetProcessHeap(), HEAP_ZERO_MEMORY, 100);
+    CHECK(p != NULL);
+    for (int i = 0; i < 100; i++) CHECK_EQ(p[i], 0);
+    p = (unsigned char *)HeapReAlloc(GetProcessHeap(), 0, p, 200);
+    CHECK(p != NULL && p[99] == 0);
+    CHECK(HeapFree(GetProcessHeap(), 0, p));
+}
+
 int main(void) {
     WSADATA wsa;
     CHECK(WSAStartup(MAKEWORD(2, 2), &wsa) == 0);
@@ -313,6 +332,7 @@ int main(void) {
     RUN(console_ctrl_handler_runs_on_a_thread);
     RUN(wsagetlasterror_after_bsd_calls);
     RUN(time_calls);
+    RUN(system_info_and_heap);
     WSACleanup();
     return 0;
 }

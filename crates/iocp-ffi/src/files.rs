@@ -10,9 +10,10 @@ use std::ffi::{CString, c_char, c_void};
 
 use crate::errors::*;
 use crate::mem;
-use crate::registry::{self, Side, Target};
+use crate::registry::{self, Assoc, Side, Target};
 use crate::types::*;
 use crate::{guard, set_last_error};
+use std::sync::Arc;
 
 const INVALID_HANDLE_VALUE: HANDLE = std::ptr::without_provenance_mut(usize::MAX);
 
@@ -143,7 +144,8 @@ unsafe fn sync_rw(
             // SAFETY: `buf` readable for `n` bytes (caller's contract).
             unsafe { libc::write(fd, p, n) }
         } else if write {
-            // SAFETY: as above.
+            // SAFETY: `buf` is readable for `n` bytes (this function's contract); pwrite(2) does
+            // not keep it.
             unsafe { libc::pwrite(fd, p, n, off as libc::off_t) }
         } else {
             // SAFETY: `buf` writable for `n` bytes (caller's contract).
@@ -157,9 +159,48 @@ unsafe fn sync_rw(
         // SAFETY: non-NULL, valid (caller's contract).
         unsafe { mem::ov_done(ov, 0, r as usize) };
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `done` is NULL or valid for a write (the exported call's out-parameter contract);
+    // `put` skips NULL.
     unsafe { mem::put(done, r as DWORD) };
     TRUE
+}
+
+/// Where a ReadFile / WriteFile goes: synchronous on a handle that is not associated, else
+/// overlapped at the OVERLAPPED's offset.
+enum Route {
+    Sync(i32),
+    Overlapped(Arc<Assoc>, u64),
+}
+
+/// The shared start of ReadFile and WriteFile: the handle, a NULL buffer with a length, the
+/// association, and (overlapped) the OVERLAPPED and its offset; the Win32 error otherwise.
+///
+/// # Safety
+/// `ov` is NULL or a valid OVERLAPPED.
+unsafe fn route(
+    h: HANDLE,
+    buf: *const c_void,
+    n: usize,
+    ov: *mut OVERLAPPED,
+) -> Result<Route, DWORD> {
+    let fd = registry::fd_of(hval(h)).ok_or(ERROR_INVALID_HANDLE)?;
+    if buf.is_null() && n > 0 {
+        return Err(ERROR_NOACCESS);
+    }
+    let Some(a) = registry::assoc(fd) else { return Ok(Route::Sync(fd)) };
+    if ov.is_null() {
+        return Err(ERROR_INVALID_PARAMETER);
+    }
+    // SAFETY: non-NULL (checked) and valid (this function's contract).
+    Ok(Route::Overlapped(a, unsafe { mem::ov_offset(ov) }))
+}
+
+/// The end of an overlapped start: FALSE with `ERROR_IO_PENDING`, or with the failure.
+fn pending(r: Result<(), Codes>) -> BOOL {
+    match r {
+        Ok(()) => fail(ERROR_IO_PENDING),
+        Err(c) => fail(c.win32),
+    }
 }
 
 /// ReadFile: on an associated handle, an overlapped read at the OVERLAPPED's offset (sockets:
@@ -177,36 +218,27 @@ pub unsafe extern "C" fn ReadFile(
     lpOverlapped: *mut OVERLAPPED,
 ) -> BOOL {
     guard(FALSE, || {
-        let Some(fd) = registry::fd_of(hval(hFile)) else { return fail(ERROR_INVALID_HANDLE) };
         let n = nNumberOfBytesToRead as usize;
-        if lpBuffer.is_null() && n > 0 {
-            return fail(ERROR_NOACCESS);
-        }
-        let Some(a) = registry::assoc(fd) else {
-            // SAFETY: caller's contract.
-            return unsafe {
-                sync_rw(fd, lpBuffer as usize, n, lpOverlapped, false, lpNumberOfBytesRead)
-            };
+        // SAFETY: `lpOverlapped` is NULL or valid (caller's contract).
+        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped) } {
+            Ok(Route::Overlapped(a, offset)) => (a, offset),
+            // SAFETY: `lpBuffer` writable for `n` bytes, `lpOverlapped` NULL or valid and
+            // `lpNumberOfBytesRead` NULL or writable (ReadFile's contract).
+            Ok(Route::Sync(fd)) => unsafe {
+                return sync_rw(fd, lpBuffer as usize, n, lpOverlapped, false, lpNumberOfBytesRead);
+            },
+            Err(e) => return fail(e),
         };
-        if lpOverlapped.is_null() {
-            return fail(ERROR_INVALID_PARAMETER);
-        }
-        // SAFETY: non-NULL, valid (caller's contract).
-        let offset = unsafe { mem::ov_offset(lpOverlapped) };
         let target = Target::Scatter(vec![(lpBuffer as usize, n)]);
         let is_socket = a.is_socket;
         let side = if is_socket && n > 0 { Side::Recv } else { Side::None };
-        let r = registry::start_sided(&a, lpOverlapped, target, side, 0, |h, ctx| {
+        pending(registry::start_sided(&a, lpOverlapped, target, side, 0, |h, ctx| {
             if is_socket {
                 if n == 0 { h.recv_ready(ctx) } else { h.recv(Vec::with_capacity(n), ctx) }
             } else {
                 h.read_at(Vec::with_capacity(n.max(1)), offset, ctx)
             }
-        });
-        match r {
-            Ok(()) => fail(ERROR_IO_PENDING),
-            Err(c) => fail(c.win32),
-        }
+        }))
     })
 }
 
@@ -225,32 +257,30 @@ pub unsafe extern "C" fn WriteFile(
     lpOverlapped: *mut OVERLAPPED,
 ) -> BOOL {
     guard(FALSE, || {
-        let Some(fd) = registry::fd_of(hval(hFile)) else { return fail(ERROR_INVALID_HANDLE) };
         let n = nNumberOfBytesToWrite as usize;
-        if lpBuffer.is_null() && n > 0 {
-            return fail(ERROR_NOACCESS);
-        }
-        let Some(a) = registry::assoc(fd) else {
-            // SAFETY: caller's contract.
-            return unsafe {
-                sync_rw(fd, lpBuffer as usize, n, lpOverlapped, true, lpNumberOfBytesWritten)
-            };
+        // SAFETY: `lpOverlapped` is NULL or valid (caller's contract).
+        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped) } {
+            Ok(Route::Overlapped(a, offset)) => (a, offset),
+            // SAFETY: `lpBuffer` readable for `n` bytes, `lpOverlapped` NULL or valid and
+            // `lpNumberOfBytesWritten` NULL or writable (WriteFile's contract).
+            Ok(Route::Sync(fd)) => unsafe {
+                return sync_rw(
+                    fd,
+                    lpBuffer as usize,
+                    n,
+                    lpOverlapped,
+                    true,
+                    lpNumberOfBytesWritten,
+                );
+            },
+            Err(e) => return fail(e),
         };
-        if lpOverlapped.is_null() {
-            return fail(ERROR_INVALID_PARAMETER);
-        }
-        // SAFETY: non-NULL, valid (caller's contract).
-        let offset = unsafe { mem::ov_offset(lpOverlapped) };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffer` is readable for `n` bytes during the call (WriteFile's contract).
         let data = unsafe { mem::copy_in(lpBuffer.cast(), n) };
         let is_socket = a.is_socket;
         let side = if is_socket { Side::Send } else { Side::None };
-        let r = registry::start_sided(&a, lpOverlapped, Target::None, side, 0, |h, ctx| {
+        pending(registry::start_sided(&a, lpOverlapped, Target::None, side, 0, |h, ctx| {
             if is_socket { h.send(data, ctx) } else { h.write_at(data, offset, ctx) }
-        });
-        match r {
-            Ok(()) => fail(ERROR_IO_PENDING),
-            Err(c) => fail(c.win32),
-        }
+        }))
     })
 }

@@ -16,12 +16,14 @@
 //!
 //! docs/PORTING.md says what compiles as is and what differs from Windows.
 
+pub mod abi;
 pub mod errors;
 pub mod files;
 mod mem;
 pub mod ports;
 mod registry;
 pub mod types;
+pub mod win32;
 pub mod winsock;
 
 use std::cell::Cell;

@@ -100,7 +100,8 @@ unsafe fn internal<'a>(ov: *mut OVERLAPPED) -> &'a AtomicUsize {
 pub(crate) unsafe fn ov_pending(ov: *mut OVERLAPPED) {
     // SAFETY: `InternalHigh` of a valid OVERLAPPED (caller's contract).
     unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).write(0) };
-    // SAFETY: as above.
+    // SAFETY: `ov` is non-NULL, 8-aligned and valid (this function's contract): `Internal` at
+    // offset 0.
     unsafe { internal(ov) }.store(STATUS_PENDING, Ordering::Release);
 }
 
@@ -110,9 +111,11 @@ pub(crate) unsafe fn ov_pending(ov: *mut OVERLAPPED) {
 /// `ov` is non-NULL and valid: the OVERLAPPED of an operation that has not been dequeued yet
 /// (Windows forbids freeing it before).
 pub(crate) unsafe fn ov_done(ov: *mut OVERLAPPED, status: u32, bytes: usize) {
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid, not yet dequeued (this function's contract):
+    // `InternalHigh` is written before the Release store of `Internal` publishes it.
     unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).write(bytes) };
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL, 8-aligned and valid (this function's contract); the Release store
+    // publishes `InternalHigh`.
     unsafe { internal(ov) }.store(status as usize, Ordering::Release);
 }
 
@@ -121,7 +124,7 @@ pub(crate) unsafe fn ov_done(ov: *mut OVERLAPPED, status: u32, bytes: usize) {
 /// # Safety
 /// `ov` is non-NULL and valid.
 pub(crate) unsafe fn ov_read(ov: *mut OVERLAPPED) -> (usize, usize) {
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL, 8-aligned and valid (this function's contract).
     let status = unsafe { internal(ov) }.load(Ordering::Acquire);
     // SAFETY: caller's contract; written before the Release store of `Internal` we acquired.
     let bytes = unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, InternalHigh)).read() };
@@ -133,9 +136,9 @@ pub(crate) unsafe fn ov_read(ov: *mut OVERLAPPED) -> (usize, usize) {
 /// # Safety
 /// `ov` is non-NULL and valid.
 pub(crate) unsafe fn ov_offset(ov: *mut OVERLAPPED) -> u64 {
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid (this function's contract): a plain read of a `u32` field.
     let lo = unsafe { field::<u32>(ov, offset_of!(OVERLAPPED, Offset)).read() };
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid (this function's contract): a plain read of a `u32` field.
     let hi = unsafe { field::<u32>(ov, offset_of!(OVERLAPPED, OffsetHigh)).read() };
     (u64::from(hi) << 32) | u64::from(lo)
 }

@@ -106,9 +106,11 @@ pub unsafe extern "C" fn GetQueuedCompletionStatus(
                 let d = registry::finish(c);
                 // SAFETY: caller's contract for the three out-pointers.
                 unsafe { mem::put(lpNumberOfBytesTransferred, d.bytes as DWORD) };
-                // SAFETY: as above.
+                // SAFETY: `lpCompletionKey` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(lpCompletionKey, d.key) };
-                // SAFETY: as above.
+                // SAFETY: `lpOverlapped` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(lpOverlapped, d.ov as *mut OVERLAPPED) };
                 if d.error != 0 { fail(d.error, FALSE) } else { TRUE }
             }
@@ -157,7 +159,8 @@ pub unsafe extern "C" fn GetQueuedCompletionStatusEx(
                     // SAFETY: i < n <= ulCount entries are writable (caller's contract).
                     unsafe { mem::put(lpCompletionPortEntries.wrapping_add(i), e) };
                 }
-                // SAFETY: caller's contract.
+                // SAFETY: `ulNumEntriesRemoved` is NULL or valid for a write (the exported call's
+                // out-parameter contract); `put` skips NULL.
                 unsafe { mem::put(ulNumEntriesRemoved, n as ULONG) };
                 TRUE
             }
@@ -200,6 +203,13 @@ pub unsafe extern "C" fn PostQueuedCompletionStatus(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn CloseHandle(hObject: HANDLE) -> BOOL {
     guard(FALSE, || {
+        if crate::win32::is_object_value(hObject) {
+            return if crate::win32::close_object(hObject) {
+                TRUE
+            } else {
+                fail(ERROR_INVALID_HANDLE, FALSE)
+            };
+        }
         if registry::is_port_value(hObject) {
             return if registry::close_port(hObject) {
                 TRUE
@@ -210,8 +220,7 @@ pub unsafe extern "C" fn CloseHandle(hObject: HANDLE) -> BOOL {
         let Some(fd) = registry::fd_of(hval(hObject)) else {
             return fail(ERROR_INVALID_HANDLE, FALSE);
         };
-        registry::dissociate(fd);
-        match registry::close_fd(fd) {
+        match registry::close_socket_or_file(fd) {
             Ok(()) => TRUE,
             Err(c) => fail(c.win32, FALSE),
         }
@@ -293,7 +302,8 @@ pub unsafe extern "C" fn GetOverlappedResult(
             f.waiters.fetch_add(1, Ordering::AcqRel);
             let mut g = f.lock.lock();
             loop {
-                // SAFETY: as above.
+                // SAFETY: `lpOverlapped` is non-NULL (checked) and valid until its operation's
+                // packet is dequeued (GetOverlappedResult's contract).
                 st = unsafe { mem::ov_read(lpOverlapped) };
                 if st.0 != STATUS_PENDING {
                     break;
@@ -307,7 +317,8 @@ pub unsafe extern "C" fn GetOverlappedResult(
         if status == STATUS_PENDING {
             return fail(ERROR_IO_INCOMPLETE, FALSE);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpNumberOfBytesTransferred` is NULL or valid for a write (the exported call's
+        // out-parameter contract); `put` skips NULL.
         unsafe { mem::put(lpNumberOfBytesTransferred, bytes as DWORD) };
         let status = status as u32;
         if status == STATUS_SUCCESS { TRUE } else { fail(win32_from_nt(status), FALSE) }

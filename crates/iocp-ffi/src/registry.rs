@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
 
@@ -27,8 +27,16 @@ pub(crate) enum Target {
     Scatter(Vec<(usize, usize)>),
     /// WSARecvFrom: the buffers, and where the sender's address and its length go.
     RecvFrom { bufs: Vec<(usize, usize)>, from: usize, fromlen: usize },
-    /// AcceptEx: the output buffer, its three lengths, and the accept socket's fd.
-    Accept { out: usize, data_len: usize, local_len: usize, remote_len: usize, accept_fd: i32 },
+    /// AcceptEx: the output buffer, its three lengths, the accept socket's fd, and the watch
+    /// that says whether that socket is still the one the caller passed ([`watch_accept`]).
+    Accept {
+        out: usize,
+        data_len: usize,
+        local_len: usize,
+        remote_len: usize,
+        accept_fd: i32,
+        watch: u64,
+    },
 }
 
 /// The per-operation context the core hands back in the completion: the caller's
@@ -67,6 +75,9 @@ pub(crate) struct PortEntry {
 /// and the operations started on it that have not been dequeued yet, by OVERLAPPED address.
 pub(crate) struct Assoc {
     pub(crate) handle: Handle<Ctx>,
+    /// The caller fd's identity when it was associated: a `close()` (not `closesocket`) and a
+    /// new file or socket on the same number shows as a different identity.
+    ident: Ident,
     pub(crate) port: Arc<PortEntry>,
     pub(crate) key: usize,
     pub(crate) is_socket: bool,
@@ -77,6 +88,9 @@ pub(crate) struct Assoc {
     /// Receives / sends started on the core and not yet dequeued.
     pub(crate) inflight: [AtomicUsize; 2],
     pub(crate) pending: Mutex<HashMap<usize, (OpId, ThreadId)>>,
+    /// A ConnectEx whose connection was established and then reset at once reported success
+    /// (as Windows does); the next receive or send on the socket reports the reset.
+    pub(crate) reset_pending: AtomicBool,
 }
 
 impl Assoc {
@@ -103,6 +117,41 @@ impl Assoc {
         } else {
             c.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Ends every operation of this association that has not been dequeued, for the caller:
+    /// `Internal = STATUS_CANCELLED` now, and the caller's memory is never touched again (the
+    /// dequeue of such an operation finds it gone from `pending` and reports the abort without
+    /// copying anything). Used when the socket or the port goes away, so that
+    /// `HasOverlappedIoCompleted` / `GetOverlappedResult` see the end without any dequeue.
+    pub(crate) fn release_pending(&self) {
+        let ovs: Vec<usize> = self.pending.lock().drain().map(|(ov, _)| ov).collect();
+        for ov in ovs {
+            // SAFETY: an operation's OVERLAPPED stays valid until its packet is dequeued (Win32
+            // contract); this one was still in `pending`, so not dequeued, and removing it under
+            // the lock made this the last write to it.
+            unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        }
+    }
+
+    /// The accept socket of this listener's AcceptEx with `ov` is being closed: that AcceptEx
+    /// is released (its OVERLAPPED ends as cancelled now, its dequeue touches nothing) and
+    /// cancelled, so it completes once, aborted (or, if it had already completed, its queued
+    /// packet reports the abort and its connection is closed).
+    fn release_accept(&self, ov: usize) {
+        let Some((op, _)) = self.pending.lock().remove(&ov) else { return };
+        // SAFETY: the AcceptEx's OVERLAPPED, valid until its packet is dequeued (Win32
+        // contract); it was still in `pending` and is no longer, so this is the last write.
+        unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        let _ = self.handle.cancel(op);
+    }
+
+    /// The association goes away (closesocket, CloseHandle, a stale number): its pending
+    /// operations are released ([`Assoc::release_pending`]), then its core handle is closed,
+    /// which completes each of them once, aborted.
+    fn retire(&self) {
+        self.release_pending();
+        self.handle.close();
     }
 
     /// Reports an operation that completed in line with success: `Internal`/`InternalHigh` are
@@ -178,7 +227,8 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
 
 fn port_id(h: HANDLE) -> Option<u64> {
     let v = hval(h);
-    (v >= PORT_BASE && v.is_multiple_of(4)).then(|| ((v - PORT_BASE) >> 2) as u64)
+    ((PORT_BASE..PORT_BASE + (1 << 40)).contains(&v) && v.is_multiple_of(4))
+        .then(|| ((v - PORT_BASE) >> 2) as u64)
 }
 
 /// True when `h` has the shape of a port HANDLE (live or not).
@@ -196,6 +246,15 @@ pub(crate) fn close_port(h: HANDLE) -> bool {
     let Some(id) = port_id(h) else { return false };
     let Some(entry) = ports().write().remove(&id) else { return false };
     entry.port.close();
+    // The core drops what it held: the operations started through this port that were not
+    // dequeued never will be. Their OVERLAPPEDs end as cancelled, so GetOverlappedResult and
+    // HasOverlappedIoCompleted do not wait forever (the caller may then free them). Sockets
+    // closed before the port ended theirs when they were closed.
+    let members: Vec<Arc<Assoc>> =
+        assocs().read().values().filter(|a| Arc::ptr_eq(&a.port, &entry)).cloned().collect();
+    for a in members {
+        a.release_pending();
+    }
     true
 }
 
@@ -206,9 +265,41 @@ pub(crate) fn fd_of(v: usize) -> Option<i32> {
     (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then_some(fd)
 }
 
-/// The association of `fd`.
+/// What an open fd refers to: `(st_dev, st_ino)`. A live socket or file keeps its inode, so a
+/// different identity on the same fd number means the number was closed and reused.
+pub(crate) type Ident = (u64, u64);
+
+/// The identity of `fd`, or `None` if it is not open.
+pub(crate) fn ident(fd: i32) -> Option<Ident> {
+    // SAFETY: an all-zero `stat` is a valid value for fstat(2) to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat(2) on any integer writes only into `st`, which we own.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+/// The association of `fd`. One whose fd number was `close()`d and reused by another file or
+/// socket (its identity differs) is stale: it is dropped here (its pending operations complete
+/// aborted) and the new file or socket counts as not associated.
 pub(crate) fn assoc(fd: i32) -> Option<Arc<Assoc>> {
-    assocs().read().get(&fd).cloned()
+    let a = assocs().read().get(&fd).cloned()?;
+    if ident(fd) == Some(a.ident) {
+        return Some(a);
+    }
+    drop_stale(fd, &a);
+    None
+}
+
+/// Forgets `a`, the stale association of `fd` (unless another thread already replaced it).
+fn drop_stale(fd: i32, a: &Arc<Assoc>) {
+    let mut table = assocs().write();
+    if table.get(&fd).is_some_and(|cur| Arc::ptr_eq(cur, a)) {
+        table.remove(&fd);
+    }
+    drop(table);
+    a.retire();
 }
 
 /// Associates `fd` with `port` and `key` (CreateIoCompletionPort on a file or socket).
@@ -217,10 +308,29 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     if created_files().lock().get(&fd) == Some(&false) {
         return Err(invalid); // case 11: opened without FILE_FLAG_OVERLAPPED
     }
+    let Some(id) = ident(fd) else { return Err(errors::from_errno(libc::EBADF)) };
     let mut table = assocs().write();
-    if table.contains_key(&fd) {
+    if table.get(&fd).is_some_and(|old| old.ident == id) {
         return Err(invalid); // case 12
     }
+    // An entry with another identity is stale (the number was close()d and reused): replaced
+    // below, its handle closed once the table is unlocked.
+    let stale = table.remove(&fd);
+    let r = associate_locked(&mut table, fd, id, port, key);
+    drop(table);
+    if let Some(old) = stale {
+        old.retire();
+    }
+    r
+}
+
+fn associate_locked(
+    table: &mut HashMap<i32, Arc<Assoc>>,
+    fd: i32,
+    id: Ident,
+    port: &Arc<PortEntry>,
+    key: usize,
+) -> Result<(), Codes> {
     // SAFETY: F_DUPFD_CLOEXEC on an open fd (checked by the caller) creates a new fd we own.
     let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
     if dup < 0 {
@@ -236,6 +346,7 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     let modes = early_modes().lock().remove(&fd).unwrap_or(0);
     let a = Assoc {
         handle,
+        ident: id,
         port: port.clone(),
         key,
         is_socket,
@@ -243,6 +354,7 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
         modes: AtomicU8::new(modes),
         inflight: [AtomicUsize::new(0), AtomicUsize::new(0)],
         pending: Mutex::new(HashMap::new()),
+        reset_pending: AtomicBool::new(false),
     };
     table.insert(fd, Arc::new(a));
     Ok(())
@@ -252,8 +364,101 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
 /// once, aborted. Returns whether there was one.
 pub(crate) fn dissociate(fd: i32) -> bool {
     let Some(a) = assocs().write().remove(&fd) else { return false };
-    a.handle.close();
+    a.retire();
     true
+}
+
+/// A pending AcceptEx's claim on its accept socket: which AcceptEx (the listener and the
+/// OVERLAPPED, to cancel it) and the accept socket's identity when it started.
+struct AcceptWatch {
+    id: u64,
+    listener: Weak<Assoc>,
+    ov: usize,
+    ident: Ident,
+}
+
+/// Pending AcceptEx claims by accept-socket fd. The accepted connection is installed on the fd
+/// number only under this lock and only while the claim stands; closing the accept socket
+/// removes the claim under the same lock first, so no `dup3` can land on a closed (and maybe
+/// reused) number.
+fn accept_watches() -> &'static Mutex<HashMap<i32, Vec<AcceptWatch>>> {
+    static W: OnceLock<Mutex<HashMap<i32, Vec<AcceptWatch>>>> = OnceLock::new();
+    W.get_or_init(Default::default)
+}
+
+/// Claims `accept_fd` for an AcceptEx on `listener` with `ov`; `None` if the fd is not open.
+pub(crate) fn watch_accept(accept_fd: i32, listener: &Arc<Assoc>, ov: usize) -> Option<u64> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let ident = ident(accept_fd)?;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let w = AcceptWatch { id, listener: Arc::downgrade(listener), ov, ident };
+    accept_watches().lock().entry(accept_fd).or_default().push(w);
+    Some(id)
+}
+
+/// Removes claim `id` on `accept_fd`; returns the identity it recorded if it still stood.
+fn take_watch(
+    watches: &mut HashMap<i32, Vec<AcceptWatch>>,
+    accept_fd: i32,
+    id: u64,
+) -> Option<Ident> {
+    let list = watches.get_mut(&accept_fd)?;
+    let i = list.iter().position(|w| w.id == id)?;
+    let w = list.swap_remove(i);
+    if list.is_empty() {
+        watches.remove(&accept_fd);
+    }
+    Some(w.ident)
+}
+
+/// After a started AcceptEx: if its claim was withdrawn meanwhile (closesocket of the accept
+/// socket raced the start and found no operation to cancel yet), cancels it now.
+pub(crate) fn recheck_accept(listener: &Arc<Assoc>, accept_fd: i32, id: u64, ov: usize) {
+    let stands =
+        accept_watches().lock().get(&accept_fd).is_some_and(|l| l.iter().any(|w| w.id == id));
+    if !stands {
+        listener.release_accept(ov);
+    }
+}
+
+/// Withdraws claim `id` on `accept_fd` (its AcceptEx was refused at start).
+pub(crate) fn unwatch_accept(accept_fd: i32, id: u64) {
+    take_watch(&mut accept_watches().lock(), accept_fd, id);
+}
+
+/// The accept socket `fd` is being closed: every AcceptEx pending with it loses its claim (its
+/// connection, if one comes, is never put on the fd number) and is cancelled, so it completes
+/// once with `ERROR_OPERATION_ABORTED` (iocp-semantics.md: closing the accept socket is how
+/// Windows code aborts an AcceptEx).
+fn abort_accepts_into(fd: i32) {
+    let Some(list) = accept_watches().lock().remove(&fd) else { return };
+    for w in list {
+        if let Some(listener) = w.listener.upgrade() {
+            listener.release_accept(w.ov);
+        }
+    }
+}
+
+/// closesocket / CloseHandle of a socket or file: aborts the AcceptEx calls that would put a
+/// connection on it, forgets its association (pending operations complete aborted), closes
+/// the fd.
+///
+/// A socket with no overlapped operation in flight is first shut down for reading: a Linux
+/// `close` does not wake a thread blocked in `accept`/`recv` on the same socket (the blocked
+/// call holds its own reference), `shutdown` does (accept fails, recv returns 0), as
+/// closesocket does on Windows. With operations in flight it is not: they must complete
+/// aborted, not with the end of stream the shutdown would give them first. `SHUT_RD` sends
+/// nothing to the peer, so a graceful or abortive (SO_LINGER 0) close is unchanged.
+pub(crate) fn close_socket_or_file(fd: i32) -> Result<(), Codes> {
+    let busy = assocs().read().get(&fd).is_some_and(|a| !a.pending.lock().is_empty());
+    abort_accepts_into(fd);
+    dissociate(fd);
+    if !busy {
+        // SAFETY: shutdown(2) on the caller's fd, still open (closed just below); on a file or
+        // an unconnected socket it fails harmlessly (ENOTSOCK, ENOTCONN).
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    close_fd(fd)
 }
 
 /// Starts an operation on `a` for the caller's `ov`: marks it pending, submits, records it for
@@ -315,6 +520,21 @@ pub(crate) fn finished() -> &'static Finished {
     })
 }
 
+/// Writes an operation's final status and wakes GetOverlappedResult waiters.
+///
+/// # Safety
+/// `ov` is the non-NULL, valid OVERLAPPED of an operation whose packet has not been dequeued
+/// (or is being dequeued now).
+unsafe fn complete_ov(ov: *mut OVERLAPPED, nt: u32, bytes: usize) {
+    let f = finished();
+    let _g = (f.waiters.load(Ordering::Acquire) > 0).then(|| f.lock.lock());
+    // SAFETY: valid and not yet released to the caller (this function's contract).
+    unsafe { mem::ov_done(ov, nt, bytes) };
+    if f.waiters.load(Ordering::Acquire) > 0 {
+        f.cond.notify_all();
+    }
+}
+
 /// A dequeued packet, as GetQueuedCompletionStatus reports it.
 pub(crate) struct Done {
     pub(crate) key: usize,
@@ -337,63 +557,94 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     if matches!(payload, Payload::Posted) {
         return Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: 0, error: 0 };
     }
+    // Whether this dequeue still owns the operation: it is in its association's `pending`
+    // (removed here, under the lock). If not, the socket or the port went away and already
+    // ended the OVERLAPPED (`release_pending`): the caller may have freed it and its buffers,
+    // so nothing of the caller's is touched; the packet reports the abort.
+    let owner = ctx.assoc.upgrade();
+    let owned = owner.as_ref().is_some_and(|a| {
+        let mut pending = a.pending.lock();
+        let mine = pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op);
+        if mine {
+            pending.remove(&ctx.ov);
+        }
+        mine
+    });
+    if let Some(a) = &owner {
+        a.count(ctx.side, false);
+    }
+    if !owned {
+        if let Target::Accept { accept_fd, watch, .. } = ctx.target {
+            take_watch(&mut accept_watches().lock(), accept_fd, watch);
+        }
+        drop(payload); // an accepted connection in it is closed, never installed
+        let codes = errors::from_errno(libc::ECANCELED);
+        return Done { key, ov: ctx.ov, bytes: 0, nt: codes.nt, error: codes.win32 };
+    }
     let mut codes = errors::from_errno(errno);
     match (ctx.target, payload) {
+        // A refused connect is ECONNREFUSED; ECONNRESET (or EPIPE from the initial send) means
+        // the connection was established and the peer reset it at once. On Windows that
+        // ConnectEx succeeds and the reset shows on the next I/O: so here too (issue 14 §2.4).
+        (_, Payload::Connect(_)) if errno == libc::ECONNRESET || errno == libc::EPIPE => {
+            codes = errors::from_errno(0);
+            if let Some(a) = &owner {
+                a.reset_pending.store(true, Ordering::Release);
+            }
+        }
         (Target::Scatter(bufs), Payload::Recv(b) | Payload::Read(b)) => {
             // SAFETY: the caller's buffers stay valid until this packet is dequeued (Win32
             // contract for WSARecv/ReadFile buffers); this is that dequeue.
             bytes = unsafe { mem::scatter(&bufs, &b) };
         }
         (Target::RecvFrom { bufs, from, fromlen }, Payload::RecvFrom(b, addr)) => {
-            // SAFETY: as above.
+            // SAFETY: the WSARecvFrom buffers stay valid until this dequeue (Win32 contract).
             bytes = unsafe { mem::scatter(&bufs, &b) };
             if let Some(addr) = addr {
                 // SAFETY: lpFrom / lpFromlen stay valid until completion (Win32 contract).
                 unsafe { write_addr(from, fromlen, &addr) };
             }
         }
-        (
-            Target::Accept { out, data_len, local_len, remote_len, accept_fd },
-            Payload::Accept(mut acc),
-        ) if errno == 0 => match acc.take_socket() {
-            Some(sock) => {
-                let local = sock.local_addr().ok();
-                let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
-                let data = acc.take_data();
-                // SAFETY: the AcceptEx output buffer stays valid until completion (Win32
-                // contract); `data` is at most `data_len` (the capacity asked).
-                unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
-                // SAFETY: as above; the slots follow the data area.
-                unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
-                // SAFETY: as above.
-                unsafe { write_slot(out + data_len + local_len, remote_len, peer.as_ref()) };
-                if let Err(e) = install_accepted(sock.into(), accept_fd) {
-                    codes = e;
-                }
+        (Target::Accept { out, data_len, local_len, remote_len, accept_fd, watch }, payload) => {
+            let mut watches = accept_watches().lock();
+            let claim = take_watch(&mut watches, accept_fd, watch);
+            match payload {
+                Payload::Accept(mut acc) if errno == 0 => match acc.take_socket() {
+                    // The accept socket is still open and still the caller's (not close()d and
+                    // its number reused): the connection goes onto it, under the lock that
+                    // closesocket takes before closing.
+                    Some(sock) if claim.is_some() && ident(accept_fd) == claim => {
+                        let local = sock.local_addr().ok();
+                        let peer = acc.peer_addr().cloned().or_else(|| sock.peer_addr().ok());
+                        let data = acc.take_data();
+                        // SAFETY: the AcceptEx output buffer stays valid until completion
+                        // (Win32 contract); `data` is at most `data_len` (the capacity asked).
+                        unsafe { mem::copy_out(out, &data[..data.len().min(data_len)]) };
+                        // SAFETY: the same buffer; its local slot follows the data area and
+                        // holds `local_len` bytes (AcceptEx's contract on the three lengths).
+                        unsafe { write_slot(out + data_len, local_len, local.as_ref()) };
+                        // SAFETY: the same buffer; the remote slot follows the local one.
+                        unsafe {
+                            write_slot(out + data_len + local_len, remote_len, peer.as_ref())
+                        };
+                        if let Err(e) = install_accepted(sock.into(), accept_fd) {
+                            codes = e;
+                        }
+                    }
+                    // The accept socket was closed meanwhile: the connection is dropped (reset),
+                    // the fd number never touched; the AcceptEx reports the abort.
+                    Some(_) => codes = errors::from_errno(libc::ECANCELED),
+                    None => codes = errors::from_errno(libc::ECONNABORTED),
+                },
+                _ => {}
             }
-            None => codes = errors::from_errno(libc::ECONNABORTED),
-        },
+            drop(watches);
+        }
         _ => {}
     }
     bytes += ctx.extra;
-    if let Some(a) = ctx.assoc.upgrade() {
-        let mut pending = a.pending.lock();
-        if pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op) {
-            pending.remove(&ctx.ov);
-        }
-        drop(pending);
-        a.count(ctx.side, false);
-    }
-    let ov = ctx.ov as *mut OVERLAPPED;
-    {
-        let f = finished();
-        let _g = (f.waiters.load(Ordering::Acquire) > 0).then(|| f.lock.lock());
-        // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
-        unsafe { mem::ov_done(ov, codes.nt, bytes) };
-        if f.waiters.load(Ordering::Acquire) > 0 {
-            f.cond.notify_all();
-        }
-    }
+    // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
+    unsafe { complete_ov(ctx.ov as *mut OVERLAPPED, codes.nt, bytes) };
     let error = if codes.nt == 0 { 0 } else { codes.win32 };
     Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: codes.nt, error }
 }
@@ -402,15 +653,17 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
 /// association the accept socket already had onto the new connection (same port and key).
 fn install_accepted(sock: OwnedFd, accept_fd: i32) -> Result<(), Codes> {
     let old = assocs().write().remove(&accept_fd);
-    // SAFETY: dup3 onto the caller's accept socket, which the caller keeps open until the
-    // AcceptEx completes (Win32 contract); it atomically replaces that socket by the new one.
+    // SAFETY: dup3 onto the caller's accept socket: the caller holds the accept-watch lock
+    // with the AcceptEx's claim standing and the fd's identity just checked, and closesocket
+    // withdraws the claim under that lock before it closes, so the number is still the
+    // caller's accept socket; dup3 atomically replaces it by the new connection.
     let r = unsafe { libc::dup3(sock.as_raw_fd(), accept_fd, libc::O_CLOEXEC) };
     drop(sock);
     if r < 0 {
         return Err(errors::last_os());
     }
     if let Some(old) = old {
-        old.handle.close();
+        old.retire();
         let (port, key) = (old.port.clone(), old.key);
         let modes = old.modes.load(Ordering::Acquire);
         drop(old);
@@ -453,13 +706,14 @@ pub(crate) fn sockaddr_bytes(a: &SockAddr) -> Vec<u8> {
 /// `fromlen` is NULL or a valid `int`; `from` is NULL or valid for `*fromlen` bytes.
 pub(crate) unsafe fn write_addr(from: usize, fromlen: usize, addr: &SockAddr) {
     let lenp = fromlen as *mut i32;
-    // SAFETY: caller's contract.
+    // SAFETY: `lenp` is NULL or valid for a read (the exported call's contract); `get` skips NULL.
     let Some(cap) = (unsafe { mem::get(lenp) }) else { return };
     let bytes = sockaddr_bytes(addr);
     let n = bytes.len().min(usize::try_from(cap).unwrap_or(0));
     // SAFETY: `from` is writable for `*fromlen >= n` bytes (caller's contract).
     unsafe { mem::copy_out(from, &bytes[..n]) };
-    // SAFETY: caller's contract.
+    // SAFETY: `lenp` is NULL or valid for a write (the exported call's out-parameter contract);
+    // `put` skips NULL.
     unsafe { mem::put(lenp, bytes.len() as i32) };
 }
 

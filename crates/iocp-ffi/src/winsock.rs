@@ -15,6 +15,7 @@ use std::fs::File;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use iocp_core::TransmitRange;
 use socket2::{SockAddr, SockRef};
@@ -37,8 +38,8 @@ fn bool_fail(code: DWORD) -> BOOL {
 
 /// The association of socket `s`, or the WSA error to report.
 fn sock(s: SOCKET) -> Result<Arc<Assoc>, DWORD> {
-    // The table first: an associated fd is open (closesocket/CloseHandle forget it before
-    // closing), which saves a validity syscall per operation.
+    // The table first: `assoc` also checks, by the fd's identity (one fstat), that the number
+    // still names the socket that was associated (not close()d and reused).
     if let Some(a) = i32::try_from(s).ok().filter(|&fd| fd > 0).and_then(registry::assoc) {
         return Ok(a);
     }
@@ -77,7 +78,8 @@ unsafe fn wsabufs(bufs: *const WSABUF, n: DWORD) -> Result<Vec<(usize, usize)>, 
 unsafe fn gather(bufs: &[(usize, usize)]) -> Vec<u8> {
     let mut v = Vec::with_capacity(bufs.iter().map(|b| b.1).sum());
     for &(p, n) in bufs {
-        // SAFETY: caller's contract.
+        // SAFETY: each `(address, length)` is a caller buffer readable for its length (this
+        // function's contract).
         v.extend_from_slice(&unsafe { mem::copy_in(p as *const u8, n) });
     }
     v
@@ -92,7 +94,7 @@ unsafe fn parse_addr(name: *const c_void, len: c_int) -> Result<SockAddr, DWORD>
     if name.is_null() || len < 2 {
         return Err(WSAEFAULT);
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `name` is non-NULL (checked) and readable for `len` bytes (this function's contract).
     let b = unsafe { mem::copy_in(name.cast(), len) };
     let family = c_int::from(u16::from_ne_bytes([b[0], b[1]]));
     let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
@@ -212,7 +214,7 @@ pub unsafe extern "C" fn WSASocketA(
     wsa_socket(af, r#type, protocol, lpProtocolInfo)
 }
 
-/// WSASocketW: as WSASocketA.
+/// WSASocketW: WSASocketA (the protocol info, the only string-bearing argument, must be NULL).
 ///
 /// # Safety
 /// No pointer is dereferenced.
@@ -225,8 +227,8 @@ pub unsafe extern "C" fn WSASocketW(
     g: u32,
     dwFlags: DWORD,
 ) -> SOCKET {
-    let _ = (g, dwFlags);
-    wsa_socket(af, r#type, protocol, lpProtocolInfo)
+    // SAFETY: WSASocketA dereferences no pointer (`lpProtocolInfo` is only compared with NULL).
+    unsafe { WSASocketA(af, r#type, protocol, lpProtocolInfo, g, dwFlags) }
 }
 
 /// closesocket: pending overlapped operations each complete once with
@@ -238,8 +240,7 @@ pub unsafe extern "C" fn WSASocketW(
 pub unsafe extern "C" fn closesocket(s: SOCKET) -> c_int {
     guard(SOCKET_ERROR, || {
         let Some(fd) = registry::fd_of(s) else { return wsa_fail(WSAENOTSOCK) };
-        registry::dissociate(fd);
-        match registry::close_fd(fd) {
+        match registry::close_socket_or_file(fd) {
             Ok(()) => 0,
             Err(c) => wsa_fail(c.wsa),
         }
@@ -264,7 +265,8 @@ unsafe fn sync_io(s: SOCKET, bufs: &[(usize, usize)], write: bool, done: *mut DW
     if r < 0 {
         return wsa_fail(last_os().wsa);
     }
-    // SAFETY: caller's contract.
+    // SAFETY: `done` is NULL or valid for a write (the exported call's out-parameter contract);
+    // `put` skips NULL.
     unsafe { mem::put(done, r as DWORD) };
     0
 }
@@ -305,9 +307,23 @@ fn would_block(e: i32) -> bool {
 /// `ov` is non-NULL and valid.
 unsafe fn failed_in_line(ov: *mut OVERLAPPED, errno: i32) -> c_int {
     let c = from_errno(errno);
-    // SAFETY: caller's contract.
+    // SAFETY: `ov` is non-NULL and valid (this function's contract); no packet comes for it, so
+    // this is its one result write.
     unsafe { mem::ov_done(ov, c.nt, 0) };
     wsa_fail(c.wsa)
+}
+
+/// The reset a ConnectEx did not report (its connection was reset at once): the first
+/// overlapped receive or send after it fails in line with it, no packet.
+///
+/// # Safety
+/// `ov` is non-NULL and valid.
+unsafe fn deferred_reset(a: &Assoc, ov: *mut OVERLAPPED) -> Option<c_int> {
+    if !a.reset_pending.load(Ordering::Acquire) || !a.reset_pending.swap(false, Ordering::AcqRel) {
+        return None;
+    }
+    // SAFETY: `ov` is non-NULL and valid (this function's contract).
+    Some(unsafe { failed_in_line(ov, libc::ECONNRESET) })
 }
 
 /// WSARecv: an overlapped receive into the WSABUFs (filled in order, no gaps); a zero-length
@@ -334,21 +350,28 @@ pub unsafe extern "C" fn WSARecv(
         if !lpCompletionRoutine.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
         if lpOverlapped.is_null() {
-            // SAFETY: caller's contract.
+            // SAFETY: `lpFlags` is NULL or valid for a write (the exported call's out-parameter
+            // contract); `put` skips NULL.
             unsafe { mem::put(lpFlags, 0) };
-            // SAFETY: caller's contract.
+            // SAFETY: the WSABUFs name the caller's buffers, valid for their lengths during this
+            // synchronous call; the count pointer is NULL or writable (Winsock's contract).
             return unsafe { sync_io(s, &bufs, false, lpNumberOfBytesRecvd) };
         }
         let a = match sock(s) {
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
+        // SAFETY: non-NULL (checked), valid (caller's contract).
+        if let Some(r) = unsafe { deferred_reset(&a, lpOverlapped) } {
+            return r;
+        }
         let total: usize = bufs.iter().map(|b| b.1).sum();
         if total == 0 {
             return pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
@@ -362,9 +385,11 @@ pub unsafe extern "C" fn WSARecv(
             // SAFETY: caller's contract for the buffers.
             match unsafe { try_stream(s as i32, &bufs, false) } {
                 Ok(n) => {
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpNumberOfBytesRecvd` is NULL or valid for a write (the exported
+                    // call's out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpNumberOfBytesRecvd, n as DWORD) };
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpFlags` is NULL or valid for a write (the exported call's
+                    // out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpFlags, 0) };
                     a.inline_success(lpOverlapped, n);
                     return 0;
@@ -402,26 +427,33 @@ pub unsafe extern "C" fn WSASend(
         if !lpCompletionRoutine.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
         if lpOverlapped.is_null() {
-            // SAFETY: caller's contract.
+            // SAFETY: the WSABUFs name the caller's buffers, valid for their lengths during this
+            // synchronous call; the count pointer is NULL or writable (Winsock's contract).
             return unsafe { sync_io(s, &bufs, true, lpNumberOfBytesSent) };
         }
         let a = match sock(s) {
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
+        // SAFETY: non-NULL (checked), valid (caller's contract).
+        if let Some(r) = unsafe { deferred_reset(&a, lpOverlapped) } {
+            return r;
+        }
         let total: usize = bufs.iter().map(|b| b.1).sum();
         let mut sent = 0;
         if a.is_stream && total > 0 && a.idle(Side::Send) {
             // SAFETY: caller's contract for the buffers.
             match unsafe { try_stream(s as i32, &bufs, true) } {
                 Ok(n) if n == total => {
-                    // SAFETY: caller's contract.
+                    // SAFETY: `lpNumberOfBytesSent` is NULL or valid for a write (the exported
+                    // call's out-parameter contract); `put` skips NULL.
                     unsafe { mem::put(lpNumberOfBytesSent, n as DWORD) };
                     a.inline_success(lpOverlapped, n);
                     return 0;
@@ -432,7 +464,8 @@ pub unsafe extern "C" fn WSASend(
                 Err(e) => return unsafe { failed_in_line(lpOverlapped, e) },
             }
         }
-        // SAFETY: caller's contract.
+        // SAFETY: each WSABUF is readable for its length during the call (a send's buffers need
+        // only last until it returns: the bytes are copied here).
         let rest = unsafe { gather(&bufs) }.split_off(sent);
         pending_or(registry::start_sided(
             &a,
@@ -468,7 +501,8 @@ pub unsafe extern "C" fn WSARecvFrom(
         if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
@@ -509,12 +543,14 @@ pub unsafe extern "C" fn WSASendTo(
         if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
             return wsa_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
+        // (Winsock's contract); `wsabufs` rejects NULL with a count.
         let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpTo` is NULL or readable for `iTolen` bytes during the call (the sockaddr
+        // contract); `parse_addr` rejects NULL.
         let to = match unsafe { parse_addr(lpTo, iTolen) } {
             Ok(t) => t,
             Err(e) => return wsa_fail(e),
@@ -523,7 +559,8 @@ pub unsafe extern "C" fn WSASendTo(
             Ok(a) => a,
             Err(e) => return wsa_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: each WSABUF is readable for its length during the call (a send's buffers need
+        // only last until it returns: the bytes are copied here).
         let data = unsafe { gather(&bufs) };
         pending_or(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
             h.send_to(data, to, ctx)
@@ -573,16 +610,27 @@ pub unsafe extern "C" fn AcceptEx(
             Err(e) => return bool_fail(e),
         };
         let data_len = dwReceiveDataLength as usize;
+        // The claim on the accept socket: closesocket of it aborts this AcceptEx, and the
+        // connection only goes onto the fd number while the claim stands.
+        let Some(watch) = registry::watch_accept(accept_fd, &a, lpOverlapped as usize) else {
+            return bool_fail(WSAENOTSOCK);
+        };
         let target = Target::Accept {
             out: lpOutputBuffer as usize,
             data_len,
             local_len: dwLocalAddressLength as usize,
             remote_len: dwRemoteAddressLength as usize,
             accept_fd,
+            watch,
         };
-        pending_bool(registry::start(&a, lpOverlapped, target, |h, ctx| {
+        let r = registry::start(&a, lpOverlapped, target, |h, ctx| {
             h.accept(Vec::with_capacity(data_len), ctx)
-        }))
+        });
+        match r {
+            Ok(()) => registry::recheck_accept(&a, accept_fd, watch, lpOverlapped as usize),
+            Err(_) => registry::unwatch_accept(accept_fd, watch),
+        }
+        pending_bool(r)
     })
 }
 
@@ -631,7 +679,8 @@ pub unsafe extern "C" fn GetAcceptExSockaddrs(
             let n = u16::from_ne_bytes([head[0], head[1]]);
             // SAFETY: caller's contract for the out-pointers.
             unsafe { mem::put(out, (slot + 16) as *mut c_void) };
-            // SAFETY: as above.
+            // SAFETY: `outlen` is NULL or valid for a write (the exported call's out-parameter
+            // contract); `put` skips NULL.
             unsafe { mem::put(outlen, c_int::from(n)) };
         }
     })
@@ -659,7 +708,8 @@ pub unsafe extern "C" fn ConnectEx(
         if lpOverlapped.is_null() {
             return bool_fail(WSAEINVAL);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `name` is NULL or readable for `namelen` bytes during the call (the sockaddr
+        // contract); `parse_addr` rejects NULL.
         let addr = match unsafe { parse_addr(name, namelen) } {
             Ok(a) => a,
             Err(e) => return bool_fail(e),
@@ -679,7 +729,8 @@ pub unsafe extern "C" fn ConnectEx(
             Ok(a) => a,
             Err(e) => return bool_fail(e),
         };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpSendBuffer` is readable for `dwSendDataLength` bytes during the call
+        // (ConnectEx's contract); `copy_in` skips NULL or 0.
         let data = unsafe { mem::copy_in(lpSendBuffer.cast(), dwSendDataLength as usize) };
         pending_bool(registry::start(&a, lpOverlapped, Target::None, |h, ctx| {
             h.connect(addr, data, ctx)
@@ -749,7 +800,8 @@ pub unsafe extern "C" fn TransmitFile(
         if lpOverlapped.is_null() {
             return bool_fail(WSAEOPNOTSUPP);
         }
-        // SAFETY: caller's contract.
+        // SAFETY: `lpTransmitBuffers` is NULL or valid for a read (the exported call's contract);
+        // `get` skips NULL.
         let tfb = unsafe { mem::get(lpTransmitBuffers) };
         let (head, tail) = match tfb {
             Some(b) => (
@@ -888,14 +940,19 @@ pub unsafe extern "C" fn WSAIoctl(
         };
         // SAFETY: at least 8 writable bytes (checked size, caller's contract), maybe unaligned.
         unsafe { lpvOutBuffer.cast::<usize>().write_unaligned(f) };
-        // SAFETY: caller's contract.
+        // SAFETY: `lpcbBytesReturned` is NULL or valid for a write (the exported call's
+        // out-parameter contract); `put` skips NULL.
         unsafe { mem::put(lpcbBytesReturned, size_of::<usize>() as DWORD) };
         0
     })
 }
 
+/// `SO_PORT_SCALABILITY`.
+const SO_PORT_SCALABILITY: c_int = 0x3006;
+
 /// `setsockopt` as Windows code calls it (the header maps `setsockopt` here):
-/// `SO_UPDATE_ACCEPT_CONTEXT` and `SO_UPDATE_CONNECT_CONTEXT` are accepted and do nothing (a
+/// `SO_UPDATE_ACCEPT_CONTEXT`, `SO_UPDATE_CONNECT_CONTEXT`, `SO_PORT_SCALABILITY` and
+/// `SO_EXCLUSIVEADDRUSE` are accepted and do nothing (a
 /// Linux accepted or connected socket already has its full state); everything else goes to
 /// `setsockopt(2)`, with a failure also reported through WSAGetLastError.
 ///
@@ -911,8 +968,13 @@ pub unsafe extern "C" fn iocp_setsockopt(
 ) -> c_int {
     guard(SOCKET_ERROR, || {
         let Some(fd) = registry::fd_of(s) else { return wsa_fail(WSAENOTSOCK) };
+        // SO_PORT_SCALABILITY and SO_EXCLUSIVEADDRUSE (~SO_REUSEADDR) have no Linux knob:
+        // accepted, no-ops (a Linux port is exclusive unless SO_REUSEADDR/SO_REUSEPORT).
         if level == libc::SOL_SOCKET
-            && (optname == SO_UPDATE_ACCEPT_CONTEXT || optname == SO_UPDATE_CONNECT_CONTEXT)
+            && (optname == SO_UPDATE_ACCEPT_CONTEXT
+                || optname == SO_UPDATE_CONNECT_CONTEXT
+                || optname == SO_PORT_SCALABILITY
+                || optname == !libc::SO_REUSEADDR)
         {
             return 0;
         }

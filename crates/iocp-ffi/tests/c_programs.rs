@@ -88,6 +88,41 @@ fn build(src: &str, name: &str, static_link: bool) -> PathBuf {
     out
 }
 
+/// Compiles a Windows-style program against `include/win32` (the Windows header names), as C
+/// (`-std=c11`) or C++ (`-std=c++17`), with `-Wall -Wextra -Werror`.
+fn build_win32(src: &str, name: &str, cpp: bool) -> PathBuf {
+    let lib = lib_dir();
+    let out = out_dir().join(name);
+    let mut cmd = Command::new(if cpp { "g++" } else { "gcc" });
+    if cpp {
+        cmd.args(["-std=c++17", "-x", "c++"]);
+    } else {
+        cmd.arg("-std=c11");
+    }
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg("-I")
+        .arg(crate_dir().join("include/win32"))
+        .arg("-I")
+        .arg(crate_dir().join("include"))
+        .arg(crate_dir().join(src))
+        .args(["-x", "none", "-o"])
+        .arg(&out)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-liocp")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lpthread");
+    let o = cmd.output().expect("run the compiler");
+    assert!(
+        o.status.success(),
+        "compiling {src} ({}) failed:\n{}{}",
+        if cpp { "C++" } else { "C" },
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 /// The backends to run: (IOCP_BACKEND value, name the library reports).
 fn backends() -> Vec<(&'static str, &'static str)> {
     let mut v = all_backends();
@@ -159,9 +194,12 @@ fn finish(mut child: Child, what: &str) -> (bool, String, String) {
 }
 
 fn run_c_test(src: &str, name: &str) {
-    let bin = build(src, name, false);
+    run_bin(&build(src, name, false), name);
+}
+
+fn run_bin(bin: &Path, name: &str) {
     for (env, reported) in backends() {
-        let child = command(&bin)
+        let child = command(bin)
             .env("IOCP_BACKEND", env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -195,6 +233,14 @@ fn c_sockets_one_packet_cancel_close_extensions() {
 #[test]
 fn c_files_offsets_eof_append() {
     run_c_test("tests/c/t_file.c", "t_file");
+}
+
+#[test]
+fn c_win32_headers_as_c_and_cpp() {
+    // Issue 14 §1: the Windows header names, threads/events/waits, CRITICAL_SECTION,
+    // Interlocked*, console control handlers, WSAGetLastError after the BSD calls.
+    run_bin(&build_win32("tests/c/t_win32.c", "t_win32", false), "t_win32");
+    run_bin(&build_win32("tests/c/t_win32.c", "t_win32_cpp", true), "t_win32_cpp");
 }
 
 #[test]

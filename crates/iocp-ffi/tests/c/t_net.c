@@ -2,6 +2,9 @@
  * results, and the Winsock extensions reached through WSAIoctl (cases 12, 18, 19, 22, 29-32,
  * 34, 36, 48, 52-58 of iocp-semantics.md §15). */
 #include "check.h"
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static LPFN_ACCEPTEX pAcceptEx;
 static LPFN_GETACCEPTEXSOCKADDRS pGetAcceptExSockaddrs;
@@ -450,12 +453,27 @@ struct gor_waiter {
     OVERLAPPED *ov;
     BOOL ok;
     DWORD n;
+    DWORD err;
+    volatile int done;
 };
 
 static void *gor_wait(void *arg) {
     struct gor_waiter *w = (struct gor_waiter *)arg;
     w->ok = GetOverlappedResult((HANDLE)w->s, w->ov, &w->n, TRUE);
+    w->err = GetLastError();
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
     return NULL;
+}
+
+/* Waits up to 5 s for *flag; false if it never came. */
+static int wait_flag(volatile int *flag) {
+    long long end = now_ms() + 5000;
+    while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) {
+        if (now_ms() > end) return 0;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return 1;
 }
 
 static void getoverlappedresult_waits_for_the_dequeue(void) {
@@ -468,7 +486,7 @@ static void getoverlappedresult_waits_for_the_dequeue(void) {
     DWORD flags = 0;
     OVERLAPPED ov = {0};
     CHECK(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL) == SOCKET_ERROR);
-    struct gor_waiter w = {s, &ov, FALSE, 0};
+    struct gor_waiter w = {s, &ov, FALSE, 0, 0, 0};
     pthread_t t;
     CHECK(pthread_create(&t, NULL, gor_wait, &w) == 0);
     send_all(c, "wxyz", 4);
@@ -477,6 +495,332 @@ static void getoverlappedresult_waits_for_the_dequeue(void) {
     CHECK(w.ok);
     CHECK_EQ(w.n, 4);
     CHECK(closesocket(c) == 0 && closesocket(s) == 0);
+    CHECK(CloseHandle(p));
+}
+
+
+/* Issue 11 bug 2 / issue 14 §2.2: closing the accept socket aborts its AcceptEx (one packet,
+ * ERROR_OPERATION_ABORTED), and the connection that comes later never lands on the number. */
+static void reuse_number_as_file(SOCKET was, char *path, int *fd) {
+    *fd = mkstemp(path);
+    CHECK(*fd >= 0);
+    if (*fd != (int)was) {
+        CHECK(dup2(*fd, (int)was) == (int)was);
+        CHECK(close(*fd) == 0);
+        *fd = (int)was;
+    }
+}
+
+static void still_a_file(int fd, const char *path) {
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK(close(fd) == 0);
+    unlink(path);
+}
+
+static void closesocket_of_accept_socket_aborts_acceptex(void) {
+    HANDLE p = new_port(0);
+    struct sockaddr_in a;
+    SOCKET l = make_listener(&a);
+    CHECK(CreateIoCompletionPort((HANDLE)l, p, 140, 0) == p);
+    SOCKET acc = tcp_socket();
+    char out[2 * ADDR_SLOT];
+    DWORD n = 0;
+    OVERLAPPED ov = {0};
+    CHECK(!pAcceptEx(l, acc, out, 0, ADDR_SLOT, ADDR_SLOT, &n, &ov));
+    CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+    CHECK(closesocket(acc) == 0);
+    expect_packet(p, FALSE, ERROR_OPERATION_ABORTED, 0, 140, &ov);
+    CHECK_EQ(ov.Internal, STATUS_CANCELLED);
+    /* The number now holds a file; a client connecting must not become it. */
+    char path[] = "/tmp/iocp-acc-XXXXXX";
+    int fd;
+    reuse_number_as_file(acc, path, &fd);
+    SOCKET c = tcp_socket();
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    expect_quiet(p);
+    still_a_file(fd, path);
+    /* Several pending, the listener keeps working: the next AcceptEx gets that client. */
+    SOCKET acc2[3];
+    OVERLAPPED ov2[3];
+    for (int i = 0; i < 3; i++) {
+        acc2[i] = tcp_socket();
+        memset(&ov2[i], 0, sizeof ov2[i]);
+        CHECK(!pAcceptEx(l, acc2[i], out, 0, ADDR_SLOT, ADDR_SLOT, &n, &ov2[i]));
+        CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+    }
+    /* The client in the backlog completes one of them. */
+    DWORD got;
+    ULONG_PTR k;
+    LPOVERLAPPED o;
+    CHECK(GetQueuedCompletionStatus(p, &got, &k, &o, 10000));
+    CHECK(o == &ov2[0] || o == &ov2[1] || o == &ov2[2]);
+    int done = (int)(o - ov2);
+    for (int i = 0; i < 3; i++) {
+        if (i == done) continue;
+        CHECK(CloseHandle((HANDLE)acc2[i])); /* CloseHandle on a socket does the same */
+        expect_packet(p, FALSE, ERROR_OPERATION_ABORTED, 0, 140, &ov2[i]);
+    }
+    expect_quiet(p);
+    CHECK(closesocket(acc2[done]) == 0 && closesocket(c) == 0 && closesocket(l) == 0);
+    CHECK(CloseHandle(p));
+}
+
+/* A C program that close()s (not closesocket) its accept socket: the number reused by a file
+ * is detected (another inode) and left alone; the AcceptEx reports the abort. */
+static void close_instead_of_closesocket_never_clobbers_the_number(void) {
+    HANDLE p = new_port(0);
+    struct sockaddr_in a;
+    SOCKET l = make_listener(&a);
+    CHECK(CreateIoCompletionPort((HANDLE)l, p, 141, 0) == p);
+    SOCKET acc = tcp_socket();
+    char out[2 * ADDR_SLOT];
+    DWORD n = 0;
+    OVERLAPPED ov = {0};
+    CHECK(!pAcceptEx(l, acc, out, 0, ADDR_SLOT, ADDR_SLOT, &n, &ov));
+    CHECK(close((int)acc) == 0);
+    char path[] = "/tmp/iocp-acc-XXXXXX";
+    int fd;
+    reuse_number_as_file(acc, path, &fd);
+    SOCKET c = tcp_socket();
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    expect_packet(p, FALSE, ERROR_OPERATION_ABORTED, 0, 141, &ov);
+    still_a_file(fd, path);
+    CHECK(closesocket(c) == 0 && closesocket(l) == 0);
+    CHECK(CloseHandle(p));
+}
+
+/* close() of an associated socket, and a new socket on the same number: the stale association
+ * is detected; the new socket is not associated until it is, then gets its own key. */
+static void close_instead_of_closesocket_stale_association(void) {
+    HANDLE p = new_port(0);
+    SOCKET old = tcp_socket();
+    CHECK(CreateIoCompletionPort((HANDLE)old, p, 1, 0) == p);
+    SOCKET c, s;
+    tcp_pair(&c, &s);
+    CHECK(close((int)old) == 0);
+    /* The connected socket takes the number (as the next socket() or accept() would). */
+    CHECK(dup2((int)s, (int)old) == (int)old);
+    CHECK(close((int)s) == 0);
+    s = old;
+    char buf[8];
+    WSABUF wb = {sizeof buf, buf};
+    DWORD flags = 0;
+    OVERLAPPED ov = {0};
+    CHECK(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSAEINVAL); /* not associated (was: the old socket's) */
+    expect_quiet(p);
+    CHECK(CreateIoCompletionPort((HANDLE)s, p, 2, 0) == p);
+    CHECK(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    send_all(c, "new", 3);
+    expect_packet(p, TRUE, 0, 3, 2, &ov);
+    CHECK(memcmp(buf, "new", 3) == 0);
+    CHECK(closesocket(c) == 0 && closesocket(s) == 0);
+    CHECK(CloseHandle(p));
+}
+
+/* Issue 11: GetOverlappedResult(bWait = TRUE) returns once the port is closed (the operation
+ * can never be dequeued): FALSE, ERROR_OPERATION_ABORTED. Both while it waits, and for an
+ * operation whose socket was closed before the port. */
+static void getoverlappedresult_returns_after_port_close(void) {
+    for (int sock_first = 0; sock_first < 2; sock_first++) {
+        HANDLE p = new_port(0);
+        SOCKET c, s;
+        tcp_pair(&c, &s);
+        CHECK(CreateIoCompletionPort((HANDLE)s, p, 49, 0) == p);
+        char buf[16];
+        WSABUF wb = {sizeof buf, buf};
+        DWORD flags = 0;
+        OVERLAPPED ov = {0};
+        CHECK(WSARecv(s, &wb, 1, NULL, &flags, &ov, NULL) == SOCKET_ERROR);
+        CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+        struct gor_waiter w = {s, &ov, TRUE, 7, 0, 0};
+        pthread_t t;
+        if (sock_first) CHECK(closesocket(s) == 0);
+        CHECK(pthread_create(&t, NULL, gor_wait, &w) == 0);
+        CHECK(CloseHandle(p));
+        CHECK(wait_flag(&w.done));
+        CHECK(pthread_join(t, NULL) == 0);
+        CHECK(!w.ok);
+        CHECK_EQ(w.err, ERROR_OPERATION_ABORTED);
+        CHECK(HasOverlappedIoCompleted(&ov));
+        CHECK(closesocket(c) == 0);
+        if (!sock_first) CHECK(closesocket(s) == 0);
+    }
+}
+
+
+/* Issue 14 §2.3: closesocket wakes a thread blocked in a blocking accept() or recv() on that
+ * socket (a Linux close() alone does not). */
+struct blocked {
+    SOCKET s;
+    int accept_not_recv;
+    volatile int tid;
+    long r;
+    volatile int done;
+};
+
+static void *block_in_call(void *arg) {
+    struct blocked *b = (struct blocked *)arg;
+    __atomic_store_n(&b->tid, (int)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    char c;
+    b->r = b->accept_not_recv ? (long)accept((int)b->s, NULL, NULL) : (long)recv(b->s, &c, 1, 0);
+    __atomic_store_n(&b->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* True once thread `tid` sits in accept/recv (its /proc syscall line names the call). */
+static int in_blocking_call(int tid) {
+    char path[64], line[128];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", tid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    long nr = -1;
+    if (fgets(line, sizeof line, f)) nr = strtol(line, NULL, 10);
+    fclose(f);
+    return nr == SYS_accept || nr == SYS_accept4 || nr == SYS_recvfrom || nr == SYS_recvmsg;
+}
+
+static void closesocket_wakes_blocking_accept_and_recv(void) {
+    for (int acc = 1; acc >= 0; acc--) {
+        struct sockaddr_in a;
+        SOCKET l = make_listener(&a), c = INVALID_SOCKET, s = INVALID_SOCKET;
+        if (!acc) {
+            c = tcp_socket();
+            CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+            s = (SOCKET)accept((int)l, NULL, NULL);
+            CHECK((int)s >= 0);
+        }
+        struct blocked b = {acc ? l : s, acc, 0, 0, 0};
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, block_in_call, &b) == 0);
+        long long end = now_ms() + 5000;
+        while (!__atomic_load_n(&b.tid, __ATOMIC_ACQUIRE) || !in_blocking_call(b.tid)) {
+            CHECK(now_ms() < end);
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        CHECK(closesocket(b.s) == 0);
+        CHECK(wait_flag(&b.done));
+        CHECK(pthread_join(t, NULL) == 0);
+        CHECK(acc ? b.r < 0 : b.r <= 0);
+        if (!acc) CHECK(closesocket(c) == 0 && closesocket(l) == 0);
+    }
+}
+
+
+/* Issue 14 §2.1 (the shutdown pattern of the SDK servers): closesocket, then poll
+ * HasOverlappedIoCompleted without ever dequeuing. Each OVERLAPPED ends at once (cancelled),
+ * GetOverlappedResult reports the abort, and after the program frees the OVERLAPPEDs and
+ * buffers nothing writes to them (valgrind in CI); the packets still come, one each. */
+static void closesocket_ends_overlappeds_without_a_dequeue(void) {
+    HANDLE p = new_port(0);
+    struct sockaddr_in a;
+    SOCKET l = make_listener(&a);
+    CHECK(CreateIoCompletionPort((HANDLE)l, p, 142, 0) == p);
+    SOCKET c = tcp_socket();
+    int small = 4096;
+    CHECK(setsockopt(c, SOL_SOCKET, SO_SNDBUF, (const char *)&small, sizeof small) == 0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0);
+    int peer = accept((int)l, NULL, NULL);
+    CHECK(peer >= 0);
+    CHECK(CreateIoCompletionPort((HANDLE)c, p, 143, 0) == p);
+    enum { RECV, SEND, ACCEPT, N };
+    OVERLAPPED *ov[N];
+    uintptr_t addr[N];
+    for (int i = 0; i < N; i++) {
+        ov[i] = (OVERLAPPED *)calloc(1, sizeof(OVERLAPPED));
+        CHECK(ov[i] != NULL);
+        addr[i] = (uintptr_t)ov[i];
+    }
+    char *rbuf = (char *)malloc(64);
+    size_t big = 8 << 20;
+    char *data = (char *)calloc(1, big);
+    char *out = (char *)malloc(2 * ADDR_SLOT);
+    CHECK(rbuf && data && out);
+    WSABUF rb = {64, rbuf}, sb = {(ULONG)big, data};
+    DWORD flags = 0, n = 0;
+    CHECK(WSARecv(c, &rb, 1, NULL, &flags, ov[RECV], NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    CHECK(WSASend(c, &sb, 1, NULL, 0, ov[SEND], NULL) == SOCKET_ERROR);
+    CHECK_EQ(WSAGetLastError(), WSA_IO_PENDING);
+    SOCKET acc = tcp_socket();
+    CHECK(!pAcceptEx(l, acc, out, 0, ADDR_SLOT, ADDR_SLOT, &n, ov[ACCEPT]));
+    CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+    CHECK(closesocket(c) == 0);
+    CHECK(closesocket(acc) == 0);
+    long long end = now_ms() + 5000;
+    for (int i = 0; i < N; i++) {
+        while (!HasOverlappedIoCompleted(ov[i])) {
+            CHECK(now_ms() < end);
+            sched_yield();
+        }
+        DWORD got = 7;
+        CHECK(!GetOverlappedResult((HANDLE)c, ov[i], &got, TRUE));
+        CHECK_EQ(GetLastError(), ERROR_OPERATION_ABORTED);
+        CHECK_EQ(ov[i]->Internal, STATUS_CANCELLED);
+        free(ov[i]);
+    }
+    free(rbuf);
+    free(data);
+    free(out);
+    /* The packets: one each, aborted, with the keys of the sockets they were started on. */
+    int seen[N] = {0};
+    for (int i = 0; i < N; i++) {
+        DWORD got;
+        ULONG_PTR k;
+        LPOVERLAPPED o = NULL;
+        CHECK(!GetQueuedCompletionStatus(p, &got, &k, &o, 10000));
+        CHECK_EQ(GetLastError(), ERROR_OPERATION_ABORTED);
+        for (int j = 0; j < N; j++)
+            if ((uintptr_t)o == addr[j]) {
+                seen[j]++;
+                CHECK_EQ(k, j == ACCEPT ? 142 : 143);
+            }
+    }
+    for (int i = 0; i < N; i++) CHECK_EQ(seen[i], 1);
+    expect_quiet(p);
+    CHECK(close(peer) == 0 && closesocket(l) == 0);
+    CHECK(CloseHandle(p));
+}
+
+
+/* Issue 14 §2.4: a connection established and reset by the peer at once: ConnectEx succeeds
+ * (as on Windows), the reset shows on the next receive (in line, WSAECONNRESET, no packet).
+ * The reset is made to arrive before anyone dequeues (and so before the library looks at the
+ * connect's outcome on epoll). */
+static void connectex_then_reset_succeeds_and_next_io_sees_the_reset(void) {
+    HANDLE p = new_port(0);
+    for (int round = 0; round < 5; round++) {
+        struct sockaddr_in a;
+        SOCKET l = make_listener(&a);
+        SOCKET s = tcp_socket();
+        struct sockaddr_in any;
+        loopback(&any, 0);
+        CHECK(bind(s, (struct sockaddr *)&any, sizeof any) == 0);
+        CHECK(CreateIoCompletionPort((HANDLE)s, p, 60, 0) == p);
+        OVERLAPPED ov = {0};
+        CHECK(!pConnectEx(s, (struct sockaddr *)&a, sizeof a, NULL, 0, NULL, &ov));
+        CHECK_EQ(WSAGetLastError(), ERROR_IO_PENDING);
+        int peer = accept((int)l, NULL, NULL);
+        CHECK(peer >= 0);
+        reset_close((SOCKET)peer);
+        struct pollfd pf = {(int)s, POLLIN, 0};
+        CHECK(poll(&pf, 1, 10000) == 1); /* the RST arrived */
+        CHECK(pf.revents & (POLLHUP | POLLERR));
+        expect_packet(p, TRUE, 0, 0, 60, &ov);
+        char buf[8];
+        WSABUF wb = {sizeof buf, buf};
+        DWORD flags = 0;
+        OVERLAPPED rov = {0};
+        CHECK_EQ(WSARecv(s, &wb, 1, NULL, &flags, &rov, NULL), SOCKET_ERROR);
+        CHECK_EQ(WSAGetLastError(), WSAECONNRESET);
+        CHECK_EQ(rov.Internal, STATUS_CONNECTION_RESET);
+        expect_quiet(p);
+        CHECK(closesocket(s) == 0 && closesocket(l) == 0);
+    }
     CHECK(CloseHandle(p));
 }
 
@@ -756,6 +1100,13 @@ int main(void) {
     RUN(case_36_closesocket_aborts_recv_and_send);
     RUN(case_48_getoverlappedresult);
     RUN(getoverlappedresult_waits_for_the_dequeue);
+    RUN(getoverlappedresult_returns_after_port_close);
+    RUN(closesocket_of_accept_socket_aborts_acceptex);
+    RUN(close_instead_of_closesocket_never_clobbers_the_number);
+    RUN(close_instead_of_closesocket_stale_association);
+    RUN(closesocket_wakes_blocking_accept_and_recv);
+    RUN(closesocket_ends_overlappeds_without_a_dequeue);
+    RUN(connectex_then_reset_succeeds_and_next_io_sees_the_reset);
     RUN(case_52_53_acceptex_keys_bytes_and_addresses);
     RUN(case_54_connectex);
     RUN(case_56_scatter_in_order);

@@ -1,0 +1,2 @@
+/* MSWSock.h: the spelling some Windows programs use. */
+#include "mswsock.h"

@@ -1,0 +1,2 @@
+/* Windows.h: the spelling some Windows programs use. */
+#include "windows.h"

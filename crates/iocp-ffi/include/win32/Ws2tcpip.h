@@ -1,0 +1,2 @@
+/* Ws2tcpip.h: the spelling some Windows programs use. */
+#include "ws2tcpip.h"

@@ -18,9 +18,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod echo;
+mod heap;
 mod http;
 mod pool;
 mod server;

@@ -325,6 +325,7 @@ struct Shared<S: Service> {
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
     counters: Counters,
+    reclaim: crate::heap::Reclaimer,
 }
 
 /// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
@@ -385,6 +386,7 @@ impl<S: Service> Server<S> {
             stopping: AtomicBool::new(false),
             accepts_posted: AtomicUsize::new(0),
             counters: Counters::default(),
+            reclaim: crate::heap::Reclaimer::start()?,
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
@@ -447,6 +449,7 @@ impl<S: Service> Server<S> {
         let c = &self.shared.counters;
         c.active.fetch_sub(aborted.min(c.active.load(Ordering::Relaxed)), Ordering::Relaxed);
         c.closed.fetch_add(aborted, Ordering::Relaxed);
+        self.shared.reclaim.stop();
         let stats = c.snapshot();
         tracing::info!(?stats, handled = pool.handled, panics = pool.panics, "server stopped");
         ServerReport { stats, pool }
@@ -459,6 +462,7 @@ impl<S: Service> Drop for Server<S> {
             self.shared.begin_stop();
             let _ = pool.stop(Duration::ZERO);
             self.shared.conns.lock().clear();
+            self.shared.reclaim.stop();
         }
     }
 }
@@ -679,6 +683,7 @@ impl<S: Service> Shared<S> {
     /// buffer too is released: it has been sent).
     fn park(&self, mut conn: Box<Conn<S>>, timeout: Option<Duration>) {
         bump(&self.counters.parks);
+        self.reclaim.note_released();
         conn.io.input = Vec::new();
         conn.io.output = Vec::new();
         conn.pending = Pending::Ready;
@@ -914,6 +919,7 @@ impl<S: Service> Shared<S> {
         let c = &self.counters;
         c.active.fetch_sub(1, Ordering::Relaxed);
         bump(&c.closed);
+        self.reclaim.note_released();
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");

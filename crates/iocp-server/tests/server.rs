@@ -153,6 +153,20 @@ backend_test!(
 );
 
 backend_test!(
+    a_zero_idle_timeout_counts_as_an_idle_timeout,
+    choice | c | {
+        // Issue 11: a zero idle timeout was counted as a request timeout.
+        let cfg = ServerConfig { idle_timeout: Some(Duration::ZERO), ..config(c) };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        assert!(read_to_end(&mut s).is_empty());
+        wait_stats(&server, "idle timeout", |s| s.idle_timeouts == 1 && s.closed == 1);
+        assert_eq!(server.stats().request_timeouts, 0);
+        server.stop();
+    }
+);
+
+backend_test!(
     graceful_stop_echoes_every_byte_received,
     choice | c | {
         let server = Server::start(Echo, config(c)).unwrap();

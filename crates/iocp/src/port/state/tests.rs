@@ -176,64 +176,61 @@ impl World {
             }
         }
         for t in 0..self.th.len() {
-            match self.th[t].clone() {
-                Th::Polling { id, gets_left, kicked } => {
-                    for timeout in [false, true] {
-                        if !(kicked || (timeout && self.timeouts)) {
-                            continue;
-                        }
-                        let mut w = self.clone();
-                        w.st.end_polling(id);
-                        if w.st.is_closed() {
-                            // As `get_inner`: keep a packet handed before the close, drop what
-                            // was reaped after it.
-                            let mut got = Vec::new();
-                            if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
-                                w.delivered.extend(got);
-                                w.th[t] = Th::returned(gets_left, true);
-                            } else {
-                                w.th[t] = Th::Closed;
-                            }
-                            let late = u32::from(w.kernel_ready);
-                            w.dropped.extend(w.next_packet..w.next_packet + late);
-                            w.next_packet += late;
-                            w.kernel_ready = 0;
-                            out.push(w);
-                            if kicked {
-                                break;
-                            }
-                            continue;
-                        }
-                        let reaped: Vec<u32> =
-                            (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
-                        w.next_packet += u32::from(w.kernel_ready);
-                        w.kernel_ready = 0;
-                        w.st.extend(reaped);
+            if let Th::Polling { id, gets_left, kicked } = self.th[t].clone() {
+                for timeout in [false, true] {
+                    if !(kicked || (timeout && self.timeouts)) {
+                        continue;
+                    }
+                    let mut w = self.clone();
+                    w.st.end_polling(id);
+                    if w.st.is_closed() {
+                        // As `get_inner`: keep a packet handed before the close, drop what
+                        // was reaped after it.
                         let mut got = Vec::new();
-                        let n = w.st.take_handed(id, 0, &mut |p| got.push(p));
-                        let n = if n > 0 { n } else { w.st.take(1, &mut |p| got.push(p)) };
-                        if n > 0 {
+                        if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
                             w.delivered.extend(got);
-                            w.dispatch(true);
                             w.th[t] = Th::returned(gets_left, true);
                         } else {
-                            w.dispatch(timeout);
-                            if w.st.is_closed() {
-                                w.th[t] = Th::Closed;
-                            } else if timeout {
-                                w.st.join_running();
-                                w.th[t] = Th::returned(gets_left, false);
-                            } else {
-                                w.get_loop(t, gets_left);
-                            }
+                            w.th[t] = Th::Closed;
                         }
+                        let late = u32::from(w.kernel_ready);
+                        w.dropped.extend(w.next_packet..w.next_packet + late);
+                        w.next_packet += late;
+                        w.kernel_ready = 0;
                         out.push(w);
                         if kicked {
                             break;
                         }
+                        continue;
+                    }
+                    let reaped: Vec<u32> =
+                        (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
+                    w.next_packet += u32::from(w.kernel_ready);
+                    w.kernel_ready = 0;
+                    w.st.extend(reaped);
+                    let mut got = Vec::new();
+                    let n = w.st.take_handed(id, 0, &mut |p| got.push(p));
+                    let n = if n > 0 { n } else { w.st.take(1, &mut |p| got.push(p)) };
+                    if n > 0 {
+                        w.delivered.extend(got);
+                        w.dispatch(true);
+                        w.th[t] = Th::returned(gets_left, true);
+                    } else {
+                        w.dispatch(timeout);
+                        if w.st.is_closed() {
+                            w.th[t] = Th::Closed;
+                        } else if timeout {
+                            w.st.join_running();
+                            w.th[t] = Th::returned(gets_left, false);
+                        } else {
+                            w.get_loop(t, gets_left);
+                        }
+                    }
+                    out.push(w);
+                    if kicked {
+                        break;
                     }
                 }
-                _ => {}
             }
         }
         if self.posts_left > 0 && !self.st.is_closed() {

@@ -255,3 +255,153 @@ backend_test!(pooled_receive_reports_eof_even_with_the_pool_exhausted, |b| {
     assert_eq!(c.result().unwrap(), 0, "end of stream, not ENOBUFS: {c:?}");
     drop(held);
 });
+
+/// Packets to ops: every op of `pending` completes exactly once (a repeating accept: any
+/// number of connection packets, then exactly one last packet that ends it).
+struct Ledger {
+    pending: std::collections::HashSet<iocp::OpId>,
+    multi: std::collections::HashSet<iocp::OpId>,
+    starts: u64,
+    ends: u64,
+}
+
+impl Ledger {
+    fn new() -> Self {
+        Ledger { pending: Default::default(), multi: Default::default(), starts: 0, ends: 0 }
+    }
+    fn started(&mut self, op: iocp::OpId, multi: bool) {
+        self.starts += 1;
+        assert!(self.pending.insert(op), "op id {op:?} reused");
+        if multi {
+            self.multi.insert(op);
+        }
+    }
+    fn packet(&mut self, c: &iocp::Completion<u64>, step: usize) {
+        if self.multi.contains(&c.op()) && c.result().is_ok() {
+            return; // one connection of a repeating accept
+        }
+        assert!(self.pending.remove(&c.op()), "step {step}: a second packet for {c:?}");
+        self.multi.remove(&c.op());
+        self.ends += 1;
+    }
+    fn drain(&mut self, port: &CompletionPort<u64>, step: usize) {
+        while let Ok(c) = port.get(Some(Duration::ZERO)) {
+            self.packet(&c, step);
+        }
+    }
+    fn finish(&mut self, port: &CompletionPort<u64>) {
+        let end = Instant::now() + deadline();
+        while !self.pending.is_empty() {
+            assert!(Instant::now() < end, "ops never completed: {:?}", self.pending);
+            if let Ok(c) = port.get(Some(Duration::from_millis(50))) {
+                self.packet(&c, usize::MAX);
+            }
+        }
+        assert_eq!(self.starts, self.ends, "packets = successful starts");
+        eprintln!("{} ops started, each completed once", self.starts);
+        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut, "no extra packet");
+    }
+}
+
+// Suite: accept + accept_multi + cancel + close on one listener, in a seeded random order.
+backend_test!(operation_mix_on_one_listener, |b| {
+    let port: CompletionPort<u64> = b.build().unwrap();
+    let mut rng = Rng(0x11_57e4);
+    let mut ledger = Ledger::new();
+    let mut l = port.associate(listener(), CompletionKey(1)).unwrap();
+    let mut addr = socket2::SockRef::from(&l).local_addr().unwrap().as_socket().unwrap();
+    let mut clients: Vec<TcpStream> = Vec::new();
+    let mut multi_on: Option<iocp::OpId> = None;
+    for step in 0..10_000 {
+        match rng.next() % 100 {
+            0..30 => {
+                let initial = if rng.next() % 4 == 0 { Vec::with_capacity(8) } else { Vec::new() };
+                if let Ok(op) = l.accept(initial, step) {
+                    ledger.started(op, false);
+                }
+            }
+            30..35 if multi_on.is_none_or(|op| !ledger.pending.contains(&op)) => {
+                if let Ok(op) = l.accept_multi(step) {
+                    ledger.started(op, true);
+                    multi_on = Some(op);
+                }
+            }
+            35..70 if clients.len() < 48 => {
+                let mut s = TcpStream::connect(addr).unwrap();
+                if rng.next() % 2 == 0 {
+                    let _ = s.write_all(b"hi");
+                }
+                clients.push(s);
+            }
+            70..85 => {
+                let ops: Vec<_> = ledger.pending.iter().copied().collect();
+                if !ops.is_empty() {
+                    let _ = l.cancel(ops[(rng.next() as usize) % ops.len()]);
+                }
+            }
+            85..88 => {
+                // Close the listener: every pending op completes once; start over on a new one.
+                l.close();
+                clients.clear();
+                l = port.associate(listener(), CompletionKey(1)).unwrap();
+                addr = socket2::SockRef::from(&l).local_addr().unwrap().as_socket().unwrap();
+            }
+            _ => {
+                clients.clear();
+            }
+        }
+        ledger.drain(&port, step as usize);
+    }
+    l.close();
+    ledger.finish(&port);
+});
+
+// Suite: recv + send + cancel + deadline on one socket, in a seeded random order.
+backend_test!(operation_mix_on_one_socket, |b| {
+    let port: CompletionPort<u64> = b.build().unwrap();
+    let mut rng = Rng(0x50_c4e7);
+    let mut ledger = Ledger::new();
+    let (mut client, server) = tcp_pair();
+    client.set_nonblocking(true).unwrap();
+    let h = port.associate(server, CompletionKey(2)).unwrap();
+    let mut scratch = vec![0u8; 1 << 16];
+    for step in 0..10_000u64 {
+        match rng.next() % 100 {
+            0..25 if ledger.pending.len() < 32 => {
+                let buf = Vec::with_capacity(1 + (rng.next() % 64) as usize);
+                let r = match rng.next() % 3 {
+                    0 => h.with_timeout(Duration::from_micros(rng.next() % 200)).recv(buf, step),
+                    _ => h.recv(buf, step),
+                };
+                ledger.started(r.unwrap(), false);
+            }
+            25..45 if ledger.pending.len() < 32 => {
+                let buf = vec![7u8; 1 + (rng.next() % 32) as usize];
+                let r = match rng.next() % 4 {
+                    0 => h.with_timeout(Duration::from_micros(rng.next() % 200)).send(buf, step),
+                    _ => h.send(buf, step),
+                };
+                ledger.started(r.unwrap(), false);
+            }
+            45..65 => {
+                let n = 1 + (rng.next() % 16) as usize;
+                let _ = client.write(&scratch[..n]);
+            }
+            65..80 => {
+                let _ = std::io::Read::read(&mut client, &mut scratch);
+            }
+            80..95 => {
+                let ops: Vec<_> = ledger.pending.iter().copied().collect();
+                if !ops.is_empty() {
+                    let _ = h.cancel(ops[(rng.next() as usize) % ops.len()]);
+                }
+            }
+            _ => {
+                let _ = h.cancel_all();
+            }
+        }
+        ledger.drain(&port, step as usize);
+    }
+    h.close();
+    ledger.finish(&port);
+});

@@ -518,7 +518,8 @@ impl<C: Send + 'static> PortInner<C> {
         let timed = op.timed;
         let defer = BATCH.with(Cell::get) == self.id;
         let submitted = self.driver.submit(op, defer);
-        if timed && !matches!(submitted, Submitted::Refused(..)) {
+        // Done inline: `deliver` disarms it. Refused: disarmed below.
+        if timed && matches!(submitted, Submitted::Pending | Submitted::Packets(_)) {
             self.timer_submitted(id, h);
         }
         match submitted {

@@ -154,15 +154,9 @@ fn five_thousand_idle_connections(kind: BackendKind, backend: &str) {
         return;
     }
     let started = Instant::now();
-    let server = ServerProcess::start(&[
-        "--backend",
-        backend,
-        "--addr",
-        "127.0.0.1:0",
-        "--park-after",
-        "0",
-    ])
-    .unwrap_or_else(|out| panic!("the server did not start:\n{out}"));
+    let server =
+        ServerProcess::start(&["--backend", backend, "--addr", "127.0.0.1:0", "--park-after", "0"])
+            .unwrap_or_else(|out| panic!("the server did not start:\n{out}"));
     // Warm up (threads, rings, allocator arenas), so the baseline is a running server's.
     drop(connect_and_echo(server.addr, 200));
     let warm = Instant::now() + deadline();

@@ -791,7 +791,12 @@ impl<S: Service> Shared<S> {
                     None => self.cfg.idle_timeout,
                 };
                 if timeout == Some(Duration::ZERO) {
-                    return self.deadline_expired(conn, TimeoutKind::Request);
+                    let kind = if conn.partial_since.is_some() {
+                        TimeoutKind::Request
+                    } else {
+                        TimeoutKind::Idle
+                    };
+                    return self.deadline_expired(conn, kind);
                 }
                 let mut timeout = timeout;
                 conn.parking = false;

@@ -183,6 +183,20 @@ backend_test!(
 );
 
 backend_test!(
+    a_zero_idle_timeout_counts_as_an_idle_timeout,
+    choice | c | {
+        // Issue 11: a zero idle timeout was counted as a request timeout.
+        let cfg = ServerConfig { idle_timeout: Some(Duration::ZERO), ..config(c) };
+        let server = Server::start(Echo, cfg).unwrap();
+        let mut s = connect(server.local_addr());
+        assert!(read_to_end(&mut s).is_empty());
+        wait_stats(&server, "idle timeout", |s| s.idle_timeouts == 1 && s.closed == 1);
+        assert_eq!(server.stats().request_timeouts, 0);
+        server.stop();
+    }
+);
+
+backend_test!(
     a_busy_connection_does_not_park,
     choice | c | {
         let cfg = ServerConfig { park_after: Some(Duration::from_secs(30)), ..config(c) };

@@ -68,12 +68,13 @@ impl<C> HandleIo<C> {
         })
     }
 
+    /// Frees the overflow once nothing lives in it. A listener's clone function lives there
+    /// for the handle's life (`accept_multi` may be pending, or started again, at any time), so
+    /// a box holding one is kept.
     fn trim(&mut self) {
-        if self
-            .overflow
-            .as_ref()
-            .is_some_and(|o| o.rest.iter().all(VecDeque::is_empty) && o.tokens.is_empty())
-        {
+        if self.overflow.as_ref().is_some_and(|o| {
+            o.rest.iter().all(VecDeque::is_empty) && o.tokens.is_empty() && o.clone_ctx.is_none()
+        }) {
             self.overflow = None;
         }
     }
@@ -299,6 +300,12 @@ impl<C: Send + 'static> Handle<C> {
         });
         port.register(&inner)?;
         Ok(Handle { inner, port: port.clone() })
+    }
+
+    /// The backend's view of this handle (for crate tests that drive an op directly).
+    #[cfg(test)]
+    pub(crate) fn inner(&self) -> &Arc<HandleInner<C>> {
+        &self.inner
     }
 
     /// The key every packet of this handle carries.

@@ -94,6 +94,8 @@ impl PortBuilder {
             driver,
             reaped: Mutex::new(Vec::new()),
             timers: Mutex::new(Timers { by_time: BTreeMap::new(), by_op: FxHashMap::default() }),
+            epoch: Instant::now(),
+            last_poll: AtomicU64::new(0),
             timers_armed: AtomicUsize::new(0),
             queued_hint: AtomicUsize::new(0),
             timer_seq: AtomicU64::new(0),
@@ -419,7 +421,18 @@ pub(crate) struct PortInner<C: Send + 'static> {
     timer_seq: AtomicU64,
     /// The queue length as of the last push (a hint for spinning waiters; exact under the lock).
     queued_hint: AtomicUsize,
+    /// `last_poll` counts nanoseconds from here.
+    epoch: Instant,
+    /// When the last kernel poll ended: with [`POLL_INTERVAL`], the time bound on how long
+    /// packets taken from the queue may keep the kernel unpolled.
+    last_poll: AtomicU64,
 }
+
+/// While nobody polls the kernel, a thread that takes packets polls it (without blocking)
+/// once this long has passed since the last poll, or once `state::POLL_EVERY` packets went out:
+/// whichever comes first. Re-posted work can then delay I/O completions and deadlines by about
+/// this much, never starve them.
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Armed deadlines: earliest first, with the op and its handle (weak: a closed handle's ops are
 /// gone), and by op, to disarm one that completed.
@@ -427,7 +440,18 @@ struct Timers<C> {
     by_time: BTreeMap<TimerKey, (OpId, Weak<HandleInner<C>>)>,
     /// Op ids are sequential integers: a fast non-cryptographic hash is enough (SipHash was
     /// 5-7 % of an echo server's instructions).
-    by_op: FxHashMap<OpId, TimerKey>,
+    by_op: FxHashMap<OpId, Armed>,
+}
+
+/// One op's deadline. The timer is armed before the op is handed to the driver (so the op can
+/// never complete before its deadline exists); a deadline that expires before the driver has
+/// the op cannot cancel it yet, so it is kept as expired (`key: None`) and `start` cancels the
+/// op right after the driver took it: the deadline always holds.
+struct Armed {
+    /// In `by_time`; `None` once expired before the op was submitted.
+    key: Option<TimerKey>,
+    /// The driver has the op: an expiry cancels it at once.
+    submitted: bool,
 }
 
 thread_local! {
@@ -486,13 +510,19 @@ impl<C: Send + 'static> PortInner<C> {
         }
         let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
         let mut op = Op::new(id, h.clone(), context, kind);
-        if let Some(t) = timeout {
-            self.arm_timer(t, id, h);
+        // A deadline too far away to represent is no deadline.
+        if let Some(at) = timeout.and_then(|t| Instant::now().checked_add(t)) {
+            self.arm_timer(at, id, h);
             op.timed = true;
         }
         let timed = op.timed;
         let defer = BATCH.with(Cell::get) == self.id;
-        match self.driver.submit(op, defer) {
+        let submitted = self.driver.submit(op, defer);
+        // Done inline: `deliver` disarms it. Refused: disarmed below.
+        if timed && matches!(submitted, Submitted::Pending | Submitted::Packets(_)) {
+            self.timer_submitted(id, h);
+        }
+        match submitted {
             Submitted::Pending => Ok(id),
             Submitted::Done(c) => {
                 self.deliver(std::iter::once(c));
@@ -500,6 +530,9 @@ impl<C: Send + 'static> PortInner<C> {
             }
             Submitted::Packets(cs) => {
                 self.deliver(cs);
+                // A context's `Clone` that panicked while the driver accepted: raised now that
+                // the packets it made are queued.
+                crate::sys::op::resume_user_panic();
                 Ok(id)
             }
             Submitted::Refused(error, op) => {
@@ -528,14 +561,13 @@ impl<C: Send + 'static> PortInner<C> {
         n
     }
 
-    fn arm_timer(&self, timeout: Duration, id: OpId, h: &Arc<HandleInner<C>>) {
-        let at = Instant::now() + timeout;
+    fn arm_timer(&self, at: Instant, id: OpId, h: &Arc<HandleInner<C>>) {
         let key = (at, self.timer_seq.fetch_add(1, Ordering::Relaxed));
         let earliest = {
             let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
             timers.by_time.insert(key, (id, Arc::downgrade(h)));
-            timers.by_op.insert(id, key);
-            self.timers_armed.store(timers.by_time.len(), Ordering::Release);
+            timers.by_op.insert(id, Armed { key: Some(key), submitted: false });
+            self.timers_armed.store(timers.by_op.len(), Ordering::Release);
             timers.by_time.first_key_value().is_some_and(|(k, _)| *k == key)
         };
         // A poller blocked with a later (or no) timeout must recompute it.
@@ -544,14 +576,38 @@ impl<C: Send + 'static> PortInner<C> {
         }
     }
 
+    /// The driver took timed op `id`: from now on its expiry cancels it. If it expired while
+    /// it was being submitted, cancel it now (it completes with `ETIMEDOUT`, or normally if it
+    /// finished first).
+    fn timer_submitted(&self, id: OpId, h: &Arc<HandleInner<C>>) {
+        let expired = {
+            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            match timers.by_op.get_mut(&id) {
+                Some(a) if a.key.is_none() => {
+                    timers.by_op.remove(&id);
+                    self.timers_armed.store(timers.by_op.len(), Ordering::Release);
+                    true
+                }
+                Some(a) => {
+                    a.submitted = true;
+                    false
+                }
+                None => false, // completed already
+            }
+        };
+        if expired {
+            self.cancel(h, Some(id), libc::ETIMEDOUT);
+        }
+    }
+
     fn disarm(&self, ops: impl Iterator<Item = OpId>) {
         let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
         for id in ops {
-            if let Some(key) = timers.by_op.remove(&id) {
+            if let Some(Armed { key: Some(key), .. }) = timers.by_op.remove(&id) {
                 timers.by_time.remove(&key);
             }
         }
-        self.timers_armed.store(timers.by_time.len(), Ordering::Release);
+        self.timers_armed.store(timers.by_op.len(), Ordering::Release);
     }
 
     /// Disarms the deadlines of operations that completed.
@@ -564,12 +620,12 @@ impl<C: Send + 'static> PortInner<C> {
         for c in cs.filter(|c| c.timed) {
             let t = timers
                 .get_or_insert_with(|| self.timers.lock().unwrap_or_else(PoisonError::into_inner));
-            if let Some(key) = t.by_op.remove(&c.op) {
+            if let Some(Armed { key: Some(key), .. }) = t.by_op.remove(&c.op) {
                 t.by_time.remove(&key);
             }
         }
         if let Some(t) = timers {
-            self.timers_armed.store(t.by_time.len(), Ordering::Release);
+            self.timers_armed.store(t.by_op.len(), Ordering::Release);
         }
     }
 
@@ -595,12 +651,18 @@ impl<C: Send + 'static> PortInner<C> {
                 if entry.key().0 > now {
                     break;
                 }
-                expired.push(entry.remove());
+                let (id, h) = entry.remove();
+                match timers.by_op.get_mut(&id) {
+                    Some(a) if a.submitted => {
+                        timers.by_op.remove(&id);
+                        expired.push((id, h));
+                    }
+                    // Not yet with the driver: `timer_submitted` cancels it.
+                    Some(a) => a.key = None,
+                    None => {}
+                }
             }
-            for (id, _) in &expired {
-                timers.by_op.remove(id);
-            }
-            self.timers_armed.store(timers.by_time.len(), Ordering::Release);
+            self.timers_armed.store(timers.by_op.len(), Ordering::Release);
             expired
         };
         for (id, h) in expired {
@@ -671,7 +733,8 @@ impl<C: Send + 'static> PortInner<C> {
         max: usize,
         out: &mut impl FnMut(Completion<C>),
     ) -> Result<usize, GetError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long to represent as an instant is no timeout (`Duration::MAX`).
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let was_running = assoc::enter(self.id, || self.as_accounting());
         let mut st = self.lock();
         if was_running {
@@ -684,11 +747,16 @@ impl<C: Send + 'static> PortInner<C> {
                 assoc::end(self.id);
                 return Err(GetError::Closed);
             }
-            let n = st.take(max, out);
-            if n > 0 {
-                return Ok(self.got(st, n, false));
+            // Re-posted work must not keep the kernel unpolled: past the bound, poll it first
+            // (without blocking), then take.
+            let due = st.queued() > 0 && (st.poll_due() || self.poll_overdue(&st));
+            if !due {
+                let n = st.take(max, out);
+                if n > 0 {
+                    return Ok(self.got(st, n, false));
+                }
             }
-            if may_spin && st.running() < self.max {
+            if !due && may_spin && st.running() < self.max {
                 // Before sleeping (a futex or a kernel wait, and a wake-up syscall for whoever
                 // posts next), watch the queue for a moment: under load the next packet is
                 // usually microseconds away. Once per call.
@@ -708,12 +776,29 @@ impl<C: Send + 'static> PortInner<C> {
                     (Some(d), Some(t)) => Some(d.min(t)),
                     (d, t) => d.or(t),
                 };
-                let left = wake_at.map(|d| d.saturating_duration_since(Instant::now()));
-                if let Err(e) = self.driver.wait(left, &mut reaped) {
-                    tracing::error!("completion port wait failed: {e}");
+                let left = if due {
+                    Some(Duration::ZERO)
+                } else {
+                    wake_at.map(|d| d.saturating_duration_since(Instant::now()))
+                };
+                // No panic in the poll path (a driver bug, a context's `Clone` or `Drop`) may
+                // leave the port with `polling` set and nobody polling: on unwind, hand the
+                // polling on and queue what was reaped, then let the panic go on.
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if let Err(e) = self.driver.wait(left, &mut reaped) {
+                        tracing::error!("completion port wait failed: {e}");
+                    }
+                    self.disarm_completed(reaped.iter());
+                    self.fire_timers();
+                }));
+                self.last_poll.store(self.since_epoch(), Ordering::Relaxed);
+                if let Err(payload) = polled {
+                    let late: Vec<Completion<C>> = reaped.drain(..).collect();
+                    drop(reaped);
+                    self.abandon_poll(id, late);
+                    assoc::end(self.id);
+                    std::panic::resume_unwind(payload);
                 }
-                self.disarm_completed(reaped.iter());
-                self.fire_timers();
                 st = self.lock();
                 st.end_polling(id);
                 if st.is_closed() {
@@ -779,6 +864,40 @@ impl<C: Send + 'static> PortInner<C> {
                     return Err(self.timed_out(st));
                 }
             }
+        }
+    }
+
+    /// Nanoseconds since the port was made (for `last_poll`).
+    fn since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// True when nobody polls and the last poll ended more than [`POLL_INTERVAL`] ago.
+    fn poll_overdue(&self, st: &State<Completion<C>, Arc<Condvar>>) -> bool {
+        !st.is_polling()
+            && self.since_epoch().saturating_sub(self.last_poll.load(Ordering::Relaxed))
+                > POLL_INTERVAL.as_nanos() as u64
+    }
+
+    /// The poller `id` unwound out of the poll path: give back what it was handed, queue what
+    /// it reaped (`late`), and promote another waiter to poll.
+    fn abandon_poll(&self, id: state::WaiterId, late: Vec<Completion<C>>) {
+        self.disarm_completed(late.iter());
+        let mut st = self.lock();
+        let orphan = st.abandon_poll(id);
+        let mut kick = false;
+        if st.is_closed() {
+            drop(st);
+            drop((orphan, late));
+            return;
+        }
+        st.counts.io_completions += late.len() as u64;
+        st.extend(late);
+        st.dispatch(true, &mut |w| wake(w, &mut kick));
+        self.queued_hint.store(st.queued(), Ordering::Relaxed);
+        drop(st);
+        if kick {
+            self.driver.kick();
         }
     }
 

@@ -9,9 +9,18 @@
 //! - a waiter is released only while `running < max`, and the most recent waiter first (LIFO);
 //! - a released waiter is counted as running from the moment it is handed a packet;
 //! - at most one waiter is the *poller*: it waits in the kernel (io_uring / epoll) and reaps I/O
-//!   completions for everyone; when it leaves, the most recent other waiter is promoted.
+//!   completions for everyone; when it leaves, the most recent other waiter is promoted;
+//! - while nobody polls, a thread that has taken `poll_every` packets since the last poll polls
+//!   the kernel (without blocking) before it takes more, so that re-posted work cannot starve
+//!   I/O completions and deadlines (`poll_due`);
+//! - a poller that unwinds (a panic in the poll path) gives back what it was handed and hands
+//!   the polling on (`abandon_poll`), so the port keeps serving.
 
 use std::collections::VecDeque;
+
+/// Packets taken from the queue without a kernel poll after which the next taker polls first
+/// (non-blocking): the bound on how long re-posted work can hold back I/O and deadlines.
+pub(crate) const POLL_EVERY: u32 = 32;
 
 /// Identifies one blocked call to `get`.
 pub(crate) type WaiterId = u64;
@@ -45,6 +54,10 @@ pub(crate) struct State<P, S> {
     max: usize,
     closed: bool,
     polling: bool,
+    /// Packets taken since the last kernel poll ended.
+    since_poll: u32,
+    /// How many packets a thread may take, while nobody polls, before it must poll.
+    poll_every: u32,
     next_id: WaiterId,
     /// Counters for `PortStats`, kept under the same lock as the queue (no shared atomics to
     /// bounce between cores on every packet). Not part of the scheduling logic.
@@ -70,6 +83,8 @@ impl<P, S> State<P, S> {
             max: max.max(1),
             closed: false,
             polling: false,
+            since_poll: 0,
+            poll_every: POLL_EVERY,
             next_id: 1,
             counts: Counts::default(),
         }
@@ -126,7 +141,19 @@ impl<P, S> State<P, S> {
                 None => break,
             }
         }
+        self.since_poll = self.since_poll.saturating_add(taken as u32);
         taken
+    }
+
+    /// True when the calling thread must poll the kernel (without blocking) before it takes
+    /// more packets: nobody polls, and `poll_every` packets went out since the last poll.
+    pub(crate) fn poll_due(&self) -> bool {
+        !self.polling && self.since_poll >= self.poll_every
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_poll_every(&mut self, n: u32) {
+        self.poll_every = n;
     }
 
     /// Appends a packet and releases waiters as the rules allow.
@@ -181,7 +208,24 @@ impl<P, S> State<P, S> {
     /// The poller is back from the kernel.
     pub(crate) fn end_polling(&mut self, id: WaiterId) {
         self.polling = false;
+        self.since_poll = 0;
         self.remove_waiter(id);
+    }
+
+    /// The poller unwound (a panic in the poll path): it stops polling, and a packet handed to
+    /// it goes back to the head of the queue, its running slot with it. The caller then
+    /// dispatches with `promote`, so that another waiter takes the polling over.
+    /// On a closed port the packet is returned instead, to be dropped outside the lock.
+    pub(crate) fn abandon_poll(&mut self, id: WaiterId) -> Option<P> {
+        self.end_polling(id);
+        let i = self.handed.iter().position(|(w, _)| *w == id)?;
+        let (_, p) = self.handed.swap_remove(i);
+        self.running = self.running.saturating_sub(1);
+        if self.closed {
+            return Some(p);
+        }
+        self.queue.push_front(p);
+        None
     }
 
     #[cfg(test)]
@@ -217,6 +261,7 @@ impl<P, S> State<P, S> {
         };
         let (_, p) = self.handed.swap_remove(i);
         out(p);
+        self.since_poll = self.since_poll.saturating_add(1);
         1 + self.drain_into(more, out)
     }
 

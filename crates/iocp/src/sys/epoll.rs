@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ pub(crate) struct Driver<C: Send + 'static> {
     events: Mutex<Vec<libc::epoll_event>>,
     in_flight: Arc<AtomicU64>,
     files: FilePool<C>,
+    /// The port is closing: `shutdown` sets it before it drains each handle (under the
+    /// handle's lock), so a start that raced the close is refused instead of queued for ever.
+    shut: AtomicBool,
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -96,6 +99,7 @@ impl<C: Send + 'static> Driver<C> {
             events: Mutex::new(Vec::with_capacity(EVENTS)),
             in_flight: Arc::new(AtomicU64::new(0)),
             files: FilePool::new(cfg.file_threads),
+            shut: AtomicBool::new(false),
         };
         d.ctl(libc::EPOLL_CTL_ADD, d.eventfd.as_raw_fd(), libc::EPOLLIN | libc::EPOLLET, KICK)?;
         Ok(d)
@@ -144,14 +148,19 @@ impl<C: Send + 'static> Driver<C> {
     pub(crate) fn submit(&self, mut op: Box<Op<C>>) -> Submitted<C> {
         let h = op.handle.clone();
         let mut io = h.io();
-        if h.is_closed() {
+        if h.is_closed() || self.shut.load(Ordering::Acquire) {
             return Submitted::Refused(closed_error(), op);
         }
         if op.kind.is_file_io() {
             drop(io);
             self.in_flight.fetch_add(1, Ordering::Relaxed);
-            self.files.push(op, &self.in_flight);
-            return Submitted::Pending;
+            return match self.files.push(op, &self.in_flight) {
+                Ok(()) => Submitted::Pending,
+                Err(op) => {
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    Submitted::Refused(closed_error(), op)
+                }
+            };
         }
         let side = usize::from(!op.kind.is_read());
         if let OpKind::AcceptMulti = op.kind {
@@ -177,9 +186,8 @@ impl<C: Send + 'static> Driver<C> {
                 Progress::Done(status) => return Submitted::Done(op.complete(status)),
                 Progress::Again => {}
                 Progress::AgainOnAccepted => {
-                    drop(io);
                     self.in_flight.fetch_add(1, Ordering::Relaxed);
-                    return match self.park(op) {
+                    return match self.park(&mut io, op) {
                         Ok(()) => Submitted::Pending,
                         Err(c) => {
                             self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -195,14 +203,14 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     /// Registers an accept's accepted socket so that the op resumes when it is readable. On
-    /// failure the op completes with the error.
-    fn park(&self, op: Box<Op<C>>) -> Result<(), Box<Completion<C>>> {
+    /// failure the op completes with the error. The caller holds the listener's lock (`io`)
+    /// from before the op left its queue (or its previous parking): a cancel, which looks for
+    /// parked ops under that lock, can never miss it in between.
+    fn park(&self, io: &mut HandleIo<C>, op: Box<Op<C>>) -> Result<(), Box<Completion<C>>> {
         let Some(fd) = op.accepted_fd() else {
             return Err(Box::new(op.complete(libc::EINVAL)));
         };
-        let handle = op.handle.clone();
-        let mut io = handle.io();
-        if handle.is_closed() {
+        if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
             return Err(Box::new(op.abort()));
         }
         let token = self.slab().insert(Entry::Parked(op));
@@ -222,17 +230,16 @@ impl<C: Send + 'static> Driver<C> {
         Ok(())
     }
 
-    /// Takes a parked accept out (exactly one caller wins) and unregisters its socket.
-    fn unpark(&self, token: u64) -> Option<Box<Op<C>>> {
+    /// Takes a parked accept out (exactly one caller wins) and unregisters its socket. The
+    /// caller holds the listener's lock (`io`).
+    fn unpark(&self, io: &mut HandleIo<C>, token: u64) -> Option<Box<Op<C>>> {
         let Some(Entry::Parked(op)) = self.slab().remove(token) else {
             return None;
         };
         if let Some(fd) = op.accepted_fd() {
             let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
         }
-        let mut io = op.handle.io();
         io.remove_token(token);
-        drop(io);
         Some(op)
     }
 
@@ -266,29 +273,30 @@ impl<C: Send + 'static> Driver<C> {
                 let _ = rustix::io::read(&self.eventfd, &mut buf);
                 continue;
             }
-            let handle = {
+            let (h, parked) = {
                 let mut slab = self.slab();
                 match slab.slot(token).and_then(|s| s.entry.as_ref()) {
-                    Some(Entry::Handle(h)) => Some(h.clone()),
-                    Some(Entry::Parked(_)) => None,
+                    Some(Entry::Handle(h)) => (h.clone(), false),
+                    Some(Entry::Parked(op)) => (op.handle.clone(), true),
                     None => continue,
                 }
             };
-            match handle {
-                Some(h) => self.ready(&h, flags, out),
-                None => {
-                    if let Some(mut op) = self.unpark(token) {
-                        match op.try_io() {
-                            Progress::Done(status) => {
-                                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                                out.push(op.complete(status));
-                            }
-                            _ => {
-                                if let Err(c) = self.park(op) {
-                                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                                    out.push(*c);
-                                }
-                            }
+            if !parked {
+                self.ready(&h, flags, out);
+                continue;
+            }
+            // Out of the slab, tried, and parked again under one hold of the listener's lock.
+            let mut io = h.io();
+            if let Some(mut op) = self.unpark(&mut io, token) {
+                match op.try_io() {
+                    Progress::Done(status) => {
+                        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        out.push(op.complete(status));
+                    }
+                    _ => {
+                        if let Err(c) = self.park(&mut io, op) {
+                            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            out.push(*c);
                         }
                     }
                 }
@@ -300,18 +308,17 @@ impl<C: Send + 'static> Driver<C> {
     /// Runs the queued operations of `h` that readiness `flags` may unblock, in FIFO order.
     fn ready(&self, h: &Arc<HandleInner<C>>, flags: libc::c_int, out: &mut Vec<Completion<C>>) {
         let mut parked = Vec::new();
-        {
-            let mut io = h.io();
-            let any = libc::EPOLLHUP | libc::EPOLLERR;
-            if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
-                self.run_queue(&mut io, 0, out, &mut parked);
-            }
-            if flags & (libc::EPOLLOUT | any) != 0 {
-                self.run_queue(&mut io, 1, out, &mut parked);
-            }
+        let mut io = h.io();
+        let any = libc::EPOLLHUP | libc::EPOLLERR;
+        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
+            self.run_queue(&mut io, 0, out, &mut parked);
         }
+        if flags & (libc::EPOLLOUT | any) != 0 {
+            self.run_queue(&mut io, 1, out, &mut parked);
+        }
+        // Parked before the lock goes: a cancel never finds such an accept in no place.
         for op in parked {
-            if let Err(c) = self.park(op) {
+            if let Err(c) = self.park(&mut io, op) {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 out.push(*c);
             }
@@ -360,31 +367,28 @@ impl<C: Send + 'static> Driver<C> {
         out: &mut Vec<Completion<C>>,
     ) -> usize {
         let matches = |op: &Op<C>| target.is_none_or(|t| op.id == t);
-        let (ops, tokens) = {
+        let mut ops = {
             let mut io = h.io();
-            let ops = io.take_matching(matches);
-            (ops, io.tokens())
+            let mut ops = io.take_matching(matches);
+            // Parked accepts are taken under the same lock that every parking holds.
+            for t in io.tokens() {
+                let wanted = match self.slab().slot(t).and_then(|s| s.entry.as_ref()) {
+                    Some(Entry::Parked(op)) => matches(op),
+                    _ => false,
+                };
+                if wanted && let Some(op) = self.unpark(&mut io, t) {
+                    ops.push(op);
+                }
+            }
+            ops
         };
         let mut n = 0;
-        let mut ops = ops;
         ops.extend(self.files.take_matching(h, target));
         for mut op in ops {
             op.cancel_reason = reason_code(reason);
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             out.push(op.abort());
             n += 1;
-        }
-        for t in tokens {
-            let wanted = match self.slab().slot(t).and_then(|s| s.entry.as_ref()) {
-                Some(Entry::Parked(op)) => matches(op),
-                _ => false,
-            };
-            if wanted && let Some(mut op) = self.unpark(t) {
-                op.cancel_reason = reason_code(reason);
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                out.push(op.abort());
-                n += 1;
-            }
         }
         n
     }
@@ -397,6 +401,7 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     pub(crate) fn shutdown(&self) {
+        self.shut.store(true, Ordering::Release);
         // Nothing is in the kernel between syscalls: queued operations are plain memory. Take
         // the registrations and the queued ops out under the locks, and drop them after: an
         // op's context may own a `Handle`, whose drop takes these locks again.
@@ -471,8 +476,12 @@ impl<C: Send + 'static> FilePool<C> {
         self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, op: Box<Op<C>>, in_flight: &Arc<AtomicU64>) {
+    /// Queues a file op; a stopped pool (the port is closing) hands it back.
+    fn push(&self, op: Box<Op<C>>, in_flight: &Arc<AtomicU64>) -> Result<(), Box<Op<C>>> {
         let mut st = self.state();
+        if st.stop {
+            return Err(op);
+        }
         st.queue.push_back(op);
         if st.idle == 0 && st.threads < self.max {
             st.threads += 1;
@@ -488,6 +497,7 @@ impl<C: Send + 'static> FilePool<C> {
         } else {
             self.shared.work.notify_one();
         }
+        Ok(())
     }
 
     fn take_matching(&self, h: &Arc<HandleInner<C>>, target: Option<OpId>) -> Vec<Box<Op<C>>> {

@@ -113,11 +113,15 @@ impl<C: Send + 'static> Driver<C> {
         timeout: Option<Duration>,
         out: &mut Vec<Completion<C>>,
     ) -> io::Result<()> {
-        match self {
+        let res = match self {
             Driver::Epoll(d) => d.wait(timeout, out),
             #[cfg(feature = "uring")]
             Driver::Uring(d) => d.wait(timeout, out),
-        }
+        };
+        // A user `Clone` that panicked while the driver worked is raised here, with the
+        // driver's state whole and every completion it made in `out`.
+        op::resume_user_panic();
+        res
     }
 
     pub(crate) fn kick(&self) {

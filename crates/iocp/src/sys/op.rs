@@ -461,21 +461,25 @@ impl<C> Op<C> {
     }
 
     /// A repeating accept took connection `fd`: its own packet, with a copy of the op's context.
-    pub(crate) fn accepted_packet(&self, fd: OwnedFd, clone: fn(&C) -> C) -> Completion<C> {
+    /// The copy is user code (`Clone`) running in the poll path: if it panics, the connection
+    /// is closed (it gets no packet), the driver finishes its work, and the panic is raised
+    /// again once the driver is consistent (see [`resume_user_panic`]).
+    pub(crate) fn accepted_packet(&self, fd: OwnedFd, clone: fn(&C) -> C) -> Option<Completion<C>> {
+        let context = catch_user_panic(|| clone(&self.context))?;
         let peer = socket2::SockRef::from(&fd).peer_addr().ok();
-        Completion {
+        Some(Completion {
             key: self.handle.key,
             op: self.id,
             bytes: 0,
             status: 0,
-            context: clone(&self.context),
+            context,
             payload: Payload::Accept(Box::new(Accepted::new(Some(fd), peer, Vec::new()))),
             timed: false,
-        }
+        })
     }
 
     /// io_uring: a multishot accept's CQE carried connection `res` (a new fd).
-    pub(crate) fn accepted_raw(&self, res: i32, clone: fn(&C) -> C) -> Completion<C> {
+    pub(crate) fn accepted_raw(&self, res: i32, clone: fn(&C) -> C) -> Option<Completion<C>> {
         // SAFETY: a non-negative accept CQE result is a new fd that nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(res) };
         self.accepted_packet(fd, clone)
@@ -493,7 +497,7 @@ impl<C> Op<C> {
             if res >= 0 {
                 // SAFETY: a non-negative accept result is a new fd that nobody else owns.
                 let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
-                out.push(self.accepted_packet(fd, clone));
+                out.extend(self.accepted_packet(fd, clone));
                 continue;
             }
             let errno = (-res) as i32;
@@ -826,17 +830,12 @@ impl<C> Op<C> {
             OpKind::RecvPooled { pool, got } => {
                 let Some(id) = pool.take() else {
                     // Readable but no buffer free: fail like io_uring does (ENOBUFS).
-                    let mut byte = 0u8;
-                    // SAFETY: peeks at most one byte into a local.
-                    let r = unsafe {
-                        libc::recv(
-                            fd,
-                            (&raw mut byte).cast(),
-                            1,
-                            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                        )
+                    // The end of the stream needs no buffer: report it as EOF.
+                    return match peek(fd) {
+                        r if r < 0 => -(errno() as isize),
+                        0 => 0,
+                        _ => -(libc::ENOBUFS as isize),
                     };
-                    return if r < 0 { -(errno() as isize) } else { -(libc::ENOBUFS as isize) };
                 };
                 let (p, len) = pool.buf_ptr(id);
                 // SAFETY: buffer `id` was just taken from the free list: this op is its only user.
@@ -873,10 +872,21 @@ impl<C> Op<C> {
     }
 
     /// epoll: a connect's writability arrived; fetch its outcome (`SO_ERROR`).
+    /// A readiness flag is never trusted for completion: the event may be a stale mask of the
+    /// fresh socket (`EPOLLOUT | EPOLLHUP` before the connect), consumed after the connect was
+    /// queued. `SO_ERROR` 0 with no peer yet (`getpeername`: `ENOTCONN`) means the handshake
+    /// is still in progress: keep waiting.
     pub(crate) fn connect_outcome(&mut self) -> Option<Progress> {
         if matches!(&self.kind, OpKind::Connect { st, .. } if !st.connected) {
             let e = so_error(self.fd());
             if e == 0 {
+                if let Err(err) = rustix::net::getpeername(&self.handle.fd)
+                    && err == rustix::io::Errno::NOTCONN
+                {
+                    // Still in SYN_SENT, or failed since: a failure sets SO_ERROR.
+                    let e = so_error(self.fd());
+                    return Some(if e == 0 { Progress::Again } else { Progress::Done(e) });
+                }
                 let p = self.advance(0);
                 return Some(if p == Progress::Again { self.try_io() } else { p });
             }
@@ -1016,6 +1026,14 @@ impl<C> Op<C> {
             pool.note_selected();
             *got = Some(id);
         }
+        // No buffer free (the kernel selects one before it looks at the socket): if the peer
+        // is gone, that is the end of the stream, which needs no buffer.
+        if res == -libc::ENOBUFS
+            && matches!(&self.kind, OpKind::RecvPooled { got: None, .. })
+            && peek(self.fd()) == 0
+        {
+            return Progress::Done(0);
+        }
         if let OpKind::Ready = self.kind
             && res >= 0
         {
@@ -1059,6 +1077,44 @@ fn len_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Peeks at one byte without blocking: 1 (data), 0 (end of stream) or -1 (`errno()` says).
+fn peek(fd: RawFd) -> isize {
+    let mut byte = 0u8;
+    // SAFETY: peeks at most one byte into a local.
+    unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) }
+}
+
+thread_local! {
+    /// A panic caught in user code run by the poll path, to raise once the driver is done.
+    static USER_PANIC: std::cell::Cell<Option<Box<dyn std::any::Any + Send>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs user code (a context's `Clone`) from inside a driver: a panic is caught and kept for
+/// [`resume_user_panic`] (the first one, if several), so that the driver never unwinds with
+/// its bookkeeping half done (CQEs consumed but not handled, edges lost, an op in no queue).
+fn catch_user_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(payload) => {
+            tracing::error!("a context's Clone panicked in the poll path; connection closed");
+            USER_PANIC.with(|p| {
+                let first = p.take().unwrap_or(payload);
+                p.set(Some(first));
+            });
+            None
+        }
+    }
+}
+
+/// Raises again a panic that [`catch_user_panic`] kept on this thread, if any. Called once the
+/// driver's state is consistent (end of `wait`, end of a start).
+pub(crate) fn resume_user_panic() {
+    if let Some(payload) = USER_PANIC.with(std::cell::Cell::take) {
+        std::panic::resume_unwind(payload);
+    }
+}
+
 fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
@@ -1082,4 +1138,38 @@ pub(crate) fn so_error(fd: RawFd) -> i32 {
         libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len)
     };
     if r < 0 { errno() } else { err }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::{Op, OpKind, Progress};
+    use crate::completion::{CompletionKey, OpId};
+    use crate::{BackendChoice, CompletionPort};
+
+    /// Issue 11, bug 4: a readiness event for a connect that is still in SYN_SENT (the stale
+    /// `EPOLLOUT | EPOLLHUP` of the fresh socket, consumed after the connect was queued) must
+    /// not complete it: `SO_ERROR` is 0 then, but there is no peer yet.
+    #[test]
+    fn a_connect_in_syn_sent_is_not_done_on_a_stale_readiness_event() {
+        // A listener whose accept queue is full drops SYNs: a connect to it stays in SYN_SENT.
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _filler = TcpStream::connect(addr.as_socket().unwrap()).unwrap();
+        let port: CompletionPort<()> =
+            CompletionPort::<()>::builder().backend(BackendChoice::Epoll).build().unwrap();
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let h = port.associate(s, CompletionKey(1)).unwrap();
+        let mut op: Box<Op<()>> =
+            Op::new(OpId(1), h.inner().clone(), (), OpKind::connect(addr, Vec::new()));
+        assert_eq!(op.try_io(), Progress::Again, "connect in progress");
+        let no_peer = rustix::net::getpeername(&h.inner().fd).unwrap_err();
+        assert_eq!(no_peer, rustix::io::Errno::NOTCONN, "the test socket is in SYN_SENT");
+        assert_eq!(op.connect_outcome(), Some(Progress::Again));
+    }
 }

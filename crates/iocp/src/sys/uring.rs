@@ -353,7 +353,8 @@ impl<C: Send + 'static> Driver<C> {
                 if res >= 0 {
                     let clone =
                         op.handle.io().clone_ctx().expect("invariant: accept_multi sets clone_ctx");
-                    out.push(op.accepted_raw(res, clone));
+                    // A panicking user `Clone` is caught there and raised again after this reap.
+                    out.extend(op.accepted_raw(res, clone));
                 }
                 if io_uring::cqueue::more(flags) {
                     continue; // still armed

@@ -6,6 +6,7 @@ mod file;
 mod net;
 mod pool;
 mod port;
+mod regress;
 mod stress;
 mod transmit;
 mod udp;

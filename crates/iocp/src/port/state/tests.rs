@@ -49,6 +49,8 @@ struct World {
     dropped: Vec<u32>,
     max: usize,
     timeouts: bool,
+    /// Poll-path panics left to inject.
+    panics_left: u8,
 }
 
 impl World {
@@ -78,14 +80,17 @@ impl World {
             return;
         }
         let mut got = Vec::new();
-        if self.st.take(1, &mut |p| got.push(p)) > 0 {
+        // As `get_inner`: past the poll bound, poll the kernel (without blocking) first.
+        let due = self.st.queued() > 0 && self.st.poll_due();
+        if !due && self.st.take(1, &mut |p| got.push(p)) > 0 {
             self.delivered.extend(got);
             self.th[t] = Th::Idle { gets_left: gets_left - 1, running: true, holds_packet: true };
             return;
         }
         if !self.st.is_polling() {
             let id = self.st.add_waiter(t, true);
-            self.th[t] = Th::Polling { id, gets_left, kicked: self.kernel_ready > 0 };
+            // A non-blocking poll returns at once: as if kicked.
+            self.th[t] = Th::Polling { id, gets_left, kicked: due || self.kernel_ready > 0 };
         } else {
             let top_before = self.st.waiters();
             let id = self.st.add_waiter(t, false);
@@ -146,63 +151,86 @@ impl World {
                         }
                     }
                 }
-                Th::Polling { id, gets_left, kicked } => {
-                    for timeout in [false, true] {
-                        if !(kicked || (timeout && self.timeouts)) {
-                            continue;
-                        }
-                        let mut w = self.clone();
-                        w.st.end_polling(id);
-                        if w.st.is_closed() {
-                            // As `get_inner`: keep a packet handed before the close, drop what
-                            // was reaped after it.
-                            let mut got = Vec::new();
-                            if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
-                                w.delivered.extend(got);
-                                w.th[t] = Th::returned(gets_left, true);
-                            } else {
-                                w.th[t] = Th::Closed;
-                            }
-                            let late = u32::from(w.kernel_ready);
-                            w.dropped.extend(w.next_packet..w.next_packet + late);
-                            w.next_packet += late;
-                            w.kernel_ready = 0;
-                            out.push(w);
-                            if kicked {
-                                break;
-                            }
-                            continue;
-                        }
-                        let reaped: Vec<u32> =
-                            (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
-                        w.next_packet += u32::from(w.kernel_ready);
-                        w.kernel_ready = 0;
+                Th::Polling { id, gets_left, .. } if self.panics_left > 0 => {
+                    // The poll path unwinds (a panic in the driver or a context's Clone): what
+                    // was reaped is queued, a packet handed to the poller goes back, and the
+                    // polling is handed on (`abandon_poll`); the thread leaves `get`.
+                    let mut w = self.clone();
+                    w.panics_left -= 1;
+                    let reaped: Vec<u32> =
+                        (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
+                    w.next_packet += u32::from(w.kernel_ready);
+                    w.kernel_ready = 0;
+                    w.dropped.extend(w.st.abandon_poll(id));
+                    if w.st.is_closed() {
+                        w.dropped.extend(reaped);
+                    } else {
                         w.st.extend(reaped);
+                        w.dispatch(true);
+                    }
+                    w.th[t] =
+                        Th::Idle { gets_left: gets_left - 1, running: false, holds_packet: false };
+                    out.push(w);
+                }
+                _ => {}
+            }
+        }
+        for t in 0..self.th.len() {
+            if let Th::Polling { id, gets_left, kicked } = self.th[t].clone() {
+                for timeout in [false, true] {
+                    if !(kicked || (timeout && self.timeouts)) {
+                        continue;
+                    }
+                    let mut w = self.clone();
+                    w.st.end_polling(id);
+                    if w.st.is_closed() {
+                        // As `get_inner`: keep a packet handed before the close, drop what
+                        // was reaped after it.
                         let mut got = Vec::new();
-                        let n = w.st.take_handed(id, 0, &mut |p| got.push(p));
-                        let n = if n > 0 { n } else { w.st.take(1, &mut |p| got.push(p)) };
-                        if n > 0 {
+                        if w.st.take_handed(id, 0, &mut |p| got.push(p)) > 0 {
                             w.delivered.extend(got);
-                            w.dispatch(true);
                             w.th[t] = Th::returned(gets_left, true);
                         } else {
-                            w.dispatch(timeout);
-                            if w.st.is_closed() {
-                                w.th[t] = Th::Closed;
-                            } else if timeout {
-                                w.st.join_running();
-                                w.th[t] = Th::returned(gets_left, false);
-                            } else {
-                                w.get_loop(t, gets_left);
-                            }
+                            w.th[t] = Th::Closed;
                         }
+                        let late = u32::from(w.kernel_ready);
+                        w.dropped.extend(w.next_packet..w.next_packet + late);
+                        w.next_packet += late;
+                        w.kernel_ready = 0;
                         out.push(w);
                         if kicked {
                             break;
                         }
+                        continue;
+                    }
+                    let reaped: Vec<u32> =
+                        (0..w.kernel_ready).map(|i| w.next_packet + u32::from(i)).collect();
+                    w.next_packet += u32::from(w.kernel_ready);
+                    w.kernel_ready = 0;
+                    w.st.extend(reaped);
+                    let mut got = Vec::new();
+                    let n = w.st.take_handed(id, 0, &mut |p| got.push(p));
+                    let n = if n > 0 { n } else { w.st.take(1, &mut |p| got.push(p)) };
+                    if n > 0 {
+                        w.delivered.extend(got);
+                        w.dispatch(true);
+                        w.th[t] = Th::returned(gets_left, true);
+                    } else {
+                        w.dispatch(timeout);
+                        if w.st.is_closed() {
+                            w.th[t] = Th::Closed;
+                        } else if timeout {
+                            w.st.join_running();
+                            w.th[t] = Th::returned(gets_left, false);
+                        } else {
+                            w.get_loop(t, gets_left);
+                        }
+                    }
+                    out.push(w);
+                    if kicked {
+                        break;
                     }
                 }
-                _ => {}
             }
         }
         if self.posts_left > 0 && !self.st.is_closed() {
@@ -338,6 +366,7 @@ impl World {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn explore(
     threads: usize,
     gets: u8,
@@ -346,9 +375,13 @@ fn explore(
     close: bool,
     max: usize,
     timeouts: bool,
+    poll_every: u32,
+    panics: u8,
 ) -> usize {
+    let mut st = State::new(max);
+    st.set_poll_every(poll_every);
     let start = World {
-        st: State::new(max),
+        st,
         th: vec![Th::Idle { gets_left: gets, running: false, holds_packet: false }; threads],
         kernel_ready: 0,
         next_packet: 0,
@@ -359,6 +392,7 @@ fn explore(
         dropped: Vec::new(),
         max,
         timeouts,
+        panics_left: panics,
     };
     let mut seen = HashSet::new();
     let mut stack = vec![start];
@@ -383,7 +417,7 @@ fn explore(
 fn model_two_threads_limit_one() {
     for close in [false, true] {
         for timeouts in [false, true] {
-            let n = explore(2, 2, 3, 2, close, 1, timeouts);
+            let n = explore(2, 2, 3, 2, close, 1, timeouts, super::POLL_EVERY, 0);
             assert!(n > 100, "explored only {n} states");
         }
     }
@@ -392,13 +426,40 @@ fn model_two_threads_limit_one() {
 #[test]
 fn model_three_threads_limit_two() {
     for close in [false, true] {
-        let n = explore(3, 2, 3, 1, close, 2, true);
+        let n = explore(3, 2, 3, 1, close, 2, true, super::POLL_EVERY, 0);
         assert!(n > 1000, "explored only {n} states");
     }
 }
 
 #[test]
 fn model_three_threads_limit_three_no_timeouts() {
-    let n = explore(3, 1, 2, 2, true, 3, false);
+    let n = explore(3, 1, 2, 2, true, 3, false, super::POLL_EVERY, 0);
+    assert!(n > 100, "explored only {n} states");
+}
+
+/// The poll bound: with a bound of one or two packets, takers poll the kernel between packets
+/// (re-posted work cannot starve I/O); every rule above still holds.
+#[test]
+fn model_poll_bound() {
+    for poll_every in [1, 2] {
+        for close in [false, true] {
+            let n = explore(2, 3, 3, 2, close, 1, true, poll_every, 0);
+            assert!(n > 100, "explored only {n} states");
+        }
+    }
+    let n = explore(3, 1, 2, 2, true, 2, false, 1, 0);
+    assert!(n > 100, "explored only {n} states");
+}
+
+/// A panic in the poll path hands the polling on and loses no packet.
+#[test]
+fn model_poller_unwinds() {
+    for close in [false, true] {
+        for poll_every in [1, super::POLL_EVERY] {
+            let n = explore(2, 2, 3, 2, close, 1, true, poll_every, 1);
+            assert!(n > 100, "explored only {n} states");
+        }
+    }
+    let n = explore(3, 1, 2, 2, true, 2, false, super::POLL_EVERY, 1);
     assert!(n > 100, "explored only {n} states");
 }

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::metrics::{Live, LiveStats, MetricsSnapshot};
 use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
@@ -179,6 +180,16 @@ pub trait Service: Send + Sync + 'static {
     fn on_close(&self, conn: Self::Conn, reason: CloseReason) {
         let _ = (conn, reason);
     }
+
+    /// Whether the connection stays open after what [`Service::on_timeout`] answered has been
+    /// sent (asked right after `on_timeout`). The default, false, makes a timeout's answer the
+    /// last thing sent. A streaming service paced by the idle timeout (server-sent events: one
+    /// event per expiry) returns true; its `on_sent` then says [`Next::Read`] to arm the next
+    /// deadline.
+    fn keeps_open_after_timeout(&self, conn: &Self::Conn) -> bool {
+        let _ = conn;
+        false
+    }
 }
 
 /// Counters of a running or stopped server.
@@ -301,6 +312,9 @@ struct Shared<S: Service> {
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
     counters: Counters,
+    /// Live counters for metrics: bytes and messages as they complete, service time, closes
+    /// by reason.
+    live: Live,
 }
 
 /// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
@@ -358,6 +372,7 @@ impl<S: Service> Server<S> {
             stopping: AtomicBool::new(false),
             accepts_posted: AtomicUsize::new(0),
             counters: Counters::default(),
+            live: Live::default(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
@@ -393,6 +408,30 @@ impl<S: Service> Server<S> {
         self.shared.counters.snapshot()
     }
 
+    /// A cheap, cloneable handle that reads this server's counters, its pool's and its port's
+    /// ([`MetricsSnapshot`]) whenever asked, for a metrics endpoint
+    /// ([`crate::metrics::start`]). It keeps the port's state alive, not the server running.
+    pub fn live_stats(&self) -> LiveStats {
+        let shared = self.shared.clone();
+        let workers = self.pool.as_ref().map(|p| p.worker_counters());
+        let started = Instant::now();
+        LiveStats::new(move || {
+            let s = &shared;
+            let mut snap = MetricsSnapshot::new(
+                s.counters.snapshot(),
+                s.port.stats(),
+                s.port.backend().kind().to_string(),
+                s.port.concurrency(),
+            );
+            s.live.fill(&mut snap);
+            if let Some(w) = &workers {
+                snap.worker_packets = w.handled_per_worker();
+            }
+            snap.uptime = started.elapsed();
+            snap
+        })
+    }
+
     /// The service.
     pub fn service(&self) -> &S {
         &self.shared.service
@@ -420,6 +459,7 @@ impl<S: Service> Server<S> {
         let c = &self.shared.counters;
         c.active.fetch_sub(aborted.min(c.active.load(Ordering::Relaxed)), Ordering::Relaxed);
         c.closed.fetch_add(aborted, Ordering::Relaxed);
+        self.shared.live.closed_n(CloseReason::Stopped, aborted);
         let stats = c.snapshot();
         tracing::info!(?stats, handled = pool.handled, panics = pool.panics, "server stopped");
         ServerReport { stats, pool }
@@ -489,6 +529,9 @@ impl<S: Service> Shared<S> {
         let res = c.result();
         if c.key() == START_KEY {
             return self.refill_accepts();
+        }
+        if let (Ctx::Conn(conn), Ok(n)) = (c.context(), &res) {
+            self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
         match c.context() {
             Ctx::Accept => {
@@ -652,7 +695,10 @@ impl<S: Service> Shared<S> {
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
         let Conn { state, io, .. } = &mut *conn;
-        match catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io))) {
+        let t0 = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
+        self.live.service_time(t0.elapsed());
+        match r {
             Ok(next) => Some((conn, next)),
             Err(_) => {
                 bump(&self.counters.panics);
@@ -670,7 +716,12 @@ impl<S: Service> Shared<S> {
             TimeoutKind::Request => &self.counters.request_timeouts,
             TimeoutKind::Idle => &self.counters.idle_timeouts,
         });
-        let Some((mut conn, next)) = self.step(conn, |s, st, io| s.on_timeout(st, io, kind)) else {
+        let mut keep = false;
+        let Some((mut conn, next)) = self.step(conn, |s, st, io| {
+            let next = s.on_timeout(st, io, kind);
+            keep = s.keeps_open_after_timeout(st);
+            next
+        }) else {
             return;
         };
         if matches!(next, Next::Read) {
@@ -678,7 +729,9 @@ impl<S: Service> Shared<S> {
             // deadline already ran out.
             return self.close(conn, CloseReason::Timeout);
         }
-        conn.io.close_after_send = true;
+        if !keep {
+            conn.io.close_after_send = true;
+        }
         self.drive(conn, next);
     }
 
@@ -809,6 +862,7 @@ impl<S: Service> Shared<S> {
         let c = &self.counters;
         c.active.fetch_sub(1, Ordering::Relaxed);
         bump(&c.closed);
+        self.live.closed(reason);
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");

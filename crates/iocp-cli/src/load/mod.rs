@@ -21,6 +21,7 @@ mod echo;
 mod engine_iocp;
 mod http;
 mod report;
+mod server_metrics;
 
 use std::io::{self, IsTerminal as _, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -85,6 +86,10 @@ pub(crate) struct CommonArgs {
     /// an iocp CompletionPort on io_uring (iocp) or on epoll (iocp-epoll)
     #[arg(long, value_enum, default_value_t = Engine::Epoll)]
     pub(crate) engine: Engine,
+    /// The server's metrics endpoint (`iocp serve … --metrics ADDR`): scraped before and after
+    /// the run, and what the server and its port saw is printed after the table
+    #[arg(long, value_name = "URL")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// The generator's I/O loop.
@@ -139,6 +144,17 @@ pub(crate) struct HttpArgs {
 /// Runs `iocp bench …`: 0 when the run had no error, 1 when it had errors (the report is still
 /// printed), 2 when it could not run at all.
 pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
+    let common = match cmd {
+        BenchCommand::Echo(a) => &a.common,
+        BenchCommand::Http(a) => &a.common,
+    };
+    let scrape = match server_metrics::Scrape::start(common.metrics.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("iocp: error: --metrics: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cmd {
         BenchCommand::Echo(a) => EchoLoad::new(a.addr, a.size, a.pipeline, &a.common)
             .and_then(|load| run_echo(&load, !a.common.json))
@@ -150,6 +166,11 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     match result {
         Ok((failed, text)) => {
             print!("{text}");
+            match scrape.map(|s| s.finish(common.json)) {
+                Some(Ok(server)) => print!("{server}"),
+                Some(Err(e)) => eprintln!("iocp: --metrics: {e:#}"),
+                None => {}
+            }
             if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
         Err(e) => {

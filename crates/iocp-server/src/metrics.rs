@@ -13,9 +13,10 @@
 //! [`Service::on_timeout`] sends the next event and
 //! [`Service::keeps_open_after_timeout`] keeps the stream open.
 //!
-//! Hot-path cost: a relaxed atomic add per completed receive or send (bytes, messages), two
-//! clock reads and a relaxed add per service callback (the service-time histogram), one add
-//! per close. A scrape reads the atomics and [`iocp::CompletionPort::stats`] (one lock).
+//! Hot-path cost: relaxed atomic adds per completed receive or send (bytes, messages), a
+//! thread-local count per service callback, and for one callback in
+//! [`SERVICE_TIME_SAMPLING`] two clock reads and two adds (the service-time histogram); one
+//! add per close. A scrape reads the atomics and [`iocp::CompletionPort::stats`] (one lock).
 //!
 //! ```no_run
 //! use iocp_server::{Echo, Server, ServerConfig, metrics};
@@ -25,12 +26,13 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iocp::PortStats;
 use prometheus_client::collector::Collector;
@@ -43,6 +45,10 @@ use prometheus_client::registry::Registry;
 use crate::server::{
     CloseReason, Io, Next, Server, ServerConfig, ServerStats, Service, TimeoutKind,
 };
+
+/// One service callback in this many (per worker thread) is timed for the service-time
+/// histogram; the first callback on each thread always is.
+pub const SERVICE_TIME_SAMPLING: u32 = 8;
 
 /// Upper bounds (seconds) of the service-time histogram's buckets (`+Inf` follows).
 pub const SERVICE_TIME_BOUNDS: [f64; 16] =
@@ -108,7 +114,22 @@ impl Live {
         }
     }
 
-    /// A service callback took `d`.
+    /// The start time of a service callback to time, for one callback in
+    /// [`SERVICE_TIME_SAMPLING`] on each thread (None for the others): the two clock reads are
+    /// most of what the histogram would cost per message.
+    pub(crate) fn sample_start(&self) -> Option<Instant> {
+        thread_local! {
+            static CALLS: Cell<u32> = const { Cell::new(0) };
+        }
+        let n = CALLS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        (n % SERVICE_TIME_SAMPLING == 1 % SERVICE_TIME_SAMPLING).then(Instant::now)
+    }
+
+    /// A (sampled) service callback took `d`.
     pub(crate) fn service_time(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BOUNDS_NS.iter().position(|&b| ns <= b).unwrap_or(BOUNDS_NS.len());
@@ -139,7 +160,7 @@ impl Live {
 }
 
 /// The service-time histogram: how long service callbacks (`on_read`, `on_sent`,
-/// `on_timeout`) took.
+/// `on_timeout`) took, sampled (one callback in [`SERVICE_TIME_SAMPLING`] per worker).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServiceTime {
     /// Calls per bucket (not cumulative): one per [`SERVICE_TIME_BOUNDS`] entry, then `+Inf`.
@@ -365,7 +386,8 @@ impl Collector for SnapshotCollector {
         {
             let mut h = e.encode_descriptor(
                 "server_service_seconds",
-                "Time spent in service callbacks (on_read, on_sent, on_timeout).",
+                "Time spent in service callbacks (on_read, on_sent, on_timeout); one callback in 8 \
+                 per worker thread is timed.",
                 None,
                 MetricType::Histogram,
             )?;

@@ -695,9 +695,11 @@ impl<S: Service> Shared<S> {
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
         let Conn { state, io, .. } = &mut *conn;
-        let t0 = Instant::now();
+        let t0 = self.live.sample_start();
         let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
-        self.live.service_time(t0.elapsed());
+        if let Some(t0) = t0 {
+            self.live.service_time(t0.elapsed());
+        }
         match r {
             Ok(next) => Some((conn, next)),
             Err(_) => {

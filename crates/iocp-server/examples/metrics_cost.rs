@@ -68,10 +68,10 @@ fn main() {
     let mut i = 0u32;
     while t0.elapsed() < Duration::from_secs(2) {
         stats.push(once(|| port.stats()));
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             snapshot.push(once(|| live.snapshot()));
         }
-        if i % 8 == 0 {
+        if i.is_multiple_of(8) {
             render.push(once(|| snap.to_prometheus()));
             json.push(once(|| snap.to_json()));
         }
@@ -101,7 +101,7 @@ fn main() {
         a.fetch_add(64, Ordering::Relaxed);
         b.fetch_add(1, Ordering::Relaxed);
         a.fetch_add(64, Ordering::Relaxed);
-        if i % iocp_server::metrics::SERVICE_TIME_SAMPLING == 0 {
+        if i.is_multiple_of(iocp_server::metrics::SERVICE_TIME_SAMPLING) {
             let t = Instant::now();
             let ns = std::hint::black_box(t.elapsed()).as_nanos() as u64;
             c.fetch_add(1, Ordering::Relaxed);

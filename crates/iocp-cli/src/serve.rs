@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use iocp::BackendChoice;
-use iocp_server::{Echo, Http, Server, ServerConfig, ServerReport, Service};
+use iocp_server::{Echo, Http, Server, ServerConfig, ServerReport, Service, metrics};
 
 /// Options every server takes.
 #[derive(Debug, clap::Args)]
@@ -37,6 +37,9 @@ pub(crate) struct Common {
     /// connections across them)
     #[arg(long)]
     reuseport: bool,
+    /// Serve metrics on this address: /metrics (Prometheus), /health, / (live dashboard)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 /// `iocp serve echo` options.
@@ -109,7 +112,7 @@ impl Common {
 pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
     init_logging();
     match cmd {
-        ServeCommand::Echo(a) => serve(Echo, a.common.config(a.addr)?, "echo"),
+        ServeCommand::Echo(a) => serve(Echo, a.common.config(a.addr)?, a.common.metrics, "echo"),
         ServeCommand::Http(a) => {
             let mut site_cfg = iocp_http::Config::new(&a.root);
             site_cfg.listings = a.listings;
@@ -120,13 +123,18 @@ pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
                 request_timeout: secs(a.request_timeout, "request-timeout")?,
                 ..a.common.config(a.addr)?
             };
-            serve(Http::new(site, a.access_log), cfg, "http")
+            serve(Http::new(site, a.access_log), cfg, a.common.metrics, "http")
         }
     }
 }
 
-fn serve<S: Service>(service: S, cfg: ServerConfig, what: &str) -> anyhow::Result<()> {
-    let addr = cfg.addr;
+fn serve<S: Service>(
+    service: S,
+    cfg: ServerConfig,
+    metrics_addr: Option<SocketAddr>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let (addr, backend) = (cfg.addr, cfg.backend);
     let server = Server::start(service, cfg)
         .with_context(|| format!("starting the {what} server on {addr}"))?;
     let b = server.backend();
@@ -136,11 +144,32 @@ fn serve<S: Service>(service: S, cfg: ServerConfig, what: &str) -> anyhow::Resul
         b.kind(),
         b.reason()
     );
+    let metrics = start_metrics(&server, metrics_addr, backend)?;
     let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
     eprintln!("iocp {what}: signal {sig}: stopping (finishing what is in flight)");
+    if let Some(m) = metrics {
+        m.stop();
+    }
     let report = server.stop();
     print_report(&report);
     Ok(())
+}
+
+/// The `--metrics` endpoint: its own server (listener, port, worker) over `server`'s counters.
+fn start_metrics<S: Service>(
+    server: &Server<S>,
+    addr: Option<SocketAddr>,
+    backend: iocp::BackendChoice,
+) -> anyhow::Result<Option<Server<metrics::MetricsService>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let cfg = ServerConfig { backend, ..metrics::config(addr) };
+    let m = metrics::start(server.live_stats(), cfg)
+        .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    eprintln!(
+        "iocp: metrics on http://{0}/metrics, dashboard on http://{0}/, health on http://{0}/health",
+        m.local_addr()
+    );
+    Ok(Some(m))
 }
 
 fn print_report(r: &ServerReport) {

@@ -8,6 +8,8 @@
 //!   [`Service`] that speaks the protocol.
 //! - [`Echo`]: the echo service.
 //! - [`Http`]: the HTTP/1.1 static-file service ([`iocp_http::Site`] on the framework).
+//! - [`metrics`]: a server's, its pool's and its port's counters over HTTP (Prometheus
+//!   `/metrics`, `/health`, a live dashboard on `/`), served by a [`Server`] of its own.
 //!
 //! ```no_run
 //! use iocp_server::{Echo, Server, ServerConfig};
@@ -23,12 +25,14 @@
 mod echo;
 mod heap;
 mod http;
+pub mod metrics;
 mod pool;
 mod server;
 mod signal;
 
 pub use echo::Echo;
 pub use http::{Http, HttpConn};
+pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
 pub use server::{
     CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,

@@ -50,6 +50,24 @@ struct Counters {
     panics: AtomicU64,
 }
 
+/// Packets each worker handled: one counter per worker, each on its own cache line (a worker
+/// only writes its own), read by a metrics scrape.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    per_worker: Vec<PaddedCounter>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct PaddedCounter(AtomicU64);
+
+impl WorkerCounters {
+    /// Packets handled by each worker, in worker order.
+    pub(crate) fn handled_per_worker(&self) -> Vec<u64> {
+        self.per_worker.iter().map(|c| c.0.load(Ordering::Relaxed)).collect()
+    }
+}
+
 /// N threads that dequeue completions from one port and hand each to a handler: the IOCP
 /// worker pattern.
 ///
@@ -63,6 +81,7 @@ pub struct Pool<C: Send + 'static> {
     port: Arc<CompletionPort<C>>,
     workers: Vec<JoinHandle<()>>,
     counters: Arc<Counters>,
+    worker_counters: Arc<WorkerCounters>,
 }
 
 impl<C: Send + 'static> Pool<C> {
@@ -83,14 +102,23 @@ impl<C: Send + 'static> Pool<C> {
         let batch = config.batch.max(1);
         let handler = Arc::new(handler);
         let counters = Arc::new(Counters::default());
-        let mut pool = Pool { port: port.clone(), workers: Vec::with_capacity(threads), counters };
+        let worker_counters = Arc::new(WorkerCounters {
+            per_worker: (0..threads).map(|_| PaddedCounter::default()).collect(),
+        });
+        let mut pool = Pool {
+            port: port.clone(),
+            workers: Vec::with_capacity(threads),
+            counters,
+            worker_counters,
+        };
         for i in 0..threads {
             let port = port.clone();
             let handler = handler.clone();
             let counters = pool.counters.clone();
+            let mine = pool.worker_counters.clone();
             let spawned = thread::Builder::new()
                 .name(format!("{}-{i}", config.name))
-                .spawn(move || worker(&port, batch, &*handler, &counters));
+                .spawn(move || worker(&port, batch, &*handler, &counters, &mine.per_worker[i].0));
             match spawned {
                 Ok(h) => pool.workers.push(h),
                 Err(e) => {
@@ -115,6 +143,15 @@ impl<C: Send + 'static> Pool<C> {
     /// Handler panics so far.
     pub fn panics(&self) -> u64 {
         self.counters.panics.load(Ordering::Relaxed)
+    }
+
+    /// Packets each worker has handled so far, in worker order.
+    pub fn handled_per_worker(&self) -> Vec<u64> {
+        self.worker_counters.handled_per_worker()
+    }
+
+    pub(crate) fn worker_counters(&self) -> Arc<WorkerCounters> {
+        self.worker_counters.clone()
     }
 
     /// Stops the pool: waits up to `grace` for the port to drain (no packet queued, no operation
@@ -171,6 +208,7 @@ fn worker<C: Send + 'static>(
     batch: usize,
     handler: &(dyn Fn(Completion<C>) + Send + Sync),
     counters: &Counters,
+    mine: &AtomicU64,
 ) {
     let mut out = Vec::with_capacity(batch);
     loop {
@@ -189,6 +227,7 @@ fn worker<C: Send + 'static>(
             }
         }
         counters.handled.fetch_add(out.len() as u64, Ordering::Relaxed);
+        mine.fetch_add(out.len() as u64, Ordering::Relaxed);
         // The operations the handlers start go to the kernel together when the batch ends.
         let _batch = port.submit_batch();
         for c in out.drain(..) {

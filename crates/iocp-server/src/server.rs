@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::metrics::{Live, LiveStats, MetricsSnapshot};
 use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
@@ -193,6 +194,16 @@ pub trait Service: Send + Sync + 'static {
     fn on_close(&self, conn: Self::Conn, reason: CloseReason) {
         let _ = (conn, reason);
     }
+
+    /// Whether the connection stays open after what [`Service::on_timeout`] answered has been
+    /// sent (asked right after `on_timeout`). The default, false, makes a timeout's answer the
+    /// last thing sent. A streaming service paced by the idle timeout (server-sent events: one
+    /// event per expiry) returns true; its `on_sent` then says [`Next::Read`] to arm the next
+    /// deadline.
+    fn keeps_open_after_timeout(&self, conn: &Self::Conn) -> bool {
+        let _ = conn;
+        false
+    }
 }
 
 /// Counters of a running or stopped server.
@@ -326,6 +337,9 @@ struct Shared<S: Service> {
     accepts_posted: AtomicUsize,
     counters: Counters,
     reclaim: crate::heap::Reclaimer,
+    /// Live counters for metrics: bytes and messages as they complete, service time, closes
+    /// by reason.
+    live: Live,
 }
 
 /// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
@@ -387,6 +401,7 @@ impl<S: Service> Server<S> {
             accepts_posted: AtomicUsize::new(0),
             counters: Counters::default(),
             reclaim: crate::heap::Reclaimer::start()?,
+            live: Live::default(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
@@ -422,6 +437,30 @@ impl<S: Service> Server<S> {
         self.shared.counters.snapshot()
     }
 
+    /// A cheap, cloneable handle that reads this server's counters, its pool's and its port's
+    /// ([`MetricsSnapshot`]) whenever asked, for a metrics endpoint
+    /// ([`crate::metrics::start`]). It keeps the port's state alive, not the server running.
+    pub fn live_stats(&self) -> LiveStats {
+        let shared = self.shared.clone();
+        let workers = self.pool.as_ref().map(|p| p.worker_counters());
+        let started = Instant::now();
+        LiveStats::new(move || {
+            let s = &shared;
+            let mut snap = MetricsSnapshot::new(
+                s.counters.snapshot(),
+                s.port.stats(),
+                s.port.backend().kind().to_string(),
+                s.port.concurrency(),
+            );
+            s.live.fill(&mut snap);
+            if let Some(w) = &workers {
+                snap.worker_packets = w.handled_per_worker();
+            }
+            snap.uptime = started.elapsed();
+            snap
+        })
+    }
+
     /// The service.
     pub fn service(&self) -> &S {
         &self.shared.service
@@ -450,6 +489,7 @@ impl<S: Service> Server<S> {
         c.active.fetch_sub(aborted.min(c.active.load(Ordering::Relaxed)), Ordering::Relaxed);
         c.closed.fetch_add(aborted, Ordering::Relaxed);
         self.shared.reclaim.stop();
+        self.shared.live.closed_n(CloseReason::Stopped, aborted);
         let stats = c.snapshot();
         tracing::info!(?stats, handled = pool.handled, panics = pool.panics, "server stopped");
         ServerReport { stats, pool }
@@ -520,6 +560,9 @@ impl<S: Service> Shared<S> {
         let res = c.result();
         if c.key() == START_KEY {
             return self.refill_accepts();
+        }
+        if let (Ctx::Conn(conn), Ok(n)) = (c.context(), &res) {
+            self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
         match c.context() {
             Ctx::Accept => {
@@ -724,6 +767,8 @@ impl<S: Service> Shared<S> {
         match r {
             Ok((0, _)) => self.close(conn, CloseReason::Eof),
             Ok((n, _)) => {
+                // Read here, not by a receive operation: count it as one.
+                self.live.transferred(false, true, n);
                 conn.io.input = buf;
                 self.on_input(conn, n);
             }
@@ -748,7 +793,12 @@ impl<S: Service> Shared<S> {
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
         let Conn { state, io, .. } = &mut *conn;
-        match catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io))) {
+        let t0 = self.live.sample_start();
+        let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
+        if let Some(t0) = t0 {
+            self.live.service_time(t0.elapsed());
+        }
+        match r {
             Ok(next) => Some((conn, next)),
             Err(_) => {
                 bump(&self.counters.panics);
@@ -766,7 +816,12 @@ impl<S: Service> Shared<S> {
             TimeoutKind::Request => &self.counters.request_timeouts,
             TimeoutKind::Idle => &self.counters.idle_timeouts,
         });
-        let Some((mut conn, next)) = self.step(conn, |s, st, io| s.on_timeout(st, io, kind)) else {
+        let mut keep = false;
+        let Some((mut conn, next)) = self.step(conn, |s, st, io| {
+            let next = s.on_timeout(st, io, kind);
+            keep = s.keeps_open_after_timeout(st);
+            next
+        }) else {
             return;
         };
         if matches!(next, Next::Read) {
@@ -774,7 +829,9 @@ impl<S: Service> Shared<S> {
             // deadline already ran out.
             return self.close(conn, CloseReason::Timeout);
         }
-        conn.io.close_after_send = true;
+        if !keep {
+            conn.io.close_after_send = true;
+        }
         self.drive(conn, next);
     }
 
@@ -925,6 +982,7 @@ impl<S: Service> Shared<S> {
         c.active.fetch_sub(1, Ordering::Relaxed);
         bump(&c.closed);
         self.reclaim.note_released();
+        self.live.closed(reason);
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");

@@ -50,6 +50,10 @@ pub(crate) struct CommonArgs {
     /// an iocp CompletionPort on io_uring (iocp) or on epoll (iocp-epoll)
     #[arg(long, value_enum, default_value_t = Engine::Epoll)]
     pub(crate) engine: Engine,
+    /// The server's metrics endpoint (`iocp serve … --metrics ADDR`): scraped before and after
+    /// the run, and what the server and its port saw is printed after the table
+    #[arg(long, value_name = "URL")]
+    pub(crate) metrics: Option<String>,
 }
 
 /// The generator's I/O loop.
@@ -116,6 +120,17 @@ pub(crate) struct HttpArgs {
 /// only the error is printed, on stderr).
 pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     raise_fd_limit();
+    let common = match cmd {
+        BenchCommand::Echo(a) => &a.common,
+        BenchCommand::Http(a) => &a.common,
+    };
+    let scrape = match super::server_metrics::Scrape::start(common.metrics.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("iocp: error: --metrics: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let (report, json) = match cmd {
         BenchCommand::Echo(a) => {
             (echo_load(a).and_then(|load| run_echo(&load, !a.common.json)), a.common.json)
@@ -128,6 +143,11 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     match report {
         Ok(r) => {
             print!("{}", if json { r.json() } else { r.table() });
+            match scrape.map(|s| s.finish(json)) {
+                Some(Ok(server)) => print!("{server}"),
+                Some(Err(e)) => eprintln!("iocp: --metrics: {e:#}"),
+                None => {}
+            }
             if r.totals.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
         Err(e) => {

@@ -40,6 +40,7 @@ mod http;
 mod plan;
 mod report;
 mod run;
+mod server_metrics;
 
 pub(crate) use args::{BenchCommand, cli};
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and

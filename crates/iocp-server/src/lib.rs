@@ -20,10 +20,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod echo;
-mod heap;
 mod http;
 pub mod metrics;
 mod pool;

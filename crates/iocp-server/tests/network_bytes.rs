@@ -112,7 +112,7 @@ fn input(i: usize, seed: u64, seeds: &[(String, Vec<u8>)]) -> Input {
         return Input::Seed(i % seeds.len());
     }
     let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let mut d = seeds[rng.below(seeds.len())].1.clone();
         mutate(&mut rng, &mut d, seeds);
         Input::Mutated(d)

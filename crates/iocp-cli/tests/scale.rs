@@ -1,118 +1,16 @@
 //! Scale: thousands of connections to `iocp serve echo` running in its own process (so its RSS
 //! is the server's alone), on each backend; and `--reuseport`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::server::{ServerProcess, field};
 use iocp::BackendKind;
 use iocp_testkit::{choice_for, deadline, raise_fd_limit};
-
-/// A running `iocp serve echo`; killed if the test fails.
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// stderr lines after the "listening" line.
-    lines: mpsc::Receiver<String>,
-}
-
-impl ServerProcess {
-    /// Starts `iocp serve echo ARGS` and waits for its "listening on ADDR" line; `Err` holds
-    /// what it printed if it exited instead.
-    fn start(args: &[&str]) -> Result<Self, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
-            .args(["serve", "echo", "--threads", "2"])
-            .args(args)
-            .env_remove("IOCP_BACKEND")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning iocp");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = String::new();
-        loop {
-            match lines.recv_timeout(deadline()) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().expect("an address");
-                        let addr = addr.parse().expect("a socket address");
-                        return Ok(ServerProcess { child, addr, lines });
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(seen);
-                }
-            }
-        }
-    }
-
-    /// VmRSS of the server process, in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("reading /proc/PID/status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status");
-        kb * 1024
-    }
-
-    /// Sends SIGTERM and returns the stop report line (`iocp: stopped: ...`).
-    fn stop(mut self) -> String {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
-        let end = Instant::now() + deadline();
-        let report = loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with("iocp: stopped:") => break line,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("the server printed no stop report within {:?}", deadline());
-                }
-            }
-        };
-        let status = self.child.wait().expect("waiting for the server");
-        assert!(status.success(), "the server exited with {status}");
-        report
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The number before `what` in a stop report (`... 5000 connections accepted, ...`).
-fn field(report: &str, what: &str) -> u64 {
-    let at = report.find(what).unwrap_or_else(|| panic!("no {what:?} in {report:?}"));
-    let num = report[..at].trim_end().rsplit([' ', ',', ':']).next().expect("a number");
-    num.parse().unwrap_or_else(|_| panic!("no number before {what:?} in {report:?}"))
-}
 
 /// Opens `n` connections, each sends one 64-byte message and reads it back, all kept open.
 fn connect_and_echo(addr: SocketAddr, n: usize) -> Vec<TcpStream> {

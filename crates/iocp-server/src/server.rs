@@ -323,7 +323,8 @@ struct Conn<S: Service> {
 
 /// The context of every operation on the server's port.
 enum Ctx<S: Service> {
-    Accept,
+    /// An accept, with [`ServerStats::closed`] from just before it was posted.
+    Accept(u64),
     Conn(Box<Conn<S>>),
 }
 
@@ -335,6 +336,7 @@ struct Shared<S: Service> {
     conns: Mutex<Slab<Handle<Ctx<S>>>>,
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
+    exhausted: Mutex<Exhausted>,
     counters: Counters,
     /// Live counters for metrics: bytes and messages as they complete, service time, closes
     /// by reason.
@@ -398,6 +400,7 @@ impl<S: Service> Server<S> {
             conns: Mutex::new(Slab::new()),
             stopping: AtomicBool::new(false),
             accepts_posted: AtomicUsize::new(0),
+            exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
             live: Live::default(),
         });
@@ -408,7 +411,7 @@ impl<S: Service> Server<S> {
         // submits an operation runs its completion work (task_work) and is interrupted for it,
         // so the caller's own blocking calls could fail with EINTR. Every server operation is
         // started on a pool thread.
-        if shared.port.post(0, START_KEY, Ctx::Accept).is_err() {
+        if shared.port.post(0, START_KEY, Ctx::Accept(0)).is_err() {
             return Err(io::Error::other("the server's port closed while starting"));
         }
         tracing::info!(
@@ -515,6 +518,25 @@ fn resource_exhausted(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
+/// After an accept fails for want of descriptors or memory, the server keeps a single accept
+/// posted (a probe, re-posted as connections close and free descriptors) until this long after
+/// the last such failure; then it posts its full [`ServerConfig::accepts`] again.
+const EXHAUSTED_BACKOFF: Duration = Duration::from_secs(1);
+
+/// At most one "out of descriptors" warning per this period (the rest are counted into it).
+const EXHAUSTED_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// The accept path's memory of running out of descriptors or memory.
+#[derive(Debug, Default)]
+struct Exhausted {
+    /// The last accept that failed with EMFILE, ENFILE, ENOBUFS or ENOMEM.
+    last: Option<Instant>,
+    /// The last warning logged about it.
+    logged: Option<Instant>,
+    /// Such failures since that warning.
+    unlogged: u64,
+}
+
 impl<S: Service> Shared<S> {
     fn begin_stop(&self) {
         if self.stopping.swap(true, Ordering::SeqCst) {
@@ -529,7 +551,8 @@ impl<S: Service> Shared<S> {
 
     fn post_accept(&self) -> io::Result<()> {
         self.accepts_posted.fetch_add(1, Ordering::SeqCst);
-        match self.listener.accept(Vec::new(), Ctx::Accept) {
+        let closed = self.counters.closed.load(Ordering::SeqCst);
+        match self.listener.accept(Vec::new(), Ctx::Accept(closed)) {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
@@ -538,10 +561,16 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    /// Keeps the posted accepts at their target (after a failed accept left a gap).
+    /// Keeps the posted accepts at their target (after a failed accept left a gap): one while
+    /// the server is short of descriptors ([`EXHAUSTED_BACKOFF`]), else
+    /// [`ServerConfig::accepts`].
     fn refill_accepts(&self) {
+        let target = match self.exhausted.lock().last {
+            Some(at) if at.elapsed() < EXHAUSTED_BACKOFF => 1,
+            _ => self.cfg.accepts.max(1),
+        };
         while !self.stopping.load(Ordering::SeqCst)
-            && self.accepts_posted.load(Ordering::SeqCst) < self.cfg.accepts.max(1)
+            && self.accepts_posted.load(Ordering::SeqCst) < target
         {
             if let Err(e) = self.post_accept() {
                 if !self.stopping.load(Ordering::SeqCst) {
@@ -561,9 +590,9 @@ impl<S: Service> Shared<S> {
             self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
         match c.context() {
-            Ctx::Accept => {
+            &Ctx::Accept(closed) => {
                 let accepted = c.take_accepted();
-                self.on_accept(res, accepted);
+                self.on_accept(res, accepted, closed);
             }
             Ctx::Conn(_) => {
                 let (ctx, payload) = c.into_parts();
@@ -574,23 +603,59 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    fn on_accept(&self, res: io::Result<usize>, accepted: Option<iocp::Accepted>) {
+    /// `closed_before`: [`ServerStats::closed`] just before the accept was posted.
+    fn on_accept(
+        &self,
+        res: io::Result<usize>,
+        accepted: Option<iocp::Accepted>,
+        closed_before: u64,
+    ) {
         self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
         match res {
             Ok(_) => self.refill_accepts(),
+            Err(e) if resource_exhausted(&e) => {
+                // Out of descriptors or memory: leave the slot empty; a closing connection
+                // refills it, with a single accept while the shortage lasts. Every posted
+                // accept fails at once when it starts, and again after each close while the
+                // backlog is full: warn once a second, not per failure.
+                bump(&self.counters.accept_errors);
+                let now = Instant::now();
+                let mut ex = self.exhausted.lock();
+                ex.last = Some(now);
+                ex.unlogged += 1;
+                // A connection that closed while this accept was in flight found it posted and
+                // posted none: retry for it, else nothing might accept again (a close counts
+                // itself before its refill reads `accepts_posted` under this lock; this reads
+                // the count under it after `accepts_posted` went down).
+                let retry = self.counters.closed.load(Ordering::SeqCst) != closed_before;
+                let log = ex.logged.is_none_or(|at| now.duration_since(at) >= EXHAUSTED_LOG_EVERY);
+                let failures = if log { std::mem::take(&mut ex.unlogged) } else { 0 };
+                if log {
+                    ex.logged = Some(now);
+                }
+                drop(ex);
+                if log {
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        "accept failed: out of descriptors or memory; accepting again as \
+                         connections close"
+                    );
+                }
+                if retry {
+                    self.refill_accepts();
+                }
+                return;
+            }
             Err(e) => {
                 if !cancelled(&e) {
                     bump(&self.counters.accept_errors);
                     tracing::warn!(error = %e, "accept failed");
                 }
-                // Out of descriptors or memory: leave the slot empty; a closing connection
-                // refills it.
-                if !resource_exhausted(&e) {
-                    self.refill_accepts();
-                }
+                self.refill_accepts();
                 return;
             }
         }

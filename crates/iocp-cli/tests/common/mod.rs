@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)] // each test file uses part of it
 
+pub mod server;
+
 use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;

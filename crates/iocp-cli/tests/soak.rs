@@ -62,7 +62,7 @@ fn round(addr: SocketAddr, r: usize) -> u64 {
 }
 
 /// The server's RSS once it stops moving: the closes of a round have landed and the background
-/// trim (at most once a second, after 32+ releases: `iocp_server`'s heap.rs) has run. Unchanged
+/// trim (at most once a second, after 32+ releases: `iocp-server`'s heap.rs) has run. Unchanged
 /// for 1.5 s (longer than the trim period), within a deadline.
 fn settled_rss(server: &ServerProcess) -> u64 {
     let end = Instant::now() + deadline();

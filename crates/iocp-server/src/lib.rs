@@ -20,9 +20,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod echo;
+mod heap;
 mod http;
 pub mod metrics;
 mod pool;

@@ -338,6 +338,7 @@ struct Shared<S: Service> {
     accepts_posted: AtomicUsize,
     exhausted: Mutex<Exhausted>,
     counters: Counters,
+    reclaim: crate::heap::Reclaimer,
     /// Live counters for metrics: bytes and messages as they complete, service time, closes
     /// by reason.
     live: Live,
@@ -402,6 +403,7 @@ impl<S: Service> Server<S> {
             accepts_posted: AtomicUsize::new(0),
             exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
+            reclaim: crate::heap::Reclaimer::start()?,
             live: Live::default(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
@@ -490,6 +492,7 @@ impl<S: Service> Server<S> {
         c.active.fetch_sub(aborted.min(c.active.load(Ordering::Relaxed)), Ordering::Relaxed);
         c.closed.fetch_add(aborted, Ordering::Relaxed);
         self.shared.live.closed_n(CloseReason::Stopped, aborted);
+        self.shared.reclaim.stop();
         let stats = c.snapshot();
         tracing::info!(?stats, handled = pool.handled, panics = pool.panics, "server stopped");
         ServerReport { stats, pool }
@@ -502,6 +505,7 @@ impl<S: Service> Drop for Server<S> {
             self.shared.begin_stop();
             let _ = pool.stop(Duration::ZERO);
             self.shared.conns.lock().clear();
+            self.shared.reclaim.stop();
         }
     }
 }
@@ -787,6 +791,7 @@ impl<S: Service> Shared<S> {
     /// buffer too is released: it has been sent).
     fn park(&self, mut conn: Box<Conn<S>>, timeout: Option<Duration>) {
         bump(&self.counters.parks);
+        self.reclaim.note_released();
         conn.io.input = Vec::new();
         conn.io.output = Vec::new();
         conn.pending = Pending::Ready;
@@ -1041,6 +1046,7 @@ impl<S: Service> Shared<S> {
         let c = &self.counters;
         c.active.fetch_sub(1, Ordering::Relaxed);
         bump(&c.closed);
+        self.reclaim.note_released();
         self.live.closed(reason);
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);

@@ -258,8 +258,14 @@ impl<C: Send + 'static> Driver<C> {
 
     fn enter(&self) {
         if let Err(e) = self.submit_now() {
-            // EBUSY/EAGAIN: the kernel will take the SQEs at the poller's next enter.
+            // EBUSY/EAGAIN: the SQEs stay in the ring for the next enter, but the poller may be
+            // asleep in its own (earlier) enter and make no other until a CQE or its timeout
+            // wakes it. Kick it: the kick's enter retries the submit, and its NOP's CQE wakes
+            // the poller, whose wait enters again (and retries the backlog). If the kick's
+            // enter fails too, its NOP waits in the ring with the rest (`kick_pending` stays
+            // set, so this does not recurse further).
             tracing::trace!("io_uring_enter(submit): {e}");
+            self.kick();
         }
     }
 
@@ -282,12 +288,18 @@ impl<C: Send + 'static> Driver<C> {
         let token = sq.insert(op);
         io.push_token(token);
         drop(io);
+        let backlog = sq.backlog.len();
         self.issue(&mut sq, token);
+        let backlogged = sq.backlog.len() > backlog;
         drop(sq);
         if defer {
             self.deferred.store(true, Ordering::Release);
         } else {
             self.enter();
+        }
+        if backlogged {
+            // Only the poller retries the backlog: wake it, it may be asleep.
+            self.kick();
         }
         Submitted::Pending
     }
@@ -508,6 +520,7 @@ impl<C: Send + 'static> Driver<C> {
             (io.tokens(), queued)
         };
         let mut n = queued.len();
+        let backlog = sq.backlog.len();
         self.waiting.fetch_sub(queued.len() as u64, Ordering::Relaxed);
         for mut op in queued {
             op.cancel_reason = reason_code(reason);
@@ -531,8 +544,12 @@ impl<C: Send + 'static> Driver<C> {
                 out.push(self.finish(&mut sq, token, libc::ECANCELED));
             }
         }
+        let backlogged = sq.backlog.len() > backlog;
         drop(sq);
         self.enter();
+        if backlogged {
+            self.kick(); // the poller retries the backlog: wake it
+        }
         n
     }
 

@@ -338,3 +338,72 @@ backend_test!(a_full_sq_ring_backlogs_ops_and_every_one_completes_once, |b| {
     ledger.settled(&port);
     serves(&port, &mut ledger);
 });
+
+/// The state letter of thread `tid` of this process (`S`: asleep in the kernel).
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // "tid (comm) S ...": the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+backend_test!(a_failed_submit_enter_does_not_strand_the_op_while_the_poller_sleeps, |b| {
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let poller = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            tx.send(Err(rustix::thread::gettid().as_raw_nonzero().get())).unwrap();
+            let c = port.get(Some(deadline()));
+            tx.send(Ok(c.map(|c| (c.op(), c.result().ok())))).unwrap();
+        })
+    };
+    let Err(tid) = rx.recv().unwrap() else { unreachable!() };
+    // Wait until the poller is asleep in the kernel (in its wait for a completion).
+    iocp_testkit::eventually("the poller to sleep", || {
+        (thread_state(tid) == Some('S')).then_some(())
+    });
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    client.write_all(b"ping").unwrap();
+    // This thread's submit enter fails once (EAGAIN): the SQE sits in the ring while the
+    // poller sleeps. It must still start and complete well before the poller's own deadline.
+    fault::fail_nth(Point::Enter, 1, libc::EAGAIN);
+    let id = h.recv(Vec::with_capacity(8), 1).unwrap();
+    let got = rx.recv_timeout(deadline() / 3).expect("the op completed while the poller slept");
+    assert_eq!(got.unwrap(), Ok((id, Some(4))));
+    poller.join().unwrap();
+    h.close();
+    drop(h);
+    peer_sees_eof(&mut client);
+});
+
+backend_test!(a_refused_sqe_is_not_stranded_while_the_poller_sleeps, |b| {
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let poller = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            tx.send(Err(rustix::thread::gettid().as_raw_nonzero().get())).unwrap();
+            let c = port.get(Some(deadline()));
+            tx.send(Ok(c.map(|c| (c.op(), c.result().ok())))).unwrap();
+        })
+    };
+    let Err(tid) = rx.recv().unwrap() else { unreachable!() };
+    iocp_testkit::eventually("the poller to sleep", || {
+        (thread_state(tid) == Some('S')).then_some(())
+    });
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    client.write_all(b"ping").unwrap();
+    // The SQ ring refuses this thread's SQE once: it goes to the backlog, which only the
+    // poller retries, and the poller is asleep.
+    fault::fail_nth(Point::SqPush, 1, libc::EBUSY);
+    let id = h.recv(Vec::with_capacity(8), 1).unwrap();
+    let got = rx.recv_timeout(deadline() / 3).expect("the op completed while the poller slept");
+    assert_eq!(got.unwrap(), Ok((id, Some(4))));
+    poller.join().unwrap();
+    assert_eq!(port.stats().backlog, 0);
+    h.close();
+    drop(h);
+    peer_sees_eof(&mut client);
+});

@@ -39,7 +39,11 @@ impl Ledger {
     /// Every started op has completed, and no further packet arrives.
     fn settled(&self, port: &CompletionPort<u32>) {
         assert_eq!(self.done, self.started, "every started op completed exactly once");
-        assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut, "no extra packet");
+        assert_eq!(
+            port.get(Some(quiet())).expect_err("quiet"),
+            GetError::TimedOut,
+            "no extra packet"
+        );
         let s = port.stats();
         assert_eq!(s.in_flight, 0, "nothing left in flight: {s:?}");
     }
@@ -48,12 +52,12 @@ impl Ledger {
 /// The port still serves: a fresh receive on a fresh socket pair completes with its data.
 fn serves(port: &CompletionPort<u32>, ledger: &mut Ledger) {
     let (mut client, server) = tcp_pair();
-    let h = port.associate(server, CompletionKey(999)).unwrap();
-    ledger.start(h.recv(Vec::with_capacity(16), 999).unwrap());
-    client.write_all(b"still").unwrap();
+    let h = port.associate(server, CompletionKey(999)).expect("associate");
+    ledger.start(h.recv(Vec::with_capacity(16), 999).expect("recv"));
+    client.write_all(b"still").expect("write");
     let mut c = ledger.take(port);
-    assert_eq!(c.result().unwrap(), 5);
-    assert_eq!(c.take_buf().unwrap(), b"still");
+    assert_eq!(c.result().expect("the fresh receive succeeds"), 5);
+    assert_eq!(c.take_buf().expect("its buffer"), b"still");
     h.close();
     drop(h); // the fd closes with the last reference
     peer_sees_eof(&mut client);
@@ -61,7 +65,7 @@ fn serves(port: &CompletionPort<u32>, ledger: &mut Ledger) {
 
 /// The peer reads EOF: the handle's fd is closed (not leaked, not kept by a stray dup).
 fn peer_sees_eof(client: &mut TcpStream) {
-    client.set_read_timeout(Some(deadline())).unwrap();
+    client.set_read_timeout(Some(deadline())).expect("timeout");
     let mut rest = Vec::new();
     let start = Instant::now();
     loop {

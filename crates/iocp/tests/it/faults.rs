@@ -350,22 +350,33 @@ fn thread_state(tid: i32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
-backend_test!(a_failed_submit_enter_does_not_strand_the_op_while_the_poller_sleeps, |b| {
-    let port: CompletionPort<u32> = b.build().unwrap();
+/// The sleeping poller's one `get`: the op, its errno (0 on success) and its bytes.
+type Polled = Result<(OpId, i32, usize), GetError>;
+
+/// Starts a thread that polls `port` once (up to the test deadline) and returns once that
+/// thread is asleep in the kernel, waiting: the other threads' submissions must wake it.
+fn sleeping_poller(
+    port: &CompletionPort<u32>,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<Polled>) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
-    let poller = {
-        let port = port.clone();
-        std::thread::spawn(move || {
-            tx.send(Err(rustix::thread::gettid().as_raw_nonzero().get())).unwrap();
-            let c = port.get(Some(deadline()));
-            tx.send(Ok(c.map(|c| (c.op(), c.result().ok())))).unwrap();
-        })
-    };
-    let Err(tid) = rx.recv().unwrap() else { unreachable!() };
-    // Wait until the poller is asleep in the kernel (in its wait for a completion).
+    let port = port.clone();
+    let poller = std::thread::spawn(move || {
+        tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get()).expect("report tid");
+        let c = port.get(Some(deadline()));
+        tx.send(c.map(|c| (c.op(), c.raw_os_error().unwrap_or(0), c.bytes())))
+            .expect("report packet");
+    });
+    let tid = tid_rx.recv().expect("the poller's tid");
     iocp_testkit::eventually("the poller to sleep", || {
         (thread_state(tid) == Some('S')).then_some(())
     });
+    (poller, rx)
+}
+
+backend_test!(a_failed_submit_enter_does_not_strand_the_op_while_the_poller_sleeps, |b| {
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (poller, rx) = sleeping_poller(&port);
     let (mut client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
     client.write_all(b"ping").unwrap();
@@ -374,7 +385,9 @@ backend_test!(a_failed_submit_enter_does_not_strand_the_op_while_the_poller_slee
     fault::fail_nth(Point::Enter, 1, libc::EAGAIN);
     let id = h.recv(Vec::with_capacity(8), 1).unwrap();
     let got = rx.recv_timeout(deadline() / 3).expect("the op completed while the poller slept");
-    assert_eq!(got.unwrap(), Ok((id, Some(4))));
+    assert_eq!(got, Ok((id, 0, 4)));
+    let uring = port.backend().kind() == BackendKind::Uring;
+    assert_eq!(fault::fired(Point::Enter), u64::from(uring), "the submit's enter failed");
     poller.join().unwrap();
     h.close();
     drop(h);
@@ -383,19 +396,7 @@ backend_test!(a_failed_submit_enter_does_not_strand_the_op_while_the_poller_slee
 
 backend_test!(a_refused_sqe_is_not_stranded_while_the_poller_sleeps, |b| {
     let port: CompletionPort<u32> = b.build().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let poller = {
-        let port = port.clone();
-        std::thread::spawn(move || {
-            tx.send(Err(rustix::thread::gettid().as_raw_nonzero().get())).unwrap();
-            let c = port.get(Some(deadline()));
-            tx.send(Ok(c.map(|c| (c.op(), c.result().ok())))).unwrap();
-        })
-    };
-    let Err(tid) = rx.recv().unwrap() else { unreachable!() };
-    iocp_testkit::eventually("the poller to sleep", || {
-        (thread_state(tid) == Some('S')).then_some(())
-    });
+    let (poller, rx) = sleeping_poller(&port);
     let (mut client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
     client.write_all(b"ping").unwrap();
@@ -404,7 +405,32 @@ backend_test!(a_refused_sqe_is_not_stranded_while_the_poller_sleeps, |b| {
     fault::fail_nth(Point::SqPush, 1, libc::EBUSY);
     let id = h.recv(Vec::with_capacity(8), 1).unwrap();
     let got = rx.recv_timeout(deadline() / 3).expect("the op completed while the poller slept");
-    assert_eq!(got.unwrap(), Ok((id, Some(4))));
+    assert_eq!(got, Ok((id, 0, 4)));
+    let uring = port.backend().kind() == BackendKind::Uring;
+    assert_eq!(fault::fired(Point::SqPush), u64::from(uring), "the SQE was refused");
+    poller.join().unwrap();
+    assert_eq!(port.stats().backlog, 0);
+    h.close();
+    drop(h);
+    peer_sees_eof(&mut client);
+});
+
+backend_test!(a_refused_cancel_is_not_stranded_while_the_poller_sleeps, |b| {
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    // A receive with no data: in the kernel until cancelled.
+    let id = h.recv(Vec::with_capacity(8), 1).unwrap();
+    let (poller, rx) = sleeping_poller(&port);
+    // The ring refuses the cancel's SQE once: it waits in the backlog, which only the
+    // poller retries.
+    fault::fail_nth(Point::SqPush, 1, libc::EBUSY);
+    h.cancel(id).unwrap();
+    let got =
+        rx.recv_timeout(deadline() / 3).expect("the cancel took effect while the poller slept");
+    assert_eq!(got, Ok((id, libc::ECANCELED, 0)));
+    let uring = port.backend().kind() == BackendKind::Uring;
+    assert_eq!(fault::fired(Point::SqPush), u64::from(uring), "the cancel's SQE was refused");
     poller.join().unwrap();
     assert_eq!(port.stats().backlog, 0);
     h.close();

@@ -65,6 +65,9 @@ pub const APPEND: u64 = u64::MAX;
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, SubmitBatch, blocking};
 pub use stats::PortStats;
 pub use sys::bufpool::{BufferPool, PooledBuf};
+/// Fault injection for tests (feature `fault-injection`).
+#[cfg(feature = "fault-injection")]
+pub use sys::fault;
 
 #[cfg(test)]
 mod size_report {

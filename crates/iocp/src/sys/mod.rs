@@ -23,6 +23,8 @@ use crate::handle::HandleInner;
 pub(crate) mod bufpool;
 mod chunks;
 pub(crate) mod epoll;
+#[cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
+pub mod fault;
 pub(crate) mod op;
 #[cfg(feature = "uring")]
 mod opcodes;

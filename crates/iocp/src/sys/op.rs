@@ -19,6 +19,7 @@ use crate::APPEND;
 use crate::completion::{Accepted, Completion, OpId, Payload, STATUS_EOF, Transmitted};
 use crate::handle::HandleInner;
 use crate::sys::bufpool::BufferPool;
+use crate::sys::fault::{self, Point};
 
 /// Largest count for one `sendfile(2)` call.
 const SENDFILE_MAX: u64 = 0x7fff_f000;
@@ -691,7 +692,30 @@ impl<C> Op<C> {
         }
     }
 
+    /// The fault-injection point of the current stage's syscall, if it has one.
+    pub(crate) fn fault_point(&self) -> Option<Point> {
+        match &self.kind {
+            OpKind::Accept { st, .. } if st.accepted.is_none() => Some(Point::Accept),
+            OpKind::AcceptMulti => Some(Point::Accept),
+            OpKind::Accept { .. } | OpKind::Recv { .. } | OpKind::RecvV { .. } => Some(Point::Recv),
+            OpKind::RecvFrom { .. } => Some(Point::Recv),
+            OpKind::RecvPooled { .. } => Some(Point::RecvPooled),
+            OpKind::Send { .. } | OpKind::SendV { .. } | OpKind::SendTo { .. } => Some(Point::Send),
+            OpKind::Connect { st, .. } if st.connected => Some(Point::Send),
+            OpKind::Connect { .. } => Some(Point::Connect),
+            _ => None,
+        }
+    }
+
+    /// Makes the current stage's syscall, or returns the error injected for it.
     fn syscall(&mut self) -> isize {
+        if let Some(errno) = self.fault_point().and_then(fault::hit) {
+            return -(errno as isize);
+        }
+        self.raw_syscall()
+    }
+
+    fn raw_syscall(&mut self) -> isize {
         let fd = self.fd();
         let bytes = self.bytes;
         let ret: isize = match &mut self.kind {

@@ -28,6 +28,7 @@ use io_uring::{IoUring, opcode, squeue};
 
 use super::bufpool::BufferPool;
 use super::chunks::ChunkVec;
+use super::fault::{self, Point};
 use super::op::{Op, OpKind, Progress, reason_code};
 use super::opcodes;
 use super::{DriverStats, Submitted};
@@ -45,6 +46,9 @@ struct Slot<C> {
     op: Option<Box<Op<C>>>,
     in_kernel: bool,
     cancel_sent: bool,
+    /// An injected error (`fault`): the slot's SQE was a NOP whose CQE stands for this errno.
+    #[cfg(any(test, feature = "fault-injection"))]
+    injected: i32,
 }
 
 enum Backlogged {
@@ -78,6 +82,8 @@ impl<C> Sq<C> {
                 op: None,
                 in_kernel: false,
                 cancel_sent: false,
+                #[cfg(any(test, feature = "fault-injection"))]
+                injected: 0,
             }) as u32,
         };
         let slot = &mut self.slots[idx as usize];
@@ -165,8 +171,7 @@ impl<C: Send + 'static> Driver<C> {
     /// Pushes one SQE. The caller holds the `sq` lock (so no other `SubmissionQueue` exists)
     /// and has checked the budget.
     fn push(&self, entry: &squeue::Entry) -> bool {
-        #[cfg(test)]
-        if tests::REFUSE_PUSH.with(std::cell::Cell::get) {
+        if fault::hit(Point::SqPush).is_some() {
             return false;
         }
         // SAFETY: the `sq` mutex is held by the caller, so this is the only live
@@ -202,9 +207,18 @@ impl<C: Send + 'static> Driver<C> {
     fn try_issue(&self, sq: &mut Sq<C>, token: u64) -> bool {
         let Some(slot) = sq.slot(token) else { return true };
         let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
-        let entry = op.sqe().user_data(token);
+        // An injected failure sends a NOP in the op's place: the kernel never sees the op.
+        let injected = op.fault_point().and_then(fault::hit);
+        let entry = match injected {
+            Some(_) => opcode::Nop::new().build().user_data(token),
+            None => op.sqe().user_data(token),
+        };
         if !self.push(&entry) {
             return false;
+        }
+        #[cfg(any(test, feature = "fault-injection"))]
+        {
+            slot.injected = injected.unwrap_or(0);
         }
         slot.in_kernel = true;
         sq.ops_in_kernel += 1;
@@ -234,10 +248,24 @@ impl<C: Send + 'static> Driver<C> {
         true
     }
 
+    /// `io_uring_enter` to submit, unless a failure is injected for it.
+    fn submit_now(&self) -> io::Result<usize> {
+        match fault::hit(Point::Enter) {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => self.ring.submitter().submit(),
+        }
+    }
+
     fn enter(&self) {
-        if let Err(e) = self.ring.submitter().submit() {
-            // EBUSY/EAGAIN: the kernel will take the SQEs at the poller's next enter.
+        if let Err(e) = self.submit_now() {
+            // EBUSY/EAGAIN: the SQEs stay in the ring for the next enter, but the poller may be
+            // asleep in its own (earlier) enter and make no other until a CQE or its timeout
+            // wakes it. Kick it: the kick's enter retries the submit, and its NOP's CQE wakes
+            // the poller, whose wait enters again (and retries the backlog). If the kick's
+            // enter fails too, its NOP waits in the ring with the rest (`kick_pending` stays
+            // set, so this does not recurse further).
             tracing::trace!("io_uring_enter(submit): {e}");
+            self.kick();
         }
     }
 
@@ -260,12 +288,18 @@ impl<C: Send + 'static> Driver<C> {
         let token = sq.insert(op);
         io.push_token(token);
         drop(io);
+        let backlog = sq.backlog.len();
         self.issue(&mut sq, token);
+        let backlogged = sq.backlog.len() > backlog;
         drop(sq);
         if defer {
             self.deferred.store(true, Ordering::Release);
         } else {
             self.enter();
+        }
+        if backlogged {
+            // Only the poller retries the backlog: wake it, it may be asleep.
+            self.kick();
         }
         Submitted::Pending
     }
@@ -298,14 +332,18 @@ impl<C: Send + 'static> Driver<C> {
                 }
             }
         }
-        let res = match timeout {
-            Some(t) if t.is_zero() => self.ring.submitter().submit(),
-            Some(t) => {
-                let ts = Timespec::from(t);
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+        let res = if let Some(errno) = fault::hit(Point::Enter) {
+            Err(io::Error::from_raw_os_error(errno))
+        } else {
+            match timeout {
+                Some(t) if t.is_zero() => self.ring.submitter().submit(),
+                Some(t) => {
+                    let ts = Timespec::from(t);
+                    let args = SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(1, &args)
+                }
+                None => self.ring.submitter().submit_and_wait(1),
             }
-            None => self.ring.submitter().submit_and_wait(1),
         };
         if let Err(e) = res {
             match e.raw_os_error() {
@@ -348,6 +386,9 @@ impl<C: Send + 'static> Driver<C> {
                 debug_assert!(false, "CQE for an unknown op {token:#x}");
                 continue;
             };
+            // The NOP of an injected failure: the op sees the injected errno.
+            #[cfg(any(test, feature = "fault-injection"))]
+            let res = if slot.injected == 0 { res } else { -std::mem::take(&mut slot.injected) };
             let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
             if let OpKind::AcceptMulti = op.kind {
                 if res >= 0 {
@@ -479,6 +520,7 @@ impl<C: Send + 'static> Driver<C> {
             (io.tokens(), queued)
         };
         let mut n = queued.len();
+        let backlog = sq.backlog.len();
         self.waiting.fetch_sub(queued.len() as u64, Ordering::Relaxed);
         for mut op in queued {
             op.cancel_reason = reason_code(reason);
@@ -502,8 +544,12 @@ impl<C: Send + 'static> Driver<C> {
                 out.push(self.finish(&mut sq, token, libc::ECANCELED));
             }
         }
+        let backlogged = sq.backlog.len() > backlog;
         drop(sq);
         self.enter();
+        if backlogged {
+            self.kick(); // the poller retries the backlog: wake it
+        }
         n
     }
 
@@ -786,18 +832,12 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
     use std::io::Write;
     use std::sync::mpsc;
     use std::time::Duration;
 
+    use super::fault::{self, Point};
     use crate::{BackendChoice, BackendKind, CompletionKey, CompletionPort, GetError};
-
-    thread_local! {
-        /// Makes this thread's SQE pushes fail, as a full SQ ring whose `io_uring_enter`
-        /// returns EBUSY/EAGAIN would.
-        pub(super) static REFUSE_PUSH: Cell<bool> = const { Cell::new(false) };
-    }
 
     fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -836,14 +876,15 @@ mod tests {
             let hb = port.associate(sb, CompletionKey(2)).expect("associate");
             cb.write_all(b"b").expect("write");
             hb.recv(Vec::with_capacity(8), 2).expect("recv b");
-            REFUSE_PUSH.with(|r| r.set(true));
+            // This thread's SQE pushes fail, as a full SQ ring whose enter fails would.
+            fault::fail_always(Point::SqPush, libc::EBUSY);
             ha.recv(Vec::with_capacity(8), 1).expect("recv a");
             assert_eq!(port.stats().backlog, 1);
             // b's completion arrives although a's SQE is still refused.
             let c = port.get(Some(Duration::from_secs(10))).expect("b completes");
             assert_eq!((*c.context(), c.result().ok()), (2, Some(1)));
             assert_eq!(port.stats().backlog, 1);
-            REFUSE_PUSH.with(|r| r.set(false));
+            fault::clear();
             ca.write_all(b"a").expect("write");
             let c = port.get(Some(Duration::from_secs(10))).expect("a completes");
             assert_eq!((*c.context(), c.result().ok()), (1, Some(1)));

@@ -2,6 +2,7 @@
 
 mod assoc;
 mod cancel;
+mod faults;
 mod file;
 mod net;
 mod pool;

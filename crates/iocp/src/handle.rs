@@ -1,4 +1,4 @@
-//! Handles: a socket (or, later, a file) associated with one port and one key, for life.
+//! Handles: a socket or a file associated with one port and one key, for life.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;

@@ -8,6 +8,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::{Body, Config, Parsed, Site};
 
+/// The HTTP fuzz corpus (`fuzz/corpus/http_request` at the workspace root), sorted by file
+/// name: `(name, bytes)` per input. Replayed in-process by this crate's tests and over real
+/// sockets by the server's.
+///
+/// # Errors
+///
+/// The corpus directory or a file in it cannot be read.
+pub fn corpus() -> io::Result<Vec<(String, Vec<u8>)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/http_request");
+    let mut files = Vec::new();
+    for e in fs::read_dir(&dir)? {
+        let p = e?.path();
+        if p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            Ok((p.file_name().unwrap_or_default().to_string_lossy().into_owned(), fs::read(&p)?))
+        })
+        .collect()
+}
+
 /// Fills `dir` with a small docroot: files of a few sizes, a `.gz` sibling, a directory with
 /// an index, one without, odd names, and a symlink that leaves the root.
 ///

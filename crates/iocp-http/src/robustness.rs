@@ -1,7 +1,6 @@
 //! The fuzz corpus replayed on stable, and a randomised test (random bytes and mutations of
 //! valid requests) so CI exercises the request path without nightly.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::{Site, fuzzing};
@@ -9,23 +8,8 @@ use crate::{Site, fuzzing};
 /// The longest one input may take through parse and respond (a generous bound: ~1 ms is usual).
 const PER_INPUT: Duration = Duration::from_secs(2);
 
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/http_request")
-}
-
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = std::fs::read_dir(corpus_dir())
-        .expect("fuzz/corpus/http_request exists")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
-        })
-        .collect()
+    fuzzing::corpus().expect("fuzz/corpus/http_request is readable")
 }
 
 fn timed(site: &Site, data: &[u8], what: &str) -> Vec<u16> {

@@ -32,9 +32,19 @@ pub fn env_backend() -> BackendChoice {
     }
 }
 
-/// A builder for the backend `IOCP_BACKEND` names (tests that do not care which).
+/// The io_uring rings per port that `IOCP_RINGS` asks for (read here, at the edge), default 1;
+/// 0 means one per thread of the concurrency limit ([`PortBuilder::rings`]).
+pub fn env_rings() -> usize {
+    match std::env::var("IOCP_RINGS") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|e| panic!("IOCP_RINGS={v:?}: {e}")),
+        Err(_) => 1,
+    }
+}
+
+/// A builder for the backend `IOCP_BACKEND` names (tests that do not care which), with the
+/// rings `IOCP_RINGS` names.
 pub fn auto_builder() -> PortBuilder {
-    iocp::CompletionPort::<()>::builder().backend(env_backend())
+    iocp::CompletionPort::<()>::builder().backend(env_backend()).rings(env_rings())
 }
 
 /// A builder for `kind`, or `None` (after printing why) when that case must be skipped.
@@ -42,7 +52,7 @@ pub fn auto_builder() -> PortBuilder {
 /// # Panics
 /// When io_uring is unavailable and `IOCP_REQUIRE_URING=1`.
 pub fn builder_for(kind: BackendKind) -> Option<PortBuilder> {
-    choice_for(kind).map(|c| iocp::CompletionPort::<()>::builder().backend(c))
+    choice_for(kind).map(|c| iocp::CompletionPort::<()>::builder().backend(c).rings(env_rings()))
 }
 
 /// The [`BackendChoice`] that forces `kind`, or `None` (with a `SKIP` line) when it cannot

@@ -121,6 +121,9 @@ pub(crate) struct PortConfig {
     pub(crate) ring_entries: u32,
     pub(crate) cq_entries: Option<u32>,
     pub(crate) file_threads: usize,
+    /// io_uring rings (0: one per thread of the concurrency limit, resolved by
+    /// `PortBuilder::build`).
+    pub(crate) rings: usize,
 }
 
 impl Default for PortConfig {
@@ -131,6 +134,7 @@ impl Default for PortConfig {
             ring_entries: 256,
             cq_entries: None,
             file_threads: 4,
+            rings: 1,
         }
     }
 }

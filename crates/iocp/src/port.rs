@@ -66,6 +66,16 @@ impl PortBuilder {
         self
     }
 
+    /// io_uring only: how many rings the port spreads its operations over (at most 64; 0 means
+    /// one per thread of the concurrency limit). Each thread starts its operations on its own
+    /// ring, so threads do not contend for one ring's kernel lock; the port's queue, wake-up
+    /// order and concurrency limit stay one (see docs/DESIGN.md §5.3). The default, 1, shares one
+    /// ring between all threads.
+    pub fn rings(mut self, n: usize) -> Self {
+        self.cfg.rings = n;
+        self
+    }
+
     /// epoll only: the most threads that run regular-file I/O (`read_at`, `write_at`) for this
     /// port (default 4). They start on demand and exit after 10 s idle.
     pub fn file_threads(mut self, n: usize) -> Self {
@@ -78,14 +88,17 @@ impl PortBuilder {
     /// # Errors
     /// `Unsupported` when [`BackendChoice::Uring`] was required and io_uring is unavailable (the
     /// message says why); otherwise the setup syscall's error.
-    pub fn build<C: Send + 'static>(self) -> io::Result<CompletionPort<C>> {
+    pub fn build<C: Send + 'static>(mut self) -> io::Result<CompletionPort<C>> {
         let report = backend::choose(self.cfg.backend)?;
-        let driver = Driver::open(report.kind(), &self.cfg)?;
         let max = if self.cfg.concurrency == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
             self.cfg.concurrency
         };
+        if self.cfg.rings == 0 {
+            self.cfg.rings = max;
+        }
+        let driver = Driver::open(report.kind(), &self.cfg)?;
         static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new(PortInner {
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),

@@ -8,6 +8,7 @@ mod net;
 mod pool;
 mod port;
 mod regress;
+mod rings;
 mod stress;
 mod transmit;
 mod udp;

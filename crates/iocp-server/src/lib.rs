@@ -35,6 +35,7 @@ pub use http::{Http, HttpConn};
 pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
 pub use server::{
-    CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,
+    CloseReason, Io, Next, Outbox, PushConfig, PushError, Server, ServerConfig, ServerReport,
+    ServerStats, Service, SlowPolicy, TimeoutKind,
 };
 pub use signal::wait_for_stop_signal;

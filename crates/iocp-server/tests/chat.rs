@@ -176,7 +176,7 @@ backend_test!(
         a.expect("you are in #hist");
         for i in 0..8 {
             a.say(&format!("m{i}"));
-            a.expect(&format!("<guest"));
+            a.expect(&format!("> m{i}"));
         }
         let mut b = ws(p.web.local_addr());
         send(&mut b, json!({"type": "join", "room": "hist"}));

@@ -455,8 +455,7 @@ impl Chat {
     fn on_ws(&self, conn: &mut ChatConn, io: &mut Io) -> Next {
         let input = std::mem::take(&mut io.input);
         let mut rest: &[u8] = &input;
-        loop {
-            let Phase::Ws(ctx) = &mut conn.phase else { break };
+        while let Phase::Ws(ctx) = &mut conn.phase {
             let mut wire = Wire { input: rest, output: &mut io.output };
             let r = ctx.read(&mut wire);
             rest = wire.input;

@@ -74,13 +74,11 @@ fn command_parsers_never_panic_on_garbage() {
             mutate(&mut rng, JSON_SEEDS[i % JSON_SEEDS.len()].as_bytes())
         };
         let _ = proto::parse_json(&data, 100);
-        if let Ok(s) = std::str::from_utf8(&data) {
-            if let Ok(Command::Say { text, .. } | Command::Pm { text, .. }) =
-                proto::parse_line(s, 100)
-            {
-                assert!(text.len() <= 100 + 4 * 2);
-                assert!(!text.contains('\n'));
-            }
+        let line = std::str::from_utf8(&data).ok().map(|s| proto::parse_line(s, 100));
+        if let Some(Ok(Command::Say { text, .. } | Command::Pm { text, .. })) = line {
+            // Control characters were replaced: they cannot break the line framing.
+            assert!(text.len() <= 100 + 4 * 2);
+            assert!(!text.contains('\n'));
         }
     }
 }
@@ -141,7 +139,11 @@ fn websocket_handling_never_panics_on_garbage_frames() {
         for _ in 0..(1 + rng.next() % 4) {
             let seed = JSON_SEEDS[(rng.next() as usize) % JSON_SEEDS.len()].as_bytes();
             let frame = masked(&mutate(&mut rng, seed), [1u8, 2, 8, 9, 10][i % 5]);
-            data.extend(if rng.next() % 3 == 0 { mutate(&mut rng, &frame) } else { frame });
+            data.extend(if rng.next().is_multiple_of(3) {
+                mutate(&mut rng, &frame)
+            } else {
+                frame
+            });
         }
         // Fed whole or in random pieces.
         let mut rest: &[u8] = &data;

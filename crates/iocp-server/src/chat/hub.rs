@@ -17,6 +17,10 @@ use super::ChatConfig;
 use super::proto::{Encoded, Event, ProtoError, now_ms, room_name, valid_nick};
 use crate::server::{Outbox, PushError};
 
+/// The most nicknames a `joined` or `members` event lists (a join to a room of thousands
+/// would otherwise send each joiner every name; `rooms` gives the counts).
+pub(crate) const MAX_LISTED: usize = 256;
+
 /// Which transport a member uses (which encoding it is sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -203,6 +207,7 @@ impl Hub {
         r.members.insert(m.id(), m.clone());
         let mut members: Vec<String> = r.members.values().map(|x| x.nick()).collect();
         members.sort();
+        members.truncate(MAX_LISTED);
         self.tell(m, &Event::Joined { room: name.clone(), members });
         // The history, then live events: both under the room's lock, so nothing is missed or
         // repeated between them.
@@ -337,6 +342,7 @@ impl Hub {
         let room = self.room(&name, false)?;
         let mut members: Vec<String> = room.lock().members.values().map(|x| x.nick()).collect();
         members.sort();
+        members.truncate(MAX_LISTED);
         self.tell(m, &Event::Members { room: name, members });
         Ok(())
     }

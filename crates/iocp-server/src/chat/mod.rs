@@ -30,7 +30,7 @@
 //! `joined {room, members}` followed by the room's history (the last
 //! [`ChatConfig::history`] `msg` events, replayed as they were sent), `msg {room, from, text,
 //! ts}`, `pm {from, to, text, ts}`, presence `join`/`leave {room, nick, ts}` and
-//! `nick {room, old, new, ts}`, `left`, `rooms`, `members`, and `error {code, message}` for a
+//! `nick {room, old, new, ts}`, `left`, `rooms`, `members` (`joined` and `members` list at most 256 names, sorted), and `error {code, message}` for a
 //! refused command (codes in [`ProtoError::code`]). `ts` is the server's time in milliseconds
 //! since the Unix epoch (TCP lines show it as `HH:MM:SS` UTC).
 //!

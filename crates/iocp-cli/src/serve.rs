@@ -1,4 +1,4 @@
-//! `iocp serve echo|http`: the servers, until SIGINT or SIGTERM.
+//! `iocp serve echo|http|chat`: the servers, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use iocp::BackendChoice;
-use iocp_server::{Echo, Http, Server, ServerConfig, ServerReport, Service, metrics};
+use iocp_server::{
+    ChatConfig, ChatHub, Echo, Http, Server, ServerConfig, ServerReport, Service, SlowPolicy,
+    metrics,
+};
 
 /// Options every server takes.
 #[derive(Debug, clap::Args)]
@@ -74,6 +77,37 @@ pub(crate) struct HttpArgs {
     common: Common,
 }
 
+/// `iocp serve chat` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChatArgs {
+    /// Address of the web port: the page at /, WebSocket upgrades at /ws
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    addr: SocketAddr,
+    /// Also serve the line protocol (nc, telnet) on this address
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// Messages kept per room and replayed on join
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    history: usize,
+    /// Commands per second a connection may send (its token bucket refills at this rate)
+    #[arg(long, value_name = "N", default_value_t = 20.0)]
+    rate: f64,
+    /// Commands a connection may send at once (the bucket's size)
+    #[arg(long, value_name = "N", default_value_t = 40.0)]
+    burst: f64,
+    /// Most bytes of a message's text
+    #[arg(long, value_name = "BYTES", default_value_t = 2000)]
+    max_text: usize,
+    /// Buffers queued per connection before it counts as slow
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    queue: usize,
+    /// A slow client is dropped (drop) or skips to the newest messages (skip)
+    #[arg(long, value_name = "drop|skip", default_value = "drop")]
+    slow: String,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// Which server.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ServeCommand {
@@ -81,6 +115,9 @@ pub(crate) enum ServeCommand {
     Echo(EchoArgs),
     /// Serve a directory over HTTP/1.1 (GET and HEAD, keep-alive, ranges, conditionals)
     Http(HttpArgs),
+    /// A chat: rooms, nicknames, private messages over WebSocket (with a browser page) and a
+    /// TCP line protocol
+    Chat(ChatArgs),
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Option<Duration>> {
@@ -125,7 +162,65 @@ pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
             };
             serve(Http::new(site, a.access_log), cfg, a.common.metrics, "http")
         }
+        ServeCommand::Chat(a) => serve_chat(a),
     }
+}
+
+fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
+    let policy = match a.slow.as_str() {
+        "drop" => SlowPolicy::Drop,
+        "skip" => SlowPolicy::KeepNewest,
+        other => anyhow::bail!("--slow: expected drop or skip, got {other:?}"),
+    };
+    if !(a.rate > 0.0 && a.burst >= 1.0) {
+        anyhow::bail!("--rate must be > 0 and --burst >= 1");
+    }
+    let defaults = ChatConfig::default();
+    let cfg = ChatConfig {
+        history: a.history,
+        rate: a.rate,
+        burst: a.burst,
+        max_text: a.max_text.max(1),
+        push: iocp_server::PushConfig { max_messages: a.queue.max(1), policy, ..defaults.push },
+        ..defaults
+    };
+    let hub = ChatHub::new(cfg);
+    let web = Server::start(hub.web(), a.common.config(a.addr)?)
+        .with_context(|| format!("starting the chat web server on {}", a.addr))?;
+    let b = web.backend();
+    eprintln!(
+        "iocp chat: listening on {0} (page at http://{0}/, WebSocket at ws://{0}/ws; {1} \
+         backend: {2})",
+        web.local_addr(),
+        b.kind(),
+        b.reason()
+    );
+    let tcp = match a.tcp {
+        Some(addr) => {
+            let s = Server::start(hub.tcp(), a.common.config(addr)?)
+                .with_context(|| format!("starting the chat TCP server on {addr}"))?;
+            eprintln!("iocp chat: line protocol on tcp {} (nc works)", s.local_addr());
+            Some(s)
+        }
+        None => None,
+    };
+    eprintln!("iocp chat: Ctrl-C or SIGTERM stops");
+    let metrics = start_metrics(&web, a.common.metrics, a.common.backend)?;
+    let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
+    eprintln!("iocp chat: signal {sig}: stopping (close frames 1001, then what is in flight)");
+    if let Some(m) = metrics {
+        m.stop();
+    }
+    print_report(&web.stop());
+    if let Some(t) = tcp {
+        print_report(&t.stop());
+    }
+    let s = hub.stats();
+    eprintln!(
+        "iocp chat: {} messages, {} deliveries, {} undelivered, {} rate-limited, {} bad inputs",
+        s.messages, s.deliveries, s.undelivered, s.rate_limited, s.bad_input
+    );
+    Ok(())
 }
 
 fn serve<S: Service>(

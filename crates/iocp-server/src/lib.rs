@@ -7,6 +7,8 @@
 //!   timeouts, a connection limit, bounded buffering and a graceful stop, driven by a
 //!   [`Service`] that speaks the protocol.
 //! - [`Echo`]: the echo service.
+//! - [`chat`]: a chat server (WebSocket, a browser page and a TCP line protocol) on the push
+//!   path ([`Service::push`]).
 //! - [`Http`]: the HTTP/1.1 static-file service ([`iocp_http::Site`] on the framework).
 //! - [`metrics`]: a server's, its pool's and its port's counters over HTTP (Prometheus
 //!   `/metrics`, `/health`, a live dashboard on `/`), served by a [`Server`] of its own.
@@ -22,6 +24,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod chat;
 mod echo;
 mod heap;
 mod http;
@@ -30,11 +33,13 @@ mod pool;
 mod server;
 mod signal;
 
+pub use chat::{Chat, ChatConfig, ChatHub, ChatStats};
 pub use echo::Echo;
 pub use http::{Http, HttpConn};
 pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
 pub use server::{
-    CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,
+    CloseReason, Io, Next, Outbox, PushConfig, PushError, Server, ServerConfig, ServerReport,
+    ServerStats, Service, SlowPolicy, TimeoutKind,
 };
 pub use signal::wait_for_stop_signal;

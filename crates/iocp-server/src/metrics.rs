@@ -73,13 +73,14 @@ const BOUNDS_NS: [u64; 16] = [
 ];
 const BUCKETS: usize = BOUNDS_NS.len() + 1;
 
-const REASONS: [(CloseReason, &str); 6] = [
+const REASONS: [(CloseReason, &str); 7] = [
     (CloseReason::Eof, "eof"),
     (CloseReason::Done, "done"),
     (CloseReason::Timeout, "timeout"),
     (CloseReason::Error, "error"),
     (CloseReason::Overflow, "overflow"),
     (CloseReason::Stopped, "stopped"),
+    (CloseReason::Slow, "slow"),
 ];
 
 fn reason_index(r: CloseReason) -> usize {

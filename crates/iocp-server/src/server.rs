@@ -6,8 +6,8 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use iocp::{
@@ -21,10 +21,18 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::metrics::{Live, LiveStats, MetricsSnapshot};
 use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 
+mod push;
+use push::{Finish, PushConn};
+pub use push::{Outbox, PushConfig, PushError, SlowPolicy};
+
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
 const CONN_KEY: CompletionKey = CompletionKey(1);
 /// A posted packet asking a worker to post the listener's accepts.
 const START_KEY: CompletionKey = CompletionKey(2);
+/// A posted packet handing a push-mode connection's drain token to a worker.
+const PUSH_KEY: CompletionKey = CompletionKey(3);
+/// A posted packet asking a worker to close a push-mode connection's socket.
+const PUSH_CLOSE_KEY: CompletionKey = CompletionKey(4);
 /// The smallest buffer a readable idle connection takes (see `Shared::read_now`).
 const MIN_READ: usize = 256;
 
@@ -163,6 +171,9 @@ pub enum CloseReason {
     Overflow,
     /// The server stopped.
     Stopped,
+    /// A push-mode connection did not read what was pushed to it fast enough (its outgoing
+    /// queue filled up under [`SlowPolicy::Drop`]).
+    Slow,
 }
 
 /// The protocol a [`Server`] speaks: callbacks that look at a connection's buffers and say what
@@ -204,6 +215,30 @@ pub trait Service: Send + Sync + 'static {
         let _ = conn;
         false
     }
+
+    /// Whether connections are full duplex (the push path, asked once at start). `None`, the
+    /// default, is request/response: one operation in flight per connection. With a
+    /// [`PushConfig`], each connection gets an [`Outbox`] ([`Service::open_push`]) that any
+    /// thread may push shared buffers to while the connection keeps its receive posted; its
+    /// sends go through that outbox, one at a time, in order: [`Next::Send`] queues
+    /// [`Io::output`] there and reads on at once ([`Service::on_sent`] is not called),
+    /// [`Next::Close`] and end-of-stream close once the queue has drained, and
+    /// [`Next::Transmit`] is not supported (it closes the connection).
+    fn push(&self) -> Option<PushConfig> {
+        None
+    }
+
+    /// A connection was accepted by a push-mode server ([`Service::push`]); `outbox` sends to
+    /// it. The default ignores the outbox and calls [`Service::open`].
+    fn open_push(&self, peer: Option<SocketAddr>, outbox: Outbox) -> Self::Conn {
+        drop(outbox);
+        self.open(peer)
+    }
+
+    /// The server began stopping (called once, by [`Server::stop`], before the connections'
+    /// receiving sides are shut). A push-mode service queues its goodbyes here (close frames,
+    /// with [`Outbox::push_last`]); what is queued is delivered within the grace period.
+    fn stopping(&self) {}
 }
 
 /// Counters of a running or stopped server.
@@ -238,6 +273,11 @@ pub struct ServerStats {
     /// Times an idle connection parked on a zero-byte receive, releasing its buffers
     /// ([`ServerConfig::park_after`]).
     pub parks: u64,
+    /// Push-mode connections closed because their outgoing queue was full
+    /// ([`SlowPolicy::Drop`]).
+    pub slow_drops: u64,
+    /// Queued buffers discarded to make room for newer ones ([`SlowPolicy::KeepNewest`]).
+    pub push_skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -256,6 +296,8 @@ struct Counters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     parks: AtomicU64,
+    slow_drops: AtomicU64,
+    push_skipped: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -280,6 +322,8 @@ impl Counters {
             bytes_in: l(&self.bytes_in),
             bytes_out: l(&self.bytes_out),
             parks: l(&self.parks),
+            slow_drops: l(&self.slow_drops),
+            push_skipped: l(&self.push_skipped),
         }
     }
 }
@@ -319,6 +363,8 @@ struct Conn<S: Service> {
     linger_until: Option<Instant>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The outgoing side of a push-mode connection ([`Service::push`]).
+    push: Option<Arc<PushConn<S>>>,
 }
 
 /// The context of every operation on the server's port.
@@ -326,6 +372,8 @@ enum Ctx<S: Service> {
     /// An accept, with [`ServerStats::closed`] from just before it was posted.
     Accept(u64),
     Conn(Box<Conn<S>>),
+    /// A push-mode connection's send, or a packet posted for it.
+    Push(Arc<PushConn<S>>),
 }
 
 struct Shared<S: Service> {
@@ -342,6 +390,10 @@ struct Shared<S: Service> {
     /// Live counters for metrics: bytes and messages as they complete, service time, closes
     /// by reason.
     live: Live,
+    /// The push path's bounds, when the service is full duplex ([`Service::push`]).
+    push: Option<PushConfig>,
+    /// This, for the push path's connections to reach the server.
+    me: Weak<Shared<S>>,
 }
 
 /// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
@@ -393,7 +445,9 @@ impl<S: Service> Server<S> {
             .as_socket()
             .ok_or_else(|| io::Error::other("listener has no inet address"))?;
         let listener = port.associate(OwnedFd::from(sock), LISTENER_KEY)?;
-        let shared = Arc::new(Shared {
+        let reclaim = crate::heap::Reclaimer::start()?;
+        let push = service.push();
+        let shared = Arc::new_cyclic(|me| Shared {
             service,
             cfg: ServerConfig { threads, ..cfg },
             port: port.clone(),
@@ -403,8 +457,10 @@ impl<S: Service> Server<S> {
             accepts_posted: AtomicUsize::new(0),
             exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
-            reclaim: crate::heap::Reclaimer::start()?,
+            reclaim,
             live: Live::default(),
+            push,
+            me: me.clone(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
@@ -547,6 +603,10 @@ impl<S: Service> Shared<S> {
             return;
         }
         self.listener.close();
+        if catch_unwind(AssertUnwindSafe(|| self.service.stopping())).is_err() {
+            bump(&self.counters.panics);
+            tracing::error!("service panicked in stopping");
+        }
         for (_, h) in self.conns.lock().iter() {
             // The peer may already be gone (ENOTCONN): nothing to wake then.
             let _ = h.shutdown(Shutdown::Read);
@@ -590,6 +650,17 @@ impl<S: Service> Shared<S> {
         if c.key() == START_KEY {
             return self.refill_accepts();
         }
+        if self.push.is_some() {
+            push::mark_worker();
+            if let Ctx::Push(_) = c.context() {
+                let key = c.key();
+                let (ctx, payload) = c.into_parts();
+                if let Ctx::Push(pc) = ctx {
+                    self.on_push(pc, key, res, payload);
+                }
+                return;
+            }
+        }
         if let (Ctx::Conn(conn), Ok(n)) = (c.context(), &res) {
             self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
@@ -604,6 +675,8 @@ impl<S: Service> Shared<S> {
                     self.on_conn(conn, res, payload);
                 }
             }
+            // Only a push-mode server starts these (handled above).
+            Ctx::Push(_) => {}
         }
     }
 
@@ -686,7 +759,12 @@ impl<S: Service> Shared<S> {
                 return;
             }
         };
-        let state = match catch_unwind(AssertUnwindSafe(|| self.service.open(peer))) {
+        let push = self.push.map(|cfg| PushConn::new(self.me.clone(), handle.clone(), cfg));
+        let opened = catch_unwind(AssertUnwindSafe(|| match &push {
+            Some(pc) => self.service.open_push(peer, pc.outbox()),
+            None => self.service.open(peer),
+        }));
+        let state = match opened {
             Ok(state) => state,
             Err(_) => {
                 bump(&self.counters.panics);
@@ -713,6 +791,7 @@ impl<S: Service> Shared<S> {
             linger_until: None,
             bytes_in: 0,
             bytes_out: 0,
+            push,
         });
         self.drive(conn, Next::Read);
     }
@@ -746,7 +825,7 @@ impl<S: Service> Shared<S> {
             }
             (Pending::Linger, _) => self.close(conn, CloseReason::Done),
             (Pending::Ready, Ok(_)) => self.read_now(conn),
-            (Pending::Read, Ok(0)) => self.close(conn, CloseReason::Eof),
+            (Pending::Read, Ok(0)) => self.eof(conn),
             (Pending::Read, Ok(n)) => self.on_input(conn, n),
             (Pending::Read, Err(e)) if conn.parking && timed_out(&e) => {
                 conn.parking = false;
@@ -776,6 +855,9 @@ impl<S: Service> Shared<S> {
             (Pending::Send, Err(e)) if timed_out(&e) => {
                 bump(&self.counters.write_timeouts);
                 self.close(conn, CloseReason::Timeout);
+            }
+            (_, Err(_)) if conn.push.as_ref().is_some_and(|p| p.dropped_slow()) => {
+                self.close(conn, CloseReason::Slow);
             }
             (_, Err(e)) => {
                 if !(self.stopping.load(Ordering::Relaxed) && cancelled(&e)) {
@@ -830,7 +912,7 @@ impl<S: Service> Shared<S> {
             rustix::net::RecvFlags::DONTWAIT,
         );
         match r {
-            Ok((0, _)) => self.close(conn, CloseReason::Eof),
+            Ok((0, _)) => self.eof(conn),
             Ok((n, _)) => {
                 // Read here, not by a receive operation: count it as one.
                 self.live.transferred(false, true, n);
@@ -900,8 +982,66 @@ impl<S: Service> Shared<S> {
         self.drive(conn, next);
     }
 
+    /// The peer closed its sending side. A push-mode connection first delivers what is
+    /// queued for it.
+    fn eof(&self, conn: Box<Conn<S>>) {
+        if let Some(pc) = conn.push.clone() {
+            if let Some(conn) = pc.park(conn, Finish::Close(CloseReason::Eof)) {
+                self.close(conn, CloseReason::Eof);
+            }
+            return;
+        }
+        self.close(conn, CloseReason::Eof);
+    }
+
+    /// Starts what `next` says on a push-mode connection: output goes through its outbox.
+    fn drive_push(&self, mut conn: Box<Conn<S>>, next: Next, pc: &Arc<PushConn<S>>) {
+        match next {
+            Next::Read => self.drive_read(conn),
+            Next::Send => {
+                let out = std::mem::take(&mut conn.io.output);
+                let last = std::mem::take(&mut conn.io.close_after_send);
+                if !out.is_empty() {
+                    // A refused push means the connection is closed or being dropped: its
+                    // receive ends it.
+                    let _ = pc.queue_private(out);
+                }
+                if last {
+                    self.drive_push(conn, Next::Close, pc);
+                } else {
+                    self.drive_read(conn);
+                }
+            }
+            Next::Transmit { .. } => {
+                tracing::error!(slot = conn.slot, "Next::Transmit on a push-mode connection");
+                self.close(conn, CloseReason::Error);
+            }
+            Next::Close => {
+                let pc = pc.clone();
+                let parked = pc.park(conn, Finish::Linger);
+                if let Some(conn) = parked {
+                    self.close_gracefully(conn);
+                }
+            }
+        }
+    }
+
     /// Starts what `next` says.
-    fn drive(&self, mut conn: Box<Conn<S>>, next: Next) {
+    fn drive(&self, conn: Box<Conn<S>>, next: Next) {
+        if let Some(pc) = &conn.push {
+            let pc = pc.clone();
+            return self.drive_push(conn, next, &pc);
+        }
+        self.drive_request(conn, next);
+    }
+
+    /// Posts the connection's receive (with its deadline).
+    fn drive_read(&self, conn: Box<Conn<S>>) {
+        self.drive_request(conn, Next::Read);
+    }
+
+    /// Starts what `next` says on a request/response connection.
+    fn drive_request(&self, mut conn: Box<Conn<S>>, next: Next) {
         match next {
             Next::Read => {
                 if conn.io.input.len() >= self.cfg.max_input {
@@ -982,14 +1122,18 @@ impl<S: Service> Shared<S> {
                 };
                 self.refused_start(r);
             }
-            Next::Close => {
-                if self.cfg.linger.is_zero() || conn.handle.shutdown(Shutdown::Write).is_err() {
-                    return self.close(conn, CloseReason::Done);
-                }
-                conn.linger_until = Some(Instant::now() + self.cfg.linger);
-                self.drive_linger(conn);
-            }
+            Next::Close => self.close_gracefully(conn),
         }
+    }
+
+    /// Shuts the sending side and reads (discarding) until the peer closes or the linger time
+    /// is over.
+    fn close_gracefully(&self, mut conn: Box<Conn<S>>) {
+        if self.cfg.linger.is_zero() || conn.handle.shutdown(Shutdown::Write).is_err() {
+            return self.close(conn, CloseReason::Done);
+        }
+        conn.linger_until = Some(Instant::now() + self.cfg.linger);
+        self.drive_linger(conn);
     }
 
     /// Reads and discards until the peer closes or the linger time is over.
@@ -1030,8 +1174,12 @@ impl<S: Service> Shared<S> {
     // would only move it twice.
     #[allow(clippy::boxed_local)]
     fn close(&self, conn: Box<Conn<S>>, reason: CloseReason) {
-        let Conn { handle, slot, state, bytes_in, bytes_out, .. } = *conn;
+        let Conn { handle, slot, state, bytes_in, mut bytes_out, push, .. } = *conn;
         handle.close();
+        if let Some(pc) = push {
+            pc.retire();
+            bytes_out += pc.sent();
+        }
         let reason = if self.stopping.load(Ordering::Relaxed) && reason != CloseReason::Eof {
             CloseReason::Stopped
         } else {

@@ -1,0 +1,359 @@
+//! The chat's shared state: nicknames, rooms with their members and history, and fan-out.
+//!
+//! Locks: `nicks` (the nickname registry) and `rooms` (the room table) are held only to look
+//! up or change the tables; each room has its own lock, held while its history is appended and
+//! its members are pushed to, so every member sees a room's events in the same order as its
+//! history. A pusher never waits on a socket: [`Outbox::push`] queues (or drops a slow
+//! client) and at most starts one send.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::ChatConfig;
+use super::proto::{Encoded, Event, ProtoError, now_ms, room_name, valid_nick};
+use crate::server::{Outbox, PushError};
+
+/// The most nicknames a `joined` or `members` event lists (a join to a room of thousands
+/// would otherwise send each joiner every name; `rooms` gives the counts).
+pub(crate) const MAX_LISTED: usize = 256;
+
+/// Which transport a member uses (which encoding it is sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Ws,
+    Tcp,
+}
+
+/// A connected client that has a nickname.
+#[derive(Debug)]
+pub(crate) struct Member {
+    pub(crate) kind: Kind,
+    pub(crate) outbox: Outbox,
+    pub(crate) nick: Mutex<String>,
+    /// Rooms joined, the current one last.
+    pub(crate) rooms: Mutex<Vec<String>>,
+}
+
+impl Member {
+    fn id(&self) -> u64 {
+        self.outbox.id()
+    }
+
+    pub(crate) fn nick(&self) -> String {
+        self.nick.lock().clone()
+    }
+
+    fn pick<'a>(&self, e: &'a Encoded) -> &'a Bytes {
+        match self.kind {
+            Kind::Ws => &e.ws,
+            Kind::Tcp => &e.tcp,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    members: HashMap<u64, Arc<Member>>,
+    history: VecDeque<Encoded>,
+}
+
+/// Counters of the chat (all connections of both transports).
+#[derive(Debug, Default)]
+pub(crate) struct ChatCounters {
+    pub(crate) messages: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) bad_input: AtomicU64,
+}
+
+/// Nicknames, rooms, fan-out.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) cfg: ChatConfig,
+    nicks: Mutex<HashMap<String, Arc<Member>>>,
+    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    guests: AtomicU64,
+    pub(crate) counters: ChatCounters,
+}
+
+impl Hub {
+    pub(crate) fn new(cfg: ChatConfig) -> Self {
+        Hub {
+            cfg,
+            nicks: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(HashMap::new()),
+            guests: AtomicU64::new(1),
+            counters: ChatCounters::default(),
+        }
+    }
+
+    /// Sends one event to one member.
+    pub(crate) fn tell(&self, m: &Member, ev: &Event) {
+        let e = Encoded::new(ev);
+        self.deliver(m, &e);
+    }
+
+    fn deliver(&self, m: &Member, e: &Encoded) {
+        match m.outbox.push(m.pick(e).clone()) {
+            Ok(()) => self.counters.deliveries.fetch_add(1, Ordering::Relaxed),
+            Err(PushError::Closed | PushError::Full) => {
+                self.counters.undelivered.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    /// A new member with a guest nickname, in the default room.
+    pub(crate) fn enter(&self, kind: Kind, outbox: Outbox) -> Arc<Member> {
+        let member = loop {
+            let nick = format!("guest{}", self.guests.fetch_add(1, Ordering::Relaxed));
+            let mut nicks = self.nicks.lock();
+            let key = nick.to_ascii_lowercase();
+            if nicks.contains_key(&key) {
+                continue;
+            }
+            let m = Arc::new(Member {
+                kind,
+                outbox: outbox.clone(),
+                nick: Mutex::new(nick),
+                rooms: Mutex::new(Vec::new()),
+            });
+            nicks.insert(key, m.clone());
+            break m;
+        };
+        self.tell(&member, &Event::Welcome { nick: member.nick() });
+        let room = self.cfg.default_room.clone();
+        if let Err(e) = self.join(&member, &room) {
+            self.tell(&member, &Event::Error(e));
+        }
+        member
+    }
+
+    /// The member left (its connection closed).
+    pub(crate) fn exit(&self, m: &Arc<Member>) {
+        let rooms = std::mem::take(&mut *m.rooms.lock());
+        for r in rooms {
+            self.part(m, &r, false);
+        }
+        let key = m.nick().to_ascii_lowercase();
+        let mut nicks = self.nicks.lock();
+        if nicks.get(&key).is_some_and(|x| Arc::ptr_eq(x, m)) {
+            nicks.remove(&key);
+        }
+    }
+
+    fn room(&self, name: &str, create: bool) -> Result<Arc<Mutex<Room>>, ProtoError> {
+        let mut rooms = self.rooms.lock();
+        if let Some(r) = rooms.get(name) {
+            return Ok(r.clone());
+        }
+        if !create {
+            return Err(ProtoError::new("no_such_room", format!("no room #{name}")));
+        }
+        if rooms.len() >= self.cfg.max_rooms {
+            return Err(ProtoError::new("too_many_rooms", "the server has too many rooms"));
+        }
+        let r = Arc::new(Mutex::new(Room::default()));
+        rooms.insert(name.to_owned(), r.clone());
+        Ok(r)
+    }
+
+    /// Appends to the room's history (when `keep`) and sends to every member, under the
+    /// room's lock.
+    fn fan_out(&self, room: &mut Room, ev: &Event, keep: bool) {
+        let e = Encoded::new(ev);
+        for m in room.members.values() {
+            self.deliver(m, &e);
+        }
+        if keep && self.cfg.history > 0 {
+            if room.history.len() >= self.cfg.history {
+                room.history.pop_front();
+            }
+            room.history.push_back(e);
+        }
+    }
+
+    pub(crate) fn join(&self, m: &Arc<Member>, raw: &str) -> Result<(), ProtoError> {
+        let name = room_name(raw)?;
+        {
+            let mut rooms = m.rooms.lock();
+            if let Some(i) = rooms.iter().position(|r| *r == name) {
+                // Already in: it becomes the current room.
+                let r = rooms.remove(i);
+                rooms.push(r);
+                drop(rooms);
+                return self.who(m, Some(&name));
+            }
+            if rooms.len() >= self.cfg.max_rooms_per_member {
+                return Err(ProtoError::new(
+                    "too_many_rooms",
+                    format!("at most {} rooms at once", self.cfg.max_rooms_per_member),
+                ));
+            }
+            rooms.push(name.clone());
+        }
+        let room = match self.room(&name, true) {
+            Ok(r) => r,
+            Err(e) => {
+                m.rooms.lock().retain(|r| *r != name);
+                return Err(e);
+            }
+        };
+        let mut r = room.lock();
+        r.members.insert(m.id(), m.clone());
+        let mut members: Vec<String> = r.members.values().map(|x| x.nick()).collect();
+        members.sort();
+        members.truncate(MAX_LISTED);
+        self.tell(m, &Event::Joined { room: name.clone(), members });
+        // The history, then live events: both under the room's lock, so nothing is missed or
+        // repeated between them.
+        for e in &r.history {
+            self.deliver(m, e);
+        }
+        let ev = Event::Join { room: name, nick: m.nick(), ts: now_ms() };
+        self.fan_out(&mut r, &ev, false);
+        Ok(())
+    }
+
+    /// Leaves `name` (or the current room); `tell` answers the member.
+    pub(crate) fn leave(&self, m: &Arc<Member>, raw: Option<&str>) -> Result<(), ProtoError> {
+        let name = self.which_room(m, raw)?;
+        m.rooms.lock().retain(|r| *r != name);
+        self.part(m, &name, true);
+        Ok(())
+    }
+
+    fn part(&self, m: &Arc<Member>, name: &str, answer: bool) {
+        let Ok(room) = self.room(name, false) else { return };
+        let mut r = room.lock();
+        if r.members.remove(&m.id()).is_none() {
+            return;
+        }
+        if answer {
+            self.tell(m, &Event::Left { room: name.to_owned() });
+        }
+        let ev = Event::Leave { room: name.to_owned(), nick: m.nick(), ts: now_ms() };
+        self.fan_out(&mut r, &ev, false);
+        let empty = r.members.is_empty();
+        drop(r);
+        if empty && name != self.cfg.default_room {
+            let mut rooms = self.rooms.lock();
+            // Still empty (checked again under the table's lock: a join may have come).
+            if rooms.get(name).is_some_and(|r| r.lock().members.is_empty()) {
+                rooms.remove(name);
+            }
+        }
+    }
+
+    fn which_room(&self, m: &Member, raw: Option<&str>) -> Result<String, ProtoError> {
+        let rooms = m.rooms.lock();
+        let name = match raw {
+            Some(r) => room_name(r)?,
+            None => rooms
+                .last()
+                .cloned()
+                .ok_or_else(|| ProtoError::new("not_in_room", "join a room first (/join ROOM)"))?,
+        };
+        if !rooms.contains(&name) {
+            return Err(ProtoError::new("not_in_room", format!("you are not in #{name}")));
+        }
+        Ok(name)
+    }
+
+    pub(crate) fn say(
+        &self,
+        m: &Arc<Member>,
+        raw: Option<&str>,
+        text: String,
+    ) -> Result<(), ProtoError> {
+        let name = self.which_room(m, raw)?;
+        let room = self.room(&name, false)?;
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let ev = Event::Msg { room: name, from: m.nick(), text, ts: now_ms() };
+        self.fan_out(&mut room.lock(), &ev, true);
+        Ok(())
+    }
+
+    pub(crate) fn pm(&self, m: &Arc<Member>, to: &str, text: String) -> Result<(), ProtoError> {
+        let target = self
+            .nicks
+            .lock()
+            .get(&to.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| ProtoError::new("no_such_nick", format!("nobody is called {to}")))?;
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let ev = Event::Pm { from: m.nick(), to: target.nick(), text, ts: now_ms() };
+        let e = Encoded::new(&ev);
+        self.deliver(&target, &e);
+        if !Arc::ptr_eq(&target, m) {
+            self.deliver(m, &e);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn nick(&self, m: &Arc<Member>, new: &str) -> Result<(), ProtoError> {
+        valid_nick(new)?;
+        let old = {
+            let mut nicks = self.nicks.lock();
+            let key = new.to_ascii_lowercase();
+            match nicks.get(&key) {
+                Some(x) if Arc::ptr_eq(x, m) => {}
+                Some(_) => {
+                    return Err(ProtoError::new("nick_taken", format!("{new} is taken")));
+                }
+                None => {}
+            }
+            let mut nick = m.nick.lock();
+            let old = std::mem::replace(&mut *nick, new.to_owned());
+            nicks.remove(&old.to_ascii_lowercase());
+            nicks.insert(key, m.clone());
+            old
+        };
+        self.tell(m, &Event::Welcome { nick: new.to_owned() });
+        let rooms = m.rooms.lock().clone();
+        for name in rooms {
+            if let Ok(room) = self.room(&name, false) {
+                let ev =
+                    Event::Nick { room: name, old: old.clone(), new: new.to_owned(), ts: now_ms() };
+                self.fan_out(&mut room.lock(), &ev, false);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn rooms(&self, m: &Member) {
+        let rooms: Vec<(String, Arc<Mutex<Room>>)> =
+            self.rooms.lock().iter().map(|(n, r)| (n.clone(), r.clone())).collect();
+        let mut list: Vec<(String, usize)> =
+            rooms.into_iter().map(|(n, r)| (n, r.lock().members.len())).collect();
+        list.sort();
+        self.tell(m, &Event::Rooms(list));
+    }
+
+    pub(crate) fn who(&self, m: &Member, raw: Option<&str>) -> Result<(), ProtoError> {
+        let name = match raw {
+            Some(r) => room_name(r)?,
+            None => self.which_room(m, None)?,
+        };
+        let room = self.room(&name, false)?;
+        let mut members: Vec<String> = room.lock().members.values().map(|x| x.nick()).collect();
+        members.sort();
+        members.truncate(MAX_LISTED);
+        self.tell(m, &Event::Members { room: name, members });
+        Ok(())
+    }
+
+    /// Every member of `kind`, for the server's goodbyes.
+    pub(crate) fn members_of(&self, kind: Kind) -> Vec<Arc<Member>> {
+        self.nicks.lock().values().filter(|m| m.kind == kind).cloned().collect()
+    }
+
+    /// Members now.
+    pub(crate) fn member_count(&self) -> usize {
+        self.nicks.lock().len()
+    }
+}

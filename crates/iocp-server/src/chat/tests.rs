@@ -1,0 +1,210 @@
+//! The parsers and the per-connection protocol handling, fed random and garbage input.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+/// xorshift64*: deterministic noise without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+const SEEDS: &[&str] = &[
+    "/nick ann",
+    "/join rust",
+    "/leave",
+    "/rooms",
+    "/who",
+    "/msg ann hi",
+    "/say rust x",
+    "/me waves",
+    "hello",
+    "/quit",
+    "/help",
+    "/nick",
+    "/msg",
+    "/join ###",
+    "\u{0}\u{1}",
+    "/NICK Bob",
+];
+
+const JSON_SEEDS: &[&str] = &[
+    r#"{"type":"nick","nick":"ann"}"#,
+    r#"{"type":"join","room":"rust"}"#,
+    r#"{"type":"msg","text":"hi"}"#,
+    r#"{"type":"pm","to":"ann","text":"hi"}"#,
+    r#"{"type":"rooms"}"#,
+    r#"{"type":1}"#,
+    r#"[1,2,3]"#,
+    r#"{"type":"msg","text":null}"#,
+];
+
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    let mut v = seed.to_vec();
+    for _ in 0..(rng.next() % 4) {
+        let at = if v.is_empty() { 0 } else { (rng.next() as usize) % v.len() };
+        match rng.next() % 3 {
+            0 if !v.is_empty() => v[at] = rng.next() as u8,
+            1 => v.insert(at, rng.next() as u8),
+            _ => v.truncate(at),
+        }
+    }
+    v
+}
+
+#[test]
+fn command_parsers_never_panic_on_garbage() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..20_000 {
+        let data = if i % 3 == 0 {
+            let n = (rng.next() % 64) as usize;
+            rng.bytes(n)
+        } else if i % 3 == 1 {
+            mutate(&mut rng, SEEDS[i % SEEDS.len()].as_bytes())
+        } else {
+            mutate(&mut rng, JSON_SEEDS[i % JSON_SEEDS.len()].as_bytes())
+        };
+        let _ = proto::parse_json(&data, 100);
+        let line = std::str::from_utf8(&data).ok().map(|s| proto::parse_line(s, 100));
+        if let Some(Ok(Command::Say { text, .. } | Command::Pm { text, .. })) = line {
+            // Control characters were replaced: they cannot break the line framing.
+            assert!(text.len() <= 100 + 4 * 2);
+            assert!(!text.contains('\n'));
+        }
+    }
+}
+
+#[test]
+fn parsers_understand_the_documented_commands() {
+    assert_eq!(proto::parse_line("/nick ann\r", 10), Ok(Command::Nick("ann".into())));
+    assert_eq!(
+        proto::parse_line("/msg bob hi there", 100),
+        Ok(Command::Pm { to: "bob".into(), text: "hi there".into() })
+    );
+    assert_eq!(proto::parse_line("hi", 100), Ok(Command::Say { room: None, text: "hi".into() }));
+    assert_eq!(proto::parse_line("/bogus", 100).unwrap_err().code, "bad_command");
+    assert_eq!(proto::parse_line("x".repeat(11).as_str(), 10).unwrap_err().code, "too_long");
+    assert_eq!(
+        proto::parse_json(br#"{"type":"msg","room":"a","text":"t"}"#, 10),
+        Ok(Command::Say { room: Some("a".into()), text: "t".into() })
+    );
+    assert_eq!(proto::parse_json(b"{", 10).unwrap_err().code, "bad_json");
+    assert!(proto::valid_nick("ann-1").is_ok());
+    assert!(proto::valid_nick("1ann").is_err());
+    assert!(proto::valid_nick(&"a".repeat(25)).is_err());
+    assert_eq!(proto::room_name("#Rust").unwrap(), "rust");
+    assert!(proto::room_name("a b").is_err());
+}
+
+/// A web connection after its upgrade, on a detached outbox (nothing is sent anywhere).
+fn upgraded(chat: &Chat) -> (ChatConn, Io) {
+    let mut conn = chat.open(None);
+    let mut io = Io::default();
+    io.input.extend_from_slice(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    );
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert!(matches!(conn.phase, Phase::Ws(_)));
+    (conn, io)
+}
+
+fn masked(payload: &[u8], opcode: u8) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    assert!(payload.len() < 126);
+    f.push(0x80 | payload.len() as u8);
+    let key = [1u8, 2, 3, 4];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+#[test]
+fn websocket_handling_never_panics_on_garbage_frames() {
+    let hub = ChatHub::new(ChatConfig { rate: 1e9, burst: 1e9, ..ChatConfig::default() });
+    let chat = hub.web();
+    let mut rng = Rng(42);
+    for i in 0..3_000 {
+        let (mut conn, mut io) = upgraded(&chat);
+        let mut data = Vec::new();
+        for _ in 0..(1 + rng.next() % 4) {
+            let seed = JSON_SEEDS[(rng.next() as usize) % JSON_SEEDS.len()].as_bytes();
+            let frame = masked(&mutate(&mut rng, seed), [1u8, 2, 8, 9, 10][i % 5]);
+            data.extend(if rng.next().is_multiple_of(3) {
+                mutate(&mut rng, &frame)
+            } else {
+                frame
+            });
+        }
+        // Fed whole or in random pieces.
+        let mut rest: &[u8] = &data;
+        while !rest.is_empty() {
+            let n = 1 + (rng.next() as usize) % rest.len();
+            io.input.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            let _ = chat.on_read(&mut conn, &mut io);
+            io.output.clear();
+        }
+        chat.on_close(conn, CloseReason::Eof);
+    }
+    assert_eq!(hub.stats().members, 0);
+}
+
+#[test]
+fn unmasked_and_oversized_frames_get_their_close_codes() {
+    let hub = ChatHub::new(ChatConfig { max_frame: 100, ..ChatConfig::default() });
+    let chat = hub.web();
+    let close_code = |out: &[u8]| {
+        // A server close frame: 0x88, length, then the code.
+        assert_eq!(out[0], 0x88, "{out:?}");
+        u16::from_be_bytes([out[2], out[3]])
+    };
+    let (mut conn, mut io) = upgraded(&chat);
+    io.input.extend_from_slice(&[0x81, 0x02, b'h', b'i']); // unmasked from a client
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(close_code(&io.output), 1002);
+    assert!(io.close_after_send);
+    let (mut conn, mut io) = upgraded(&chat);
+    io.input.extend_from_slice(&[0x81, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0]); // 256 bytes
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(close_code(&io.output), 1009);
+    let (mut conn, mut io) = upgraded(&chat);
+    io.input.extend_from_slice(&masked(&[0xff, 0xfe], 1)); // text that is not UTF-8
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(close_code(&io.output), 1007);
+}
+
+#[test]
+fn http_requests_get_answers() {
+    let chat = ChatHub::new(ChatConfig::default()).web();
+    let mut conn = chat.open(None);
+    let mut io = Io::default();
+    io.input.extend_from_slice(b"GET / HTTP/1.1\r\nhost: x\r\n\r\nGET /nope HTTP/1.1\r\n\r\n");
+    assert!(matches!(chat.on_read(&mut conn, &mut io), Next::Send));
+    let out = String::from_utf8_lossy(&io.output);
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    assert!(out.contains("<title>iocp chat</title>"));
+    assert!(out.contains("HTTP/1.1 404 Not Found"));
+    let mut conn = chat.open(None);
+    let mut io = Io::default();
+    io.input.extend_from_slice(
+        b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+        sec-websocket-key: x\r\nsec-websocket-version: 8\r\n\r\n",
+    );
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert!(String::from_utf8_lossy(&io.output).starts_with("HTTP/1.1 426"));
+    let mut conn = chat.open(None);
+    let mut io = Io::default();
+    io.input.extend_from_slice(b"\x00\x01garbage\r\n\r\n");
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert!(String::from_utf8_lossy(&io.output).starts_with("HTTP/1.1 400"));
+}

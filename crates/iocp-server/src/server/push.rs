@@ -1,0 +1,483 @@
+//! The push path: a connection that keeps its receive posted while other connections' messages
+//! are sent to it (full duplex), for services such as chat where output is not an answer to
+//! the connection's own input.
+//!
+//! A service opts in with [`Service::push`](super::Service::push). Each of its connections
+//! then gets an [`Outbox`]: a bounded queue of shared buffers ([`Bytes`]: a message fanned out
+//! to a room is one allocation, referenced by every member's queue) and a cheap, cloneable
+//! handle that any thread may push to. At most one send is in flight per connection, beside
+//! the connection's one receive. The design is in docs/DESIGN.md ("The push path").
+//!
+//! Ownership: the connection's state ([`Conn`]) still travels with its receive (or its
+//! lingering read). The outgoing side is a [`PushConn`], shared by the outbox handles and the
+//! send in flight (whose context is [`Ctx::Push`]). "Sending" is a token: whoever holds it
+//! (a posted kick packet or the send in flight) drains the queue; a push that finds the token
+//! free takes it and starts the send (on a pool worker) or posts a kick (on any other thread).
+//! When the receiving side ends gracefully (the service said [`Next::Close`](super::Next) or
+//! the peer closed) while a send is in flight, the connection is parked in the
+//! [`PushConn`] and the token holder finishes it once the queue has drained.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use iocp::{Handle, Payload};
+use parking_lot::Mutex;
+
+use super::{CloseReason, Conn, Ctx, PUSH_CLOSE_KEY, PUSH_KEY, Service, Shared, bump, timed_out};
+
+thread_local! {
+    /// This thread is a worker of a push-mode server: it may start operations directly.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the current thread as a server worker (operations started here do not interrupt a
+/// foreign thread's blocking calls with io_uring task work).
+pub(super) fn mark_worker() {
+    ON_WORKER.with(|w| w.set(true));
+}
+
+fn on_worker() -> bool {
+    ON_WORKER.with(Cell::get)
+}
+
+/// Distinct ids for outboxes across every server in the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What happens when a connection's outgoing queue is full (the peer does not read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Close the connection (counted in [`ServerStats::slow_drops`](super::ServerStats)).
+    Drop,
+    /// Discard the oldest queued buffers until the new one fits (each counted in
+    /// [`ServerStats::push_skipped`](super::ServerStats)); the connection stays.
+    KeepNewest,
+}
+
+/// The bounds of a push-mode connection's outgoing queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PushConfig {
+    /// Buffers queued per connection (not counting the send in flight).
+    pub max_messages: usize,
+    /// Bytes queued per connection (not counting the send in flight).
+    pub max_bytes: usize,
+    /// What a full queue does.
+    pub policy: SlowPolicy,
+    /// Queued buffers are gathered into one send up to this many bytes.
+    pub max_batch: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_messages: 1024,
+            max_bytes: 1024 * 1024,
+            policy: SlowPolicy::Drop,
+            max_batch: 64 * 1024,
+        }
+    }
+}
+
+/// Why a push was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closed, closing, or the outbox is detached.
+    Closed,
+    /// The queue was full: the connection is being dropped ([`SlowPolicy::Drop`]), or the
+    /// buffer alone is larger than the queue may hold.
+    Full,
+}
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PushError::Closed => "connection closed",
+            PushError::Full => "outgoing queue full",
+        })
+    }
+}
+
+impl std::error::Error for PushError {}
+
+/// The type-erased outgoing side of a connection.
+trait Target: Send + Sync {
+    fn push(&self, buf: Bytes, last: bool) -> Result<(), PushError>;
+    fn is_open(&self) -> bool;
+    fn queued_bytes(&self) -> usize;
+}
+
+/// A connection's outgoing queue: cheap to clone, usable from any thread. Buffers pushed are
+/// sent in order, each whole (a buffer is never interleaved with another), after whatever is
+/// in flight.
+#[derive(Clone)]
+pub struct Outbox {
+    id: u64,
+    target: Option<Arc<dyn Target>>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox").field("id", &self.id).field("open", &self.is_open()).finish()
+    }
+}
+
+impl Outbox {
+    /// An outbox attached to no connection: every push fails with [`PushError::Closed`].
+    pub fn detached() -> Outbox {
+        Outbox { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), target: None }
+    }
+
+    /// A process-wide unique id of this connection's outbox (equal for clones).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Queues `buf` to be sent.
+    ///
+    /// # Errors
+    /// [`PushError::Closed`] when the connection is closed or closing;
+    /// [`PushError::Full`] when the queue is full and the policy drops the connection.
+    pub fn push(&self, buf: Bytes) -> Result<(), PushError> {
+        match &self.target {
+            Some(t) => t.push(buf, false),
+            None => Err(PushError::Closed),
+        }
+    }
+
+    /// Queues `buf` as the last thing sent: later pushes fail, and once the queue has drained
+    /// the connection closes gracefully (its sending side is shut, the rest of its input is
+    /// read and discarded for the server's linger time). An empty `buf` just closes.
+    ///
+    /// # Errors
+    /// As [`Outbox::push`].
+    pub fn push_last(&self, buf: Bytes) -> Result<(), PushError> {
+        match &self.target {
+            Some(t) => t.push(buf, true),
+            None => Err(PushError::Closed),
+        }
+    }
+
+    /// Whether pushes are accepted.
+    pub fn is_open(&self) -> bool {
+        self.target.as_ref().is_some_and(|t| t.is_open())
+    }
+
+    /// Bytes queued and not yet handed to a send.
+    pub fn queued_bytes(&self) -> usize {
+        self.target.as_ref().map_or(0, |t| t.queued_bytes())
+    }
+}
+
+/// How a connection parked for the drain is finished.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Finish {
+    /// The service closed it: shut the sending side and linger.
+    Linger,
+    /// The receiving side ended: close with this reason.
+    Close(CloseReason),
+}
+
+struct OutState<S: Service> {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    /// The drain token is taken (a kick is posted or a send is in flight).
+    sending: bool,
+    /// No more pushes; finish the connection once drained.
+    closing: bool,
+    /// The connection is gone (or going): nothing more is sent.
+    dead: bool,
+    /// Dropped for not reading (the reader's abort is then counted as such).
+    slow: bool,
+    /// The connection, waiting for the queue to drain.
+    parked: Option<(Box<Conn<S>>, Finish)>,
+}
+
+/// The outgoing side of one push-mode connection.
+pub(super) struct PushConn<S: Service> {
+    me: Weak<PushConn<S>>,
+    shared: Weak<Shared<S>>,
+    handle: Handle<Ctx<S>>,
+    id: u64,
+    cfg: PushConfig,
+    /// Bytes sent (added to the server's count when the connection closes).
+    sent: AtomicU64,
+    st: Mutex<OutState<S>>,
+}
+
+impl<S: Service> PushConn<S> {
+    pub(super) fn new(
+        shared: Weak<Shared<S>>,
+        handle: Handle<Ctx<S>>,
+        cfg: PushConfig,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| PushConn {
+            me: me.clone(),
+            shared,
+            handle,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cfg,
+            sent: AtomicU64::new(0),
+            st: Mutex::new(OutState {
+                queue: VecDeque::new(),
+                bytes: 0,
+                sending: false,
+                closing: false,
+                dead: false,
+                slow: false,
+                parked: None,
+            }),
+        })
+    }
+
+    pub(super) fn outbox(self: &Arc<Self>) -> Outbox {
+        let target: Arc<dyn Target> = self.clone();
+        Outbox { id: self.id, target: Some(target) }
+    }
+
+    /// Queues a connection's own output (an answer to its input).
+    pub(super) fn queue_private(&self, out: Vec<u8>) -> Result<(), PushError> {
+        Target::push(self, Bytes::from(out), false)
+    }
+
+    /// Bytes sent so far.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection was dropped for not reading.
+    pub(super) fn dropped_slow(&self) -> bool {
+        self.st.lock().slow
+    }
+
+    /// The connection closed: nothing more is queued or sent.
+    pub(super) fn retire(&self) {
+        let mut st = self.st.lock();
+        st.dead = true;
+        st.queue.clear();
+        st.bytes = 0;
+    }
+
+    /// The receiving side is done (`finish` says how to end). Returns the connection when
+    /// nothing is being sent (the caller finishes it now); else parks it for the drain.
+    pub(super) fn park(&self, conn: Box<Conn<S>>, finish: Finish) -> Option<Box<Conn<S>>> {
+        let mut st = self.st.lock();
+        st.closing = true;
+        if st.sending && !st.dead {
+            st.parked = Some((conn, finish));
+            None
+        } else {
+            Some(conn)
+        }
+    }
+
+    /// Closes the socket, from a worker or through one.
+    fn abort(&self) {
+        if on_worker() {
+            self.handle.close();
+        } else if let (Some(shared), Some(me)) = (self.shared.upgrade(), self.me.upgrade()) {
+            if shared.port.post(0, PUSH_CLOSE_KEY, Ctx::Push(me)).is_err() {
+                self.handle.close();
+            }
+        } else {
+            self.handle.close();
+        }
+    }
+
+    /// Gives the drain token to a send (on a worker) or to a posted kick.
+    fn kick(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let Some(shared) = self.shared.upgrade() else {
+            self.st.lock().sending = false;
+            return;
+        };
+        if on_worker() {
+            shared.push_send(me);
+        } else if let Err(e) = shared.port.post(0, PUSH_KEY, Ctx::Push(me)) {
+            drop(e);
+            let mut st = self.st.lock();
+            st.sending = false;
+            st.dead = true;
+        }
+    }
+}
+
+impl<S: Service> Target for PushConn<S> {
+    fn push(&self, buf: Bytes, last: bool) -> Result<(), PushError> {
+        let mut st = self.st.lock();
+        if st.dead || st.closing {
+            return Err(PushError::Closed);
+        }
+        let len = buf.len();
+        if len > 0 {
+            let full = |st: &OutState<S>| {
+                st.queue.len() >= self.cfg.max_messages || st.bytes + len > self.cfg.max_bytes
+            };
+            if full(&st) {
+                let can_skip = self.cfg.policy == SlowPolicy::KeepNewest
+                    && len <= self.cfg.max_bytes
+                    && self.cfg.max_messages > 0;
+                if !can_skip {
+                    st.dead = true;
+                    st.slow = true;
+                    st.queue.clear();
+                    st.bytes = 0;
+                    drop(st);
+                    if let Some(shared) = self.shared.upgrade() {
+                        bump(&shared.counters.slow_drops);
+                    }
+                    self.abort();
+                    return Err(PushError::Full);
+                }
+                let mut skipped = 0;
+                while full(&st) {
+                    let Some(old) = st.queue.pop_front() else { break };
+                    st.bytes -= old.len();
+                    skipped += 1;
+                }
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.counters.push_skipped.fetch_add(skipped, Ordering::Relaxed);
+                }
+            }
+            st.bytes += len;
+            st.queue.push_back(buf);
+        }
+        if last {
+            st.closing = true;
+        }
+        if st.sending {
+            return Ok(());
+        }
+        st.sending = true;
+        drop(st);
+        self.kick();
+        Ok(())
+    }
+
+    fn is_open(&self) -> bool {
+        let st = self.st.lock();
+        !st.dead && !st.closing
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.st.lock().bytes
+    }
+}
+
+impl<S: Service> Shared<S> {
+    /// Holding the drain token: sends what is queued, or releases the token (and finishes a
+    /// parked connection) when nothing is.
+    pub(super) fn push_send(&self, pc: Arc<PushConn<S>>) {
+        let mut st = pc.st.lock();
+        if st.dead || st.queue.is_empty() {
+            st.sending = false;
+            let parked = st.parked.take();
+            let dead = st.dead;
+            let closing_unparked = st.closing && parked.is_none() && !dead;
+            drop(st);
+            if let Some((conn, finish)) = parked {
+                self.push_finish(conn, finish);
+            } else if closing_unparked {
+                // The last buffer was pushed while the connection is still receiving: shut
+                // our side so that the peer sees the end (its close then ends the receive).
+                let _ = pc.handle.shutdown(std::net::Shutdown::Write);
+            }
+            return;
+        }
+        let mut buf;
+        if st.queue.len() == 1 || st.queue.front().is_some_and(|b| b.len() >= pc.cfg.max_batch) {
+            let b = st.queue.pop_front().unwrap_or_default();
+            st.bytes -= b.len();
+            // Zero-copy when the buffer is not shared (a private reply).
+            buf = Vec::from(b);
+        } else {
+            buf = Vec::with_capacity(st.bytes.min(pc.cfg.max_batch));
+            while let Some(b) = st.queue.front() {
+                if !buf.is_empty() && buf.len() + b.len() > pc.cfg.max_batch {
+                    break;
+                }
+                buf.extend_from_slice(b);
+                st.bytes -= b.len();
+                st.queue.pop_front();
+            }
+        }
+        drop(st);
+        let handle = pc.handle.clone();
+        let r = match self.cfg.write_timeout {
+            Some(d) => handle.with_timeout(d).send(buf, Ctx::Push(pc)),
+            None => handle.send(buf, Ctx::Push(pc)),
+        };
+        if let Err(e) = r {
+            let (_err, ctx, _) = e.into_parts();
+            if let Ctx::Push(pc) = ctx {
+                self.push_failed(&pc, CloseReason::Error);
+            }
+        }
+    }
+
+    /// A push send (or a posted kick or close) completed.
+    pub(super) fn on_push(
+        &self,
+        pc: Arc<PushConn<S>>,
+        key: iocp::CompletionKey,
+        res: std::io::Result<usize>,
+        payload: Payload,
+    ) {
+        if key == PUSH_CLOSE_KEY {
+            pc.handle.close();
+            return;
+        }
+        if key == PUSH_KEY {
+            return self.push_send(pc);
+        }
+        drop(payload);
+        match res {
+            Ok(n) => {
+                pc.sent.fetch_add(n as u64, Ordering::Relaxed);
+                self.live.transferred(true, false, n);
+                self.push_send(pc);
+            }
+            Err(e) => {
+                let reason = if timed_out(&e) {
+                    bump(&self.counters.write_timeouts);
+                    CloseReason::Timeout
+                } else {
+                    let dead = pc.st.lock().dead;
+                    if !dead && !self.stopping.load(Ordering::Relaxed) {
+                        bump(&self.counters.io_errors);
+                        tracing::debug!(error = %e, "push send failed");
+                    }
+                    CloseReason::Error
+                };
+                self.push_failed(&pc, reason);
+            }
+        }
+    }
+
+    /// The send side failed: nothing more is sent; the socket is closed (which ends the
+    /// receive) and a parked connection is closed here.
+    fn push_failed(&self, pc: &PushConn<S>, reason: CloseReason) {
+        let parked = {
+            let mut st = pc.st.lock();
+            st.dead = true;
+            st.sending = false;
+            st.queue.clear();
+            st.bytes = 0;
+            st.parked.take()
+        };
+        pc.handle.close();
+        if let Some((conn, _)) = parked {
+            self.close(conn, reason);
+        }
+    }
+
+    /// Finishes a connection whose queue has drained.
+    pub(super) fn push_finish(&self, conn: Box<Conn<S>>, finish: Finish) {
+        match finish {
+            Finish::Linger => self.close_gracefully(conn),
+            Finish::Close(reason) => self.close(conn, reason),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The push path (full-duplex connections with a bounded outgoing queue of shared buffers),
+//! through a broadcast service over real loopback sockets, on both backends.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use iocp::BackendChoice;
+use iocp_server::{
+    Io, Next, Outbox, PushConfig, Server, ServerConfig, ServerStats, Service, SlowPolicy,
+};
+use iocp_testkit::{backend_test, deadline};
+use parking_lot::Mutex;
+
+/// Every line a connection sends goes to every connection (itself included); `quit` gets a
+/// private `goodbye` and a close; the server's stop sends `bye` to everyone.
+struct Broadcast {
+    members: Mutex<HashMap<u64, Outbox>>,
+    push: PushConfig,
+    /// The most bytes seen queued on one outbox (the bound under test).
+    max_queued: AtomicUsize,
+}
+
+impl Broadcast {
+    fn new(push: PushConfig) -> Self {
+        Broadcast { members: Mutex::new(HashMap::new()), push, max_queued: AtomicUsize::new(0) }
+    }
+
+    fn send_all(&self, msg: &[u8]) {
+        let buf = Bytes::copy_from_slice(msg);
+        let members: Vec<Outbox> = self.members.lock().values().cloned().collect();
+        for m in members {
+            let _ = m.push(buf.clone());
+            self.max_queued.fetch_max(m.queued_bytes(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Service for Broadcast {
+    type Conn = Outbox;
+
+    fn open(&self, _peer: Option<SocketAddr>) -> Outbox {
+        Outbox::detached()
+    }
+
+    fn push(&self) -> Option<PushConfig> {
+        Some(self.push)
+    }
+
+    fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) -> Outbox {
+        self.members.lock().insert(outbox.id(), outbox.clone());
+        outbox
+    }
+
+    fn on_read(&self, _conn: &mut Outbox, io: &mut Io) -> Next {
+        while let Some(end) = io.input.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = io.input.drain(..=end).collect();
+            if line == b"quit\n" {
+                io.input.clear();
+                io.output.extend_from_slice(b"goodbye\n");
+                io.close_after_send = true;
+                return Next::Send;
+            }
+            self.send_all(&line);
+        }
+        Next::Read
+    }
+
+    fn on_close(&self, conn: Outbox, _reason: iocp_server::CloseReason) {
+        self.members.lock().remove(&conn.id());
+    }
+
+    fn stopping(&self) {
+        for m in self.members.lock().values() {
+            let _ = m.push_last(Bytes::from_static(b"bye\n"));
+        }
+    }
+}
+
+fn config(backend: BackendChoice) -> ServerConfig {
+    ServerConfig {
+        backend,
+        threads: 2,
+        grace: deadline(),
+        linger: Duration::from_millis(200),
+        ..ServerConfig::default()
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(deadline())).unwrap();
+    s.set_write_timeout(Some(deadline())).unwrap();
+    s
+}
+
+fn wait_for(server: &Server<Broadcast>, what: &str, f: impl Fn(&Server<Broadcast>) -> bool) {
+    let end = Instant::now() + deadline();
+    while !f(server) {
+        assert!(Instant::now() < end, "timed out waiting for {what}: {:?}", server.stats());
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn members(n: usize) -> impl Fn(&Server<Broadcast>) -> bool {
+    move |s| s.service().members.lock().len() == n
+}
+
+fn read_line(r: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line
+}
+
+fn read_to_end(s: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("read: {e} after {} bytes", out.len()),
+        }
+    }
+}
+
+fn stats(server: Server<Broadcast>) -> ServerStats {
+    let r = server.stop();
+    assert_eq!(r.stats.panics, 0, "{r:?}");
+    assert_eq!(r.pool.panics, 0, "{r:?}");
+    r.stats
+}
+
+backend_test!(
+    fan_out_while_every_connection_keeps_reading,
+    choice | c | {
+        let server = Server::start(Broadcast::new(PushConfig::default()), config(c)).unwrap();
+        let clients: Vec<TcpStream> = (0..4).map(|_| connect(server.local_addr())).collect();
+        wait_for(&server, "4 members", members(4));
+        let mut readers: Vec<BufReader<TcpStream>> =
+            clients.iter().map(|c| BufReader::new(c.try_clone().unwrap())).collect();
+        // Every client sends while all the others' pushes flow to it: 4 × 200 lines each.
+        let senders: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut c = c.try_clone().unwrap();
+                thread::spawn(move || {
+                    for n in 0..200 {
+                        c.write_all(format!("{i}:{n}\n").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for r in &mut readers {
+            let mut next = [0usize; 4];
+            for _ in 0..800 {
+                let line = read_line(r);
+                let (who, n) = line.trim_end().split_once(':').unwrap();
+                let (who, n): (usize, usize) = (who.parse().unwrap(), n.parse().unwrap());
+                // Each sender's lines arrive in order, none lost or repeated.
+                assert_eq!(n, next[who], "line {line:?}");
+                next[who] += 1;
+            }
+            assert_eq!(next, [200; 4]);
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        drop(readers);
+        drop(clients);
+        wait_for(&server, "members gone", members(0));
+        let st = stats(server);
+        assert_eq!(st.slow_drops, 0);
+        assert_eq!(st.accepted, 4);
+    }
+);
+
+backend_test!(
+    a_push_from_a_foreign_thread_is_delivered,
+    choice | c | {
+        let server = Server::start(Broadcast::new(PushConfig::default()), config(c)).unwrap();
+        let a = connect(server.local_addr());
+        let mut r = BufReader::new(a.try_clone().unwrap());
+        wait_for(&server, "1 member", members(1));
+        // The test thread is not a worker: the send is kicked through a posted packet.
+        for i in 0..100 {
+            server.service().send_all(format!("from outside {i}\n").as_bytes());
+        }
+        for i in 0..100 {
+            assert_eq!(read_line(&mut r), format!("from outside {i}\n"));
+        }
+        drop(a);
+        stats(server);
+    }
+);
+
+/// Fills the slow client's socket buffers and then its queue.
+fn flood(server: &Server<Broadcast>, fast: &mut BufReader<TcpStream>, stop: impl Fn() -> bool) {
+    let line = format!("{}\n", "x".repeat(1000));
+    let end = Instant::now() + deadline();
+    let mut fast_w = fast.get_ref().try_clone().unwrap();
+    while !stop() {
+        assert!(Instant::now() < end, "flood: {:?}", server.stats());
+        fast_w.write_all(line.as_bytes()).unwrap();
+        // The fast client reads everything it is sent (its own lines come back).
+        assert_eq!(read_line(fast).len(), line.len());
+    }
+}
+
+backend_test!(
+    a_client_that_does_not_read_is_dropped_with_bounded_memory,
+    choice | c | {
+        let push = PushConfig { max_messages: 64, max_bytes: 32 * 1024, ..PushConfig::default() };
+        let server = Server::start(Broadcast::new(push), config(c)).unwrap();
+        let slow = connect(server.local_addr());
+        slow.set_nonblocking(true).unwrap();
+        let fast = connect(server.local_addr());
+        let mut fast = BufReader::new(fast);
+        wait_for(&server, "2 members", members(2));
+        flood(&server, &mut fast, || server.stats().slow_drops >= 1);
+        wait_for(&server, "the slow member gone", members(1));
+        // The queue never held more than its bound.
+        assert!(server.service().max_queued.load(Ordering::Relaxed) <= 32 * 1024);
+        // The room goes on for the fast client.
+        fast.get_ref().write_all(b"still here\n").unwrap();
+        assert_eq!(read_line(&mut fast), "still here\n");
+        let st = stats(server);
+        assert_eq!(st.slow_drops, 1, "{st:?}");
+        drop(slow);
+    }
+);
+
+backend_test!(
+    keep_newest_skips_instead_of_dropping,
+    choice | c | {
+        let push = PushConfig {
+            max_messages: 16,
+            max_bytes: 16 * 1024,
+            policy: SlowPolicy::KeepNewest,
+            ..PushConfig::default()
+        };
+        let server = Server::start(Broadcast::new(push), config(c)).unwrap();
+        let slow = connect(server.local_addr());
+        let fast = connect(server.local_addr());
+        let mut fast = BufReader::new(fast);
+        wait_for(&server, "2 members", members(2));
+        flood(&server, &mut fast, || server.stats().push_skipped >= 50);
+        assert_eq!(server.stats().slow_drops, 0);
+        assert_eq!(server.service().members.lock().len(), 2);
+        assert!(server.service().max_queued.load(Ordering::Relaxed) <= 16 * 1024);
+        // The slow client, reading at last, gets whole lines (skips are whole buffers) and
+        // the newest: a marker sent now arrives after at most the queue's worth of old lines.
+        fast.get_ref().write_all(b"marker\n").unwrap();
+        assert_eq!(read_line(&mut fast), "marker\n");
+        let mut slow_r = BufReader::new(slow);
+        let mut seen = 0;
+        loop {
+            let line = read_line(&mut slow_r);
+            if line == "marker\n" {
+                break;
+            }
+            assert_eq!(line.len(), 1001, "a whole line");
+            seen += 1;
+        }
+        assert!(seen < 10_000, "{seen}");
+        stats(server);
+    }
+);
+
+backend_test!(
+    close_after_a_private_reply_delivers_it_first,
+    choice | c | {
+        let server = Server::start(Broadcast::new(PushConfig::default()), config(c)).unwrap();
+        let mut a = connect(server.local_addr());
+        wait_for(&server, "1 member", members(1));
+        a.write_all(b"hello\nquit\n").unwrap();
+        assert_eq!(read_to_end(&mut a), b"hello\ngoodbye\n");
+        wait_for(&server, "member gone", members(0));
+        stats(server);
+    }
+);
+
+backend_test!(
+    graceful_stop_delivers_the_goodbyes,
+    choice | c | {
+        let server = Server::start(Broadcast::new(PushConfig::default()), config(c)).unwrap();
+        let mut clients: Vec<TcpStream> = (0..5).map(|_| connect(server.local_addr())).collect();
+        wait_for(&server, "5 members", members(5));
+        clients[0].write_all(b"last words\n").unwrap();
+        // Everyone has it before the stop (a push racing the stop's last push is refused).
+        for c in &clients {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            assert_eq!(read_line(&mut r), "last words\n");
+            assert!(r.buffer().is_empty());
+        }
+        let st = stats(server);
+        assert_eq!(st.closed, 5, "{st:?}");
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(read_to_end(c), b"bye\n", "client {i}");
+        }
+    }
+);

@@ -29,12 +29,13 @@ pub mod metrics;
 mod pool;
 mod server;
 mod signal;
+pub mod syslog;
 
 pub use echo::Echo;
 pub use http::{Http, HttpConn};
 pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
-pub use server::{
+pub use server::{Resumer, 
     CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,
 };
-pub use signal::wait_for_stop_signal;
+pub use signal::{on_hangup, wait_for_stop_signal};

@@ -21,6 +21,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::metrics::{Live, LiveStats, MetricsSnapshot};
 use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 
+mod datagram;
+mod pause;
+
+pub use pause::Resumer;
+
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
 const CONN_KEY: CompletionKey = CompletionKey(1);
 /// A posted packet asking a worker to post the listener's accepts.
@@ -137,6 +142,10 @@ pub enum Next {
     /// Close the connection gracefully: stop sending, read and discard for up to
     /// [`ServerConfig::linger`], close.
     Close,
+    /// Stop reading for now (back-pressure): no receive is posted, the connection holds its
+    /// buffers and waits, with no deadline, until a [`Resumer`] resumes paused connections;
+    /// then [`Service::on_resume`] is called. A graceful stop resumes them too.
+    Pause,
 }
 
 /// Which deadline expired.
@@ -203,6 +212,26 @@ pub trait Service: Send + Sync + 'static {
     fn keeps_open_after_timeout(&self, conn: &Self::Conn) -> bool {
         let _ = conn;
         false
+    }
+
+    /// A connection paused with [`Next::Pause`] was resumed ([`Resumer::resume`]). The
+    /// default reads on.
+    fn on_resume(&self, conn: &mut Self::Conn, io: &mut Io) -> Next {
+        let _ = (conn, io);
+        Next::Read
+    }
+
+    /// A datagram arrived on a socket added with [`Server::add_datagram`]. `truncated`: it
+    /// was longer than the receive buffer and `data` is its head. The default ignores it.
+    fn on_datagram(&self, data: &[u8], peer: Option<SocketAddr>, truncated: bool) {
+        let _ = (data, peer, truncated);
+    }
+
+    /// The connection is ending with `input` received and not consumed (a last line without
+    /// its terminator, a partial request); called just before [`Service::on_close`]. The
+    /// default ignores it.
+    fn on_unread(&self, conn: &mut Self::Conn, input: &[u8], reason: CloseReason) {
+        let _ = (conn, input, reason);
     }
 }
 
@@ -319,6 +348,8 @@ struct Conn<S: Service> {
     linger_until: Option<Instant>,
     bytes_in: u64,
     bytes_out: u64,
+    /// The resume epoch read just before the last service callback (see `pause.rs`).
+    epoch: u64,
 }
 
 /// The context of every operation on the server's port.
@@ -326,6 +357,8 @@ enum Ctx<S: Service> {
     /// An accept, with [`ServerStats::closed`] from just before it was posted.
     Accept(u64),
     Conn(Box<Conn<S>>),
+    /// A receive (or the start of the receives) on the datagram socket at this index.
+    Datagram(usize),
 }
 
 struct Shared<S: Service> {
@@ -339,6 +372,10 @@ struct Shared<S: Service> {
     exhausted: Mutex<Exhausted>,
     counters: Counters,
     reclaim: crate::heap::Reclaimer,
+    /// Connections paused by [`Next::Pause`] and the resume epoch.
+    paused: pause::Paused<S>,
+    /// Datagram sockets added with [`Server::add_datagram`].
+    datagrams: datagram::Datagrams<S>,
     /// Live counters for metrics: bytes and messages as they complete, service time, closes
     /// by reason.
     live: Live,
@@ -404,6 +441,8 @@ impl<S: Service> Server<S> {
             exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
             reclaim: crate::heap::Reclaimer::start()?,
+            paused: pause::Paused::default(),
+            datagrams: datagram::Datagrams::default(),
             live: Live::default(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
@@ -476,8 +515,9 @@ impl<S: Service> Server<S> {
     pub fn stop(mut self) -> ServerReport {
         let pool = self.pool.take();
         self.shared.begin_stop();
+        let grace = self.shared.wait_unpaused(self.shared.cfg.grace);
         let pool = match pool {
-            Some(p) => p.stop(self.shared.cfg.grace),
+            Some(p) => p.stop(grace),
             None => PoolReport::default(),
         };
         // Connections still registered were aborted by the port's close (their state was
@@ -551,6 +591,9 @@ impl<S: Service> Shared<S> {
             // The peer may already be gone (ENOTCONN): nothing to wake then.
             let _ = h.shutdown(Shutdown::Read);
         }
+        self.datagrams.close_all();
+        // Paused connections read on to their end-of-stream.
+        let _ = self.port.post(0, pause::RESUME_KEY, Ctx::Accept(0));
     }
 
     fn post_accept(&self) -> io::Result<()> {
@@ -590,6 +633,12 @@ impl<S: Service> Shared<S> {
         if c.key() == START_KEY {
             return self.refill_accepts();
         }
+        if c.key() == pause::RESUME_KEY {
+            return self.resume_paused();
+        }
+        if let &Ctx::Datagram(index) = c.context() {
+            return self.on_datagram(c, index);
+        }
         if let (Ctx::Conn(conn), Ok(n)) = (c.context(), &res) {
             self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
@@ -604,6 +653,7 @@ impl<S: Service> Shared<S> {
                     self.on_conn(conn, res, payload);
                 }
             }
+            Ctx::Datagram(_) => {}
         }
     }
 
@@ -713,6 +763,7 @@ impl<S: Service> Shared<S> {
             linger_until: None,
             bytes_in: 0,
             bytes_out: 0,
+            epoch: 0,
         });
         self.drive(conn, Next::Read);
     }
@@ -857,6 +908,7 @@ impl<S: Service> Shared<S> {
         mut conn: Box<Conn<S>>,
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
+        conn.epoch = self.paused.epoch();
         let Conn { state, io, .. } = &mut *conn;
         let t0 = self.live.sample_start();
         let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
@@ -989,6 +1041,7 @@ impl<S: Service> Shared<S> {
                 conn.linger_until = Some(Instant::now() + self.cfg.linger);
                 self.drive_linger(conn);
             }
+            Next::Pause => self.pause(conn),
         }
     }
 
@@ -1030,7 +1083,7 @@ impl<S: Service> Shared<S> {
     // would only move it twice.
     #[allow(clippy::boxed_local)]
     fn close(&self, conn: Box<Conn<S>>, reason: CloseReason) {
-        let Conn { handle, slot, state, bytes_in, bytes_out, .. } = *conn;
+        let Conn { handle, slot, mut state, io, bytes_in, bytes_out, .. } = *conn;
         handle.close();
         let reason = if self.stopping.load(Ordering::Relaxed) && reason != CloseReason::Eof {
             CloseReason::Stopped
@@ -1051,6 +1104,15 @@ impl<S: Service> Shared<S> {
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");
+        if !io.input.is_empty()
+            && catch_unwind(AssertUnwindSafe(|| {
+                self.service.on_unread(&mut state, &io.input, reason);
+            }))
+            .is_err()
+        {
+            bump(&c.panics);
+            tracing::error!(slot, "service panicked in on_unread");
+        }
         if catch_unwind(AssertUnwindSafe(|| self.service.on_close(state, reason))).is_err() {
             bump(&c.panics);
             tracing::error!(slot, "service panicked in on_close");

@@ -35,7 +35,8 @@ pub use echo::Echo;
 pub use http::{Http, HttpConn};
 pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
-pub use server::{Resumer, 
-    CloseReason, Io, Next, Server, ServerConfig, ServerReport, ServerStats, Service, TimeoutKind,
+pub use server::{
+    CloseReason, Io, Next, Resumer, Server, ServerConfig, ServerReport, ServerStats, Service,
+    TimeoutKind,
 };
 pub use signal::{on_hangup, wait_for_stop_signal};

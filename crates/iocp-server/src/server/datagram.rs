@@ -4,8 +4,8 @@
 use std::net::UdpSocket;
 
 use super::{
-    AssertUnwindSafe, Completion, Ctx, Handle, Mutex, OwnedFd, Ordering, Payload, Server,
-    Service, Shared, bump, cancelled, catch_unwind, io,
+    AssertUnwindSafe, Completion, Ctx, Handle, Mutex, Ordering, OwnedFd, Payload, Server, Service,
+    Shared, bump, cancelled, catch_unwind, io,
 };
 use iocp::CompletionKey;
 
@@ -47,7 +47,12 @@ impl<S: Service> Server<S> {
     /// # Errors
     /// `buf_size` or `posted` is 0, the server is stopping, or the socket cannot be
     /// associated with the port.
-    pub fn add_datagram(&self, socket: UdpSocket, buf_size: usize, posted: usize) -> io::Result<()> {
+    pub fn add_datagram(
+        &self,
+        socket: UdpSocket,
+        buf_size: usize,
+        posted: usize,
+    ) -> io::Result<()> {
         if buf_size == 0 || posted == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

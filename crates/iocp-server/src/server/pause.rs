@@ -11,8 +11,7 @@ use std::fmt;
 use std::sync::Weak;
 
 use super::{
-    Arc, AtomicU64, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server, Service,
-    Shared,
+    Arc, AtomicU64, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server, Service, Shared,
 };
 use iocp::CompletionKey;
 
@@ -137,4 +136,3 @@ impl<S: Service> Shared<S> {
         deadline.saturating_duration_since(Instant::now())
     }
 }
-

@@ -44,8 +44,7 @@ pub fn next_frame<'a>(
             return None;
         }
         if *framing == Framing::Unknown {
-            *framing =
-                if rest[0].is_ascii_digit() { Framing::OctetCounting } else { Framing::Lf };
+            *framing = if rest[0].is_ascii_digit() { Framing::OctetCounting } else { Framing::Lf };
         }
         match *framing {
             Framing::OctetCounting => {
@@ -225,7 +224,11 @@ mod tests {
             let junk = round % 3 == 0;
             let input: Vec<u8> = (0..len)
                 .map(|_| {
-                    if junk { next() as u8 } else { alphabet[(next() % alphabet.len() as u64) as usize] }
+                    if junk {
+                        next() as u8
+                    } else {
+                        alphabet[(next() % alphabet.len() as u64) as usize]
+                    }
                 })
                 .collect();
             let max = 1 + (next() % 64) as usize;

@@ -429,9 +429,8 @@ impl Collector {
             closed: AtomicBool::new(false),
         });
         let writer = writer::Writer::new(inner.clone(), backend)?;
-        let writer = std::thread::Builder::new()
-            .name("syslog-writer".into())
-            .spawn(move || writer.run())?;
+        let writer =
+            std::thread::Builder::new().name("syslog-writer".into()).spawn(move || writer.run())?;
         let svc = Syslog { inner: inner.clone() };
         let server = match Server::start(svc, scfg) {
             Ok(s) => s,
@@ -444,8 +443,7 @@ impl Collector {
         };
         inner.queue.set_resumer(server.resumer());
         let tcp = inner.cfg.tcp.map(|_| server.local_addr());
-        let mut c =
-            Collector { server, writer: Some(writer), tcp, udp: None, udp_inode: None };
+        let mut c = Collector { server, writer: Some(writer), tcp, udp: None, udp_inode: None };
         if let Some(addr) = inner.cfg.udp {
             let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
             // The kernel may cap it (net.core.rmem_max); what it grants is what it grants.

@@ -64,7 +64,12 @@ impl Default for Template {
     /// `{host}/{app}.log`.
     fn default() -> Self {
         Template {
-            pieces: vec![Piece::Host, Piece::Lit("/".into()), Piece::App, Piece::Lit(".log".into())],
+            pieces: vec![
+                Piece::Host,
+                Piece::Lit("/".into()),
+                Piece::App,
+                Piece::Lit(".log".into()),
+            ],
         }
     }
 }
@@ -87,7 +92,8 @@ impl Template {
         while !rest.is_empty() {
             match rest.find('{') {
                 Some(0) => {
-                    let end = rest.find('}').ok_or_else(|| format!("template {s:?}: unclosed {{"))?;
+                    let end =
+                        rest.find('}').ok_or_else(|| format!("template {s:?}: unclosed {{"))?;
                     pieces.push(match &rest[1..end] {
                         "host" => Piece::Host,
                         "app" => Piece::App,
@@ -236,11 +242,7 @@ pub fn render(
     let parsed = if fault.is_none() { parse(msg, rx.year()) } else { None };
     let malformed = parsed.is_none();
     let peer_ip = peer.map(|p| p.ip().to_string());
-    let host = parsed
-        .as_ref()
-        .and_then(|m| m.hostname)
-        .or(peer_ip.as_deref())
-        .unwrap_or("-");
+    let host = parsed.as_ref().and_then(|m| m.hostname).or(peer_ip.as_deref()).unwrap_or("-");
     let app = match &parsed {
         Some(m) => m.appname.unwrap_or("-"),
         None => "malformed",

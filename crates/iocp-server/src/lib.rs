@@ -8,6 +8,7 @@
 //!   [`Service`] that speaks the protocol.
 //! - [`Echo`]: the echo service.
 //! - [`Http`]: the HTTP/1.1 static-file service ([`iocp_http::Site`] on the framework).
+//! - [`syslog`]: a log collector (TCP and UDP syslog into files) on the framework.
 //! - [`metrics`]: a server's, its pool's and its port's counters over HTTP (Prometheus
 //!   `/metrics`, `/health`, a live dashboard on `/`), served by a [`Server`] of its own.
 //!

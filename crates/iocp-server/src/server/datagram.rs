@@ -78,11 +78,12 @@ impl<S: Service> Server<S> {
 
 impl<S: Service> Shared<S> {
     fn post_datagram(&self, handle: &Handle<Ctx<S>>, buf: Vec<u8>, index: usize) {
-        if let Err(e) = handle.recv_from(buf, Ctx::Datagram(index)) {
-            if !self.stopping.load(Ordering::Relaxed) && !handle.is_closed() {
-                bump(&self.counters.io_errors);
-                tracing::warn!(error = %e.into_parts().0, "could not post a datagram receive");
-            }
+        if let Err(e) = handle.recv_from(buf, Ctx::Datagram(index))
+            && !self.stopping.load(Ordering::Relaxed)
+            && !handle.is_closed()
+        {
+            bump(&self.counters.io_errors);
+            tracing::warn!(error = %e.into_parts().0, "could not post a datagram receive");
         }
     }
 

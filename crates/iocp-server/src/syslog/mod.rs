@@ -1,4 +1,4 @@
-//! A syslog collector on the [`Server`](crate::Server): TCP (RFC 6587 octet counting or LF
+//! A syslog collector on the [`Server`]: TCP (RFC 6587 octet counting or LF
 //! framing, detected per connection) and UDP (one message per datagram) inputs on one port
 //! and pool, RFC 5424 / RFC 3164 parsing (`syslog_loose`), a bounded queue, and a writer that
 //! appends to files laid out by a [`Template`] with the port's overlapped file writes, in

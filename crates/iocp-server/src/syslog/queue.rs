@@ -34,12 +34,12 @@ impl Chunk {
     /// Adds a rendered line for `path` (merged with the last part when it is the same file).
     pub(crate) fn push(&mut self, path: &str, line: &[u8]) {
         self.bytes += line.len();
-        if let Some(last) = self.parts.last_mut() {
-            if last.path == path {
-                last.bytes.extend_from_slice(line);
-                last.msgs += 1;
-                return;
-            }
+        if let Some(last) = self.parts.last_mut()
+            && last.path == path
+        {
+            last.bytes.extend_from_slice(line);
+            last.msgs += 1;
+            return;
         }
         self.parts.push(Part { path: path.to_string(), bytes: line.to_vec(), msgs: 1 });
     }
@@ -137,10 +137,10 @@ impl Queue {
             let mut s = self.state.lock();
             s.bytes = s.bytes.saturating_sub(n);
         }
-        if self.wanted.swap(false, Ordering::SeqCst) {
-            if let Some(r) = self.resumer.get() {
-                r.resume();
-            }
+        if self.wanted.swap(false, Ordering::SeqCst)
+            && let Some(r) = self.resumer.get()
+        {
+            r.resume();
         }
     }
 

@@ -164,7 +164,8 @@ pub struct SyslogStats {
     pub write_errors: u64,
     /// Files rotated.
     pub rotations: u64,
-    /// Messages given up at stop because their files could not be written.
+    /// Messages given up at stop because their files could not be written (in batches not
+    /// written whole: the head of such a batch may be on disk).
     pub lost: u64,
     /// Bytes queued and not yet written.
     pub queued_bytes: u64,

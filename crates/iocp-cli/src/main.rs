@@ -18,6 +18,7 @@ mod json;
 mod load;
 mod probe;
 mod serve;
+mod syslog;
 mod table;
 
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! `iocp serve echo|http|chat`: the servers, until SIGINT or SIGTERM.
+//! `iocp serve echo|http|chat|syslog`: the servers, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -118,6 +118,8 @@ pub(crate) enum ServeCommand {
     /// A chat: rooms, nicknames, private messages over WebSocket (with a browser page) and a
     /// TCP line protocol
     Chat(ChatArgs),
+    /// Collect syslog over TCP and UDP into files (RFC 5424 / RFC 3164; SIGHUP reopens files)
+    Syslog(crate::syslog::SyslogArgs),
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Option<Duration>> {
@@ -130,7 +132,11 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Option<Duration>> {
 }
 
 impl Common {
-    fn config(&self, addr: SocketAddr) -> anyhow::Result<ServerConfig> {
+    pub(crate) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    pub(crate) fn config(&self, addr: SocketAddr) -> anyhow::Result<ServerConfig> {
         Ok(ServerConfig {
             addr,
             threads: self.threads,
@@ -163,6 +169,7 @@ pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
             serve(Http::new(site, a.access_log), cfg, a.common.metrics, "http")
         }
         ServeCommand::Chat(a) => serve_chat(a),
+        ServeCommand::Syslog(a) => crate::syslog::run(a),
     }
 }
 
@@ -205,7 +212,7 @@ fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
         None => None,
     };
     eprintln!("iocp chat: Ctrl-C or SIGTERM stops");
-    let metrics = start_metrics(&web, a.common.metrics, a.common.backend)?;
+    let metrics = start_metrics(web.live_stats(), a.common.metrics, a.common.backend)?;
     let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
     eprintln!("iocp chat: signal {sig}: stopping (close frames 1001, then what is in flight)");
     if let Some(m) = metrics {
@@ -239,7 +246,7 @@ fn serve<S: Service>(
         b.kind(),
         b.reason()
     );
-    let metrics = start_metrics(&server, metrics_addr, backend)?;
+    let metrics = start_metrics(server.live_stats(), metrics_addr, backend)?;
     let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
     eprintln!("iocp {what}: signal {sig}: stopping (finishing what is in flight)");
     if let Some(m) = metrics {
@@ -251,14 +258,14 @@ fn serve<S: Service>(
 }
 
 /// The `--metrics` endpoint: its own server (listener, port, worker) over `server`'s counters.
-fn start_metrics<S: Service>(
-    server: &Server<S>,
+pub(crate) fn start_metrics(
+    live: metrics::LiveStats,
     addr: Option<SocketAddr>,
     backend: iocp::BackendChoice,
 ) -> anyhow::Result<Option<Server<metrics::MetricsService>>> {
     let Some(addr) = addr else { return Ok(None) };
     let cfg = ServerConfig { backend, ..metrics::config(addr) };
-    let m = metrics::start(server.live_stats(), cfg)
+    let m = metrics::start(live, cfg)
         .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     eprintln!(
         "iocp: metrics on http://{0}/metrics, dashboard on http://{0}/, health on http://{0}/health",
@@ -267,7 +274,7 @@ fn start_metrics<S: Service>(
     Ok(Some(m))
 }
 
-fn print_report(r: &ServerReport) {
+pub(crate) fn print_report(r: &ServerReport) {
     let s = &r.stats;
     eprintln!(
         "iocp: stopped: {} connections accepted, {} refused, {} closed, {} timeouts, {} errors, \
@@ -285,7 +292,7 @@ fn print_report(r: &ServerReport) {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Already set (tests running several commands in one process): keep the first.

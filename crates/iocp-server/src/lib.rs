@@ -10,6 +10,7 @@
 //! - [`chat`]: a chat server (WebSocket, a browser page and a TCP line protocol) on the push
 //!   path ([`Service::push`]).
 //! - [`Http`]: the HTTP/1.1 static-file service ([`iocp_http::Site`] on the framework).
+//! - [`syslog`]: a log collector (TCP and UDP syslog into files) on the framework.
 //! - [`metrics`]: a server's, its pool's and its port's counters over HTTP (Prometheus
 //!   `/metrics`, `/health`, a live dashboard on `/`), served by a [`Server`] of its own.
 //!
@@ -32,6 +33,7 @@ pub mod metrics;
 mod pool;
 mod server;
 mod signal;
+pub mod syslog;
 
 pub use chat::{Chat, ChatConfig, ChatHub, ChatStats};
 pub use echo::Echo;
@@ -39,7 +41,7 @@ pub use http::{Http, HttpConn};
 pub use metrics::{LiveStats, MetricsSnapshot};
 pub use pool::{Pool, PoolConfig, PoolReport, cpus};
 pub use server::{
-    CloseReason, Io, Next, Outbox, PushConfig, PushError, Server, ServerConfig, ServerReport,
-    ServerStats, Service, SlowPolicy, TimeoutKind,
+    CloseReason, Io, Next, Outbox, PushConfig, PushError, Resumer, Server, ServerConfig,
+    ServerReport, ServerStats, Service, SlowPolicy, TimeoutKind,
 };
-pub use signal::wait_for_stop_signal;
+pub use signal::{on_hangup, wait_for_stop_signal};

@@ -24,6 +24,10 @@ use crate::pool::{Pool, PoolConfig, PoolReport, cpus};
 mod push;
 use push::{Finish, PushConn};
 pub use push::{Outbox, PushConfig, PushError, SlowPolicy};
+mod datagram;
+mod pause;
+
+pub use pause::Resumer;
 
 const LISTENER_KEY: CompletionKey = CompletionKey(0);
 const CONN_KEY: CompletionKey = CompletionKey(1);
@@ -145,6 +149,10 @@ pub enum Next {
     /// Close the connection gracefully: stop sending, read and discard for up to
     /// [`ServerConfig::linger`], close.
     Close,
+    /// Stop reading for now (back-pressure): no receive is posted, the connection holds its
+    /// buffers and waits, with no deadline, until a [`Resumer`] resumes paused connections;
+    /// then [`Service::on_resume`] is called. A graceful stop resumes them too.
+    Pause,
 }
 
 /// Which deadline expired.
@@ -239,6 +247,25 @@ pub trait Service: Send + Sync + 'static {
     /// receiving sides are shut). A push-mode service queues its goodbyes here (close frames,
     /// with [`Outbox::push_last`]); what is queued is delivered within the grace period.
     fn stopping(&self) {}
+    /// A connection paused with [`Next::Pause`] was resumed ([`Resumer::resume`]). The
+    /// default reads on.
+    fn on_resume(&self, conn: &mut Self::Conn, io: &mut Io) -> Next {
+        let _ = (conn, io);
+        Next::Read
+    }
+
+    /// A datagram arrived on a socket added with [`Server::add_datagram`]. `truncated`: it
+    /// was longer than the receive buffer and `data` is its head. The default ignores it.
+    fn on_datagram(&self, data: &[u8], peer: Option<SocketAddr>, truncated: bool) {
+        let _ = (data, peer, truncated);
+    }
+
+    /// The connection is ending with `input` received and not consumed (a last line without
+    /// its terminator, a partial request); called just before [`Service::on_close`]. The
+    /// default ignores it.
+    fn on_unread(&self, conn: &mut Self::Conn, input: &[u8], reason: CloseReason) {
+        let _ = (conn, input, reason);
+    }
 }
 
 /// Counters of a running or stopped server.
@@ -365,6 +392,8 @@ struct Conn<S: Service> {
     bytes_out: u64,
     /// The outgoing side of a push-mode connection ([`Service::push`]).
     push: Option<Arc<PushConn<S>>>,
+    /// The resume epoch read just before the last service callback (see `pause.rs`).
+    epoch: u64,
 }
 
 /// The context of every operation on the server's port.
@@ -374,6 +403,8 @@ enum Ctx<S: Service> {
     Conn(Box<Conn<S>>),
     /// A push-mode connection's send, or a packet posted for it.
     Push(Arc<PushConn<S>>),
+    /// A receive (or the start of the receives) on the datagram socket at this index.
+    Datagram(usize),
 }
 
 struct Shared<S: Service> {
@@ -387,6 +418,10 @@ struct Shared<S: Service> {
     exhausted: Mutex<Exhausted>,
     counters: Counters,
     reclaim: crate::heap::Reclaimer,
+    /// Connections paused by [`Next::Pause`] and the resume epoch.
+    paused: pause::Paused<S>,
+    /// Datagram sockets added with [`Server::add_datagram`].
+    datagrams: datagram::Datagrams<S>,
     /// Live counters for metrics: bytes and messages as they complete, service time, closes
     /// by reason.
     live: Live,
@@ -458,6 +493,8 @@ impl<S: Service> Server<S> {
             exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
             reclaim,
+            paused: pause::Paused::default(),
+            datagrams: datagram::Datagrams::default(),
             live: Live::default(),
             push,
             me: me.clone(),
@@ -532,8 +569,9 @@ impl<S: Service> Server<S> {
     pub fn stop(mut self) -> ServerReport {
         let pool = self.pool.take();
         self.shared.begin_stop();
+        let grace = self.shared.wait_unpaused(self.shared.cfg.grace);
         let pool = match pool {
-            Some(p) => p.stop(self.shared.cfg.grace),
+            Some(p) => p.stop(grace),
             None => PoolReport::default(),
         };
         // Connections still registered were aborted by the port's close (their state was
@@ -611,6 +649,9 @@ impl<S: Service> Shared<S> {
             // The peer may already be gone (ENOTCONN): nothing to wake then.
             let _ = h.shutdown(Shutdown::Read);
         }
+        self.datagrams.close_all();
+        // Paused connections read on to their end-of-stream.
+        let _ = self.port.post(0, pause::RESUME_KEY, Ctx::Accept(0));
     }
 
     fn post_accept(&self) -> io::Result<()> {
@@ -661,6 +702,12 @@ impl<S: Service> Shared<S> {
                 return;
             }
         }
+        if c.key() == pause::RESUME_KEY {
+            return self.resume_paused();
+        }
+        if let &Ctx::Datagram(index) = c.context() {
+            return self.on_datagram(c, index);
+        }
         if let (Ctx::Conn(conn), Ok(n)) = (c.context(), &res) {
             self.live.transferred(conn.pending == Pending::Send, conn.pending == Pending::Read, *n);
         }
@@ -677,6 +724,7 @@ impl<S: Service> Shared<S> {
             }
             // Only a push-mode server starts these (handled above).
             Ctx::Push(_) => {}
+            Ctx::Datagram(_) => {}
         }
     }
 
@@ -792,6 +840,7 @@ impl<S: Service> Shared<S> {
             bytes_in: 0,
             bytes_out: 0,
             push,
+            epoch: 0,
         });
         self.drive(conn, Next::Read);
     }
@@ -939,6 +988,7 @@ impl<S: Service> Shared<S> {
         mut conn: Box<Conn<S>>,
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
+        conn.epoch = self.paused.epoch();
         let Conn { state, io, .. } = &mut *conn;
         let t0 = self.live.sample_start();
         let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
@@ -1023,6 +1073,8 @@ impl<S: Service> Shared<S> {
                     self.close_gracefully(conn);
                 }
             }
+            // No receive is posted until the resume; the outbox keeps sending.
+            Next::Pause => self.pause(conn),
         }
     }
 
@@ -1123,6 +1175,7 @@ impl<S: Service> Shared<S> {
                 self.refused_start(r);
             }
             Next::Close => self.close_gracefully(conn),
+            Next::Pause => self.pause(conn),
         }
     }
 
@@ -1174,7 +1227,7 @@ impl<S: Service> Shared<S> {
     // would only move it twice.
     #[allow(clippy::boxed_local)]
     fn close(&self, conn: Box<Conn<S>>, reason: CloseReason) {
-        let Conn { handle, slot, state, bytes_in, mut bytes_out, push, .. } = *conn;
+        let Conn { handle, slot, mut state, io, bytes_in, mut bytes_out, push, .. } = *conn;
         handle.close();
         if let Some(pc) = push {
             pc.retire();
@@ -1199,6 +1252,15 @@ impl<S: Service> Shared<S> {
         c.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
         c.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
         tracing::debug!(slot, ?reason, bytes_in, bytes_out, "connection closed");
+        if !io.input.is_empty()
+            && catch_unwind(AssertUnwindSafe(|| {
+                self.service.on_unread(&mut state, &io.input, reason);
+            }))
+            .is_err()
+        {
+            bump(&c.panics);
+            tracing::error!(slot, "service panicked in on_unread");
+        }
         if catch_unwind(AssertUnwindSafe(|| self.service.on_close(state, reason))).is_err() {
             bump(&c.panics);
             tracing::error!(slot, "service panicked in on_close");

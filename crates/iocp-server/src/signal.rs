@@ -22,3 +22,18 @@ pub fn wait_for_stop_signal() -> io::Result<i32> {
     })?;
     Ok(first)
 }
+
+/// Calls `f` on a thread of its own at every SIGHUP (a log collector reopens its files), from
+/// now on.
+///
+/// # Errors
+/// The signal handler could not be installed.
+pub fn on_hangup(f: impl Fn() + Send + 'static) -> io::Result<()> {
+    let mut signals = Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new().name("iocp-sighup".into()).spawn(move || {
+        for _ in signals.forever() {
+            f();
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Back-pressure on reading: connections that stop posting receives ([`Next::Pause`](super::Next::Pause)) until a
+//! [`Resumer`] wakes them.
+//!
+//! A lost wake-up is the hazard: the service decides to pause (its queue is full), the queue
+//! drains and `resume` runs before the connection is in the paused list. The resume epoch
+//! closes it: `resume` bumps the epoch before looking at the list, every service callback
+//! reads the epoch before it runs, and a connection that finds the epoch moved once it is in
+//! the list posts the resume itself.
+
+use std::fmt;
+use std::sync::Weak;
+
+use super::{
+    Arc, AtomicU64, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server, Service, Shared,
+};
+use iocp::CompletionKey;
+
+/// A posted packet asking a worker to resume the paused connections.
+pub(super) const RESUME_KEY: CompletionKey = CompletionKey(18);
+
+/// The paused connections (no operation pending) and the resume epoch.
+pub(super) struct Paused<S: Service> {
+    conns: Mutex<Vec<Box<Conn<S>>>>,
+    epoch: AtomicU64,
+}
+
+impl<S: Service> Default for Paused<S> {
+    fn default() -> Self {
+        Paused { conns: Mutex::new(Vec::new()), epoch: AtomicU64::new(0) }
+    }
+}
+
+impl<S: Service> Paused<S> {
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+/// Resumes a [`Server`]'s paused connections ([`Next::Pause`](super::Next::Pause)): each gets
+/// [`Service::on_resume`] on a worker. Cheap to clone, callable from any thread; it does not
+/// keep the server alive (after the server is gone it does nothing).
+#[derive(Clone)]
+pub struct Resumer {
+    resume: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Resumer {
+    /// Wakes every connection paused now or about to pause (a connection that decided to
+    /// pause before this call and is not yet in the list is woken too).
+    pub fn resume(&self) {
+        (self.resume)();
+    }
+
+    /// A resumer that does nothing (for a service not yet attached to a server).
+    pub fn none() -> Self {
+        Resumer { resume: Arc::new(|| {}) }
+    }
+}
+
+impl fmt::Debug for Resumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resumer").finish_non_exhaustive()
+    }
+}
+
+impl Default for Resumer {
+    fn default() -> Self {
+        Resumer::none()
+    }
+}
+
+impl<S: Service> Server<S> {
+    /// A handle that resumes this server's paused connections (see [`Next::Pause`](super::Next::Pause)).
+    pub fn resumer(&self) -> Resumer {
+        let shared: Weak<Shared<S>> = Arc::downgrade(&self.shared);
+        Resumer {
+            resume: Arc::new(move || {
+                if let Some(s) = shared.upgrade() {
+                    s.request_resume();
+                }
+            }),
+        }
+    }
+}
+
+impl<S: Service> Shared<S> {
+    fn request_resume(&self) {
+        self.paused.epoch.fetch_add(1, Ordering::SeqCst);
+        if !self.paused.conns.lock().is_empty() {
+            let _ = self.port.post(0, RESUME_KEY, Ctx::Accept(0));
+        }
+    }
+
+    /// `Next::Pause`: park the connection with no operation pending.
+    pub(super) fn pause(&self, mut conn: Box<Conn<S>>) {
+        conn.pending = Pending::Ready;
+        let seen = conn.epoch;
+        self.paused.conns.lock().push(conn);
+        if self.paused.epoch() != seen {
+            // A resume ran after the service decided to pause: it may have missed this one.
+            let _ = self.port.post(0, RESUME_KEY, Ctx::Accept(0));
+        }
+    }
+
+    /// The resume packet: every paused connection asks its service what next.
+    pub(super) fn resume_paused(&self) {
+        let conns = std::mem::take(&mut *self.paused.conns.lock());
+        for conn in conns {
+            let Some((mut conn, next)) = self.step(conn, S::on_resume) else { continue };
+            conn.partial_since = if conn.io.input.is_empty() {
+                None
+            } else {
+                conn.partial_since.or_else(|| Some(Instant::now()))
+            };
+            self.drive(conn, next);
+        }
+    }
+
+    /// Stopping: waits (up to `grace`) until no connection is paused and the port is idle, so
+    /// that paused connections finish their input. Returns the grace left.
+    pub(super) fn wait_unpaused(&self, grace: Duration) -> Duration {
+        let deadline = Instant::now() + grace;
+        loop {
+            let s = self.port.stats();
+            let idle = s.queued == 0 && s.in_flight == 0 && s.running == 0;
+            if idle && self.paused.conns.lock().is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Connections still paused are aborted with the rest.
+        self.paused.conns.lock().clear();
+        deadline.saturating_duration_since(Instant::now())
+    }
+}

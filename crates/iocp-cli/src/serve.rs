@@ -20,6 +20,9 @@ pub(crate) struct Common {
     /// Backend: auto (io_uring when the probe passes, else epoll), uring or epoll
     #[arg(long, value_name = "auto|uring|epoll", default_value = "auto")]
     backend: BackendChoice,
+    /// io_uring rings: 1 shares one ring between the threads, 0 gives each thread its own
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    rings: usize,
     /// Connections served at once; more are accepted and closed at once
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_connections: usize,
@@ -141,6 +144,7 @@ impl Common {
             addr,
             threads: self.threads,
             backend: self.backend,
+            rings: self.rings,
             max_connections: self.max_connections.max(1),
             idle_timeout: secs(self.idle_timeout, "idle-timeout")?,
             park_after: Some(secs(self.park_after, "park-after")?.unwrap_or(Duration::ZERO)),

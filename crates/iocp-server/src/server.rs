@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Which backend the port uses.
     pub backend: BackendChoice,
+    /// io_uring rings of the port (`PortBuilder::rings`): 1 shares one ring between the
+    /// workers; 0 gives each worker its own (docs/DESIGN.md §3.3).
+    pub rings: usize,
     /// Accept operations kept posted on the listener (the AcceptEx pattern).
     pub accepts: usize,
     /// The kernel's listen backlog.
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             threads: 0,
             backend: BackendChoice::Auto,
+            rings: 1,
             accepts: 16,
             listen_backlog: 1024,
             reuse_port: false,
@@ -466,6 +470,7 @@ impl<S: Service> Server<S> {
             CompletionPort::<Ctx<S>>::builder()
                 .backend(cfg.backend)
                 .concurrency(threads)
+                .rings(cfg.rings)
                 .build()?,
         );
         let sock = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -656,7 +656,7 @@ impl<S: Service> Shared<S> {
         }
         self.datagrams.close_all();
         // Paused connections read on to their end-of-stream.
-        let _ = self.port.post(0, pause::RESUME_KEY, Ctx::Accept(0));
+        self.resume_for_stop();
     }
 
     fn post_accept(&self) -> io::Result<()> {

@@ -399,3 +399,69 @@ fn a_forced_uring_backend_that_cannot_run_is_an_error_not_a_fallback() {
     let e = Server::start(Echo, config(BackendChoice::Uring)).unwrap_err();
     assert!(!e.to_string().is_empty());
 }
+
+/// Pauses every connection once it has 5 bytes of input and never resumes: what it received
+/// stays unconsumed.
+struct NeverResumes {
+    paused: Arc<AtomicU64>,
+    unread: Arc<AtomicU64>,
+    closes: Arc<AtomicU64>,
+    stopped: Arc<AtomicU64>,
+}
+
+impl Service for NeverResumes {
+    type Conn = ();
+    fn open(&self, _peer: Option<SocketAddr>) -> Self::Conn {}
+    fn on_read(&self, _conn: &mut (), io: &mut Io) -> Next {
+        if io.input.len() < 5 {
+            return Next::Read;
+        }
+        self.paused.fetch_add(1, Ordering::SeqCst);
+        Next::Pause
+    }
+    fn on_resume(&self, _conn: &mut (), _io: &mut Io) -> Next {
+        Next::Pause
+    }
+    fn on_unread(&self, _conn: &mut (), input: &[u8], _reason: CloseReason) {
+        self.unread.fetch_add(input.len() as u64, Ordering::SeqCst);
+    }
+    fn on_close(&self, _conn: (), reason: CloseReason) {
+        self.closes.fetch_add(1, Ordering::SeqCst);
+        if reason == CloseReason::Stopped {
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+backend_test!(
+    connections_still_paused_when_the_grace_ends_are_closed_once_with_their_input,
+    choice | c | {
+        let svc = NeverResumes {
+            paused: Arc::default(),
+            unread: Arc::default(),
+            closes: Arc::default(),
+            stopped: Arc::default(),
+        };
+        let (paused, unread) = (svc.paused.clone(), svc.unread.clone());
+        let (closes, stopped) = (svc.closes.clone(), svc.stopped.clone());
+        let cfg = ServerConfig { grace: Duration::from_millis(200), ..config(c) };
+        let server = Server::start(svc, cfg).unwrap();
+        let mut clients: Vec<TcpStream> = (0..3).map(|_| connect(server.local_addr())).collect();
+        for s in &mut clients {
+            s.write_all(b"hello").unwrap();
+        }
+        // Every connection has read its input and paused.
+        let t0 = Instant::now();
+        while paused.load(Ordering::SeqCst) < 3 {
+            assert!(t0.elapsed() < deadline(), "input not read: {:?}", server.stats());
+            thread::yield_now();
+        }
+        let r = server.stop();
+        // Before: the paused connections were dropped at the end of the grace, without
+        // on_unread or on_close.
+        assert_eq!(closes.load(Ordering::SeqCst), 3, "{:?}", r.stats);
+        assert_eq!(stopped.load(Ordering::SeqCst), 3);
+        assert_eq!(unread.load(Ordering::SeqCst), 15);
+        assert_eq!(r.stats.closed, 3);
+    }
+);

@@ -11,7 +11,8 @@ use std::fmt;
 use std::sync::Weak;
 
 use super::{
-    Arc, AtomicU64, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server, Service, Shared,
+    Arc, AtomicU64, CloseReason, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server,
+    Service, Shared,
 };
 use iocp::CompletionKey;
 
@@ -91,6 +92,13 @@ impl<S: Service> Shared<S> {
         }
     }
 
+    /// The stop's resume: bumps the epoch first, so a connection whose service is deciding to
+    /// pause right now (and finds the list empty to a concurrent resume) posts its own.
+    pub(super) fn resume_for_stop(&self) {
+        self.paused.epoch.fetch_add(1, Ordering::SeqCst);
+        let _ = self.port.post(0, RESUME_KEY, Ctx::Accept(0));
+    }
+
     /// `Next::Pause`: park the connection with no operation pending.
     pub(super) fn pause(&self, mut conn: Box<Conn<S>>) {
         conn.pending = Pending::Ready;
@@ -131,8 +139,13 @@ impl<S: Service> Shared<S> {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Connections still paused are aborted with the rest.
-        self.paused.conns.lock().clear();
+        // Connections still paused when the grace ends are closed as stopped: each is closed
+        // once, its unconsumed input offered to `on_unread` and its `on_close` called (dropping
+        // them lost both).
+        let left = std::mem::take(&mut *self.paused.conns.lock());
+        for conn in left {
+            self.close(conn, CloseReason::Stopped);
+        }
         deadline.saturating_duration_since(Instant::now())
     }
 }

@@ -104,7 +104,9 @@ mod plan {
 
     /// The hook at each syscall site: `Some(errno)` if this call must fail.
     pub(crate) fn hit(point: Point) -> Option<i32> {
-        PLAN.with(|p| {
+        // `try_with`: a thread-local destructor that ends a port's accounting (`assoc`) may
+        // reach a syscall site after this thread's plan is gone; no rule applies then.
+        PLAN.try_with(|p| {
             let mut p = p.borrow_mut();
             let mut errno = None;
             // Every rule for `point` counts this call; the first one due fails it.
@@ -125,6 +127,8 @@ mod plan {
             }
             errno
         })
+        .ok()
+        .flatten()
     }
 }
 

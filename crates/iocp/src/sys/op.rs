@@ -1122,7 +1122,9 @@ fn catch_user_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
         Ok(v) => Some(v),
         Err(payload) => {
             tracing::error!("a context's Clone panicked in the poll path; connection closed");
-            USER_PANIC.with(|p| {
+            // `try_with`: after this thread's slot is gone (a thread-local destructor), the
+            // panic is dropped here; it was logged.
+            let _ = USER_PANIC.try_with(|p| {
                 let first = p.take().unwrap_or(payload);
                 p.set(Some(first));
             });
@@ -1134,7 +1136,7 @@ fn catch_user_panic<T>(f: impl FnOnce() -> T) -> Option<T> {
 /// Raises again a panic that [`catch_user_panic`] kept on this thread, if any. Called once the
 /// driver's state is consistent (end of `wait`, end of a start).
 pub(crate) fn resume_user_panic() {
-    if let Some(payload) = USER_PANIC.with(std::cell::Cell::take) {
+    if let Ok(Some(payload)) = USER_PANIC.try_with(std::cell::Cell::take) {
         std::panic::resume_unwind(payload);
     }
 }

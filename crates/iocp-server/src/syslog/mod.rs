@@ -349,8 +349,20 @@ impl Service for Syslog {
     }
 
     fn on_unread(&self, conn: &mut SyslogConn, input: &[u8], _reason: CloseReason) {
-        let Some(frame) = last_frame(input, conn.framing) else { return };
-        let (chunk, n) = self.inner.chunk(Input::Tcp, conn.peer, std::iter::once(frame));
+        // What is left may hold many whole frames (a connection that ended while paused, its
+        // input unconsumed): frame them as `drain` would, then the unterminated rest.
+        let max = self.inner.cfg.max_message;
+        let mut used = 0;
+        let mut frames = Vec::new();
+        while let Some((f, n)) = next_frame(&input[used..], &mut conn.framing, max) {
+            used += n;
+            frames.push(f);
+        }
+        frames.extend(last_frame(&input[used..], conn.framing));
+        if frames.is_empty() {
+            return;
+        }
+        let (chunk, n) = self.inner.chunk(Input::Tcp, conn.peer, frames.into_iter());
         // The connection is gone: its last bytes go in even past the bound.
         if self.inner.queue.push(chunk, true).is_ok() {
             self.inner.count(Input::Tcp, n);

@@ -70,11 +70,17 @@ fn serve_chat_runs_both_transports_and_says_goodbye() {
 
 /// `iocp bench chat`: a few WebSocket clients in a few rooms for a second; every message sent
 /// in the window reaches every member of its room, nothing is dropped, and the server's CPU
-/// per delivery is reported.
+/// per delivery is reported. On both server backends (auto: io_uring where it works).
 #[test]
 fn bench_chat_delivers_everything_it_owes() {
+    for backend in ["auto", "epoll"] {
+        bench_chat_delivers_everything_on(backend);
+    }
+}
+
+fn bench_chat_delivers_everything_on(backend: &str) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_iocp"));
-    cmd.args(["serve", "chat", "--addr", "127.0.0.1:0", "--threads", "2"]);
+    cmd.args(["serve", "chat", "--addr", "127.0.0.1:0", "--threads", "2", "--backend", backend]);
     let server = ServerProcess::spawn(cmd).expect("iocp serve chat starts");
     let url = format!("ws://{}/ws", server.addr);
     let pid = server.child.id().to_string();
@@ -104,7 +110,7 @@ fn bench_chat_delivers_everything_it_owes() {
         ],
         Duration::from_secs(30),
     );
-    assert!(run.status.success(), "{run:?}", run = (run.status, &run.stdout, &run.stderr));
+    assert!(run.status.success(), "{backend}: {:?}", (run.status, &run.stdout, &run.stderr));
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one JSON line");
     let int = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
     assert_eq!((int("connected"), int("ready")), (12, 12), "{v}");

@@ -5,7 +5,9 @@
 # iocp library). Cases: 1,000 clients in 10 rooms and 5,000 clients in 1 room, each client
 # sending at a set rate. Every run starts a fresh server, waits for its port, loads it and stops
 # it; the servers run round-robin in each repetition (the order rotated every repetition), at
-# least 3 repetitions, medians. tokio runs twice (tokio-b: the noise floor). Server CPU per
+# least 3 repetitions, medians. tokio runs twice (tokio-b: the noise floor), and a third time as
+# tokio-feed (TOKIO_CHAT_FEED=1: what a room holds goes out in one write, `feed` then `flush`,
+# not one `send` per message as the docs' examples do). Server CPU per
 # delivery (utime + stime from /proc/PID/stat over the window) beside every rate. iocp runs with
 # `--presence-max 0` (no join/leave events; the peer has none) and its rate limit raised.
 #
@@ -112,6 +114,9 @@ def wait_port(p, limit=10.0):
 def run(name, clients, rooms, rate):
     env = dict(os.environ, RUST_LOG="warn")
     env.pop("IOCP_BACKEND", None)
+    if name == "tokio-feed":
+        env["TOKIO_CHAT_FEED"] = "1"
+        name = "tokio"
     p = subprocess.Popen(server_cmd(name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, env=env)
     RUNNING.append(p)
@@ -131,7 +136,7 @@ def run(name, clients, rooms, rate):
         stop(p)
         time.sleep(0.3)  # let the TIME_WAITs and the CPU settle
 
-servers = ["iocp", "tokio", "tokio-b"]
+servers = ["iocp", "tokio", "tokio-b", "tokio-feed"]
 cases = []
 for c in a.cases.split(","):
     cr, rate = c.split("@")
@@ -146,7 +151,7 @@ for (cl, rooms, rate) in cases:
     for rep in range(a.reps):
         order = servers[rep % len(servers):] + servers[:rep % len(servers)]
         for s in order:
-            r = run("iocp" if s == "iocp" else "tokio", cl, rooms, rate)
+            r = run("tokio" if s == "tokio-b" else s, cl, rooms, rate)
             if r:
                 raw[key][s].append(r)
                 log(f"  {key} rep {rep + 1} {s:8} {r['rate']:>10.0f} deliveries/s  p99 "
@@ -168,14 +173,14 @@ def med(rs, f):
 print(f"\nmedians of {a.reps} interleaved runs, {a.duration:g} s windows after 1 s warm-up; "
       f"server and generator {a.threads} threads each; load average at the end {load1:.2f}; "
       f"raw: bench/results/chat-{stamp}.json; {time.time() - started:.0f} s in all\n")
-print("| case | server | deliveries/s | vs tokio | p50 µs | p99 µs | p99.9 µs | server CPU µs/delivery | drops | clients dropped | setup s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| case | server | deliveries/s | vs tokio | p50 µs | p99 µs | p99.9 µs | server CPU µs/delivery | generator CPU µs/delivery | drops | clients dropped | setup s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for key, by in raw.items():
     base = med(by["tokio"], lambda r: r["rate"])
     for s in servers:
         rs = by[s]
         if not rs:
-            print(f"| {key} | {s} | (no run) | | | | | | | | |")
+            print(f"| {key} | {s} | (no run) | | | | | | | | | |")
             continue
         rate = med(rs, lambda r: r["rate"])
         ratio = f"{rate / base:.2f}×" if base else "-"
@@ -183,7 +188,7 @@ for key, by in raw.items():
         cpu = f"{cpu:.3f}" if cpu is not None else "-"
         print(f"| {key} | {s} | {rate:,.0f} | {ratio} | {med(rs, lambda r: r['latency_us']['p50']):,.0f} | "
               f"{med(rs, lambda r: r['latency_us']['p99']):,.0f} | {med(rs, lambda r: r['latency_us']['p999']):,.0f} | "
-              f"{cpu} | {sum(r['drops'] for r in rs)} | {sum(r['clients_dropped'] for r in rs)} | "
+              f"{cpu} | {med(rs, lambda r: r['gen_cpu_us_per_delivery']):.3f} | {sum(r['drops'] for r in rs)} | {sum(r['clients_dropped'] for r in rs)} | "
               f"{med(rs, lambda r: r['setup_s']):.1f} |")
 PY
 py=$!

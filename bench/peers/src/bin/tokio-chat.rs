@@ -11,6 +11,10 @@
 //! `CAPACITY` messages behind skips to the newest (broadcast's `Lagged`), like
 //! `iocp serve chat --slow skip`.
 //!
+//! With `TOKIO_CHAT_FEED=1` a connection gathers what its rooms already hold (up to 64 messages)
+//! with `feed` and flushes once, instead of one `send` (a write) per message: the variant
+//! bench/compare-chat.sh runs as `tokio-feed`, to show what that costs the plain version.
+//!
 //!   tokio-chat [--addr 127.0.0.1:8090] [--threads N]
 
 use std::collections::HashMap;
@@ -18,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
@@ -43,6 +47,7 @@ fn main() -> std::io::Result<()> {
         eprintln!("tokio-chat: listening on {} with {} workers", args.addr, args.threads);
         let rooms: Rooms = Arc::default();
         let guests = Arc::new(AtomicU64::new(1));
+        let feed = std::env::var("TOKIO_CHAT_FEED").is_ok_and(|v| v == "1");
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -52,7 +57,7 @@ fn main() -> std::io::Result<()> {
                     };
                     let _ = sock.set_nodelay(true);
                     let nick = format!("guest{}", guests.fetch_add(1, Ordering::Relaxed));
-                    tokio::spawn(client(sock, rooms.clone(), nick));
+                    tokio::spawn(client(sock, rooms.clone(), nick, feed));
                 }
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             }
@@ -74,7 +79,7 @@ fn event(v: Value) -> Message {
     Message::text(v.to_string())
 }
 
-async fn client(sock: TcpStream, rooms: Rooms, nick: String) {
+async fn client(sock: TcpStream, rooms: Rooms, nick: String, feed: bool) {
     let Ok(ws) = tokio_tungstenite::accept_async(sock).await else { return };
     let (mut tx, mut rx) = ws.split();
     let mut subs = StreamMap::new();
@@ -99,6 +104,26 @@ async fn client(sock: TcpStream, rooms: Rooms, nick: String) {
             }
             Some((_, msg)) = subs.next(), if !subs.is_empty() => {
                 match msg {
+                    Ok(text) if feed => {
+                        if tx.feed(Message::Text(text)).await.is_err() {
+                            return;
+                        }
+                        // What is already there goes in the same write.
+                        for _ in 0..63 {
+                            match subs.next().now_or_never() {
+                                Some(Some((_, Ok(t)))) => {
+                                    if tx.feed(Message::Text(t)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => {}
+                                _ => break,
+                            }
+                        }
+                        if tx.flush().await.is_err() {
+                            return;
+                        }
+                    }
                     Ok(text) => {
                         if tx.send(Message::Text(text)).await.is_err() {
                             return;

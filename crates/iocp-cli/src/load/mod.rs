@@ -45,6 +45,7 @@ mod run;
 mod server_metrics;
 
 pub(crate) use args::{BenchCommand, cli};
+pub(crate) use chat::{ChatArgs, run_chat};
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and
 // run_http(&HttpLoad, progress), each giving a Report.
 pub(crate) use echo::{EchoLoad, run_echo};

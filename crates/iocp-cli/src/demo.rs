@@ -1,5 +1,5 @@
-//! `iocp demo`: post→get throughput, then the echo and HTTP servers under the load generator,
-//! on each backend.
+//! `iocp demo`: post→get throughput, then the echo, HTTP and chat servers under the load
+//! generator, on each backend.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use iocp::{BackendChoice, BackendKind, CompletionKey, CompletionPort};
 use iocp_http::{Config as SiteConfig, Site};
-use iocp_server::{Echo as EchoService, Http, Server, ServerConfig};
+use iocp_server::{ChatConfig, ChatHub, Echo as EchoService, Http, Server, ServerConfig};
 
-use crate::load::{EchoLoad, HttpLoad, Plan, run_echo, run_http};
+use crate::load::{ChatArgs, EchoLoad, HttpLoad, Plan, run_chat, run_echo, run_http};
 
 use crate::json::Json;
 use crate::table::{self, Align};
@@ -77,6 +77,7 @@ struct Outcome {
     posted: PostGet,
     echo: LoadRun,
     http: LoadRun,
+    chat: LoadRun,
 }
 
 /// Runs `iocp demo`.
@@ -137,6 +138,8 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 table::thousands(o.echo.p99_us.round() as u64),
                 table::thousands(o.http.rate.round() as u64),
                 table::thousands(o.http.p99_us.round() as u64),
+                table::thousands(o.chat.rate.round() as u64),
+                table::thousands(o.chat.p99_us.round() as u64),
             ]
         })
         .collect();
@@ -147,8 +150,19 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "echo p99 µs",
         "http req/s",
         "http p99 µs",
+        "chat deliveries/s",
+        "chat p99 µs",
     ];
-    let align = [Align::Left, Align::Right, Align::Right, Align::Right, Align::Right, Align::Right];
+    let align = [
+        Align::Left,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+    ];
     writeln!(human)?;
     human.write_all(table::render(Some(&header), &rows, &align, " | ").as_bytes())?;
     writeln!(
@@ -159,11 +173,14 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
          `iocp bench echo` generator.\n\
          http: `iocp serve http` on a generated docroot, {HTTP_CONNS} keep-alive connections \
          fetching {HTTP_PATH} (4 KiB) with `iocp bench http`.\n\
+         chat: `iocp serve chat`, {CHAT_CLIENTS} WebSocket clients in {CHAT_ROOMS} rooms, each \
+         sending {CHAT_RATE} messages/s with `iocp bench chat` (a delivery: one message to one \
+         member).\n\
          Server and generator share this machine's cores; see BENCHMARKS.md for comparisons \
-         with tokio, monoio, C and nginx."
+         with tokio, monoio, C and nginx (and, for the chat, tokio-tungstenite)."
     )?;
     human.flush()?;
-    let errors: u64 = outcomes.iter().map(|o| o.echo.errors + o.http.errors).sum();
+    let errors: u64 = outcomes.iter().map(|o| o.echo.errors + o.http.errors + o.chat.errors).sum();
     if errors > 0 {
         bail!("the load runs saw {errors} errors");
     }
@@ -187,13 +204,15 @@ fn run_backend(
     let echo = echo_run(choice, dur, progress).with_context(|| format!("{name}: echo"))?;
     eprintln!("running {name}: http server, {HTTP_CONNS} connections...");
     let http = http_run(choice, dur, root, progress).with_context(|| format!("{name}: http"))?;
+    eprintln!("running {name}: chat server, {CHAT_CLIENTS} WebSocket clients...");
+    let chat = chat_run(choice, dur, progress).with_context(|| format!("{name}: chat"))?;
     if posted.cq_overflow > 0 {
         eprintln!(
             "warning: {}: the kernel dropped {} completions (CQ overflow)",
             posted.backend, posted.cq_overflow
         );
     }
-    Ok(Outcome { backend: posted.backend, posted, echo, http })
+    Ok(Outcome { backend: posted.backend, posted, echo, http, chat })
 }
 
 fn outcome_json(o: &Outcome) -> Json {
@@ -212,6 +231,11 @@ fn outcome_json(o: &Outcome) -> Json {
         ("http_p99_us", Json::num1(o.http.p99_us)),
         ("http_errors", Json::Int(o.http.errors)),
         ("http_accepted", Json::Int(o.http.accepted)),
+        ("chat_clients", Json::Int(CHAT_CLIENTS as u64)),
+        ("chat_deliveries_per_s", Json::num1(o.chat.rate)),
+        ("chat_p99_us", Json::num1(o.chat.p99_us)),
+        ("chat_errors", Json::Int(o.chat.errors)),
+        ("chat_accepted", Json::Int(o.chat.accepted)),
         ("cq_overflow", Json::Int(o.posted.cq_overflow)),
     ])
 }
@@ -345,6 +369,9 @@ const HTTP_CONNS: usize = 50;
 /// The file the HTTP run fetches, from the generated docroot.
 const HTTP_PATH: &str = "/assets/4k.bin";
 const WARMUP: Duration = Duration::from_millis(300);
+const CHAT_CLIENTS: usize = 50;
+const CHAT_ROOMS: usize = 5;
+const CHAT_RATE: f64 = 10.0;
 
 /// One load run against one server.
 #[derive(Debug)]
@@ -394,6 +421,41 @@ fn http_run(
         rate: r.rate(),
         p99_us: r.p99_us(),
         errors: r.totals.errors(),
+        accepted: report.stats.accepted,
+    })
+}
+
+fn chat_run(choice: BackendChoice, dur: Duration, progress: bool) -> anyhow::Result<LoadRun> {
+    let hub = ChatHub::new(ChatConfig::default());
+    let server = Server::start(hub.web(), server_config(choice)).context("starting the chat")?;
+    let args = ChatArgs {
+        url: format!("ws://{}/ws", server.local_addr()),
+        clients: CHAT_CLIENTS,
+        rooms: CHAT_ROOMS,
+        rate: CHAT_RATE,
+        size: 32,
+        duration: dur.max(Duration::from_millis(100)),
+        warmup: WARMUP,
+        threads: 1,
+        timeout: Duration::from_secs(5),
+        drain: Duration::from_secs(2),
+        server_pid: None,
+        json: false,
+    };
+    let load = run_chat(&args, progress);
+    let report = server.stop();
+    let r = load?;
+    // A drop, a dropped client or a refused message is an error here.
+    let errors = r.drops()
+        + r.clients_dropped
+        + r.connect_errors
+        + r.server_errors
+        + r.bad_frames
+        + (r.clients as u64 - r.ready.min(r.clients as u64));
+    Ok(LoadRun {
+        rate: r.rate_per_sec(),
+        p99_us: r.latency.p99,
+        errors,
         accepted: report.stats.accepted,
     })
 }

@@ -107,6 +107,9 @@ pub(crate) struct ChatArgs {
     /// A slow client is dropped (drop) or skips to the newest messages (skip)
     #[arg(long, value_name = "drop|skip", default_value = "drop")]
     slow: String,
+    /// Send join/leave presence events only in rooms of at most N members (default: always)
+    #[arg(long, value_name = "N")]
+    presence_max: Option<usize>,
     #[command(flatten)]
     common: Common,
 }
@@ -193,6 +196,7 @@ fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
         burst: a.burst,
         max_text: a.max_text.max(1),
         push: iocp_server::PushConfig { max_messages: a.queue.max(1), policy, ..defaults.push },
+        presence_max: a.presence_max.unwrap_or(usize::MAX),
         ..defaults
     };
     let hub = ChatHub::new(cfg);

@@ -1,12 +1,14 @@
 //! `iocp serve chat` end to end in its own process: the page on the web port, two `nc`-style
-//! line clients talking, and the goodbye on SIGTERM.
+//! line clients talking, and the goodbye on SIGTERM; `iocp bench chat` against it.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::time::Duration;
 
+use common::iocp;
 use common::server::{ServerProcess, field};
 use iocp_testkit::deadline;
 
@@ -64,4 +66,74 @@ fn serve_chat_runs_both_transports_and_says_goodbye() {
     assert!(field(&report, "connections accepted") >= 1, "{report}");
     expect(&mut ra, "* server shutting down");
     expect(&mut rb, "* server shutting down");
+}
+
+/// `iocp bench chat`: a few WebSocket clients in a few rooms for a second; every message sent
+/// in the window reaches every member of its room, nothing is dropped, and the server's CPU
+/// per delivery is reported. On both server backends (auto: io_uring where it works).
+#[test]
+fn bench_chat_delivers_everything_it_owes() {
+    for backend in ["auto", "epoll"] {
+        bench_chat_delivers_everything_on(backend);
+    }
+}
+
+fn bench_chat_delivers_everything_on(backend: &str) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_iocp"));
+    cmd.args(["serve", "chat", "--addr", "127.0.0.1:0", "--threads", "2", "--backend", backend]);
+    let server = ServerProcess::spawn(cmd).expect("iocp serve chat starts");
+    let url = format!("ws://{}/ws", server.addr);
+    let pid = server.child.id().to_string();
+    let run = iocp(
+        &[
+            "bench",
+            "chat",
+            "--url",
+            &url,
+            "-c",
+            "12",
+            "-r",
+            "3",
+            "--rate",
+            "5",
+            "-d",
+            "1s",
+            "--warmup",
+            "300ms",
+            "-t",
+            "2",
+            "--timeout",
+            "5s",
+            "--server-pid",
+            &pid,
+            "--json",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(run.status.success(), "{backend}: {:?}", (run.status, &run.stdout, &run.stderr));
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("one JSON line");
+    let int = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    assert_eq!((int("connected"), int("ready")), (12, 12), "{v}");
+    assert!(int("sent") > 0, "{v}");
+    // Rooms of 4: each message is owed to its 4 members, the sender too.
+    assert_eq!(int("expected"), int("sent") * 4, "{v}");
+    assert_eq!(int("deliveries"), int("expected"), "{v}");
+    assert_eq!((int("drops"), int("clients_dropped"), int("server_errors")), (0, 0, 0), "{v}");
+    assert!(v["latency_us"]["p99"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(v["server_cpu_us_per_delivery"].as_f64().is_some(), "{v}");
+    drop(server);
+}
+
+/// Nothing listening: a clear error and exit status 2, quickly.
+#[test]
+fn bench_chat_without_a_server_fails_fast() {
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let url = format!("ws://{port}/ws");
+    let run = iocp(
+        &["bench", "chat", "--url", &url, "-c", "3", "-r", "1", "-d", "1s", "--timeout", "2s"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("no client could connect"), "{}", run.stderr);
 }

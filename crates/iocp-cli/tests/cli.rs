@@ -46,9 +46,9 @@ fn demo_runs_on_epoll() {
         .find(|l| l.starts_with("epoll ") && l.contains('|'))
         .unwrap_or_else(|| panic!("no epoll row in:\n{}", run.stdout));
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 6, "row: {row}");
-    // post→get, echo msgs/s and http req/s measured something.
-    for i in [1, 2, 4] {
+    assert_eq!(cells.len(), 8, "row: {row}");
+    // post→get, echo msgs/s, http req/s and chat deliveries/s measured something.
+    for i in [1, 2, 4, 6] {
         let n: u64 = cells[i].replace(',', "").parse().unwrap_or(0);
         assert!(n > 0, "column {i} of {row}");
     }

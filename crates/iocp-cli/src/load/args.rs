@@ -18,6 +18,9 @@ pub(crate) enum BenchCommand {
     Echo(EchoArgs),
     /// Keep-alive GET loop over C connections against an HTTP server
     Http(HttpArgs),
+    /// N WebSocket clients in R rooms sending at a set rate against a chat server: deliveries/s,
+    /// delivery latency, drops
+    Chat(super::chat::ChatArgs),
 }
 
 /// Options every load shares.
@@ -123,6 +126,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     let common = match cmd {
         BenchCommand::Echo(a) => &a.common,
         BenchCommand::Http(a) => &a.common,
+        BenchCommand::Chat(a) => return chat_cli(a),
     };
     let scrape = match super::server_metrics::Scrape::start(common.metrics.as_deref()) {
         Ok(s) => s,
@@ -139,6 +143,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
             HttpLoad::new(&a.url, &a.common).and_then(|load| run_http(&load, !a.common.json)),
             a.common.json,
         ),
+        BenchCommand::Chat(a) => return chat_cli(a),
     };
     match report {
         Ok(r) => {
@@ -149,6 +154,21 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
                 None => {}
             }
             if r.totals.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Err(e) => {
+            eprintln!("iocp: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `iocp bench chat`: 0 when nothing was lost or refused, 1 otherwise (the report is still
+/// printed), 2 when it could not run.
+fn chat_cli(a: &super::chat::ChatArgs) -> ExitCode {
+    match super::chat::run_chat(a, !a.json) {
+        Ok(r) => {
+            print!("{}", if a.json { r.json() } else { r.table() });
+            if r.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
         Err(e) => {
             eprintln!("iocp: error: {e:#}");

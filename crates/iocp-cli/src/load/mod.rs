@@ -1,4 +1,4 @@
-//! The load generator behind `iocp bench echo` and `iocp bench http`.
+//! The load generator behind `iocp bench echo`, `iocp bench http` and `iocp bench chat`.
 //!
 //! # Implementation
 //!
@@ -27,12 +27,14 @@
 //! | `engine_epoll.rs`, `engine_iocp.rs` | one file per I/O loop: only how bytes move |
 //! | `report.rs` | `Recorder` (per thread), `Totals` (merged), `Report` (table and JSON) |
 //! | `echo.rs`, `http.rs` | one file per protocol: its load, its session, its report fields |
+//! | `chat.rs` | `bench chat`: its own threads and epoll loop (rate-driven WebSocket clients, not request/reply), its report |
 //!
 //! A new protocol is one file with a `Session` and a `run_*` that fills a `Report`, plus its
 //! arguments in `args.rs`; a new engine is one file with a `worker(Worker, sessions)` and a
 //! line in `run::run`.
 
 mod args;
+mod chat;
 mod echo;
 mod engine_epoll;
 mod engine_iocp;
@@ -43,6 +45,7 @@ mod run;
 mod server_metrics;
 
 pub(crate) use args::{BenchCommand, cli};
+pub(crate) use chat::{ChatArgs, run_chat};
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and
 // run_http(&HttpLoad, progress), each giving a Report.
 pub(crate) use echo::{EchoLoad, run_echo};

@@ -214,8 +214,10 @@ impl Hub {
         for e in &r.history {
             self.deliver(m, e);
         }
-        let ev = Event::Join { room: name, nick: m.nick(), ts: now_ms() };
-        self.fan_out(&mut r, &ev, false);
+        if r.members.len() <= self.cfg.presence_max {
+            let ev = Event::Join { room: name, nick: m.nick(), ts: now_ms() };
+            self.fan_out(&mut r, &ev, false);
+        }
         Ok(())
     }
 
@@ -236,8 +238,10 @@ impl Hub {
         if answer {
             self.tell(m, &Event::Left { room: name.to_owned() });
         }
-        let ev = Event::Leave { room: name.to_owned(), nick: m.nick(), ts: now_ms() };
-        self.fan_out(&mut r, &ev, false);
+        if r.members.len() < self.cfg.presence_max {
+            let ev = Event::Leave { room: name.to_owned(), nick: m.nick(), ts: now_ms() };
+            self.fan_out(&mut r, &ev, false);
+        }
         let empty = r.members.is_empty();
         drop(r);
         if empty && name != self.cfg.default_room {

@@ -29,7 +29,8 @@
 //! The server sends events (JSON objects with a `type`, or lines on TCP): `welcome {nick}`,
 //! `joined {room, members}` followed by the room's history (the last
 //! [`ChatConfig::history`] `msg` events, replayed as they were sent), `msg {room, from, text,
-//! ts}`, `pm {from, to, text, ts}`, presence `join`/`leave {room, nick, ts}` and
+//! ts}`, `pm {from, to, text, ts}`, presence `join`/`leave {room, nick, ts}` (in rooms of at
+//! most [`ChatConfig::presence_max`] members) and
 //! `nick {room, old, new, ts}`, `left`, `rooms`, `members` (`joined` and `members` list at most 256 names, sorted), and `error {code, message}` for a
 //! refused command (codes in [`ProtoError::code`]). `ts` is the server's time in milliseconds
 //! since the Unix epoch (TCP lines show it as `HH:MM:SS` UTC).
@@ -103,6 +104,10 @@ pub struct ChatConfig {
     pub max_rooms: usize,
     /// Rooms one member may be in.
     pub max_rooms_per_member: usize,
+    /// Join and leave events are sent only in rooms of at most this many members (the joiner
+    /// or leaver counted): in a room of thousands each join is a message to all of them, and
+    /// thousands joining are millions of messages. `usize::MAX` (the default): always.
+    pub presence_max: usize,
     /// Each connection's outgoing queue.
     pub push: PushConfig,
 }
@@ -119,6 +124,7 @@ impl Default for ChatConfig {
             burst: 40.0,
             max_rooms: 1000,
             max_rooms_per_member: 20,
+            presence_max: usize::MAX,
             push: PushConfig { max_messages: 512, max_bytes: 512 * 1024, ..PushConfig::default() },
         }
     }

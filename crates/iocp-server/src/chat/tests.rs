@@ -208,3 +208,25 @@ fn http_requests_get_answers() {
     let _ = chat.on_read(&mut conn, &mut io);
     assert!(String::from_utf8_lossy(&io.output).starts_with("HTTP/1.1 400"));
 }
+
+/// Presence is sent only in rooms up to `presence_max` members: the second member's join
+/// reaches nobody with a cap of 1, both members without one (events counted as undelivered:
+/// the outboxes are detached).
+#[test]
+fn presence_events_stop_at_presence_max() {
+    let sent = |presence_max| {
+        let hub = Hub::new(ChatConfig { presence_max, ..ChatConfig::default() });
+        let (a, b) =
+            (hub.enter(Kind::Ws, Outbox::detached()), hub.enter(Kind::Ws, Outbox::detached()));
+        let n = hub.counters.undelivered.load(Ordering::Relaxed);
+        hub.exit(&b);
+        let after_leave = hub.counters.undelivered.load(Ordering::Relaxed) - n;
+        hub.exit(&a);
+        (n, after_leave)
+    };
+    // Each: welcome + joined; the joins: A's to A, B's to A and B; B's leave to A.
+    assert_eq!(sent(usize::MAX), (7, 1));
+    // A cap of 1: only A's own join (a room of 1); B's leave leaves a room of 1, below the cap.
+    assert_eq!(sent(1), (5, 0));
+    assert_eq!(sent(0), (4, 0));
+}

@@ -5,7 +5,7 @@
 //! - `iocp demo [--backend auto|uring|epoll|all] [--seconds S] [--json]`: post→get throughput
 //!   and a TCP echo over loopback (accept with initial receive, recv/send) on each backend.
 //!
-//! - `iocp bench echo|http …`: the load generator (see `load`).
+//! - `iocp bench echo|http|syslog …`: the load generators (see `load`).
 //!
 //! Exit status: 0 on success, 2 on any error (including bad arguments); `bench` exits 1 when
 //! the run had errors (its report is still printed), 2 with only an error when not one
@@ -48,7 +48,8 @@ enum Command {
     /// Run a server on the completion port until SIGINT or SIGTERM
     #[command(subcommand)]
     Serve(serve::ServeCommand),
-    /// Load generators: `bench echo` (ping-pong) and `bench http` (keep-alive GETs)
+    /// Load generators: `bench echo` (ping-pong), `bench http` (keep-alive GETs) and `bench
+    /// syslog` (numbered messages, then a count of the files)
     Bench {
         #[command(subcommand)]
         load: load::BenchCommand,

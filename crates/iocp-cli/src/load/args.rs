@@ -18,6 +18,9 @@ pub(crate) enum BenchCommand {
     Echo(EchoArgs),
     /// Keep-alive GET loop over C connections against an HTTP server
     Http(HttpArgs),
+    /// Numbered syslog messages over TCP connections and UDP senders; then counts what reached
+    /// the files (--check-dir)
+    Syslog(super::syslog::SyslogArgs),
 }
 
 /// Options every load shares.
@@ -123,6 +126,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
     let common = match cmd {
         BenchCommand::Echo(a) => &a.common,
         BenchCommand::Http(a) => &a.common,
+        BenchCommand::Syslog(a) => return super::syslog::cli(a),
     };
     let scrape = match super::server_metrics::Scrape::start(common.metrics.as_deref()) {
         Ok(s) => s,
@@ -139,6 +143,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
             HttpLoad::new(&a.url, &a.common).and_then(|load| run_http(&load, !a.common.json)),
             a.common.json,
         ),
+        BenchCommand::Syslog(a) => return super::syslog::cli(a),
     };
     match report {
         Ok(r) => {

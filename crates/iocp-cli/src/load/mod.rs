@@ -27,6 +27,7 @@
 //! | `engine_epoll.rs`, `engine_iocp.rs` | one file per I/O loop: only how bytes move |
 //! | `report.rs` | `Recorder` (per thread), `Totals` (merged), `Report` (table and JSON) |
 //! | `echo.rs`, `http.rs` | one file per protocol: its load, its session, its report fields |
+//! | `syslog.rs` | `bench syslog`: its own std-thread senders (blocking sockets) and the file check |
 //!
 //! A new protocol is one file with a `Session` and a `run_*` that fills a `Report`, plus its
 //! arguments in `args.rs`; a new engine is one file with a `worker(Worker, sessions)` and a
@@ -41,6 +42,7 @@ mod plan;
 mod report;
 mod run;
 mod server_metrics;
+mod syslog;
 
 pub(crate) use args::{BenchCommand, cli};
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and

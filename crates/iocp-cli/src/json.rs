@@ -17,6 +17,8 @@ pub(crate) enum Json {
     Str(String),
     /// An object, keys in the given order.
     Obj(Vec<(&'static str, Json)>),
+    /// An array.
+    Arr(Vec<Json>),
 }
 
 impl Json {
@@ -52,6 +54,16 @@ impl fmt::Display for Json {
                 }
                 f.write_char('}')
             }
+            Json::Arr(items) => {
+                f.write_char('[')?;
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_char(',')?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                f.write_char(']')
+            }
         }
     }
 }
@@ -86,10 +98,11 @@ mod tests {
             ("x", Json::num1(1234.56)),
             ("inf", Json::Num(f64::INFINITY)),
             ("o", Json::Obj(vec![])),
+            ("a", Json::Arr(vec![Json::Int(1), Json::Obj(vec![("k", Json::Null)])])),
         ]);
         assert_eq!(
             v.to_string(),
-            r#"{"s":"a\"b\\c\nd\u0001µ","n":null,"b":true,"i":42,"x":1234.6,"inf":null,"o":{}}"#
+            r#"{"s":"a\"b\\c\nd\u0001µ","n":null,"b":true,"i":42,"x":1234.6,"inf":null,"o":{},"a":[1,{"k":null}]}"#
         );
     }
 

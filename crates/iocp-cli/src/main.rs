@@ -5,7 +5,7 @@
 //! - `iocp demo [--backend auto|uring|epoll|all] [--seconds S] [--json]`: post→get throughput
 //!   and a TCP echo over loopback (accept with initial receive, recv/send) on each backend.
 //!
-//! - `iocp bench echo|http|chat …`: the load generator (see `load`).
+//! - `iocp bench echo|http|chat|syslog …`: the load generators (see `load`).
 //!
 //! Exit status: 0 on success, 2 on any error (including bad arguments); `bench` exits 1 when
 //! the run had errors (its report is still printed), 2 with only an error when not one
@@ -48,8 +48,8 @@ enum Command {
     /// Run a server on the completion port until SIGINT or SIGTERM
     #[command(subcommand)]
     Serve(serve::ServeCommand),
-    /// Load generators: `bench echo` (ping-pong), `bench http` (keep-alive GETs) and `bench chat`
-    /// (WebSocket clients in rooms)
+    /// Load generators: `bench echo` (ping-pong), `bench http` (keep-alive GETs), `bench chat`
+    /// (WebSocket clients in rooms) and `bench syslog` (numbered messages, then a count of the files)
     Bench {
         #[command(subcommand)]
         load: load::BenchCommand,

@@ -21,6 +21,9 @@ pub(crate) enum BenchCommand {
     /// N WebSocket clients in R rooms sending at a set rate against a chat server: deliveries/s,
     /// delivery latency, drops
     Chat(super::chat::ChatArgs),
+    /// Numbered syslog messages over TCP connections and UDP senders; then counts what reached
+    /// the files (--check-dir)
+    Syslog(super::syslog::SyslogArgs),
 }
 
 /// Options every load shares.
@@ -127,6 +130,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
         BenchCommand::Echo(a) => &a.common,
         BenchCommand::Http(a) => &a.common,
         BenchCommand::Chat(a) => return chat_cli(a),
+        BenchCommand::Syslog(a) => return super::syslog::cli(a),
     };
     let scrape = match super::server_metrics::Scrape::start(common.metrics.as_deref()) {
         Ok(s) => s,
@@ -144,6 +148,7 @@ pub(crate) fn cli(cmd: &BenchCommand) -> ExitCode {
             a.common.json,
         ),
         BenchCommand::Chat(a) => return chat_cli(a),
+        BenchCommand::Syslog(a) => return super::syslog::cli(a),
     };
     match report {
         Ok(r) => {

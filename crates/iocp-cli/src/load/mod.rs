@@ -28,6 +28,7 @@
 //! | `report.rs` | `Recorder` (per thread), `Totals` (merged), `Report` (table and JSON) |
 //! | `echo.rs`, `http.rs` | one file per protocol: its load, its session, its report fields |
 //! | `chat.rs` | `bench chat`: its own threads and epoll loop (rate-driven WebSocket clients, not request/reply), its report |
+//! | `syslog.rs` | `bench syslog`: its own std-thread senders (blocking sockets) and the file check |
 //!
 //! A new protocol is one file with a `Session` and a `run_*` that fills a `Report`, plus its
 //! arguments in `args.rs`; a new engine is one file with a `worker(Worker, sessions)` and a
@@ -43,6 +44,7 @@ mod plan;
 mod report;
 mod run;
 mod server_metrics;
+mod syslog;
 
 pub(crate) use args::{BenchCommand, cli};
 pub(crate) use chat::{ChatArgs, run_chat};

@@ -139,13 +139,26 @@ backend_test!(
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let (_, after) = get(m.local_addr(), "/metrics");
-        let after = parse_exposition(&after).unwrap();
-        let d = |k: &str| sample(&after, k) - sample(&before, k);
         let total = (CONNS * PER_CONN) as f64;
+        // The clients have read every echo back, so every receive has completed and been
+        // counted; a send's completion, though, may be reaped after its peer already read the
+        // bytes (the worker that sent can be preempted between the two), so the last sends'
+        // count can trail for a moment: scrape until it arrives (or the deadline).
+        let end = Instant::now() + deadline();
+        let after = loop {
+            let (_, text) = get(m.local_addr(), "/metrics");
+            let now = parse_exposition(&text).unwrap();
+            let sent = sample(&now, "iocp_server_sent_bytes_total{}");
+            if sent >= total * MSG as f64 || Instant::now() >= end {
+                break now;
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        let d = |k: &str| sample(&after, k) - sample(&before, k);
         assert_eq!(d("iocp_server_connections_accepted_total{}"), CONNS as f64);
         assert_eq!(sample(&after, "iocp_server_connections_active{}"), CONNS as f64);
-        // Every byte sent was received and echoed (counted at completion, not at close).
+        // Every byte sent was received and echoed (counted at completion, not at close), and
+        // not one more.
         assert_eq!(d("iocp_server_received_bytes_total{}"), total * MSG as f64);
         assert_eq!(d("iocp_server_sent_bytes_total{}"), total * MSG as f64);
         // A message may arrive in more than one receive, never fewer.

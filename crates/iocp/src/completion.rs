@@ -155,8 +155,9 @@ pub struct Completion<C> {
     pub(crate) status: i32,
     pub(crate) context: C,
     pub(crate) payload: Payload,
-    /// The operation had a deadline (the port disarms it).
-    pub(crate) timed: bool,
+    /// The operation's deadline in the port's timer wheel (the port disarms it), or
+    /// `NO_TIMER`.
+    pub(crate) timer: u32,
 }
 
 impl<C> Completion<C> {
@@ -281,7 +282,7 @@ impl<C> Completion<C> {
             status: 0,
             context,
             payload: Payload::Posted,
-            timed: false,
+            timer: crate::sys::op::NO_TIMER,
         }
     }
 }

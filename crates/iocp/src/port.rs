@@ -2,11 +2,9 @@
 
 mod assoc;
 pub(crate) mod state;
+mod timers;
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -23,9 +21,10 @@ use crate::error::{GetError, PostError, SubmitError};
 use crate::handle::{Handle, HandleInner};
 use crate::stats::PortStats;
 use crate::sys::bufpool::BufferPool;
-use crate::sys::op::{Op, OpKind, TimerKey};
+use crate::sys::op::{Op, OpKind};
 use crate::sys::{Driver, Submitted};
 use state::{State, Wake};
+use timers::{NO_TIMER, Submit, Wheel};
 
 /// Configures and creates a [`CompletionPort`].
 #[derive(Clone, Debug, Default)]
@@ -100,18 +99,18 @@ impl PortBuilder {
         }
         let driver = Driver::open(report.kind(), &self.cfg)?;
         static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
+        let epoch = Instant::now();
         let inner = Arc::new(PortInner {
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
             state: StateMutex::new(State::new(max)),
             closed: AtomicBool::new(false),
             driver,
             reaped: Mutex::new(Vec::new()),
-            timers: Mutex::new(Timers { by_time: BTreeMap::new(), by_op: FxHashMap::default() }),
-            epoch: Instant::now(),
+            timers: Mutex::new(Wheel::new(epoch)),
+            epoch,
             last_poll: AtomicU64::new(0),
             timers_armed: AtomicUsize::new(0),
             queued_hint: AtomicUsize::new(0),
-            timer_seq: AtomicU64::new(0),
             next_op: AtomicU64::new(1),
             max,
             report,
@@ -429,9 +428,9 @@ pub(crate) struct PortInner<C: Send + 'static> {
     max: usize,
     report: BackendReport,
     /// Operation deadlines: expiry cancels the op, which then completes with `ETIMEDOUT`.
-    timers: Mutex<Timers<C>>,
+    timers: Mutex<Wheel<Weak<HandleInner<C>>>>,
+    /// Deadlines in the wheel (read without its lock: most ops have none).
     timers_armed: AtomicUsize,
-    timer_seq: AtomicU64,
     /// The queue length as of the last push (a hint for spinning waiters; exact under the lock).
     queued_hint: AtomicUsize,
     /// `last_poll` counts nanoseconds from here.
@@ -446,26 +445,6 @@ pub(crate) struct PortInner<C: Send + 'static> {
 /// whichever comes first. Re-posted work can then delay I/O completions and deadlines by about
 /// this much, never starve them.
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Armed deadlines: earliest first, with the op and its handle (weak: a closed handle's ops are
-/// gone), and by op, to disarm one that completed.
-struct Timers<C> {
-    by_time: BTreeMap<TimerKey, (OpId, Weak<HandleInner<C>>)>,
-    /// Op ids are sequential integers: a fast non-cryptographic hash is enough (SipHash was
-    /// 5-7 % of an echo server's instructions).
-    by_op: FxHashMap<OpId, Armed>,
-}
-
-/// One op's deadline. The timer is armed before the op is handed to the driver (so the op can
-/// never complete before its deadline exists); a deadline that expires before the driver has
-/// the op cannot cancel it yet, so it is kept as expired (`key: None`) and `start` cancels the
-/// op right after the driver took it: the deadline always holds.
-struct Armed {
-    /// In `by_time`; `None` once expired before the op was submitted.
-    key: Option<TimerKey>,
-    /// The driver has the op: an expiry cancels it at once.
-    submitted: bool,
-}
 
 thread_local! {
     static SIGNAL: Arc<Condvar> = Arc::new(Condvar::new());
@@ -525,15 +504,15 @@ impl<C: Send + 'static> PortInner<C> {
         let mut op = Op::new(id, h.clone(), context, kind);
         // A deadline too far away to represent is no deadline.
         if let Some(at) = timeout.and_then(|t| Instant::now().checked_add(t)) {
-            self.arm_timer(at, id, h);
-            op.timed = true;
+            op.timer = self.arm_timer(at, id, h);
         }
-        let timed = op.timed;
+        let timer = op.timer;
+        let timed = timer != NO_TIMER;
         let defer = BATCH.with(Cell::get) == self.id;
         let submitted = self.driver.submit(op, defer);
         // Done inline: `deliver` disarms it. Refused: disarmed below.
         if timed && matches!(submitted, Submitted::Pending | Submitted::Packets(_)) {
-            self.timer_submitted(id, h);
+            self.timer_submitted(timer, id, h);
         }
         match submitted {
             Submitted::Pending => Ok(id),
@@ -550,7 +529,8 @@ impl<C: Send + 'static> PortInner<C> {
             }
             Submitted::Refused(error, op) => {
                 if timed {
-                    self.disarm(std::iter::once(id));
+                    self.timers.lock().unwrap_or_else(PoisonError::into_inner).disarm(timer, id);
+                    self.note_timers(None);
                 }
                 let Op { context, kind, .. } = *op;
                 Err(SubmitError { error, context, payload: kind.into_payload(None, 0) })
@@ -574,53 +554,43 @@ impl<C: Send + 'static> PortInner<C> {
         n
     }
 
-    fn arm_timer(&self, at: Instant, id: OpId, h: &Arc<HandleInner<C>>) {
-        let key = (at, self.timer_seq.fetch_add(1, Ordering::Relaxed));
-        let earliest = {
-            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-            timers.by_time.insert(key, (id, Arc::downgrade(h)));
-            timers.by_op.insert(id, Armed { key: Some(key), submitted: false });
-            self.timers_armed.store(timers.by_op.len(), Ordering::Release);
-            timers.by_time.first_key_value().is_some_and(|(k, _)| *k == key)
+    /// Arms op `id`'s deadline; returns its place in the wheel (the op carries it back).
+    fn arm_timer(&self, at: Instant, id: OpId, h: &Arc<HandleInner<C>>) -> u32 {
+        let (timer, earlier) = {
+            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = w.arm(at, id, Arc::downgrade(h));
+            self.timers_armed.store(w.len(), Ordering::Release);
+            r
         };
         // A poller blocked with a later (or no) timeout must recompute it.
-        if earliest && self.lock().is_polling() {
+        if earlier && self.lock().is_polling() {
             self.driver.kick();
         }
+        timer
+    }
+
+    /// Publishes the wheel's size (after a change made under its lock, passed in, or not).
+    fn note_timers(&self, w: Option<&Wheel<Weak<HandleInner<C>>>>) {
+        let len = match w {
+            Some(w) => w.len(),
+            None => self.timers.lock().unwrap_or_else(PoisonError::into_inner).len(),
+        };
+        self.timers_armed.store(len, Ordering::Release);
     }
 
     /// The driver took timed op `id`: from now on its expiry cancels it. If it expired while
     /// it was being submitted, cancel it now (it completes with `ETIMEDOUT`, or normally if it
     /// finished first).
-    fn timer_submitted(&self, id: OpId, h: &Arc<HandleInner<C>>) {
+    fn timer_submitted(&self, timer: u32, id: OpId, h: &Arc<HandleInner<C>>) {
         let expired = {
-            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-            match timers.by_op.get_mut(&id) {
-                Some(a) if a.key.is_none() => {
-                    timers.by_op.remove(&id);
-                    self.timers_armed.store(timers.by_op.len(), Ordering::Release);
-                    true
-                }
-                Some(a) => {
-                    a.submitted = true;
-                    false
-                }
-                None => false, // completed already
-            }
+            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = w.submitted(timer, id);
+            self.note_timers(Some(&w));
+            r == Submit::Expired
         };
         if expired {
             self.cancel(h, Some(id), libc::ETIMEDOUT);
         }
-    }
-
-    fn disarm(&self, ops: impl Iterator<Item = OpId>) {
-        let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        for id in ops {
-            if let Some(Armed { key: Some(key), .. }) = timers.by_op.remove(&id) {
-                timers.by_time.remove(&key);
-            }
-        }
-        self.timers_armed.store(timers.by_op.len(), Ordering::Release);
     }
 
     /// Disarms the deadlines of operations that completed.
@@ -628,27 +598,24 @@ impl<C: Send + 'static> PortInner<C> {
         if self.timers_armed.load(Ordering::Acquire) == 0 {
             return;
         }
-        // No allocation: lock the timers at the first timed completion, if any.
+        // No allocation: lock the wheel at the first timed completion, if any.
         let mut timers = None;
-        for c in cs.filter(|c| c.timed) {
-            let t = timers
+        for c in cs.filter(|c| c.timer != NO_TIMER) {
+            let w = timers
                 .get_or_insert_with(|| self.timers.lock().unwrap_or_else(PoisonError::into_inner));
-            if let Some(Armed { key: Some(key), .. }) = t.by_op.remove(&c.op) {
-                t.by_time.remove(&key);
-            }
+            w.disarm(c.timer, c.op);
         }
-        if let Some(t) = timers {
-            self.timers_armed.store(t.by_op.len(), Ordering::Release);
+        if let Some(w) = timers {
+            self.note_timers(Some(&w));
         }
     }
 
-    /// The earliest deadline, if any.
+    /// When the poller must next wake for the deadlines, if any.
     fn next_timer(&self) -> Option<Instant> {
         if self.timers_armed.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-        timers.by_time.first_key_value().map(|(k, _)| k.0)
+        self.timers.lock().unwrap_or_else(PoisonError::into_inner).next_deadline()
     }
 
     /// Cancels the operations whose deadline has passed; they complete with `ETIMEDOUT`.
@@ -656,28 +623,12 @@ impl<C: Send + 'static> PortInner<C> {
         if self.timers_armed.load(Ordering::Acquire) == 0 {
             return;
         }
-        let now = Instant::now();
-        let expired: Vec<(OpId, Weak<HandleInner<C>>)> = {
-            let mut timers = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut expired = Vec::new();
-            while let Some(entry) = timers.by_time.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                let (id, h) = entry.remove();
-                match timers.by_op.get_mut(&id) {
-                    Some(a) if a.submitted => {
-                        timers.by_op.remove(&id);
-                        expired.push((id, h));
-                    }
-                    // Not yet with the driver: `timer_submitted` cancels it.
-                    Some(a) => a.key = None,
-                    None => {}
-                }
-            }
-            self.timers_armed.store(timers.by_op.len(), Ordering::Release);
-            expired
-        };
+        let mut expired = Vec::new();
+        {
+            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            w.expire(Instant::now(), &mut expired);
+            self.note_timers(Some(&w));
+        }
         for (id, h) in expired {
             if let Some(h) = h.upgrade() {
                 self.cancel(&h, Some(id), libc::ETIMEDOUT);

@@ -411,8 +411,9 @@ pub(crate) struct Op<C> {
     /// Set by a cancel: the status an abort reports (`ECANCELED`, or `ETIMEDOUT` for a deadline).
     /// (An errno below 256, so one byte: an idle connection's op stays small.)
     pub(crate) cancel_reason: u8,
-    /// The op has a deadline in the port's timer set, to disarm when it completes.
-    pub(crate) timed: bool,
+    /// The op's deadline in the port's timer wheel, to disarm when it completes (an opaque
+    /// tag the port sets and the completion carries back), or [`NO_TIMER`].
+    pub(crate) timer: u32,
 }
 
 /// Stores an abort reason (`ECANCELED`, `ETIMEDOUT`) in a byte.
@@ -420,8 +421,8 @@ pub(crate) fn reason_code(errno: i32) -> u8 {
     u8::try_from(errno).unwrap_or(libc::ECANCELED as u8)
 }
 
-/// Identifies a deadline in the port's timer set.
-pub(crate) type TimerKey = (std::time::Instant, u64);
+/// The [`Op::timer`] of an op without a deadline.
+pub(crate) const NO_TIMER: u32 = u32::MAX;
 
 impl<C> Op<C> {
     pub(crate) fn new(
@@ -430,13 +431,13 @@ impl<C> Op<C> {
         context: C,
         kind: OpKind,
     ) -> Box<Self> {
-        Box::new(Op { id, handle, context, kind, bytes: 0, cancel_reason: 0, timed: false })
+        Box::new(Op { id, handle, context, kind, bytes: 0, cancel_reason: 0, timer: NO_TIMER })
     }
 
     /// Builds the completion packet, handing back the context and every buffer.
     #[allow(clippy::boxed_local)] // ops live boxed (stable addresses) until they complete
     pub(crate) fn complete(self: Box<Self>, status: i32) -> Completion<C> {
-        let Op { id, handle, context, kind, bytes, cancel_reason, timed } = *self;
+        let Op { id, handle, context, kind, bytes, cancel_reason, timer } = *self;
         let peer = match &kind {
             OpKind::Accept { st, .. } if st.accepted.is_some() => st.addr.take(),
             OpKind::RecvFrom { io, .. } if bytes > 0 || status == 0 || status == libc::EMSGSIZE => {
@@ -457,7 +458,7 @@ impl<C> Op<C> {
             status,
             context,
             payload: kind.into_payload(peer, bytes),
-            timed,
+            timer,
         }
     }
 
@@ -475,7 +476,7 @@ impl<C> Op<C> {
             status: 0,
             context,
             payload: Payload::Accept(Box::new(Accepted::new(Some(fd), peer, Vec::new()))),
-            timed: false,
+            timer: NO_TIMER,
         })
     }
 

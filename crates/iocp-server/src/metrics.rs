@@ -204,6 +204,8 @@ pub struct MetricsSnapshot {
     pub service_time: ServiceTime,
     /// Packets each pool worker handled.
     pub worker_packets: Vec<u64>,
+    /// The port's operations in flight, by kind.
+    pub in_flight_by_kind: iocp::InFlightByKind,
     /// Time since the handle was made.
     pub uptime: Duration,
 }
@@ -257,6 +259,11 @@ impl MetricsSnapshot {
                 "concurrency": self.concurrency, "in_flight": p.in_flight, "backlog": p.backlog,
                 "sq_full": p.sq_full, "cq_overflow": p.cq_overflow, "posted": p.posted,
                 "dequeued": p.dequeued, "io_completions": p.io_completions,
+                "submitted": p.submitted, "submit_enters": p.submit_enters,
+                "pool_buffers": p.pool_buffers, "pool_lent": p.pool_lent,
+                "in_flight_by_kind": self.in_flight_by_kind.labelled().iter()
+                    .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+                    .collect::<serde_json::Map<_, _>>(),
             },
             "worker_packets": self.worker_packets,
         })
@@ -413,6 +420,31 @@ impl Collector for SnapshotCollector {
             "port_backlog",
             "io_uring: operations waiting in user space for room in the CQ.",
             p.backlog,
+        )?;
+        let mut kinds = e.encode_descriptor(
+            "port_in_flight_ops",
+            "Operations in flight by kind (waiting: io_uring receives and sends queued behind \
+             their handle's, not yet in the kernel).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in m.in_flight_by_kind.labelled() {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            ConstGauge::new(n).encode(kinds.encode_family(&[("kind", kind)])?)?;
+        }
+        counter(e, "port_submitted_sqes", "io_uring: SQEs the kernel took.", p.submitted)?;
+        counter(
+            e,
+            "port_submit_enters",
+            "io_uring: io_uring_enter calls that submitted (SQEs per call = the ratio).",
+            p.submit_enters,
+        )?;
+        gauge(e, "port_pool_buffers", "Buffers in the port's buffer pools.", p.pool_buffers)?;
+        gauge(
+            e,
+            "port_pool_lent",
+            "Pool buffers held by completed receives (not available to new ones).",
+            p.pool_lent,
         )?;
         counter(e, "port_posted", "Packets posted.", p.posted)?;
         counter(e, "port_dequeued", "Packets dequeued.", p.dequeued)?;

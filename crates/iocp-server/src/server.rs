@@ -562,6 +562,7 @@ impl<S: Service> Server<S> {
                 s.port.concurrency(),
             );
             s.live.fill(&mut snap);
+            snap.in_flight_by_kind = s.port.in_flight_by_kind();
             if let Some(w) = &workers {
                 snap.worker_packets = w.handled_per_worker();
             }

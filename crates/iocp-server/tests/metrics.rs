@@ -182,6 +182,24 @@ backend_test!(
         assert_eq!(sample(&after, "iocp_port_cq_overflow_total{}"), 0.0);
         let kind = echo.backend().kind().to_string();
         assert_eq!(sample(&after, &format!("iocp_backend{{backend=\"{kind}\"}}")), 1.0);
+        // In flight by kind: the posted accepts, and each open connection's receive (a parked
+        // one's zero-byte receive counts as one) but for one being re-posted at this instant.
+        let ops = |k: &str| sample(&after, &format!("iocp_port_in_flight_ops{{kind=\"{k}\"}}"));
+        assert!(ops("accept") >= 1.0, "no accept in flight");
+        assert!(ops("receive") >= (CONNS - 1) as f64, "receives in flight: {}", ops("receive"));
+        assert_eq!(ops("file"), 0.0);
+        let sqes = d("iocp_port_submitted_sqes_total{}");
+        let enters = d("iocp_port_submit_enters_total{}");
+        if kind == "io_uring" {
+            // At least one SQE per message (its send), several per enter at best.
+            assert!(
+                sqes >= total && enters >= 1.0 && sqes >= enters,
+                "{sqes} SQEs, {enters} enters"
+            );
+        } else {
+            assert_eq!((sqes, enters), (0.0, 0.0));
+        }
+        assert_eq!(sample(&after, "iocp_port_pool_buffers{}"), 0.0);
 
         // Closing the clients: the closes are counted by reason.
         drop(streams);

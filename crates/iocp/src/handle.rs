@@ -110,6 +110,12 @@ impl<C> HandleIo<C> {
         Some(head)
     }
 
+    /// Every queued op, both sides (for counting).
+    pub(crate) fn ops(&self) -> impl Iterator<Item = &Op<C>> {
+        let rest = self.overflow.iter().flat_map(|o| o.rest.iter().flatten());
+        self.heads.iter().flatten().map(|b| &**b).chain(rest.map(|b| &**b))
+    }
+
     /// Takes every queued op, both sides, in order.
     pub(crate) fn drain_all(&mut self) -> Vec<Box<Op<C>>> {
         let mut out = Vec::new();

@@ -63,7 +63,7 @@ pub use handle::{Handle, TransmitRange, WithTimeout};
 /// `0xFFFFFFFF_FFFFFFFF`).
 pub const APPEND: u64 = u64::MAX;
 pub use port::{BlockingGuard, CompletionPort, PortBuilder, SubmitBatch, blocking};
-pub use stats::PortStats;
+pub use stats::{InFlightByKind, PortStats};
 pub use sys::bufpool::{BufferPool, PooledBuf};
 /// Fault injection for tests (feature `fault-injection`).
 #[cfg(feature = "fault-injection")]

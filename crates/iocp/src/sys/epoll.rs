@@ -427,6 +427,33 @@ impl<C: Send + 'static> Driver<C> {
     pub(crate) fn stats(&self) -> DriverStats {
         DriverStats { in_flight: self.in_flight.load(Ordering::Relaxed), ..DriverStats::default() }
     }
+
+    /// Walks the registered handles' queues and the parked accepts; the rest of the in-flight
+    /// count is file I/O on the file pool.
+    pub(crate) fn in_flight_by_kind(&self) -> crate::stats::InFlightByKind {
+        let mut counts = crate::stats::InFlightByKind::default();
+        let handles: Vec<Arc<HandleInner<C>>> = {
+            let slab = self.slab();
+            let mut handles = Vec::new();
+            for slot in slab.slots.iter() {
+                match &slot.entry {
+                    Some(Entry::Handle(h)) => handles.push(h.clone()),
+                    Some(Entry::Parked(op)) => op.kind.count_in(&mut counts),
+                    None => {}
+                }
+            }
+            handles
+        };
+        // Outside the slab lock (the lock order is a handle's io, then the slab).
+        for h in handles {
+            for op in h.io().ops() {
+                op.kind.count_in(&mut counts);
+            }
+        }
+        let walked = counts.total();
+        counts.file += self.in_flight.load(Ordering::Relaxed).saturating_sub(walked);
+        counts
+    }
 }
 
 fn pop<C>(io: &mut HandleIo<C>, side: usize) -> Box<Op<C>> {

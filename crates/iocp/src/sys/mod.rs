@@ -49,6 +49,8 @@ pub(crate) struct DriverStats {
     pub(crate) sq_full: u64,
     pub(crate) cq_overflow: u64,
     pub(crate) backlog: u64,
+    pub(crate) submitted: u64,
+    pub(crate) submit_enters: u64,
 }
 
 #[allow(clippy::large_enum_variant)] // one per port, never moved after creation
@@ -183,6 +185,15 @@ impl<C: Send + 'static> Driver<C> {
             Driver::Epoll(d) => d.stats(),
             #[cfg(feature = "uring")]
             Driver::Uring(d) => d.stats(),
+        }
+    }
+
+    /// The operations in flight, by kind (a walk over the driver's records).
+    pub(crate) fn in_flight_by_kind(&self) -> crate::stats::InFlightByKind {
+        match self {
+            Driver::Epoll(d) => d.in_flight_by_kind(),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.in_flight_by_kind(),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! syscalls itself, non-blocking, when the fd is ready; `Op::advance` interprets a result the
 //! same way for both backends, so they agree on every outcome.
 
+use crate::stats::InFlightByKind;
 use std::fs::File;
 use std::io;
 use std::mem::MaybeUninit;
@@ -339,6 +340,26 @@ impl OpKind {
             | OpKind::ReadAt { .. }
             | OpKind::WriteAt { .. } => None,
         }
+    }
+
+    /// Adds one to this op's kind in `counts` (for [`InFlightByKind`]).
+    pub(crate) fn count_in(&self, counts: &mut InFlightByKind) {
+        let c = match self {
+            OpKind::Accept { .. } | OpKind::AcceptMulti => &mut counts.accept,
+            OpKind::Connect { .. } => &mut counts.connect,
+            OpKind::Recv { .. }
+            | OpKind::RecvV { .. }
+            | OpKind::RecvFrom { .. }
+            | OpKind::RecvPooled { .. }
+            | OpKind::Ready => &mut counts.receive,
+            OpKind::Send { .. }
+            | OpKind::SendV { .. }
+            | OpKind::SendTo { .. }
+            | OpKind::Transmit(_) => &mut counts.send,
+            OpKind::ReadAt { .. } | OpKind::WriteAt { .. } => &mut counts.file,
+            OpKind::Disconnect { .. } => &mut counts.other,
+        };
+        *c += 1;
     }
 
     /// True for operations served by the read side of a handle (epoll's read queue).

@@ -123,6 +123,10 @@ struct Ring<C> {
     /// SQEs were pushed by a `SubmitBatch` and not yet entered.
     deferred: AtomicBool,
     sq_full: AtomicU64,
+    /// SQEs the kernel took, and the enters that submitted them (one submitter at a time:
+    /// uncontended).
+    submitted: AtomicU64,
+    submit_enters: AtomicU64,
     /// Registered buffer rings; declared after `ring`, so the ring is closed first on drop and
     /// the kernel is done with their memory before it is freed.
     pools: Mutex<Vec<BufferPool>>,
@@ -161,6 +165,8 @@ impl<C: Send + 'static> Ring<C> {
             kick_pending: AtomicBool::new(false),
             deferred: AtomicBool::new(false),
             sq_full: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            submit_enters: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
             waiting,
             shut,
@@ -308,15 +314,21 @@ impl<C: Send + 'static> Ring<C> {
     }
 
     fn submit_once(&self) {
-        if let Err(e) = self.submit_now() {
-            // EBUSY/EAGAIN: the SQEs stay in the ring for the next enter, but the poller may be
-            // asleep in its own (earlier) enter and make no other until a CQE or its timeout
-            // wakes it. Kick it: the kick's NOP is submitted by this thread's next turn of the
-            // loop in `enter`, and its CQE wakes the poller, whose wait retries the backlog. If
-            // that enter fails too, the NOP waits in the ring with the rest (`kick_pending`
-            // stays set, so this does not recurse further).
-            tracing::trace!("io_uring_enter(submit): {e}");
-            self.kick();
+        match self.submit_now() {
+            Ok(n) => {
+                self.submitted.fetch_add(n as u64, Ordering::Relaxed);
+                self.submit_enters.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // EBUSY/EAGAIN: the SQEs stay in the ring for the next enter, but the poller may
+                // be asleep in its own (earlier) enter and make no other until a CQE or its
+                // timeout wakes it. Kick it: the kick's NOP is submitted by this thread's next
+                // turn of the loop in `enter`, and its CQE wakes the poller, whose wait retries
+                // the backlog. If that enter fails too, the NOP waits in the ring with the rest
+                // (`kick_pending` stays set, so this does not recurse further).
+                tracing::trace!("io_uring_enter(submit): {e}");
+                self.kick();
+            }
         }
     }
 
@@ -694,6 +706,15 @@ impl<C: Send + 'static> Ring<C> {
             sq_full: self.sq_full.load(Ordering::Relaxed),
             cq_overflow: overflow,
             backlog: sq.backlog.len() as u64,
+            submitted: self.submitted.load(Ordering::Relaxed),
+            submit_enters: self.submit_enters.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_in_flight(&self, counts: &mut crate::stats::InFlightByKind) {
+        let sq = self.sq();
+        for op in sq.slots.iter().filter_map(|s| s.op.as_ref()) {
+            op.kind.count_in(counts);
         }
     }
 }
@@ -910,8 +931,21 @@ impl<C: Send + 'static> Driver<C> {
             total.sq_full += s.sq_full;
             total.cq_overflow += s.cq_overflow;
             total.backlog += s.backlog;
+            total.submitted += s.submitted;
+            total.submit_enters += s.submit_enters;
         }
         total
+    }
+
+    pub(crate) fn in_flight_by_kind(&self) -> crate::stats::InFlightByKind {
+        let mut counts = crate::stats::InFlightByKind {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        for r in &self.rings {
+            r.count_in_flight(&mut counts);
+        }
+        counts
     }
 }
 

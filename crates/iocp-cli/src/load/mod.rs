@@ -46,7 +46,7 @@ mod run;
 mod server_metrics;
 mod syslog;
 
-pub(crate) use args::{BenchCommand, cli};
+pub(crate) use args::{BenchCommand, cli, parse_duration};
 pub(crate) use chat::{ChatArgs, run_chat};
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and
 // run_http(&HttpLoad, progress), each giving a Report.

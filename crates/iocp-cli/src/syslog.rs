@@ -201,4 +201,13 @@ mod tests {
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999g").is_err());
     }
+
+    #[test]
+    fn rotate_times() {
+        assert_eq!(parse_rotate_time("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_rotate_time("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_rotate_time("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_rotate_time("0s").is_err());
+        assert!(parse_rotate_time("soon").is_err());
+    }
 }

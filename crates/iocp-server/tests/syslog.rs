@@ -767,3 +767,30 @@ backend_test!(
         let _ = std::fs::remove_dir_all(&dir);
     }
 );
+
+backend_test!(
+    a_cut_last_line_is_ended_before_writing_on,
+    choice | c | {
+        // What a kill -9 in the middle of a write can leave: a last line without its end.
+        let dir = tempdir(&format!("cut-{c:?}"));
+        std::fs::write(dir.join("all.log"), "a whole line\n<134>1 2026-12-02T17:00").unwrap();
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("all.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        drop(send_numbered(col.tcp_addr().unwrap(), 0, 2, false));
+        wait_for("two written", || col.stats().tcp.written == 2);
+        let _ = col.stop();
+        let text = std::fs::read_to_string(dir.join("all.log")).unwrap();
+        let want = format!(
+            "a whole line\n<134>1 2026-12-02T17:00\n{}\n{}\n",
+            numbered(0, 0),
+            numbered(0, 1)
+        );
+        assert_eq!(text, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -349,8 +349,19 @@ impl Writer {
         if let Some(parent) = full.parent() {
             fs::create_dir_all(parent)?;
         }
-        let file: File = OpenOptions::new().create(true).append(true).open(&full)?;
-        let size = file.metadata()?.len();
+        let mut file: File = OpenOptions::new().create(true).append(true).open(&full)?;
+        let mut size = file.metadata()?.len();
+        if size > 0 && !ends_with_newline(&full, size) {
+            // A line cut by a crash in the middle of a write (kill -9, power loss): end it, so
+            // that the next message starts a line of its own. The cut line stays as it is.
+            file.write_all(b"\n")?;
+            size += 1;
+            tracing::warn!(
+                file = %full.display(),
+                "syslog: the file ended in a cut line (a crash in the middle of a write?): \
+                 ended it with a newline"
+            );
+        }
         let handle = self.port.associate(OwnedFd::from(file), CompletionKey(1))?;
         self.files.insert(
             path.to_string(),
@@ -382,6 +393,16 @@ impl Writer {
             self.open(path)?;
         }
     }
+}
+
+/// Whether the file of `size` bytes at `path` ends with a newline (true when it cannot be
+/// read: nothing is added then).
+fn ends_with_newline(path: &Path, size: u64) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut last = [0u8];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut last, size - 1))
+        .map_or(true, |()| last[0] == b'\n')
 }
 
 /// `f` becomes `f.1`, `f.1` becomes `f.2`..., `f.{keep}` is removed.

@@ -27,7 +27,8 @@ pub(crate) struct DemoArgs {
     /// Backend(s) to run: auto, uring, epoll or all [default: $IOCP_BACKEND, else all]
     #[arg(long, value_name = "auto|uring|epoll|all", value_parser = parse_selection)]
     backend: Option<Selection>,
-    /// Seconds for each measurement (three per backend: post→get, echo, http)
+    /// Seconds for each measurement (per backend: post→get, echo, http, chat, syslog; the
+    /// syslog run also stops at 400,000 messages)
     #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
     seconds: f64,
     /// Print the probe report and one line per backend as JSON on stdout (tables go to stderr)

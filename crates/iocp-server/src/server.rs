@@ -416,13 +416,21 @@ enum Ctx<S: Service> {
     Datagram(usize),
 }
 
+/// An open connection in the server's registry: its handle (for the stop's `shutdown`) and,
+/// in push mode, its outgoing side (for the stop to finish a connection parked for its drain,
+/// which only that side holds).
+struct Registered<S: Service> {
+    handle: Handle<Ctx<S>>,
+    push: Option<Weak<PushConn<S>>>,
+}
+
 struct Shared<S: Service> {
     service: S,
     cfg: ServerConfig,
     port: Arc<CompletionPort<Ctx<S>>>,
     /// None: no listener ([`ServerConfig::listen`] false).
     listener: Option<Handle<Ctx<S>>>,
-    conns: Mutex<Slab<Handle<Ctx<S>>>>,
+    conns: Mutex<Slab<Registered<S>>>,
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
     exhausted: Mutex<Exhausted>,
@@ -596,6 +604,7 @@ impl<S: Service> Server<S> {
             Some(p) => p.stop(grace),
             None => PoolReport::default(),
         };
+        self.shared.close_parked();
         // Connections still registered were aborted by the port's close (their state was
         // dropped with the aborted operations' contexts).
         let aborted = {
@@ -620,6 +629,7 @@ impl<S: Service> Drop for Server<S> {
         if let Some(pool) = self.pool.take() {
             self.shared.begin_stop();
             let _ = pool.stop(Duration::ZERO);
+            self.shared.close_parked();
             self.shared.conns.lock().clear();
             self.shared.reclaim.stop();
         }
@@ -669,13 +679,26 @@ impl<S: Service> Shared<S> {
             bump(&self.counters.panics);
             tracing::error!("service panicked in stopping");
         }
-        for (_, h) in self.conns.lock().iter() {
+        for (_, r) in self.conns.lock().iter() {
             // The peer may already be gone (ENOTCONN): nothing to wake then.
-            let _ = h.shutdown(Shutdown::Read);
+            let _ = r.handle.shutdown(Shutdown::Read);
         }
         self.datagrams.close_all();
         // Paused connections read on to their end-of-stream.
         self.resume_for_stop();
+    }
+
+    /// After the port is closed: closes (as [`CloseReason::Stopped`]) every push-mode
+    /// connection still parked for its drain. Its send was aborted with the port, so nothing
+    /// would ever finish it, and it and its outgoing side hold each other.
+    fn close_parked(&self) {
+        let pushing: Vec<Arc<PushConn<S>>> =
+            self.conns.lock().iter().filter_map(|(_, r)| r.push.as_ref()?.upgrade()).collect();
+        for pc in pushing {
+            if let Some(conn) = pc.take_parked() {
+                self.close(conn, CloseReason::Stopped);
+            }
+        }
     }
 
     fn post_accept(&self) -> io::Result<()> {
@@ -852,7 +875,9 @@ impl<S: Service> Shared<S> {
                 return;
             }
         };
-        let slot = self.conns.lock().insert(handle.clone());
+        let registered =
+            Registered { handle: handle.clone(), push: push.as_ref().map(Arc::downgrade) };
+        let slot = self.conns.lock().insert(registered);
         if self.stopping.load(Ordering::SeqCst) {
             // begin_stop may have walked the registry before this insert.
             let _ = handle.shutdown(Shutdown::Read);

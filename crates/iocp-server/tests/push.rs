@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -306,5 +307,80 @@ backend_test!(
         for (i, c) in clients.iter_mut().enumerate() {
             assert_eq!(read_to_end(c), b"bye\n", "client {i}");
         }
+    }
+);
+
+/// A connection's states alive: a connection lost in a reference cycle never drops its state.
+struct Flood {
+    live: Arc<AtomicUsize>,
+    closed: Arc<Mutex<Vec<iocp_server::CloseReason>>>,
+}
+
+struct FloodConn {
+    outbox: Outbox,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for FloodConn {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Each `flood` line pushes 32 MiB to the connection itself (more than loopback buffers hold,
+/// so a client that does not read keeps a send in flight).
+impl Service for Flood {
+    type Conn = FloodConn;
+
+    fn open(&self, _peer: Option<SocketAddr>) -> FloodConn {
+        self.open_push(None, Outbox::detached())
+    }
+
+    fn push(&self) -> Option<PushConfig> {
+        Some(PushConfig { max_messages: 1024, max_bytes: 64 << 20, ..PushConfig::default() })
+    }
+
+    fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) -> FloodConn {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        FloodConn { outbox, live: self.live.clone() }
+    }
+
+    fn on_read(&self, conn: &mut FloodConn, io: &mut Io) -> Next {
+        if io.input.contains(&b'\n') {
+            io.input.clear();
+            for _ in 0..512 {
+                conn.outbox.push(Bytes::from(vec![b'x'; 64 << 10])).unwrap();
+            }
+        }
+        Next::Read
+    }
+
+    fn on_close(&self, _conn: FloodConn, reason: iocp_server::CloseReason) {
+        self.closed.lock().push(reason);
+    }
+}
+
+backend_test!(
+    a_connection_parked_for_its_drain_when_the_grace_ends_is_closed_not_leaked,
+    choice | c | {
+        let live = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let flood = Flood { live: live.clone(), closed: closed.clone() };
+        let cfg = ServerConfig { grace: Duration::from_millis(300), ..config(c) };
+        let server = Server::start(flood, cfg).unwrap();
+        let mut client = connect(server.local_addr());
+        client.write_all(b"flood\n").unwrap();
+        // The flood has started; then the client stops reading and ends its side: the
+        // connection's receive ends while its send waits for a reader, so it parks for the
+        // drain, which the grace cuts short.
+        let mut first = [0u8; 1];
+        client.read_exact(&mut first).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let r = server.stop();
+        assert_eq!(r.stats.active, 0, "{:?}", r.stats);
+        assert_eq!(r.stats.closed, 1, "{:?}", r.stats);
+        assert_eq!(live.load(Ordering::SeqCst), 0, "the parked connection leaked: {:?}", r.stats);
+        assert_eq!(*closed.lock(), [iocp_server::CloseReason::Stopped]);
+        drop(client);
     }
 );

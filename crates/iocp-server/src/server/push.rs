@@ -193,6 +193,9 @@ struct OutState<S: Service> {
     slow: bool,
     /// The connection, waiting for the queue to drain.
     parked: Option<(Box<Conn<S>>, Finish)>,
+    /// A send failed on a pusher's stack: the parked connection is closed with this reason by
+    /// the packet posted for it.
+    failed: Option<CloseReason>,
 }
 
 /// The outgoing side of one push-mode connection.
@@ -228,6 +231,7 @@ impl<S: Service> PushConn<S> {
                 dead: false,
                 slow: false,
                 parked: None,
+                failed: None,
             }),
         })
     }
@@ -273,6 +277,31 @@ impl<S: Service> PushConn<S> {
         }
     }
 
+    /// A send failed where the parked connection cannot be finished (see
+    /// [`Shared::push_send`]): nothing more is sent, the socket is closed (which ends the
+    /// receive), and the connection, if parked, is closed with `reason` by the packet.
+    fn fail(&self, reason: CloseReason) {
+        {
+            let mut st = self.st.lock();
+            st.dead = true;
+            st.queue.clear();
+            st.bytes = 0;
+            st.failed = Some(reason);
+        }
+        self.handle.close();
+    }
+
+    /// The port is closed: nothing more is sent; hands back a connection parked for the
+    /// drain (no completion will ever finish it now).
+    pub(super) fn take_parked(&self) -> Option<Box<Conn<S>>> {
+        let mut st = self.st.lock();
+        st.dead = true;
+        st.sending = false;
+        st.queue.clear();
+        st.bytes = 0;
+        st.parked.take().map(|(conn, _)| conn)
+    }
+
     /// Closes the socket, from a worker or through one.
     fn abort(&self) {
         if on_worker() {
@@ -294,7 +323,7 @@ impl<S: Service> PushConn<S> {
             return;
         };
         if on_worker() {
-            shared.push_send(me);
+            shared.push_send(me, true);
         } else if let Err(e) = shared.port.post(0, PUSH_KEY, Ctx::Push(me)) {
             drop(e);
             let mut st = self.st.lock();
@@ -368,17 +397,27 @@ impl<S: Service> Target for PushConn<S> {
 
 impl<S: Service> Shared<S> {
     /// Holding the drain token: sends what is queued, or releases the token (and finishes a
-    /// parked connection) when nothing is.
-    pub(super) fn push_send(&self, pc: Arc<PushConn<S>>) {
+    /// parked connection) when nothing is. `inline`: on the stack of the push that took the
+    /// token (service code, maybe holding its own locks), where a parked connection must not
+    /// be finished (that runs the service's `on_close`): a packet finishes it instead.
+    pub(super) fn push_send(&self, pc: Arc<PushConn<S>>, inline: bool) {
         let mut st = pc.st.lock();
+        if inline && st.parked.is_some() && (st.dead || st.queue.is_empty()) {
+            drop(st);
+            return self.finish_later(pc);
+        }
         if st.dead || st.queue.is_empty() {
             st.sending = false;
             let parked = st.parked.take();
+            let failed = st.failed.take();
             let dead = st.dead;
             let closing_unparked = st.closing && parked.is_none() && !dead;
             drop(st);
             if let Some((conn, finish)) = parked {
-                self.push_finish(conn, finish);
+                match failed {
+                    Some(reason) => self.close(conn, reason),
+                    None => self.push_finish(conn, finish),
+                }
             } else if closing_unparked {
                 // The last buffer was pushed while the connection is still receiving: shut
                 // our side so that the peer sees the end (its close then ends the receive).
@@ -412,7 +451,12 @@ impl<S: Service> Shared<S> {
         if let Err(e) = r {
             let (_err, ctx, _) = e.into_parts();
             if let Ctx::Push(pc) = ctx {
-                self.push_failed(&pc, CloseReason::Error);
+                if inline {
+                    pc.fail(CloseReason::Error);
+                    self.finish_later(pc);
+                } else {
+                    self.push_failed(&pc, CloseReason::Error);
+                }
             }
         }
     }
@@ -430,14 +474,14 @@ impl<S: Service> Shared<S> {
             return;
         }
         if key == PUSH_KEY {
-            return self.push_send(pc);
+            return self.push_send(pc, false);
         }
         drop(payload);
         match res {
             Ok(n) => {
                 pc.sent.fetch_add(n as u64, Ordering::Relaxed);
                 self.live.transferred(true, false, n);
-                self.push_send(pc);
+                self.push_send(pc, false);
             }
             Err(e) => {
                 let reason = if timed_out(&e) {
@@ -453,6 +497,16 @@ impl<S: Service> Shared<S> {
                 };
                 self.push_failed(&pc, reason);
             }
+        }
+    }
+
+    /// Still holding the drain token, hands it to a posted packet, whose `push_send` then
+    /// finishes a parked connection on a worker's own stack. If the port is closed (the server
+    /// is stopping), the token is released and the stop's `close_parked` finishes it.
+    fn finish_later(&self, pc: Arc<PushConn<S>>) {
+        if let Err(e) = self.port.post(0, PUSH_KEY, Ctx::Push(pc.clone())) {
+            drop(e);
+            pc.st.lock().sending = false;
         }
     }
 

@@ -1,5 +1,5 @@
-//! `iocp demo`: post→get throughput, then the echo, HTTP and chat servers under the load
-//! generator, on each backend.
+//! `iocp demo`: post→get throughput, then the echo, HTTP and chat servers and the syslog
+//! collector under the load generator, on each backend.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use iocp::{BackendChoice, BackendKind, CompletionKey, CompletionPort};
 use iocp_http::{Config as SiteConfig, Site};
+use iocp_server::syslog::{Collector, SyslogConfig, Template};
 use iocp_server::{ChatConfig, ChatHub, Echo as EchoService, Http, Server, ServerConfig};
 
-use crate::load::{ChatArgs, EchoLoad, HttpLoad, Plan, run_chat, run_echo, run_http};
+use crate::load::{
+    ChatArgs, EchoLoad, HttpLoad, Plan, SyslogLoad, process_cpu, run_chat, run_echo, run_http,
+    run_syslog, thread_cpu,
+};
 
 use crate::json::Json;
 use crate::table::{self, Align};
@@ -23,7 +27,8 @@ pub(crate) struct DemoArgs {
     /// Backend(s) to run: auto, uring, epoll or all [default: $IOCP_BACKEND, else all]
     #[arg(long, value_name = "auto|uring|epoll|all", value_parser = parse_selection)]
     backend: Option<Selection>,
-    /// Seconds for each measurement (three per backend: post→get, echo, http)
+    /// Seconds for each measurement (per backend: post→get, echo, http, chat, syslog; the
+    /// syslog run also stops at 400,000 messages)
     #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
     seconds: f64,
     /// Print the probe report and one line per backend as JSON on stdout (tables go to stderr)
@@ -78,6 +83,7 @@ struct Outcome {
     echo: LoadRun,
     http: LoadRun,
     chat: LoadRun,
+    syslog: SyslogRun,
 }
 
 /// Runs `iocp demo`.
@@ -140,6 +146,9 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 table::thousands(o.http.p99_us.round() as u64),
                 table::thousands(o.chat.rate.round() as u64),
                 table::thousands(o.chat.p99_us.round() as u64),
+                table::thousands(o.syslog.rate.round() as u64),
+                table::thousands(o.syslog.lost),
+                o.syslog.cpu_us_per_msg.map_or("-".into(), |u| format!("{u:.2}")),
             ]
         })
         .collect();
@@ -152,9 +161,15 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         "http p99 µs",
         "chat deliveries/s",
         "chat p99 µs",
+        "syslog written msgs/s",
+        "syslog lost",
+        "syslog CPU µs/msg",
     ];
     let align = [
         Align::Left,
+        Align::Right,
+        Align::Right,
+        Align::Right,
         Align::Right,
         Align::Right,
         Align::Right,
@@ -176,11 +191,19 @@ pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
          chat: `iocp serve chat`, {CHAT_CLIENTS} WebSocket clients in {CHAT_ROOMS} rooms, each \
          sending {CHAT_RATE} messages/s with `iocp bench chat` (a delivery: one message to one \
          member).\n\
+         syslog: `iocp serve syslog` into a temporary directory, {SYSLOG_CONNS} TCP connections \
+         sending numbered 120-byte RFC 5424 messages flat out (at most {SYSLOG_MAX} in all) with \
+         `iocp bench syslog`, then the files read back: written msgs/s counts the messages \
+         found, lost those missing, duplicated or out of order (must be 0), CPU the \
+         collector's threads only.\n\
          Server and generator share this machine's cores; see BENCHMARKS.md for comparisons \
          with tokio, monoio, C and nginx (and, for the chat, tokio-tungstenite)."
     )?;
     human.flush()?;
-    let errors: u64 = outcomes.iter().map(|o| o.echo.errors + o.http.errors + o.chat.errors).sum();
+    let errors: u64 = outcomes
+        .iter()
+        .map(|o| o.echo.errors + o.http.errors + o.chat.errors + o.syslog.errors + o.syslog.lost)
+        .sum();
     if errors > 0 {
         bail!("the load runs saw {errors} errors");
     }
@@ -206,13 +229,15 @@ fn run_backend(
     let http = http_run(choice, dur, root, progress).with_context(|| format!("{name}: http"))?;
     eprintln!("running {name}: chat server, {CHAT_CLIENTS} WebSocket clients...");
     let chat = chat_run(choice, dur, progress).with_context(|| format!("{name}: chat"))?;
+    eprintln!("running {name}: syslog collector, {SYSLOG_CONNS} TCP connections...");
+    let syslog = syslog_run(choice, dur).with_context(|| format!("{name}: syslog"))?;
     if posted.cq_overflow > 0 {
         eprintln!(
             "warning: {}: the kernel dropped {} completions (CQ overflow)",
             posted.backend, posted.cq_overflow
         );
     }
-    Ok(Outcome { backend: posted.backend, posted, echo, http, chat })
+    Ok(Outcome { backend: posted.backend, posted, echo, http, chat, syslog })
 }
 
 fn outcome_json(o: &Outcome) -> Json {
@@ -236,6 +261,13 @@ fn outcome_json(o: &Outcome) -> Json {
         ("chat_p99_us", Json::num1(o.chat.p99_us)),
         ("chat_errors", Json::Int(o.chat.errors)),
         ("chat_accepted", Json::Int(o.chat.accepted)),
+        ("syslog_connections", Json::Int(SYSLOG_CONNS as u64)),
+        ("syslog_sent", Json::Int(o.syslog.sent)),
+        ("syslog_written", Json::Int(o.syslog.written)),
+        ("syslog_written_msgs_per_s", Json::num1(o.syslog.rate)),
+        ("syslog_lost", Json::Int(o.syslog.lost)),
+        ("syslog_cpu_us_per_msg", o.syslog.cpu_us_per_msg.map_or(Json::Null, Json::Num)),
+        ("syslog_errors", Json::Int(o.syslog.errors)),
         ("cq_overflow", Json::Int(o.posted.cq_overflow)),
     ])
 }
@@ -458,6 +490,68 @@ fn chat_run(choice: BackendChoice, dur: Duration, progress: bool) -> anyhow::Res
         errors,
         accepted: report.stats.accepted,
     })
+}
+
+const SYSLOG_CONNS: usize = 4;
+/// At most this many messages (120 bytes each: 48 MB of files at most, removed afterwards).
+const SYSLOG_MAX: u64 = 400_000;
+
+/// The syslog run.
+#[derive(Debug)]
+struct SyslogRun {
+    /// Messages found in the files per second (first send to last growth).
+    rate: f64,
+    sent: u64,
+    written: u64,
+    /// Messages missing, duplicated or out of order in the files, plus the collector's lost.
+    lost: u64,
+    /// The collector's threads' CPU time per message written.
+    cpu_us_per_msg: Option<f64>,
+    errors: u64,
+}
+
+fn syslog_run(choice: BackendChoice, dur: Duration) -> anyhow::Result<SyslogRun> {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("iocp-demo-syslog-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let cfg = SyslogConfig {
+        tcp: Some(([127, 0, 0, 1], 0).into()),
+        dir: dir.0.clone(),
+        template: Template::parse("{app}.log").map_err(|e| anyhow!("template: {e}"))?,
+        ..SyslogConfig::default()
+    };
+    let col = Collector::start(cfg, server_config(choice)).context("starting the collector")?;
+    let addr = col.tcp_addr().context("the collector has no TCP address")?;
+    let pid = std::process::id();
+    let (cpu0, me0) = (process_cpu(pid), thread_cpu());
+    let load = run_syslog(&SyslogLoad::demo(addr, SYSLOG_CONNS, dur, SYSLOG_MAX, dir.0.clone()));
+    // This process's CPU less the senders' and this thread's (which read the files back):
+    // the collector's threads (workers, writer, io_uring's kernel workers).
+    let (cpu1, me1) = (process_cpu(pid), thread_cpu());
+    let report = col.stop();
+    let (_, o) = load?;
+    let cpu = cpu0.zip(cpu1).map(|(a, b)| {
+        b.saturating_sub(a).saturating_sub(o.sender_cpu).saturating_sub(me1.saturating_sub(me0))
+    });
+    Ok(SyslogRun {
+        rate: o.written_per_s.unwrap_or(0.0),
+        sent: o.sent,
+        written: o.written,
+        lost: o.missing + o.duplicated + o.out_of_order + report.stats.lost,
+        cpu_us_per_msg: cpu
+            .filter(|_| o.written > 0)
+            .map(|c| (c.as_secs_f64() * 1e6 / o.written as f64 * 100.0).round() / 100.0),
+        errors: o.errors + o.unexpected,
+    })
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A small site in a temporary directory, removed on drop.

@@ -37,6 +37,10 @@ pub(crate) struct SyslogArgs {
     /// Rotate a file before it grows past this size (bytes; k, m, g suffixes)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     rotate_size: Option<u64>,
+    /// Rotate each file once it has been open this long (30s, 10m, 1h, 1d), as size rotation
+    /// does: FILE becomes FILE.1, FILE.1 becomes FILE.2, ...
+    #[arg(long, value_name = "DURATION", value_parser = parse_rotate_time)]
+    rotate_time: Option<Duration>,
     /// Rotated files kept per log (FILE.1 ... FILE.N)
     #[arg(long, value_name = "N", default_value_t = 5)]
     rotate_keep: u32,
@@ -54,6 +58,11 @@ pub(crate) struct SyslogArgs {
     stats: u64,
     #[command(flatten)]
     common: Common,
+}
+
+fn parse_rotate_time(s: &str) -> Result<Duration, String> {
+    crate::load::parse_duration(s)
+        .and_then(|d| if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) })
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
@@ -97,7 +106,10 @@ enum Event {
 pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<()> {
     init_logging();
     if a.tcp.is_none() && a.udp.is_none() {
-        anyhow::bail!("give --tcp ADDR, --udp ADDR or both");
+        anyhow::bail!(
+            "no input: give --tcp ADDR, --udp ADDR or both (only --udp binds no TCP port, only \
+             --tcp no UDP port)"
+        );
     }
     let template = Template::parse(&a.template).map_err(|e| anyhow::anyhow!("--template: {e}"))?;
     let fsync_interval = Duration::try_from_secs_f64(a.fsync_interval)
@@ -116,6 +128,7 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<()> {
         fsync: a.fsync,
         fsync_interval,
         rotate_size: a.rotate_size,
+        rotate_time: a.rotate_time,
         rotate_keep: a.rotate_keep.max(1),
         max_message: usize_of(a.max_message, "max-message")?,
         queue_bytes: usize_of(a.queue_size, "queue-size")?,
@@ -187,5 +200,14 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999g").is_err());
+    }
+
+    #[test]
+    fn rotate_times() {
+        assert_eq!(parse_rotate_time("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_rotate_time("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_rotate_time("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_rotate_time("0s").is_err());
+        assert!(parse_rotate_time("soon").is_err());
     }
 }

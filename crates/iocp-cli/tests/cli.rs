@@ -46,12 +46,15 @@ fn demo_runs_on_epoll() {
         .find(|l| l.starts_with("epoll ") && l.contains('|'))
         .unwrap_or_else(|| panic!("no epoll row in:\n{}", run.stdout));
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells.len(), 8, "row: {row}");
-    // post→get, echo msgs/s, http req/s and chat deliveries/s measured something.
-    for i in [1, 2, 4, 6] {
+    assert_eq!(cells.len(), 11, "row: {row}");
+    // post→get, echo msgs/s, http req/s, chat deliveries/s and syslog msgs/s written measured
+    // something.
+    for i in [1, 2, 4, 6, 8] {
         let n: u64 = cells[i].replace(',', "").parse().unwrap_or(0);
         assert!(n > 0, "column {i} of {row}");
     }
+    assert_eq!(cells[9], "0", "syslog lost: {row}");
+    assert!(cells[10].parse::<f64>().is_ok_and(|c| c > 0.0), "syslog CPU per message: {row}");
     assert!(run.stderr.contains("running epoll"), "stderr:\n{}", run.stderr);
 }
 

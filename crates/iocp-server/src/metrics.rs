@@ -208,6 +208,64 @@ pub struct MetricsSnapshot {
     pub in_flight_by_kind: iocp::InFlightByKind,
     /// Time since the handle was made.
     pub uptime: Duration,
+    /// Metrics a service contributes (a syslog collector's per-input counters, say), exposed
+    /// after the server's in `/metrics`; see [`LiveStats::with_extra`].
+    pub extra: Vec<ExtraMetric>,
+}
+
+/// Whether an [`ExtraMetric`] only grows or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraKind {
+    /// Only grows (exposed with the `_total` suffix).
+    Counter,
+    /// A level now.
+    Gauge,
+}
+
+/// A metric family a service contributes to a [`MetricsSnapshot`]: a name (after the `iocp_`
+/// prefix; Prometheus rules: `[a-zA-Z_][a-zA-Z0-9_]*`), a help text, and one value per label
+/// set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraMetric {
+    /// The name after `iocp_`, e.g. `syslog_messages_received`.
+    pub name: String,
+    /// The `# HELP` text.
+    pub help: String,
+    /// Counter or gauge.
+    pub kind: ExtraKind,
+    /// The samples: label pairs (empty for a family of one unlabelled value) and the value.
+    pub samples: Vec<(Vec<(String, String)>, u64)>,
+}
+
+impl ExtraMetric {
+    /// A family of one unlabelled value.
+    pub fn single(name: &str, help: &str, kind: ExtraKind, value: u64) -> Self {
+        ExtraMetric {
+            name: name.into(),
+            help: help.into(),
+            kind,
+            samples: vec![(Vec::new(), value)],
+        }
+    }
+
+    /// A family with one label: a value per label value.
+    pub fn labelled(
+        name: &str,
+        help: &str,
+        kind: ExtraKind,
+        label: &str,
+        values: &[(&str, u64)],
+    ) -> Self {
+        ExtraMetric {
+            name: name.into(),
+            help: help.into(),
+            kind,
+            samples: values
+                .iter()
+                .map(|(k, v)| (vec![(label.to_string(), (*k).to_string())], *v))
+                .collect(),
+        }
+    }
 }
 
 impl MetricsSnapshot {
@@ -293,6 +351,16 @@ impl LiveStats {
     pub fn snapshot(&self) -> MetricsSnapshot {
         (self.0)()
     }
+
+    /// This source with the metrics `extra` reads appended to each snapshot's
+    /// [`MetricsSnapshot::extra`] (a service's own counters next to its server's).
+    pub fn with_extra(self, extra: impl Fn() -> Vec<ExtraMetric> + Send + Sync + 'static) -> Self {
+        LiveStats::new(move || {
+            let mut s = self.snapshot();
+            s.extra.extend(extra());
+            s
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -321,6 +389,22 @@ fn counter_family(
     for (k, v) in values {
         let labels = [(label, *k)];
         ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn encode_extra(e: Enc<'_, '_>, x: &ExtraMetric) -> fmt::Result {
+    let kind = match x.kind {
+        ExtraKind::Counter => MetricType::Counter,
+        ExtraKind::Gauge => MetricType::Gauge,
+    };
+    let mut m = e.encode_descriptor(&x.name, &x.help, None, kind)?;
+    for (labels, v) in &x.samples {
+        let m = m.encode_family(labels)?;
+        match x.kind {
+            ExtraKind::Counter => ConstCounter::new(*v).encode(m)?,
+            ExtraKind::Gauge => ConstGauge::new(i64::try_from(*v).unwrap_or(i64::MAX)).encode(m)?,
+        }
     }
     Ok(())
 }
@@ -466,6 +550,9 @@ impl Collector for SnapshotCollector {
             "worker",
             &workers,
         )?;
+        for x in &m.extra {
+            encode_extra(e, x)?;
+        }
         Ok(())
     }
 }

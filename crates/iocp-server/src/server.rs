@@ -45,6 +45,10 @@ const MIN_READ: usize = 256;
 pub struct ServerConfig {
     /// Address to listen on (port 0 picks a free port; see [`Server::local_addr`]).
     pub addr: SocketAddr,
+    /// Whether to bind and listen on [`ServerConfig::addr`] at all. `false`: no TCP listener
+    /// (no socket, no accepts), for a server whose only inputs are datagram sockets
+    /// ([`Server::add_datagram`]); [`Server::listen_addr`] is then `None`.
+    pub listen: bool,
     /// Worker threads; 0 means one per CPU. The port's concurrency limit is the same number.
     pub threads: usize,
     /// Which backend the port uses.
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listen: true,
             threads: 0,
             backend: BackendChoice::Auto,
             rings: 1,
@@ -423,7 +428,8 @@ struct Shared<S: Service> {
     service: S,
     cfg: ServerConfig,
     port: Arc<CompletionPort<Ctx<S>>>,
-    listener: Handle<Ctx<S>>,
+    /// None: no listener ([`ServerConfig::listen`] false).
+    listener: Option<Handle<Ctx<S>>>,
     conns: Mutex<Slab<Registered<S>>>,
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
@@ -448,7 +454,7 @@ struct Shared<S: Service> {
 pub struct Server<S: Service> {
     shared: Arc<Shared<S>>,
     pool: Option<Pool<Ctx<S>>>,
-    local_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
 }
 
 impl<S: Service> std::fmt::Debug for Server<S> {
@@ -481,18 +487,23 @@ impl<S: Service> Server<S> {
                 .rings(cfg.rings)
                 .build()?,
         );
-        let sock = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_reuse_address(true)?;
-        if cfg.reuse_port {
-            sock.set_reuse_port(true)?;
-        }
-        sock.bind(&cfg.addr.into())?;
-        sock.listen(cfg.listen_backlog)?;
-        let local_addr = sock
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("listener has no inet address"))?;
-        let listener = port.associate(OwnedFd::from(sock), LISTENER_KEY)?;
+        let (listener, local_addr) = if cfg.listen {
+            let sock =
+                Socket::new(Domain::for_address(cfg.addr), Type::STREAM, Some(Protocol::TCP))?;
+            sock.set_reuse_address(true)?;
+            if cfg.reuse_port {
+                sock.set_reuse_port(true)?;
+            }
+            sock.bind(&cfg.addr.into())?;
+            sock.listen(cfg.listen_backlog)?;
+            let local_addr = sock
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("listener has no inet address"))?;
+            (Some(port.associate(OwnedFd::from(sock), LISTENER_KEY)?), Some(local_addr))
+        } else {
+            (None, None)
+        };
         let reclaim = crate::heap::Reclaimer::start()?;
         let push = service.push();
         let shared = Arc::new_cyclic(|me| Shared {
@@ -519,20 +530,26 @@ impl<S: Service> Server<S> {
         // submits an operation runs its completion work (task_work) and is interrupted for it,
         // so the caller's own blocking calls could fail with EINTR. Every server operation is
         // started on a pool thread.
-        if shared.port.post(0, START_KEY, Ctx::Accept(0)).is_err() {
+        if shared.listener.is_some() && shared.port.post(0, START_KEY, Ctx::Accept(0)).is_err() {
             return Err(io::Error::other("the server's port closed while starting"));
         }
         tracing::info!(
-            addr = %local_addr,
+            addr = ?local_addr,
             backend = %shared.port.backend().kind(),
             threads,
-            "server listening"
+            "server started"
         );
         Ok(Server { shared, pool: Some(pool), local_addr })
     }
 
-    /// The address the listener is bound to.
+    /// The address the listener is bound to. Without a listener ([`ServerConfig::listen`]
+    /// false) this is the configured address, bound to nothing; see [`Server::listen_addr`].
     pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr.unwrap_or(self.shared.cfg.addr)
+    }
+
+    /// The address the listener is bound to, or `None` when the server has no listener.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.local_addr
     }
 
@@ -656,7 +673,9 @@ impl<S: Service> Shared<S> {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.listener.close();
+        if let Some(l) = &self.listener {
+            l.close();
+        }
         if catch_unwind(AssertUnwindSafe(|| self.service.stopping())).is_err() {
             bump(&self.counters.panics);
             tracing::error!("service panicked in stopping");
@@ -686,7 +705,11 @@ impl<S: Service> Shared<S> {
     fn post_accept(&self) -> io::Result<()> {
         self.accepts_posted.fetch_add(1, Ordering::SeqCst);
         let closed = self.counters.closed.load(Ordering::SeqCst);
-        match self.listener.accept(Vec::new(), Ctx::Accept(closed)) {
+        let Some(listener) = &self.listener else {
+            self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the server has no listener"));
+        };
+        match listener.accept(Vec::new(), Ctx::Accept(closed)) {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.accepts_posted.fetch_sub(1, Ordering::SeqCst);
@@ -699,6 +722,9 @@ impl<S: Service> Shared<S> {
     /// the server is short of descriptors ([`EXHAUSTED_BACKOFF`]), else
     /// [`ServerConfig::accepts`].
     fn refill_accepts(&self) {
+        if self.listener.is_none() {
+            return;
+        }
         let target = match self.exhausted.lock().last {
             Some(at) if at.elapsed() < EXHAUSTED_BACKOFF => 1,
             _ => self.cfg.accepts.max(1),

@@ -2,8 +2,12 @@
 //! numbered messages over TCP from several connections are all on disk after a graceful stop,
 //! once each and in order per connection (through a queue small enough to pause readers);
 //! UDP messages are written or counted as dropped; a full disk (a small tmpfs) holds the
-//! messages and pauses the senders until space returns; rotation and reopen lose nothing;
-//! `logger` (util-linux) is understood in its RFC 5424 and RFC 3164 forms over both inputs.
+//! messages and pauses the senders until space returns; rotation (by size and by time) and
+//! reopen lose nothing; 1,000,000 numbered messages from 4 connections are all on disk after a
+//! graceful stop; a UDP-only collector binds no TCP port (and a TCP-only one no UDP socket);
+//! the syslog counters are in the Prometheus exposition (parsed by Python's
+//! `prometheus_client`); `logger` (util-linux) is understood in its RFC 5424 and RFC 3164 forms
+//! over both inputs.
 //! Tools that are missing skip their test with a `SKIP` line unless `IOCP_REQUIRE_TOOLS=1`.
 
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
@@ -476,5 +480,317 @@ backend_test!(
             "{lines} lines: {st}"
         );
         drop(sender.join().unwrap());
+    }
+);
+
+/// Checks that `text` holds connection `c`'s messages `0..n` once each, in order.
+fn assert_all_in_order(text: &str, c: usize, n: usize) {
+    let got = seqs(text);
+    assert_eq!(got.len(), n, "connection {c}: {} lines, {n} sent", got.len());
+    if let Some(i) = got.iter().enumerate().position(|(i, &s)| s != i) {
+        panic!("connection {c}: line {i} holds seq {} (lost, duplicated or out of order)", got[i]);
+    }
+}
+
+backend_test!(
+    million_messages_all_on_disk_once_in_order_after_stop,
+    choice | c | {
+        // The issue's guarantee at full size (about 1.5 s per backend on 2 cores).
+        const TOTAL: usize = 1_000_000;
+        const CONNS: usize = 4;
+        let (total, per) = (TOTAL, TOTAL / CONNS);
+        let dir = tempdir(&format!("million-{c:?}"));
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("{host}/{app}.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let t0 = Instant::now();
+        let col = start(c, cfg);
+        let addr = col.tcp_addr().unwrap();
+        let senders: Vec<_> = (0..CONNS)
+            .map(|i| std::thread::spawn(move || send_numbered(addr, i, per, i % 2 == 1)))
+            .collect();
+        let streams: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+        // Every byte acknowledged by the collector's kernel, the connections still open: a
+        // graceful stop must put all of it on disk.
+        for s in &streams {
+            let local = s.local_addr().unwrap();
+            wait_for("the sender's bytes acknowledged", || unacked(local) == Some(0));
+        }
+        let sent_in = t0.elapsed();
+        let report = col.stop();
+        drop(streams);
+        let s = report.stats;
+        eprintln!("{total} messages: sent in {sent_in:?}, stopped after {:?}\n{s}", t0.elapsed());
+        assert_eq!(s.tcp.received, total as u64, "{s}");
+        assert_eq!((s.tcp.written, s.lost, s.tcp.malformed), (total as u64, 0, 0), "{s}");
+        let files = files(&dir);
+        assert_eq!(files.len(), CONNS, "{:?}", files.keys());
+        for i in 0..CONNS {
+            assert_all_in_order(&files[&format!("host{i}/app{i}.log")], i, per);
+        }
+        eprintln!("checked after {:?}", t0.elapsed());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+/// `base`'s generations oldest first (`base.N` ... `base.1`, `base`), concatenated.
+fn generations(dir: &Path, base: &str) -> (usize, String) {
+    let files = files(dir);
+    let mut n = 0;
+    while files.contains_key(&format!("{base}.{}", n + 1)) {
+        n += 1;
+    }
+    let mut text = String::new();
+    for g in (1..=n).rev() {
+        let t = &files[&format!("{base}.{g}")];
+        assert!(t.ends_with('\n') && !t.is_empty(), "{base}.{g} holds whole lines");
+        text.push_str(t);
+    }
+    text.push_str(files.get(base).map_or("", String::as_str));
+    assert_eq!(files.len(), n + usize::from(files.contains_key(base)), "{:?}", files.keys());
+    (n, text)
+}
+
+backend_test!(
+    time_rotation_loses_nothing,
+    choice | c | {
+        let dir = tempdir(&format!("trot-{c:?}"));
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("all.log").unwrap(),
+            rotate_time: Some(Duration::from_secs(1)),
+            rotate_keep: 1000,
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        let mut s = TcpStream::connect(col.tcp_addr().unwrap()).unwrap();
+        const ROUND: usize = 400;
+        let mut sent = 0;
+        let mut send_round = |s: &mut TcpStream| {
+            let mut buf = Vec::new();
+            for seq in sent..sent + ROUND {
+                writeln!(buf, "{}", numbered(0, seq)).unwrap();
+            }
+            s.write_all(&buf).unwrap();
+            sent += ROUND;
+        };
+        // Each round's file ages past the interval and is rotated; the next round starts a new
+        // one. The directory is polled (with the deadline) for each rotated file.
+        for round in 1..=2 {
+            send_round(&mut s);
+            let want = dir.join(format!("all.log.{round}"));
+            wait_for(&format!("{} to appear", want.display()), || want.exists());
+        }
+        send_round(&mut s);
+        wait_for("every message written", || col.stats().tcp.written == 3 * ROUND as u64);
+        drop(s);
+        let st = col.stop().stats;
+        eprintln!("{st}");
+        assert!(st.rotations >= 2, "{st}");
+        assert_eq!(st.lost, 0);
+        let (n, text) = generations(&dir, "all.log");
+        assert!(n >= 2, "{n} rotated files");
+        assert_all_in_order(&text, 0, 3 * ROUND);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+backend_test!(
+    udp_only_has_no_tcp_listener_and_tcp_only_no_udp_socket,
+    choice | c | {
+        let dir = tempdir(&format!("udponly-{c:?}"));
+        let cfg = SyslogConfig {
+            udp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("{input}.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        assert_eq!(col.tcp_addr(), None, "a UDP-only collector binds no TCP port");
+        let to = col.udp_addr().unwrap();
+        let sock = UdpSocket::bind(loopback()).unwrap();
+        for seq in 0..100 {
+            sock.send_to(numbered(0, seq).as_bytes(), to).unwrap();
+        }
+        let accounted = |s: &SyslogStats| s.udp.received + s.udp.dropped + s.udp_kernel_drops;
+        wait_for("every datagram accounted for", || accounted(&col.stats()) == 100);
+        let r = col.stop();
+        assert_eq!((r.server.stats.accepted, r.server.stats.refused), (0, 0));
+        assert_eq!(r.stats.udp.written, r.stats.udp.received, "{}", r.stats);
+        assert!(r.stats.udp.written > 0, "{}", r.stats);
+        let files = files(&dir);
+        assert_eq!(files["udp.log"].lines().count() as u64, r.stats.udp.written);
+
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("{input}.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        assert_eq!(col.udp_addr(), None, "a TCP-only collector binds no UDP socket");
+        drop(send_numbered(col.tcp_addr().unwrap(), 0, 10, false));
+        wait_for("ten written", || col.stats().tcp.written == 10);
+        let _ = col.stop();
+        assert!(
+            Collector::start(
+                SyslogConfig { dir: dir.clone(), ..SyslogConfig::default() },
+                ServerConfig { backend: c, ..ServerConfig::default() }
+            )
+            .is_err_and(|e| e.to_string().contains("no input"))
+        );
+        assert!(
+            Collector::start(
+                SyslogConfig {
+                    tcp: Some(loopback()),
+                    dir: dir.clone(),
+                    rotate_time: Some(Duration::ZERO),
+                    ..SyslogConfig::default()
+                },
+                ServerConfig { backend: c, ..ServerConfig::default() }
+            )
+            .is_err()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+/// The exposition parsed by `prometheus_client.parser` (Python): `name{label="v",...}` → value
+/// for every sample; `None` (after a `SKIP` line) without python3 and prometheus_client.
+fn parse_exposition(text: &str) -> Option<BTreeMap<String, f64>> {
+    use std::process::Stdio;
+    const SCRIPT: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
+        print("%s{%s} %r" % (s.name, labels, s.value))
+"#;
+    let probe = Command::new("python3").args(["-c", "import prometheus_client"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        skip("python3 with prometheus_client is not installed (pip install prometheus_client)");
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut samples = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (k, v) = line.rsplit_once(' ').unwrap();
+        samples.insert(k.to_owned(), v.parse().unwrap());
+    }
+    Some(samples)
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(deadline())).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+backend_test!(
+    metrics_expose_the_syslog_counters,
+    choice | c | {
+        let dir = tempdir(&format!("metrics-{c:?}"));
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            udp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("{input}.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        let m = iocp_server::metrics::start(
+            col.live_stats(),
+            ServerConfig { backend: c, ..iocp_server::metrics::config(loopback()) },
+        )
+        .unwrap();
+        let Some(before) = parse_exposition(&scrape(m.local_addr())) else { return };
+        let v = |m: &BTreeMap<String, f64>, k: &str| {
+            *m.get(k).unwrap_or_else(|| panic!("no sample {k} in {:#?}", m.keys()))
+        };
+        assert_eq!(v(&before, r#"iocp_syslog_received_total{input="tcp"}"#), 0.0);
+        assert_eq!(v(&before, r#"iocp_syslog_written_total{input="udp"}"#), 0.0);
+        drop(send_numbered(col.tcp_addr().unwrap(), 0, 50, false));
+        let mut s = TcpStream::connect(col.tcp_addr().unwrap()).unwrap();
+        s.write_all(b"\xff\xfe not syslog\n").unwrap();
+        drop(s);
+        let u = UdpSocket::bind(loopback()).unwrap();
+        u.send_to(numbered(1, 0).as_bytes(), col.udp_addr().unwrap()).unwrap();
+        wait_for("51 TCP and 1 UDP message written", || {
+            let s = col.stats();
+            s.tcp.written == 51 && s.udp.written + s.udp.dropped + s.udp_kernel_drops == 1
+        });
+        let after = parse_exposition(&scrape(m.local_addr())).unwrap();
+        let st = col.stats();
+        assert_eq!(v(&after, r#"iocp_syslog_received_total{input="tcp"}"#), 51.0);
+        assert_eq!(v(&after, r#"iocp_syslog_parsed_total{input="tcp"}"#), 50.0);
+        assert_eq!(v(&after, r#"iocp_syslog_malformed_total{input="tcp"}"#), 1.0);
+        assert_eq!(v(&after, r#"iocp_syslog_written_total{input="tcp"}"#), 51.0);
+        assert_eq!(v(&after, r#"iocp_syslog_written_total{input="udp"}"#), st.udp.written as f64);
+        assert_eq!(v(&after, r#"iocp_syslog_dropped_total{input="udp"}"#), st.udp.dropped as f64);
+        assert_eq!(
+            v(&after, r#"iocp_syslog_received_bytes_total{input="tcp"}"#),
+            st.tcp.bytes as f64
+        );
+        assert!(v(&after, "iocp_syslog_batches_total{}") >= 1.0);
+        assert_eq!(v(&after, "iocp_syslog_written_bytes_total{}"), st.bytes_written as f64);
+        assert_eq!(v(&after, "iocp_syslog_batch_messages_total{}"), st.batch_msgs as f64);
+        assert!(after.contains_key("iocp_syslog_queued_bytes{}"));
+        assert!(after.contains_key("iocp_syslog_udp_kernel_drops_total{}"));
+        // The server's own metrics are still there.
+        assert!(v(&after, "iocp_server_connections_accepted_total{}") >= 2.0);
+        let _ = m.stop();
+        let _ = col.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
+backend_test!(
+    a_cut_last_line_is_ended_before_writing_on,
+    choice | c | {
+        // What a kill -9 in the middle of a write can leave: a last line without its end.
+        let dir = tempdir(&format!("cut-{c:?}"));
+        std::fs::write(dir.join("all.log"), "a whole line\n<134>1 2026-12-02T17:00").unwrap();
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("all.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        drop(send_numbered(col.tcp_addr().unwrap(), 0, 2, false));
+        wait_for("two written", || col.stats().tcp.written == 2);
+        let _ = col.stop();
+        let text = std::fs::read_to_string(dir.join("all.log")).unwrap();
+        let want = format!(
+            "a whole line\n<134>1 2026-12-02T17:00\n{}\n{}\n",
+            numbered(0, 0),
+            numbered(0, 1)
+        );
+        assert_eq!(text, want);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 );

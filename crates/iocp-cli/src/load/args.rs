@@ -209,7 +209,9 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => x / 1000.0,
         "s" => x,
         "m" | "min" => x * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m)")),
+        "h" => x * 3600.0,
+        "d" => x * 86400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (ms, s, m, h, d)")),
     };
     if !(secs.is_finite() && (0.0..1e6).contains(&secs)) {
         return Err(format!("out of range: {s:?}"));
@@ -228,8 +230,10 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("abc").is_err());
     }

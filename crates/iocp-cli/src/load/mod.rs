@@ -46,13 +46,15 @@ mod run;
 mod server_metrics;
 mod syslog;
 
-pub(crate) use args::{BenchCommand, cli};
+pub(crate) use args::{BenchCommand, cli, parse_duration};
 pub(crate) use chat::{ChatArgs, run_chat};
+pub(crate) use run::process_cpu;
 // The in-process entry points for `iocp demo`: run_echo(&EchoLoad, progress) and
 // run_http(&HttpLoad, progress), each giving a Report.
 pub(crate) use echo::{EchoLoad, run_echo};
 pub(crate) use http::{HttpLoad, run_http};
 pub(crate) use plan::Plan;
+pub(crate) use syslog::{SyslogArgs as SyslogLoad, run as run_syslog, thread_cpu};
 
 #[cfg(test)]
 mod tests {

@@ -338,6 +338,65 @@ struct SenderOut {
     sent: u64,
     errors: u64,
     first_error: Option<String>,
+    /// The sender thread's CPU time.
+    cpu: Duration,
+}
+
+/// This thread's CPU time.
+pub(crate) fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// What a run found, for callers in this process (`iocp demo`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SyslogOutcome {
+    /// Every message sent without error and (with a check) every TCP message found once, in
+    /// order.
+    pub(crate) ok: bool,
+    pub(crate) sent: u64,
+    pub(crate) errors: u64,
+    /// With a check: messages found, missing, found twice, out of order, not of this run.
+    pub(crate) written: u64,
+    pub(crate) missing: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) unexpected: u64,
+    /// Messages found over the time from the first send to the last growth of the files.
+    pub(crate) written_per_s: Option<f64>,
+    /// The sender threads' CPU time (the generator's share of this process).
+    pub(crate) sender_cpu: Duration,
+}
+
+impl SyslogArgs {
+    /// A TCP run for `iocp demo`: `connections` senders flat out for `duration` or `count`
+    /// messages in all, whichever comes first, checked in `dir` (settled after 300 ms).
+    pub(crate) fn demo(
+        tcp: SocketAddr,
+        connections: usize,
+        duration: Duration,
+        count: u64,
+        dir: PathBuf,
+    ) -> SyslogArgs {
+        SyslogArgs {
+            tcp: Some(tcp),
+            udp: None,
+            connections,
+            udp_senders: 0,
+            count: Some(count),
+            duration: Some(duration),
+            rate: None,
+            format: MsgFormat::Rfc5424,
+            framing: Framing::Lf,
+            size: 120,
+            batch: 64,
+            check_dir: Some(dir),
+            settle: Duration::from_millis(300),
+            settle_max: Duration::from_secs(10),
+            server_pid: None,
+            json: true,
+        }
+    }
 }
 
 /// What every sender shares.
@@ -490,9 +549,9 @@ struct Row {
 /// reported, not an error); 2 when it could not run.
 pub(crate) fn cli(a: &SyslogArgs) -> ExitCode {
     match run(a) {
-        Ok((text, ok)) => {
+        Ok((text, outcome)) => {
             print!("{text}");
-            if ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
         }
         Err(e) => {
             eprintln!("iocp: error: {e:#}");
@@ -501,7 +560,8 @@ pub(crate) fn cli(a: &SyslogArgs) -> ExitCode {
     }
 }
 
-fn run(a: &SyslogArgs) -> anyhow::Result<(String, bool)> {
+/// Runs the bench: the report (a table, or a JSON line with `--json`) and what it found.
+pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
     let tcp_n = if a.tcp.is_some() { a.connections } else { 0 };
     let udp_n = if a.udp.is_some() { a.udp_senders } else { 0 };
     let senders = tcp_n + udp_n;
@@ -550,11 +610,13 @@ fn run(a: &SyslogArgs) -> anyhow::Result<(String, bool)> {
             if i < tcp_n { (a.tcp.expect("tcp"), true) } else { (a.udp.expect("udp"), false) };
         let id = u32::try_from(i).context("too many senders")?;
         let h = thread::Builder::new().name(format!("sender-{i}")).spawn(move || {
-            if tcp {
+            let mut out = if tcp {
                 tcp_sender(&shared, addr, id, quota, per_rate)
             } else {
                 udp_sender(&shared, addr, id, quota, per_rate)
-            }
+            };
+            out.cpu = thread_cpu();
+            out
         })?;
         handles.push((if tcp { "tcp" } else { "udp" }, h));
     }
@@ -631,9 +693,22 @@ fn run(a: &SyslogArgs) -> anyhow::Result<(String, bool)> {
     let udp_missing = sum(|c| c.missing, Some("udp"));
     let unexpected = check.as_ref().map_or(0, |(_, t)| t.unexpected);
     let ok = errors == 0 && tcp_bad == 0 && unexpected == 0;
+    let outcome = SyslogOutcome {
+        ok,
+        sent,
+        errors,
+        written,
+        missing,
+        duplicated: dups,
+        out_of_order: ooo,
+        unexpected,
+        written_per_s: None,
+        sender_cpu: rows.iter().map(|r| r.out.cpu).sum(),
+    };
     let rate_sent = sent as f64 / send_time.as_secs_f64().max(1e-9);
     let written_time = check.as_ref().map(|(t, _)| *t);
     let rate_written = written_time.map(|t| written as f64 / t.as_secs_f64().max(1e-9));
+    let outcome = SyslogOutcome { written_per_s: rate_written, ..outcome };
     let pct = |n: u64, of: u64| if of == 0 { 0.0 } else { 100.0 * n as f64 / of as f64 };
     let per_msg = |cpu: Option<Duration>, n: u64| {
         cpu.filter(|_| n > 0).map(|c| c.as_secs_f64() * 1e6 / n as f64)
@@ -697,7 +772,7 @@ fn run(a: &SyslogArgs) -> anyhow::Result<(String, bool)> {
             ]);
         }
         fields.push(("ok", Json::Bool(ok)));
-        return Ok((format!("{}\n", Json::Obj(fields)), ok));
+        return Ok((format!("{}\n", Json::Obj(fields)), outcome));
     }
 
     let mut kv: Vec<Vec<String>> = vec![
@@ -794,7 +869,7 @@ fn run(a: &SyslogArgs) -> anyhow::Result<(String, bool)> {
             text.push_str(&format!("... {} more senders ({bad} with loss)\n", rest.len()));
         }
     }
-    Ok((text, ok))
+    Ok((text, outcome))
 }
 
 fn progress(show: bool, count: u64, duration: Option<Duration>) -> ProgressBar {

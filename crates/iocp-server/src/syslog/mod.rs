@@ -2,7 +2,7 @@
 //! framing, detected per connection) and UDP (one message per datagram) inputs on one port
 //! and pool, RFC 5424 / RFC 3164 parsing (`syslog_loose`), a bounded queue, and a writer that
 //! appends to files laid out by a [`Template`] with the port's overlapped file writes, in
-//! batches (group commit), with an fsync policy and size rotation.
+//! batches (group commit), with an fsync policy and rotation by size and by age.
 //!
 //! Nothing is dropped silently: a message that does not parse is written raw (to the file of
 //! app `malformed`) and counted; a full queue pauses TCP connections (their receives stop
@@ -28,7 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 pub use frame::{Frame, Framing, last_frame, next_frame};
 pub use render::{Format, Input, Outcome, Received, Template, render};
 
-use crate::metrics::LiveStats;
+use crate::metrics::{ExtraKind, ExtraMetric, LiveStats};
 use crate::server::{CloseReason, Io, Next, Server, ServerConfig, ServerReport, Service};
 use queue::{Chunk, Queue};
 
@@ -64,6 +64,10 @@ pub struct SyslogConfig {
     pub fsync_interval: Duration,
     /// Rotate a file before it would grow past this many bytes.
     pub rotate_size: Option<u64>,
+    /// Rotate a file once this long has passed since the collector opened it (time rotation;
+    /// checked every 50 ms; a file that is still empty is not rotated). The clock restarts
+    /// whenever the file is (re)opened: after a rotation, a [`Collector::reopen`] or a restart.
+    pub rotate_time: Option<Duration>,
     /// Rotated files kept (`f.1` ... `f.N`).
     pub rotate_keep: u32,
     /// The longest message (bytes); longer lines are cut, flagged and counted malformed.
@@ -91,6 +95,7 @@ impl Default for SyslogConfig {
             fsync: Fsync::None,
             fsync_interval: Duration::from_secs(1),
             rotate_size: None,
+            rotate_time: None,
             rotate_keep: 5,
             max_message: 64 * 1024,
             queue_bytes: 64 * 1024 * 1024,
@@ -195,6 +200,69 @@ impl std::fmt::Display for SyslogStats {
             self.rotations,
             self.lost
         )
+    }
+}
+
+impl SyslogStats {
+    /// The counters as metric families for a metrics endpoint (`iocp_syslog_*`), the
+    /// per-input ones labelled `input="tcp"` / `input="udp"` for the inputs given.
+    pub fn metrics(&self, tcp: bool, udp: bool) -> Vec<ExtraMetric> {
+        let inputs: Vec<(&str, &InputStats)> = [("tcp", tcp, &self.tcp), ("udp", udp, &self.udp)]
+            .into_iter()
+            .filter(|x| x.1)
+            .map(|(n, _, s)| (n, s))
+            .collect();
+        let per = |name: &str, help: &str, f: fn(&InputStats) -> u64| {
+            let v: Vec<(&str, u64)> = inputs.iter().map(|(n, s)| (*n, f(s))).collect();
+            ExtraMetric::labelled(name, help, ExtraKind::Counter, "input", &v)
+        };
+        let one =
+            |name: &str, help: &str, v: u64| ExtraMetric::single(name, help, ExtraKind::Counter, v);
+        let mut out = vec![
+            per("syslog_received", "Messages received (admitted to the queue).", |s| s.received),
+            per("syslog_parsed", "Messages parsed as RFC 5424 or RFC 3164.", |s| s.parsed),
+            per("syslog_malformed", "Messages that did not parse (written raw).", |s| s.malformed),
+            per("syslog_dropped", "Messages dropped because the queue was full (UDP).", |s| {
+                s.dropped
+            }),
+            per("syslog_written", "Messages written to their files.", |s| s.written),
+            per("syslog_received_bytes", "Message bytes received.", |s| s.bytes),
+        ];
+        if udp {
+            out.push(one(
+                "syslog_udp_kernel_drops",
+                "Datagrams the kernel dropped on the UDP socket (receive buffer full).",
+                self.udp_kernel_drops,
+            ));
+        }
+        out.extend([
+            one("syslog_batches", "Batches written (group commits).", self.batches),
+            one("syslog_batch_messages", "Messages in the batches written.", self.batch_msgs),
+            one("syslog_written_bytes", "Bytes written to the files.", self.bytes_written),
+            one(
+                "syslog_pauses",
+                "Times a TCP connection paused because the queue was full.",
+                self.pauses,
+            ),
+            one(
+                "syslog_write_errors",
+                "File writes that failed (each retried).",
+                self.write_errors,
+            ),
+            one("syslog_rotations", "Files rotated (by size or time).", self.rotations),
+            one(
+                "syslog_lost",
+                "Messages given up at stop (files could not be written).",
+                self.lost,
+            ),
+            ExtraMetric::single(
+                "syslog_queued_bytes",
+                "Bytes queued and not yet written.",
+                ExtraKind::Gauge,
+                self.queued_bytes,
+            ),
+        ]);
+        out
     }
 }
 
@@ -410,21 +478,28 @@ pub struct Collector {
 
 impl Collector {
     /// Starts the inputs and the writer. `server` gives the threads, backend and limits; its
-    /// address is replaced by [`SyslogConfig::tcp`] (without a TCP input the listener is on
-    /// an ephemeral loopback port and refuses every connection).
+    /// address is replaced by [`SyslogConfig::tcp`]. Without a TCP input no TCP socket is
+    /// bound at all (the server runs with no listener, only the UDP socket); without a UDP
+    /// input no UDP socket is.
     ///
     /// # Errors
-    /// Neither input given, an address cannot be bound, the output directory cannot be
-    /// created, or the port or threads cannot start.
+    /// Neither input given, a zero [`SyslogConfig::rotate_time`], an address cannot be bound,
+    /// the output directory cannot be created, or the port or threads cannot start.
     pub fn start(cfg: SyslogConfig, server: ServerConfig) -> io::Result<Collector> {
         if cfg.tcp.is_none() && cfg.udp.is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no input: give TCP or UDP"));
+        }
+        if cfg.rotate_time.is_some_and(|d| d.is_zero()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "rotate_time must be longer than zero",
+            ));
         }
         std::fs::create_dir_all(&cfg.dir)?;
         let max_input = cfg.max_message + 64 + server.read_buffer;
         let scfg = ServerConfig {
             addr: cfg.tcp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
-            max_connections: if cfg.tcp.is_some() { server.max_connections } else { 0 },
+            listen: cfg.tcp.is_some(),
             // Senders keep connections open and quiet for as long as they like, and a partial
             // message may wait for its end.
             idle_timeout: None,
@@ -455,7 +530,7 @@ impl Collector {
             }
         };
         inner.queue.set_resumer(server.resumer());
-        let tcp = inner.cfg.tcp.map(|_| server.local_addr());
+        let tcp = server.listen_addr();
         let mut c = Collector { server, writer: Some(writer), tcp, udp: None, udp_inode: None };
         if let Some(addr) = inner.cfg.udp {
             let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -494,9 +569,16 @@ impl Collector {
         self.server.service().inner.reopen.store(true, Ordering::SeqCst);
     }
 
-    /// The server's live counters, for `--metrics`.
+    /// The server's live counters with the collector's ([`SyslogStats::metrics`]), for
+    /// `--metrics`.
     pub fn live_stats(&self) -> LiveStats {
-        self.server.live_stats()
+        let inner = self.server.service().inner.clone();
+        let (inode, tcp, udp) = (self.udp_inode, self.tcp.is_some(), self.udp.is_some());
+        self.server.live_stats().with_extra(move || {
+            let mut s = inner.stats();
+            s.udp_kernel_drops = inode.and_then(udp_drops).unwrap_or(0);
+            s.metrics(tcp, udp)
+        })
     }
 
     /// Stops gracefully: the inputs stop (TCP connections are read to their end, as

@@ -1,12 +1,13 @@
 //! The file writer: one thread taking batches from the queue (group commit: whatever queued
 //! while the last batch was written goes in the next one), one overlapped append per file per
-//! batch on a completion port of its own, fsync by policy, size rotation, reopen on request.
+//! batch on a completion port of its own, fsync by policy, size and time rotation, reopen on
+//! request.
 //! A failed write (a full disk) keeps its bytes and retries: the queue stays full, so TCP
 //! inputs pause and UDP inputs count drops, until space returns.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ struct OpenFile {
     handle: Handle<usize>,
     size: u64,
     dirty: bool,
+    /// When this collector opened it (the age [`super::SyslogConfig::rotate_time`] measures).
+    opened: Instant,
 }
 
 pub(crate) struct Writer {
@@ -37,6 +40,7 @@ pub(crate) struct Writer {
     port: CompletionPort<usize>,
     files: HashMap<String, OpenFile>,
     last_sync: Instant,
+    last_age_check: Instant,
     failing_since: Option<Instant>,
     last_error_log: Option<Instant>,
 }
@@ -49,6 +53,7 @@ impl Writer {
             port,
             files: HashMap::new(),
             last_sync: Instant::now(),
+            last_age_check: Instant::now(),
             failing_since: None,
             last_error_log: None,
         })
@@ -64,6 +69,12 @@ impl Writer {
             if self.inner.reopen.swap(false, Ordering::SeqCst) {
                 self.close_all();
                 tracing::info!("syslog: files reopened");
+            }
+            if let Some(age) = self.inner.cfg.rotate_time
+                && self.last_age_check.elapsed() >= TICK.min(age)
+            {
+                self.last_age_check = Instant::now();
+                self.rotate_aged(age);
             }
             if !chunks.is_empty() {
                 self.write_batch(&chunks);
@@ -85,6 +96,47 @@ impl Writer {
         for (_, f) in self.files.drain() {
             f.handle.close();
         }
+    }
+
+    /// Time rotation: every open file older than `age` (and not empty) is closed and rotated;
+    /// the next message for it starts a new file.
+    fn rotate_aged(&mut self, age: Duration) {
+        let aged: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.opened.elapsed() >= age)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in aged {
+            if self.files.get(&path).is_some_and(|f| f.size == 0) {
+                if let Some(f) = self.files.get_mut(&path) {
+                    f.opened = Instant::now();
+                }
+                continue;
+            }
+            if let Err(e) = self.rotate_file(&path) {
+                // The file stays closed; the next message reopens it (and it is tried again
+                // when that one ages).
+                tracing::warn!(file = %path, error = %e, "syslog: time rotation failed");
+            }
+        }
+    }
+
+    /// Closes `path` (syncing it first unless the policy is [`Fsync::None`]) and renames it
+    /// and its older generations (`f` -> `f.1` -> `f.2` ...).
+    fn rotate_file(&mut self, path: &str) -> io::Result<()> {
+        if let Some(f) = self.files.remove(path) {
+            if f.dirty
+                && self.inner.cfg.fsync != Fsync::None
+                && let Err(e) = rustix::fs::fdatasync(&f.handle)
+            {
+                tracing::warn!(error = %e, "syslog: fdatasync failed");
+            }
+            f.handle.close();
+        }
+        rotate(&self.inner.cfg.dir.join(path), self.inner.cfg.rotate_keep)?;
+        self.inner.counters.rotations.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn sync_all(&mut self) {
@@ -297,10 +349,24 @@ impl Writer {
         if let Some(parent) = full.parent() {
             fs::create_dir_all(parent)?;
         }
-        let file: File = OpenOptions::new().create(true).append(true).open(&full)?;
-        let size = file.metadata()?.len();
+        let mut file: File = OpenOptions::new().create(true).append(true).open(&full)?;
+        let mut size = file.metadata()?.len();
+        if size > 0 && !ends_with_newline(&full, size) {
+            // A line cut by a crash in the middle of a write (kill -9, power loss): end it, so
+            // that the next message starts a line of its own. The cut line stays as it is.
+            file.write_all(b"\n")?;
+            size += 1;
+            tracing::warn!(
+                file = %full.display(),
+                "syslog: the file ended in a cut line (a crash in the middle of a write?): \
+                 ended it with a newline"
+            );
+        }
         let handle = self.port.associate(OwnedFd::from(file), CompletionKey(1))?;
-        self.files.insert(path.to_string(), OpenFile { handle, size, dirty: false });
+        self.files.insert(
+            path.to_string(),
+            OpenFile { handle, size, dirty: false, opened: Instant::now() },
+        );
         Ok(())
     }
 
@@ -323,14 +389,20 @@ impl Writer {
                 let end = buf.iter().position(|&b| b == b'\n').map_or(buf.len(), |i| i + 1);
                 return Ok(buf.split_off(end));
             }
-            if let Some(f) = self.files.remove(path) {
-                f.handle.close();
-            }
-            rotate(&self.inner.cfg.dir.join(path), self.inner.cfg.rotate_keep)?;
-            self.inner.counters.rotations.fetch_add(1, Ordering::Relaxed);
+            self.rotate_file(path)?;
             self.open(path)?;
         }
     }
+}
+
+/// Whether the file of `size` bytes at `path` ends with a newline (true when it cannot be
+/// read: nothing is added then).
+fn ends_with_newline(path: &Path, size: u64) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut last = [0u8];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut last, size - 1))
+        .map_or(true, |()| last[0] == b'\n')
 }
 
 /// `f` becomes `f.1`, `f.1` becomes `f.2`..., `f.{keep}` is removed.

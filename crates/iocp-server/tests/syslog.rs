@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use iocp::BackendChoice;
 use iocp_server::ServerConfig;
 use iocp_server::syslog::{Collector, Format, SyslogConfig, SyslogStats, Template};
-use iocp_testkit::{backend_test, deadline};
+use iocp_testkit::{backend_test, deadline, wait_acked};
 
 fn require_tools() -> bool {
     std::env::var("IOCP_REQUIRE_TOOLS").is_ok_and(|v| v == "1")
@@ -73,21 +73,6 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
         }
     }
     out
-}
-
-/// Bytes a local TCP socket has sent and the peer's kernel has not acknowledged (the
-/// `tx_queue` of `/proc/net/tcp`), IPv4 loopback only.
-fn unacked(local: SocketAddr) -> Option<u64> {
-    let SocketAddr::V4(v4) = local else { return None };
-    let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
-    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    text.lines().skip(1).find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        if cols.get(1) != Some(&want.as_str()) {
-            return None;
-        }
-        u64::from_str_radix(cols.get(4)?.split(':').next()?, 16).ok()
-    })
 }
 
 /// A numbered RFC 5424 message from connection `c`.
@@ -146,10 +131,7 @@ backend_test!(
         // The streams stay open. Once the collector's kernel has acknowledged every byte (the
         // senders' send queues are empty), a graceful stop must write all of it.
         let streams: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
-        for s in &streams {
-            let local = s.local_addr().unwrap();
-            wait_for("the sender's bytes acknowledged", || unacked(local) == Some(0));
-        }
+        streams.iter().for_each(wait_acked);
         let report = col.stop();
         drop(streams);
         let s = report.stats;
@@ -515,10 +497,7 @@ backend_test!(
         let streams: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
         // Every byte acknowledged by the collector's kernel, the connections still open: a
         // graceful stop must put all of it on disk.
-        for s in &streams {
-            let local = s.local_addr().unwrap();
-            wait_for("the sender's bytes acknowledged", || unacked(local) == Some(0));
-        }
+        streams.iter().for_each(wait_acked);
         let sent_in = t0.elapsed();
         let report = col.stop();
         drop(streams);

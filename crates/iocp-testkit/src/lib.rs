@@ -85,6 +85,46 @@ pub fn choice_for(kind: BackendKind) -> Option<BackendChoice> {
     }
 }
 
+/// `/proc/net/tcp`'s spelling of an IPv4 address and port (`0100007F:1F90`).
+fn proc_net_addr(a: SocketAddr) -> Option<String> {
+    let SocketAddr::V4(v4) = a else { return None };
+    Some(format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()))
+}
+
+/// Bytes `s` has sent that its peer's kernel has not acknowledged (sent or not: the
+/// `tx_queue` of `/proc/net/tcp`); IPv4 only. The line is the established socket with both
+/// of `s`'s addresses: a TIME_WAIT socket of an earlier connection can share the local port
+/// (with another peer), and its queue reads 0.
+pub fn unacked(s: &TcpStream) -> Option<u64> {
+    let local = proc_net_addr(s.local_addr().ok()?)?;
+    let remote = proc_net_addr(s.peer_addr().ok()?)?;
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        // 01: TCP_ESTABLISHED.
+        if cols.get(1..4)? != [local.as_str(), remote.as_str(), "01"] {
+            return None;
+        }
+        u64::from_str_radix(cols.get(4)?.split(':').next()?, 16).ok()
+    })
+}
+
+/// Waits (up to [`deadline`]) until the peer's kernel has acknowledged everything `s` sent.
+///
+/// # Panics
+/// When it has not by then, or the socket is not in `/proc/net/tcp` (not IPv4).
+pub fn wait_acked(s: &TcpStream) {
+    let end = Instant::now() + deadline();
+    loop {
+        let left = unacked(s);
+        if left == Some(0) {
+            return;
+        }
+        assert!(Instant::now() < end, "{:?}: {left:?} bytes never acknowledged", s.local_addr());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The backends available here, by name (`"epoll"`, `"uring"`), each with a preset builder;
 /// io_uring is left out (with a `SKIP` line) when it is unavailable or `IOCP_BACKEND=epoll`.
 /// For benchmarks and tools that run every backend.

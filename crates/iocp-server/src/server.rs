@@ -433,6 +433,10 @@ struct Shared<S: Service> {
     conns: Mutex<Slab<Registered<S>>>,
     stopping: AtomicBool,
     accepts_posted: AtomicUsize,
+    /// Accept completions being handled: counted in before their accept is counted out of
+    /// `accepts_posted`, out after the connection is counted [`ServerStats::active`] (or
+    /// dropped). See [`Shared::connections_done`].
+    accepting: AtomicUsize,
     exhausted: Mutex<Exhausted>,
     counters: Counters,
     reclaim: crate::heap::Reclaimer,
@@ -514,6 +518,7 @@ impl<S: Service> Server<S> {
             conns: Mutex::new(Slab::new()),
             stopping: AtomicBool::new(false),
             accepts_posted: AtomicUsize::new(0),
+            accepting: AtomicUsize::new(0),
             exhausted: Mutex::new(Exhausted::default()),
             counters: Counters::default(),
             reclaim,
@@ -600,7 +605,7 @@ impl<S: Service> Server<S> {
     pub fn stop(mut self) -> ServerReport {
         let pool = self.pool.take();
         self.shared.begin_stop();
-        let grace = self.shared.wait_unpaused(self.shared.cfg.grace);
+        let grace = self.shared.wait_finished(self.shared.cfg.grace);
         let pool = match pool {
             Some(p) => p.stop(grace),
             None => PoolReport::default(),
@@ -634,6 +639,15 @@ impl<S: Service> Drop for Server<S> {
             self.shared.conns.lock().clear();
             self.shared.reclaim.stop();
         }
+    }
+}
+
+/// Counts itself out of a counter when dropped (also on unwind).
+struct CountedOut<'a>(&'a AtomicUsize);
+
+impl Drop for CountedOut<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -687,6 +701,21 @@ impl<S: Service> Shared<S> {
         self.datagrams.close_all();
         // Paused connections read on to their end-of-stream.
         self.resume_for_stop();
+    }
+
+    /// Stopping: whether every connection is done: no accept posted or being handled (none can
+    /// bring a new connection) and none open. Read in that order: an accept's handling counts
+    /// itself into `accepting` before its accept leaves `accepts_posted`, and counts the
+    /// connection it opens active before it leaves `accepting`; so zeros seen one after the
+    /// other cannot miss a connection moving between them.
+    ///
+    /// The port's counters alone cannot say this: a poller between reaping completions and
+    /// queueing them shows nothing in flight, nothing queued and nobody running, with
+    /// connections still reading (`tests/stop_handover.rs`).
+    fn connections_done(&self) -> bool {
+        self.accepts_posted.load(Ordering::SeqCst) == 0
+            && self.accepting.load(Ordering::SeqCst) == 0
+            && self.counters.active.load(Ordering::SeqCst) == 0
     }
 
     /// After the port is closed: closes (as [`CloseReason::Stopped`]) every push-mode
@@ -769,6 +798,8 @@ impl<S: Service> Shared<S> {
         match c.context() {
             &Ctx::Accept(closed) => {
                 let accepted = c.take_accepted();
+                self.accepting.fetch_add(1, Ordering::SeqCst);
+                let _done = CountedOut(&self.accepting);
                 self.on_accept(res, accepted, closed);
             }
             Ctx::Conn(_) => {
@@ -1302,7 +1333,7 @@ impl<S: Service> Shared<S> {
             }
         }
         let c = &self.counters;
-        c.active.fetch_sub(1, Ordering::Relaxed);
+        c.active.fetch_sub(1, Ordering::SeqCst);
         bump(&c.closed);
         self.reclaim.note_released();
         self.live.closed(reason);

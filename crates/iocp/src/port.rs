@@ -775,6 +775,7 @@ impl<C: Send + 'static> PortInner<C> {
                     }
                     self.disarm_completed(reaped.iter());
                     self.fire_timers();
+                    crate::sys::fault::reaped(reaped.len());
                 }));
                 self.last_poll.store(self.since_epoch(), Ordering::Relaxed);
                 if let Err(payload) = polled {

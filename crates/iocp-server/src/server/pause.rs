@@ -124,15 +124,20 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    /// Stopping: waits (up to `grace`) until no connection is paused and the port is idle, so
-    /// that paused connections finish their input. Returns the grace left.
-    pub(super) fn wait_unpaused(&self, grace: Duration) -> Duration {
+    /// Stopping: waits (up to `grace`) until every connection has closed (each read on to the
+    /// end-of-stream of its shut receiving side, paused ones once resumed), nothing is paused
+    /// and the port is idle. Returns the grace left.
+    pub(super) fn wait_finished(&self, grace: Duration) -> Duration {
         let deadline = Instant::now() + grace;
         loop {
-            let s = self.port.stats();
-            let idle = s.queued == 0 && s.in_flight == 0 && s.running == 0;
-            if idle && self.paused.conns.lock().is_empty() {
-                break;
+            // The connections first: the port's counters alone cannot tell (see
+            // `connections_done`); then whatever else is on the port (datagram receives).
+            if self.connections_done() {
+                let s = self.port.stats();
+                let idle = s.queued == 0 && s.in_flight == 0 && s.running == 0;
+                if idle && self.paused.conns.lock().is_empty() {
+                    break;
+                }
             }
             if Instant::now() >= deadline {
                 break;

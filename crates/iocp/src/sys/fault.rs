@@ -16,6 +16,10 @@
 //! - [`Point::Enter`]: `io_uring_enter` is not called and returns the errno instead.
 //! - [`Point::SqPush`]: the SQ ring refuses the SQE (a full ring whose enter failed).
 //!
+//! One hook is not a failure and not per thread: [`delay_reaped`] holds every poller, process
+//! wide, for a while between reaping completions from the kernel and queueing them, so a test
+//! can catch what looks at the port while completions are in that hand-over.
+//!
 //! Without the feature (and outside the crate's unit tests) the hook is an inline `None`: the
 //! hooks compile to nothing.
 
@@ -136,6 +140,43 @@ mod plan {
 pub(crate) use plan::hit;
 #[cfg(any(test, feature = "fault-injection"))]
 pub use plan::{clear, fail_always, fail_nth, fired};
+
+#[cfg(any(test, feature = "fault-injection"))]
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code, unreachable_pub))]
+mod delay {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    /// Nanoseconds every poller sleeps after a poll that reaped completions (0: none).
+    static REAPED: AtomicU64 = AtomicU64::new(0);
+
+    /// Process wide, for every port: after a poll that reaped completions, the poller holds
+    /// them for `d` before it queues them (`Duration::ZERO` turns it off). In that hand-over
+    /// the completions are neither in flight nor queued, and nobody is running them: what a
+    /// preempted poller looks like to [`stats`](crate::CompletionPort::stats) on a loaded
+    /// machine, made long enough to hit on purpose.
+    pub fn delay_reaped(d: Duration) {
+        REAPED.store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// The poller's hook, after a poll that reaped `n` completions.
+    pub(crate) fn reaped(n: usize) {
+        let ns = REAPED.load(Ordering::Relaxed);
+        if n > 0 && ns > 0 {
+            std::thread::sleep(Duration::from_nanos(ns));
+        }
+    }
+}
+
+#[cfg(any(test, feature = "fault-injection"))]
+pub use delay::delay_reaped;
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) use delay::reaped;
+
+/// Fault injection is compiled out: no poller is held.
+#[cfg(not(any(test, feature = "fault-injection")))]
+#[inline(always)]
+pub(crate) fn reaped(_n: usize) {}
 
 /// Fault injection is compiled out: no call ever fails.
 #[cfg(not(any(test, feature = "fault-injection")))]

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Runs the echo or HTTP comparison behind bench/compare-echo.sh and bench/compare-http.sh.
 
-Called by those scripts after they have built everything; run them, not this file. For each
+Called by those scripts after they have built everything; run them, not this file. The
+`metrics` mode (bench/metrics-cost.sh) measures `iocp serve echo` against itself: without
+`--metrics` twice (the second instance is the noise floor) and with `--metrics` scraped once a
+second, on each backend. For each
 case and each repetition it starts every server in turn (round-robin, the order rotated every
 repetition, so a slow minute and a position in the round hit all servers alike), loads it,
 stops it, and records throughput, p99 latency and the server's CPU time per message or request
@@ -552,6 +555,132 @@ def run_http(args, logdir):
 # statistics and output
 
 
+# ---------------------------------------------------------------------------------------------
+# the cost of --metrics
+
+
+METRIC_MODES = ["plain", "plain#2", "metrics"]
+
+
+def scrape_every_second(url, stop_evt, out):
+    """GETs `url` once a second until `stop_evt`; counts successes and failures into `out`."""
+    import urllib.request
+    while not stop_evt.wait(1.0):
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as r:
+                body = r.read()
+            out["scrapes"] += 1
+            out["bytes"] = len(body)
+        except OSError:
+            out["scrape_failures"] += 1
+
+
+def run_metrics(args, logdir):
+    import threading
+    if not iocp_has("echo"):
+        raise RuntimeError(f"{IOCP_SERVE} has no `serve echo`")
+    backends = ["uring", "epoll"]
+    conns, size = 50, 64
+    total = args.reps * len(backends) * len(METRIC_MODES)
+    est = total * (args.duration + args.warmup + 1.5)
+    log(f"metrics-cost: {args.reps} x {len(backends)} backends x {len(METRIC_MODES)} modes, "
+        f"about {est:.0f} s")
+    runs = []
+    port = args.port
+    n = 0
+    for rep in range(args.reps):
+        for backend in backends:
+            for mode in rotated(METRIC_MODES, rep):
+                n += 1
+                port += 2
+                addr, maddr = f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"
+                argv = [IOCP_SERVE, "serve", "echo", "--addr", addr, "--threads",
+                        str(args.server_threads), "--backend", backend]
+                if mode == "metrics":
+                    argv += ["--metrics", maddr]
+                name = f"{backend}-{mode}"
+                log(f"[{n}/{total}] rep {rep + 1} {backend} {mode}")
+                row = {"server": mode, "backend": backend, "rep": rep, "conns": conns, "size": size}
+                try:
+                    p = start(argv, port, name.replace("#", "_"), logdir)
+                except RuntimeError as e:
+                    log(f"metrics-cost: {e}")
+                    runs.append({**row, "failed": str(e)})
+                    continue
+                stop_evt = threading.Event()
+                scraped = {"scrapes": 0, "scrape_failures": 0, "bytes": 0}
+                scraper = None
+                if mode == "metrics":
+                    scraper = threading.Thread(target=scrape_every_second,
+                                               args=(f"http://{maddr}/metrics", stop_evt, scraped),
+                                               daemon=True)
+                    scraper.start()
+                try:
+                    cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
+                           "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
+                           "--threads", str(args.gen_threads), "--engine", "epoll",
+                           "--server-pid", str(p.pid), "--json"]
+                    res = bench_echo(cmd, args.duration + args.warmup + 30, name)
+                    stop_evt.set()
+                    if scraper:
+                        scraper.join(timeout=5)
+                        res.update(scraped)
+                    res.update(row)
+                    if "failed" not in res:
+                        extra = (f"  {scraped['scrapes']} scrapes ({scraped['bytes']} B)"
+                                 if scraper else "")
+                        log(f"  {fmt(res.get('rate'))} msgs/s  server "
+                            f"{fmt(res.get('server_cpu_us_per_msg'), 3)} µs/msg{extra}")
+                    runs.append(res)
+                finally:
+                    stop_evt.set()
+                    stop(p)
+    rows = []
+    for backend in backends:
+        ok = [r for r in runs if "failed" not in r and r["backend"] == backend]
+        base_rate = {r["rep"]: r.get("rate") for r in ok if r["server"] == "plain"}
+        base_cpu = {r["rep"]: r.get("server_cpu_us_per_msg") for r in ok if r["server"] == "plain"}
+        for mode in METRIC_MODES:
+            rs = [r for r in ok if r["server"] == mode]
+            if not rs:
+                rows.append({"backend": backend, "mode": mode, "n": 0})
+                continue
+            rate_ratio = [r["rate"] / base_rate[r["rep"]] for r in rs
+                          if r.get("rate") and base_rate.get(r["rep"])]
+            cpu_ratio = [r["server_cpu_us_per_msg"] / base_cpu[r["rep"]] for r in rs
+                         if r.get("server_cpu_us_per_msg") and base_cpu.get(r["rep"])]
+            rows.append({
+                "backend": backend, "mode": mode, "n": len(rs),
+                "rates": [r.get("rate") for r in sorted(rs, key=lambda r: r["rep"])],
+                "rate": median([r.get("rate") for r in rs]),
+                "rate_ratio": median(rate_ratio),
+                "server_cpu_us": median([r.get("server_cpu_us_per_msg") for r in rs]),
+                "cpu_ratio": median(cpu_ratio),
+                "scrapes": sum(r.get("scrapes") or 0 for r in rs),
+                "scrape_failures": sum(r.get("scrape_failures") or 0 for r in rs),
+                "errors": sum(r.get("errors") or 0 for r in rs),
+            })
+    return {"unit": "msgs/s", "base": "plain", "rows": rows}, runs
+
+
+def metrics_markdown(summary):
+    head = ["backend", "server", "msgs/s per rep", "median", "× plain", "server CPU µs/msg",
+            "CPU × plain", "scrapes (failed)", "errors"]
+    label = {"plain": "without `--metrics`", "plain#2": "without, 2nd instance (noise floor)",
+             "metrics": "with `--metrics`, scraped 1/s"}
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in summary["rows"]:
+        if not r["n"]:
+            lines.append(f"| {r['backend']} | {label[r['mode']]} | no run |||||||")
+            continue
+        scrapes = f"{r['scrapes']} ({r['scrape_failures']})" if r["mode"] == "metrics" else "–"
+        lines.append("| " + " | ".join([
+            r["backend"], label[r["mode"]], " / ".join(fmt(x) for x in r["rates"]),
+            fmt(r["rate"]), fmt(r["rate_ratio"], 3, "×"), fmt(r["server_cpu_us"], 3),
+            fmt(r["cpu_ratio"], 3, "×"), scrapes, str(r["errors"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarize(runs, cases, servers, key, ckey, rate, cpu, unit, base="tokio"):
     """Median per (case, server) and the median of per-repetition ratios against `base`."""
     rows = []
@@ -627,7 +756,7 @@ def write_section(path, marker, body):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["echo", "http"])
+    ap.add_argument("what", choices=["echo", "http", "metrics"])
     ap.add_argument("--quick", action="store_true", help="1 repetition, 2 s per run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=float, default=None, help="measured seconds per run")
@@ -656,11 +785,11 @@ def main():
     if args.scale != "off" and not re.fullmatch(r"\d+x\d+", args.scale):
         ap.error(f"--scale takes CONNSxACTIVE or off, not {args.scale!r}")
     if args.duration is None:
-        args.duration = 2 if args.quick else (5 if args.what == "echo" else 10)
+        args.duration = 2 if args.quick else (10 if args.what == "http" else 5)
     if args.what == "http":
         args.duration = max(1, int(round(args.duration)))  # wrk takes whole seconds
     if args.port is None:
-        args.port = 17000 if args.what == "echo" else 18000
+        args.port = {"echo": 17000, "http": 18000, "metrics": 19000}[args.what]
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
@@ -674,7 +803,9 @@ def main():
             "server_threads": args.server_threads, "iocp_serve_bin": IOCP_SERVE}
     try:
         scale = None
-        if args.what == "echo":
+        if args.what == "metrics":
+            summary, runs = run_metrics(args, logdir)
+        elif args.what == "echo":
             summary, runs = run_echo(args, logdir)
             if args.scale != "off":
                 scale, scale_runs = run_scale(args, logdir)
@@ -688,13 +819,20 @@ def main():
     out = os.path.join(outdir, f"{args.what}-{stamp}.json")
     with open(out, "w") as f:
         json.dump({"info": info, "summary": summary, "scale": scale, "runs": runs}, f, indent=1)
-    table = markdown(summary, args.what)
+    table = metrics_markdown(summary) if args.what == "metrics" else markdown(summary, args.what)
     if scale:
         table += "\n" + scale_markdown(scale)
     print()
     print(table)
     m = info["machine"]
     how = (f"{args.reps} interleaved repetition(s) of {args.duration} s after {args.warmup} s "
+           f"warm-up; `serve echo --threads {args.server_threads}` on each backend, the same "
+           f"without `--metrics` twice (the second instance is the noise floor) and with "
+           f"`--metrics` and /metrics fetched once a second; `iocp bench echo -c 50 -s 64 "
+           f"--threads {args.gen_threads} --engine epoll`; medians, ratios = median of "
+           f"per-repetition ratios against the first instance without; server CPU per message "
+           f"from /proc over the window") if args.what == "metrics" else (
+           f"{args.reps} interleaved repetition(s) of {args.duration} s after {args.warmup} s "
            f"warm-up; medians, ratios = median of per-repetition ratios against "
            f"{summary['base']}; servers with {args.server_threads} threads, the load generator "
            f"with {args.gen_threads if args.what == 'echo' else args.server_threads}; server CPU "
@@ -703,12 +841,14 @@ def main():
     print(f"raw results: {os.path.relpath(out, ROOT)}; server logs: {logdir}; "
           f"took {info['took_s']} s")
     if args.write:
-        script = "compare-echo.sh" if args.what == "echo" else "compare-http.sh"
+        script = {"echo": "compare-echo.sh", "http": "compare-http.sh",
+                  "metrics": "metrics-cost.sh"}[args.what]
         body = (f"Measured {stamp[:8]} at commit `{info['commit']}` by `bench/{script}`"
                 f"{' --quick' if args.quick else ''}: {how}. Machine: {m['cpus']} CPUs, kernel "
                 f"{m['kernel']}, load average {' '.join(m['loadavg'])} at the start. Raw numbers: "
                 f"`{os.path.relpath(out, ROOT)}`.\n\n{table}")
-        marker = "echo-compare" if args.what == "echo" else "http-compare"
+        marker = {"echo": "echo-compare", "http": "http-compare",
+                  "metrics": "metrics-cost"}[args.what]
         write_section(os.path.join(ROOT, "BENCHMARKS.md"), marker, body)
         print(f"BENCHMARKS.md: section {marker} replaced")
 

@@ -1,22 +1,33 @@
 #!/usr/bin/env bash
-# echo msgs/s with and without --metrics scraped every second; interleaved reps.
-cd "$(dirname "$0")/.." && cargo build --release -q -p iocp-cli
-B=$PWD/target/release/iocp
-for rep in 1 2 3; do
-  for mode in plain metrics; do
-    if [ $mode = metrics ]; then
-      $B serve echo --threads 2 --addr 127.0.0.1:7411 --metrics 127.0.0.1:7412 2>/dev/null & P=$!
-    else
-      $B serve echo --threads 2 --addr 127.0.0.1:7411 2>/dev/null & P=$!
-    fi
-    for i in $(seq 50); do (echo > /dev/tcp/127.0.0.1/7411) 2>/dev/null && break; sleep 0.1; done
-    S=""
-    if [ $mode = metrics ]; then
-      ( for i in $(seq 8); do curl -s -o /dev/null --max-time 1 http://127.0.0.1:7412/metrics; sleep 1; done ) & S=$!
-    fi
-    r=$($B bench echo --addr 127.0.0.1:7411 -c 50 -s 64 -d 5s --threads 2 --server-pid $P --json 2>/dev/null | head -1)
-    echo "$rep $mode $(echo "$r" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(round(d.get("msgs_per_sec") or d.get("rate") or 0), d.get("server_cpu_us_per_msg") or d.get("server_cpu_us"))')"
-    [ -n "$S" ] && wait $S
-    kill -INT $P; wait $P 2>/dev/null
-  done
-done
+# The cost of `--metrics` on the hot path: `iocp serve echo --threads N` on each backend,
+# without `--metrics` twice (the second instance shows the noise floor) and with `--metrics`
+# while /metrics is fetched once a second, all driven by `iocp bench echo -c 50 -s 64` on its
+# own epoll engine (not the iocp library) with as many threads as the server. Interleaved
+# repetitions (the order rotated each one), medians, ratios against the first instance without;
+# the server's CPU time per message beside every rate.
+#
+#   bench/metrics-cost.sh [--reps N] [--duration S] [--quick] [--write]
+#
+# Defaults: 5 repetitions of 5 s (about 4 minutes). --write replaces the metrics-cost section
+# of BENCHMARKS.md; raw results go to bench/results/metrics-*.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+printf '== building iocp (release)\n' >&2
+cargo build --release -p iocp-cli --quiet
+pidfile=$(mktemp)
+cleanup() {
+    if [ -n "${py:-}" ]; then kill -TERM "$py" 2>/dev/null || true; wait "$py" 2>/dev/null || true; fi
+    while read -r pgid; do kill -KILL -- "-$pgid" 2>/dev/null || true; done < "$pidfile"
+    rm -f "$pidfile"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+args=("$@")
+case " $* " in *" --reps "*|*" --quick "*) ;; *) args=(--reps 5 "${args[@]}") ;; esac
+COMPARE_PIDFILE=$pidfile python3 "$root/bench/compare.py" metrics "${args[@]}" &
+py=$!
+status=0
+wait "$py" || status=$?
+py=
+exit "$status"

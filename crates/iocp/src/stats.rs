@@ -40,6 +40,8 @@ pub struct PortStats {
 
 /// Operations in flight by kind ([`CompletionPort::in_flight_by_kind`]): counted by walking the
 /// driver's records at the call, so it costs O(operations) then and nothing on the hot path.
+///
+/// [`CompletionPort::in_flight_by_kind`]: crate::CompletionPort::in_flight_by_kind
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct InFlightByKind {

@@ -384,3 +384,78 @@ backend_test!(
         drop(client);
     }
 );
+
+/// Pauses every connection at its first read ([`Next::Pause`]) and never resumes it; keeps
+/// each connection's outbox so the test can push to it.
+struct PauseAndKeep {
+    reads: AtomicUsize,
+    outboxes: Mutex<Vec<Outbox>>,
+    closed: Mutex<Vec<iocp_server::CloseReason>>,
+}
+
+impl Service for PauseAndKeep {
+    type Conn = ();
+
+    fn open(&self, _peer: Option<SocketAddr>) {}
+
+    fn push(&self) -> Option<PushConfig> {
+        Some(PushConfig::default())
+    }
+
+    fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) {
+        self.outboxes.lock().push(outbox);
+    }
+
+    fn on_read(&self, _conn: &mut (), io: &mut Io) -> Next {
+        io.input.clear();
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        Next::Pause
+    }
+
+    fn on_close(&self, _conn: (), reason: iocp_server::CloseReason) {
+        self.closed.lock().push(reason);
+    }
+}
+
+backend_test!(
+    a_paused_connection_whose_send_fails_is_closed_without_a_resume,
+    choice | c | {
+        let svc = PauseAndKeep {
+            reads: AtomicUsize::new(0),
+            outboxes: Mutex::new(Vec::new()),
+            closed: Mutex::new(Vec::new()),
+        };
+        let server = Server::start(svc, config(c)).unwrap();
+        let client = connect(server.local_addr());
+        (&client).write_all(b"pause me\n").unwrap();
+        wait_for_paused(&server);
+        // The peer resets the connection: the paused connection has no receive posted to see
+        // it; the next send fails.
+        socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        let outbox = server.service().outboxes.lock()[0].clone();
+        let end = Instant::now() + deadline();
+        while server.service().closed.lock().is_empty() {
+            assert!(
+                Instant::now() < end,
+                "the paused connection stayed open after its send failed: {:?}",
+                server.stats()
+            );
+            let _ = outbox.push(Bytes::from(vec![b'x'; 64 * 1024]));
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(*server.service().closed.lock(), [iocp_server::CloseReason::Error]);
+        let s = server.stats();
+        assert_eq!((s.active, s.closed), (0, 1), "{s:?}");
+        server.stop();
+    }
+);
+
+/// Waits until the service has paused its one connection (its first read was handled).
+fn wait_for_paused(server: &Server<PauseAndKeep>) {
+    let end = Instant::now() + deadline();
+    while server.service().reads.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < end, "no connection: {:?}", server.stats());
+        thread::sleep(Duration::from_millis(1));
+    }
+}

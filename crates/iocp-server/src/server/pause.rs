@@ -11,8 +11,8 @@ use std::fmt;
 use std::sync::Weak;
 
 use super::{
-    Arc, AtomicU64, CloseReason, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, Server,
-    Service, Shared,
+    Arc, AtomicU64, CloseReason, Conn, Ctx, Duration, Instant, Mutex, Ordering, Pending, PushConn,
+    Server, Service, Shared,
 };
 use iocp::CompletionKey;
 
@@ -103,7 +103,13 @@ impl<S: Service> Shared<S> {
     pub(super) fn pause(&self, mut conn: Box<Conn<S>>) {
         conn.pending = Pending::Ready;
         let seen = conn.epoch;
+        let push = conn.push.clone();
         self.paused.conns.lock().push(conn);
+        // A push side that died before the connection was in the list found nothing to close
+        // there (`close_paused_push` runs after `dead` is set): close it now.
+        if let Some(pc) = push.filter(|pc| pc.is_dead()) {
+            self.close_paused_push(&pc);
+        }
         if self.paused.epoch() != seen {
             // A resume ran after the service decided to pause: it may have missed this one.
             let _ = self.port.post(0, RESUME_KEY, Ctx::Accept(0));
@@ -111,6 +117,23 @@ impl<S: Service> Shared<S> {
     }
 
     /// The resume packet: every paused connection asks its service what next.
+    /// The push side of `pc`'s connection has ended and its socket is closed: if the
+    /// connection is paused, nothing would end it until a resume, so take it out of the list
+    /// and close it (dropped as slow, or an error).
+    pub(super) fn close_paused_push(&self, pc: &PushConn<S>) {
+        let conn = {
+            let mut list = self.paused.conns.lock();
+            let at = list
+                .iter()
+                .position(|c| c.push.as_ref().is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pc)));
+            at.map(|i| list.remove(i))
+        };
+        if let Some(conn) = conn {
+            let reason = if pc.dropped_slow() { CloseReason::Slow } else { CloseReason::Error };
+            self.close(conn, reason);
+        }
+    }
+
     pub(super) fn resume_paused(&self) {
         let conns = std::mem::take(&mut *self.paused.conns.lock());
         for conn in conns {

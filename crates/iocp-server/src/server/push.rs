@@ -288,7 +288,17 @@ impl<S: Service> PushConn<S> {
             st.bytes = 0;
             st.failed = Some(reason);
         }
+        self.close_socket();
+    }
+
+    /// Closes the socket, which ends the connection's receive; a connection paused by its
+    /// service has no receive to end, so it is taken out of the paused list and closed here
+    /// (else it would wait for a resume that may never come).
+    fn close_socket(&self) {
         self.handle.close();
+        if let Some(shared) = self.shared.upgrade() {
+            shared.close_paused_push(self);
+        }
     }
 
     /// The port is closed: nothing more is sent; hands back a connection parked for the
@@ -305,14 +315,20 @@ impl<S: Service> PushConn<S> {
     /// Closes the socket, from a worker or through one.
     fn abort(&self) {
         if on_worker() {
-            self.handle.close();
+            self.close_socket();
         } else if let (Some(shared), Some(me)) = (self.shared.upgrade(), self.me.upgrade()) {
             if shared.port.post(0, PUSH_CLOSE_KEY, Ctx::Push(me)).is_err() {
+                // The port is closed (the server is stopping): the stop closes what is paused.
                 self.handle.close();
             }
         } else {
             self.handle.close();
         }
+    }
+
+    /// Whether the outgoing side has ended (failed, dropped as slow, or retired).
+    pub(super) fn is_dead(&self) -> bool {
+        self.st.lock().dead
     }
 
     /// Gives the drain token to a send (on a worker) or to a posted kick.
@@ -470,7 +486,7 @@ impl<S: Service> Shared<S> {
         payload: Payload,
     ) {
         if key == PUSH_CLOSE_KEY {
-            pc.handle.close();
+            pc.close_socket();
             return;
         }
         if key == PUSH_KEY {
@@ -521,7 +537,7 @@ impl<S: Service> Shared<S> {
             st.bytes = 0;
             st.parked.take()
         };
-        pc.handle.close();
+        pc.close_socket();
         if let Some((conn, _)) = parked {
             self.close(conn, reason);
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use iocp::BackendChoice;
 use iocp_server::{
-    ChatConfig, ChatHub, Echo, Http, Server, ServerConfig, ServerReport, Service, SlowPolicy,
+    Chat, ChatConfig, ChatHub, Echo, Http, Server, ServerConfig, ServerReport, Service, SlowPolicy,
     metrics,
 };
 
@@ -220,7 +220,11 @@ fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
         None => None,
     };
     eprintln!("iocp chat: Ctrl-C or SIGTERM stops");
-    let metrics = start_metrics(web.live_stats(), a.common.metrics, a.common.backend)?;
+    let metrics = start_metrics(
+        chat_live_stats(&hub, &web, tcp.as_ref()),
+        a.common.metrics,
+        a.common.backend,
+    )?;
     let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
     eprintln!("iocp chat: signal {sig}: stopping (close frames 1001, then what is in flight)");
     if let Some(m) = metrics {
@@ -263,6 +267,60 @@ fn serve<S: Service>(
     let report = server.stop();
     print_report(&report);
     Ok(())
+}
+
+/// What `serve chat --metrics` shows: the web server's counters (HTTP and WebSocket, the
+/// `iocp_*` families and the dashboard), the chat's own (`iocp_chat_*`), and with `--tcp` the
+/// line-protocol server's connections and bytes (`iocp_chat_tcp_*`).
+fn chat_live_stats(
+    hub: &ChatHub,
+    web: &Server<Chat>,
+    tcp: Option<&Server<Chat>>,
+) -> metrics::LiveStats {
+    let hub = hub.clone();
+    let tcp = tcp.map(Server::live_stats);
+    web.live_stats().with_extra(move || {
+        let mut out = hub.stats().metrics();
+        if let Some(t) = &tcp {
+            let s = t.snapshot().server;
+            let one =
+                |name: &str, help: &str, kind, v| metrics::ExtraMetric::single(name, help, kind, v);
+            use metrics::ExtraKind::{Counter, Gauge};
+            out.extend([
+                one(
+                    "chat_tcp_connections_accepted",
+                    "Line-protocol connections accepted.",
+                    Counter,
+                    s.accepted,
+                ),
+                one(
+                    "chat_tcp_connections_active",
+                    "Line-protocol connections open now.",
+                    Gauge,
+                    s.active,
+                ),
+                one(
+                    "chat_tcp_connections_closed",
+                    "Line-protocol connections closed.",
+                    Counter,
+                    s.closed,
+                ),
+                one(
+                    "chat_tcp_received_bytes",
+                    "Bytes received on line-protocol connections (counted at close).",
+                    Counter,
+                    s.bytes_in,
+                ),
+                one(
+                    "chat_tcp_sent_bytes",
+                    "Bytes sent on line-protocol connections (counted at close).",
+                    Counter,
+                    s.bytes_out,
+                ),
+            ]);
+        }
+        out
+    })
 }
 
 /// The `--metrics` endpoint: its own server (listener, port, worker) over `server`'s counters.

@@ -12,6 +12,18 @@ use common::iocp;
 use common::server::{ServerProcess, field};
 use iocp_testkit::deadline;
 
+/// The body of `GET path` from a metrics endpoint.
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(deadline())).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
 fn line_client(addr: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(deadline())).expect("timeout");
@@ -36,14 +48,22 @@ fn serve_chat_runs_both_transports_and_says_goodbye() {
         "2",
         "--history",
         "3",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     let server = ServerProcess::spawn(cmd).expect("iocp serve chat starts");
-    let tcp: SocketAddr = loop {
-        let (_, line) = server.lines.recv_timeout(deadline()).expect("the tcp line");
+    let (mut tcp, mut metrics) = (None, None);
+    while tcp.is_none() || metrics.is_none() {
+        let (_, line) = server.lines.recv_timeout(deadline()).expect("the tcp and metrics lines");
         if let Some(rest) = line.split("line protocol on tcp ").nth(1) {
-            break rest.split_whitespace().next().expect("addr").parse().expect("an address");
+            let addr = rest.split_whitespace().next().expect("addr");
+            tcp = Some(addr.parse::<SocketAddr>().expect("an address"));
         }
-    };
+        if let Some(rest) = line.strip_prefix("iocp: metrics on http://") {
+            metrics = rest.split('/').next().map(str::to_owned);
+        }
+    }
+    let (tcp, metrics) = (tcp.expect("tcp"), metrics.expect("metrics"));
     // The page.
     let mut web = TcpStream::connect(server.addr).expect("connect");
     web.set_read_timeout(Some(deadline())).expect("timeout");
@@ -62,6 +82,18 @@ fn serve_chat_runs_both_transports_and_says_goodbye() {
     expect(&mut rb, "<ann> early words");
     b.write_all(b"/msg ann hi ann\n").expect("write");
     expect(&mut ra, "-> ann* hi ann");
+    // The metrics endpoint shows the chat's counters and the line-protocol server's.
+    let text = get(&metrics, "/metrics");
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+        let line = line.unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"));
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a value")
+    };
+    assert_eq!(value("iocp_chat_members"), 2.0);
+    assert_eq!(value("iocp_chat_messages_total"), 2.0);
+    assert!(value("iocp_chat_deliveries_total") >= 2.0);
+    assert_eq!(value("iocp_chat_tcp_connections_active"), 2.0);
+    assert_eq!(value("iocp_chat_tcp_connections_accepted_total"), 2.0);
     let report = server.stop();
     assert!(field(&report, "connections accepted") >= 1, "{report}");
     expect(&mut ra, "* server shutting down");

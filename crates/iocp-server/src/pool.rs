@@ -159,7 +159,12 @@ impl<C: Send + 'static> Pool<C> {
     /// still pending and wakes every worker, and joins them all.
     ///
     /// The caller first makes the work end (a server stops accepting and lets its connections
-    /// finish); the pool does not know what its handlers would start next.
+    /// finish); the pool does not know what its handlers would start next. Nor can the port's
+    /// counters alone say the work has ended: a poller that has reaped completions from the
+    /// kernel and not yet queued them shows nothing in flight, nothing queued and nobody
+    /// running, so "drained" means it looked idle. A caller that must not lose a completion
+    /// waits on its own accounting first, as [`Server::stop`](crate::Server::stop) does for
+    /// its connections.
     pub fn stop(mut self, grace: Duration) -> PoolReport {
         let drained = wait_drained(&self.port, grace);
         self.port.close();

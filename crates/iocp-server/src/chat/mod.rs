@@ -70,6 +70,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
+use crate::metrics::{ExtraKind, ExtraMetric};
 use crate::server::{CloseReason, Io, Next, Outbox, PushConfig, Service, TimeoutKind};
 use hub::{Hub, Kind, Member};
 pub use proto::{Command, Event, ProtoError};
@@ -145,6 +146,35 @@ pub struct ChatStats {
     pub rate_limited: u64,
     /// Bad commands, frames or requests.
     pub bad_input: u64,
+}
+
+impl ChatStats {
+    /// The counters as metric families for a metrics endpoint (`iocp_chat_*`).
+    pub fn metrics(&self) -> Vec<ExtraMetric> {
+        let counter =
+            |name: &str, help: &str, v: u64| ExtraMetric::single(name, help, ExtraKind::Counter, v);
+        vec![
+            ExtraMetric::single(
+                "chat_members",
+                "Members (connections with a nickname) now.",
+                ExtraKind::Gauge,
+                self.members,
+            ),
+            counter("chat_messages", "Room and private messages accepted.", self.messages),
+            counter(
+                "chat_deliveries",
+                "Events queued to members (a room message counts once per member).",
+                self.deliveries,
+            ),
+            counter(
+                "chat_undelivered",
+                "Events not queued (the member was closing or being dropped as slow).",
+                self.undelivered,
+            ),
+            counter("chat_rate_limited", "Commands refused by the rate limit.", self.rate_limited),
+            counter("chat_bad_input", "Bad commands, frames or requests.", self.bad_input),
+        ]
+    }
 }
 
 /// The chat's shared state; [`ChatHub::web`] and [`ChatHub::tcp`] make the two services.

@@ -7,7 +7,9 @@ original message) to a fresh directory under /tmp; both are driven by the same
 `iocp bench syslog --json --check-dir DIR --server-pid PID` (std threads with blocking
 sockets: not the iocp library), which counts every numbered message in the files afterwards.
 
-Cases, each repeated --reps times, the servers interleaved (order rotated every repetition):
+The servers are iocp, rsyslog and a second rsyslog instance (`rsyslog#2`, the same
+configuration: the noise floor). Cases, each repeated --reps times, the servers interleaved
+(order rotated every repetition):
 - tcp: --connections connections, --tcp-count messages flat out (LF framing, RFC 5424,
   120 B): msgs/s accepted and written, missing (must be 0), server CPU per message.
 - udp@R: --udp-senders senders, --udp-count messages offered at R msgs/s in all (one value
@@ -101,20 +103,23 @@ def wait_tcp(port, proc, limit=15.0):
 
 def start(name, out, tmp, threads):
     tcp, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    errlog = open(os.path.join(tmp, f"{name}.stderr"), "a")
+    errlog = open(os.path.join(tmp, f"{name.replace('#', '-')}.stderr"), "a")
     if name == "iocp":
         cmd = [IOCP, "serve", "syslog", "--tcp", f"127.0.0.1:{tcp}", "--udp", f"127.0.0.1:{udp}",
                "--dir", out, "--template", "bench.log", "--udp-rcvbuf", RCVBUF,
                "--threads", str(threads)]
         env = dict(os.environ, RUST_LOG="warn")
     else:
-        work = os.path.join(tmp, "rsyslog-work")
+        # rsyslog, or its second instance (`rsyslog#2`, the noise floor): the same
+        # configuration, its own work directory and pid file.
+        tag = name.replace("#", "-")
+        work = os.path.join(tmp, f"{tag}-work")
         os.makedirs(work, exist_ok=True)
-        conf = os.path.join(tmp, "rsyslog.conf")
+        conf = os.path.join(tmp, f"{tag}.conf")
         with open(conf, "w") as f:
             f.write(RSYSLOG_CONF.format(work=work, threads=threads, tcp=tcp, udp=udp,
                                         rcvbuf=RCVBUF, dir=out))
-        cmd = [RSYSLOGD, "-n", "-f", conf, "-i", os.path.join(tmp, "rsyslog.pid")]
+        cmd = [RSYSLOGD, "-n", "-f", conf, "-i", os.path.join(tmp, f"{tag}.pid")]
         env = dict(os.environ)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=errlog, stderr=errlog,
                             env=env, start_new_session=True)
@@ -141,7 +146,7 @@ def stop(proc, limit=20.0):
 
 
 def one_run(name, case, args, tmp):
-    out = os.path.join(tmp, f"out-{name}")
+    out = os.path.join(tmp, f"out-{name.replace('#', '-')}")
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     proc, tcp, udp = start(name, out, tmp, args.server_threads)
@@ -182,7 +187,8 @@ def main():
     ap.add_argument("--udp-senders", type=int, default=2)
     ap.add_argument("--udp-rates", default="50000,150000")
     ap.add_argument("--server-threads", type=int, default=2)
-    ap.add_argument("--servers", default="iocp,rsyslog")
+    ap.add_argument("--servers", default="iocp,rsyslog,rsyslog#2",
+                    help="rsyslog#2 is a second rsyslog instance: the noise floor")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_signal)
@@ -237,6 +243,11 @@ def main():
             a, b = by["iocp"], by["rsyslog"]
             lines.append(f"\n{case}: iocp/rsyslog written msgs/s {a['written_per_s'] / b['written_per_s']:.2f}x, "
                          f"CPU per message {a['server_cpu_us_per_msg'] / b['server_cpu_us_per_msg']:.2f}x")
+            c = by.get("rsyslog#2")
+            if c and c["written_per_s"] and c["server_cpu_us_per_msg"]:
+                lines.append(f"{case}: noise floor rsyslog#2/rsyslog written msgs/s "
+                             f"{c['written_per_s'] / b['written_per_s']:.2f}x, CPU per message "
+                             f"{c['server_cpu_us_per_msg'] / b['server_cpu_us_per_msg']:.2f}x")
     text = "\n".join(lines)
     print(text)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

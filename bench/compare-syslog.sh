@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Syslog collectors compared: `iocp serve syslog` against rsyslog (Debian's package, installed
 # with apt-get when missing and running as root), same load, same run, interleaved, >= 3
-# repetitions, medians. Both are driven by `iocp bench syslog` (std threads with blocking
+# repetitions, medians; rsyslog runs twice (the second instance is the noise floor). All are
+# driven by `iocp bench syslog` (std threads with blocking
 # sockets, not the iocp library), which counts every numbered message in the output files:
 # TCP flat out must lose nothing; UDP loss is reported for both at the same offered loads.
 # Server CPU per message from /proc/PID/stat. See bench/compare-syslog.py for the cases and

@@ -27,9 +27,15 @@ struct Collector {
 
 impl Collector {
     fn start(dir: &Path) -> Collector {
+        Collector::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Collector {
         let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
             .args(["serve", "syslog", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0"])
-            .args(["--threads", "2", "--template", "{app}.log", "--dir"])
+            .args(["--threads", "2", "--template", "{app}.log"])
+            .args(extra)
+            .arg("--dir")
             .arg(dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -146,6 +152,32 @@ fn every_tcp_message_is_written_once_and_in_order() {
     assert!(int(&v, "other_lines") >= 6000, "{v}");
     col.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--latency` against a collector that fsyncs every batch: every line written is timed from
+/// its send, and the figures are sane.
+#[test]
+fn latency_times_every_line_with_fsync_batch() {
+    let dir = tmp_dir("latency");
+    let col = Collector::start_with(&dir, &["--fsync", "batch"]);
+    let tcp = col.tcp.to_string();
+    let d = dir.to_str().expect("a UTF-8 path");
+    let args = ["bench", "syslog", "--tcp", &tcp, "-c", "2", "--count", "2000", "--rate", "4000"];
+    let v = bench(
+        &[&args[..], &["--json", "--check-dir", d, "--settle", "300ms", "--latency"]].concat(),
+    );
+    assert_eq!((int(&v, "written"), int(&v, "missing")), (2000, 0), "{v}");
+    let lat = &v["latency_us"];
+    assert_eq!(int(lat, "n"), 2000, "every line timed once: {v}");
+    let (p50, p99, max) = (int(lat, "p50"), int(lat, "p99"), int(lat, "max"));
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{v}");
+    assert!(max < 10_000_000, "a line took more than 10 s to reach its file: {v}");
+    col.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Without --check-dir there is nothing to follow: a clear error.
+    let run = iocp(&["bench", "syslog", "--tcp", &tcp, "--latency"], deadline());
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--check-dir"), "{}", run.stderr);
 }
 
 #[test]

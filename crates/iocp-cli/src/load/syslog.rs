@@ -86,6 +86,12 @@ pub(crate) struct SyslogArgs {
     /// With --check-dir: the longest wait for the files to settle
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     settle_max: Duration,
+    /// With --check-dir: also follow the files while the run goes and report the time from
+    /// each message's send to its line being readable in a file (p50/p99/p99.9/max; the
+    /// collector's write: with `--fsync batch` each batch is written after the previous one's
+    /// fsync). Reading the files as they grow costs this process CPU beside the collector
+    #[arg(long)]
+    latency: bool,
     /// Also report this process's CPU time per message (from /proc/PID/stat)
     #[arg(long)]
     server_pid: Option<u32>,
@@ -125,19 +131,20 @@ impl Maker {
         Maker { run, format, size }
     }
 
-    /// Appends message `seq` of `sender` (without framing) to `out`.
-    pub(crate) fn message(&self, sender: u32, seq: u64, out: &mut Vec<u8>) {
+    /// Appends message `seq` of `sender` (without framing) to `out`; `sent_us` is when it is
+    /// sent, in microseconds since the run's start (`t=`, for `--latency`).
+    pub(crate) fn message(&self, sender: u32, seq: u64, sent_us: u64, out: &mut Vec<u8>) {
         let start = out.len();
         // Fixed timestamps: formatting the clock per message would cost more than the rest.
         let _ = match self.format {
             MsgFormat::Rfc5424 => write!(
                 out,
-                "<134>1 2026-01-01T00:00:00.000000Z bench iocpbench {sender} - - {MARK}{} s={sender} n={seq} ",
+                "<134>1 2026-01-01T00:00:00.000000Z bench iocpbench {sender} - - {MARK}{} s={sender} n={seq} t={sent_us} ",
                 self.run
             ),
             MsgFormat::Rfc3164 => write!(
                 out,
-                "<134>Jan  1 00:00:00 bench iocpbench[{sender}]: {MARK}{} s={sender} n={seq} ",
+                "<134>Jan  1 00:00:00 bench iocpbench[{sender}]: {MARK}{} s={sender} n={seq} t={sent_us} ",
                 self.run
             ),
         };
@@ -146,15 +153,22 @@ impl Maker {
     }
 
     /// Appends message `seq` of `sender` framed for TCP.
-    pub(crate) fn framed(&self, framing: Framing, sender: u32, seq: u64, out: &mut Vec<u8>) {
+    pub(crate) fn framed(
+        &self,
+        framing: Framing,
+        sender: u32,
+        seq: u64,
+        sent_us: u64,
+        out: &mut Vec<u8>,
+    ) {
         match framing {
             Framing::Lf => {
-                self.message(sender, seq, out);
+                self.message(sender, seq, sent_us, out);
                 out.push(b'\n');
             }
             Framing::Octet => {
                 let mut msg = Vec::with_capacity(self.size + 64);
-                self.message(sender, seq, &mut msg);
+                self.message(sender, seq, sent_us, &mut msg);
                 let _ = write!(out, "{} ", msg.len());
                 out.extend_from_slice(&msg);
             }
@@ -171,6 +185,64 @@ pub(crate) fn parse_mark(line: &[u8]) -> Option<(u64, u32, u64)> {
     let sender = words.next()?.strip_prefix("s=")?.parse().ok()?;
     let seq = words.next()?.strip_prefix("n=")?.parse().ok()?;
     Some((run, sender, seq))
+}
+
+/// The `t=` of a line of run `run` (microseconds from the run's start to its send).
+pub(crate) fn parse_sent_at(line: &[u8], run: u64) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    let rest = &text[text.find(MARK)? + MARK.len()..];
+    let mut words = rest.split(' ');
+    if words.next()?.parse::<u64>().ok()? != run {
+        return None;
+    }
+    words.find_map(|w| w.strip_prefix("t="))?.parse().ok()
+}
+
+/// Follows the files under a directory as they grow (`--latency`): each whole new line of
+/// this run gives the time from its send to now.
+struct Follower {
+    dir: PathBuf,
+    run: u64,
+    start: Instant,
+    /// Per file: bytes read so far and the unfinished tail of the last read.
+    files: std::collections::HashMap<PathBuf, (u64, Vec<u8>)>,
+    /// Microseconds from send to seen.
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl Follower {
+    fn new(dir: PathBuf, run: u64, start: Instant) -> Follower {
+        let hist = hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+            .expect("invariant: valid static bounds");
+        Follower { dir, run, start, files: std::collections::HashMap::new(), hist }
+    }
+
+    /// Reads what the files gained since the last call.
+    fn poll(&mut self) -> anyhow::Result<()> {
+        for (path, len) in files_under(&self.dir)? {
+            let (read, tail) = self.files.entry(path.clone()).or_default();
+            if len <= *read {
+                continue;
+            }
+            let mut f =
+                fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            std::io::Seek::seek(&mut f, io::SeekFrom::Start(*read))?;
+            let mut buf = Vec::with_capacity(usize::try_from(len - *read).unwrap_or(0));
+            f.take(len - *read).read_to_end(&mut buf)?;
+            *read += buf.len() as u64;
+            let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+            tail.extend_from_slice(&buf);
+            let mut used = 0;
+            while let Some(i) = tail[used..].iter().position(|&b| b == b'\n') {
+                if let Some(t) = parse_sent_at(&tail[used..used + i], self.run) {
+                    self.hist.saturating_record(now.saturating_sub(t).max(1));
+                }
+                used += i + 1;
+            }
+            tail.drain(..used);
+        }
+        Ok(())
+    }
 }
 
 /// What the check found for one sender.
@@ -393,6 +465,7 @@ impl SyslogArgs {
             check_dir: Some(dir),
             settle: Duration::from_millis(300),
             settle_max: Duration::from_secs(10),
+            latency: false,
             server_pid: None,
             json: true,
         }
@@ -422,6 +495,11 @@ fn pace(shared: &Shared, sent: u64, rate: Option<f64>, want: u64) -> u64 {
     let next = Duration::from_secs_f64(sent as f64 / rate);
     thread::sleep(next.saturating_sub(shared.start.elapsed()).min(Duration::from_millis(50)));
     0
+}
+
+/// Microseconds since the run's start (a message's `t=`).
+fn sent_us(shared: &Shared) -> u64 {
+    u64::try_from(shared.start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn time_up(shared: &Shared) -> bool {
@@ -455,8 +533,9 @@ fn tcp_sender(
             continue;
         }
         buf.clear();
+        let now = sent_us(shared);
         for seq in out.sent..out.sent + n {
-            shared.maker.framed(shared.framing, id, seq, &mut buf);
+            shared.maker.framed(shared.framing, id, seq, now, &mut buf);
         }
         if let Err(e) = s.write_all(&buf) {
             fail(&mut out, &e);
@@ -510,7 +589,7 @@ fn udp_sender(
         let n = pace(shared, seq, rate, (quota - seq).min(64));
         for _ in 0..n {
             buf.clear();
-            shared.maker.message(id, seq, &mut buf);
+            shared.maker.message(id, seq, sent_us(shared), &mut buf);
             match s.send(&buf) {
                 Ok(_) => {
                     // Numbers are only given to datagrams the kernel took.
@@ -584,6 +663,9 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
     {
         bail!("--check-dir {}: not a directory", dir.display());
     }
+    if a.latency && a.check_dir.is_none() {
+        bail!("--latency follows the files: give --check-dir DIR");
+    }
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         ^ (u64::from(std::process::id()) << 40);
     let run_id = run_id % 1_000_000_000_000;
@@ -620,6 +702,23 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
         })?;
         handles.push((if tcp { "tcp" } else { "udp" }, h));
     }
+    // --latency: follow the files from the start, until the check below has seen them settle.
+    let follow_stop = Arc::new(AtomicBool::new(false));
+    let follower = match (&a.check_dir, a.latency) {
+        (Some(dir), true) => {
+            let mut f = Follower::new(dir.clone(), run_id, start);
+            let stop = Arc::clone(&follow_stop);
+            Some(thread::Builder::new().name("follow".into()).spawn(move || {
+                let mut result = Ok(());
+                while !stop.load(Ordering::Relaxed) && result.is_ok() {
+                    result = f.poll();
+                    thread::sleep(Duration::from_millis(2));
+                }
+                result.and_then(|()| f.poll()).map(|()| f.hist)
+            })?)
+        }
+        _ => None,
+    };
     let bar = progress(!a.json, count, a.duration);
     while handles.iter().any(|(_, h)| !h.is_finished()) {
         thread::sleep(Duration::from_millis(50));
@@ -661,6 +760,16 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
     };
     let server_cpu =
         server_cpu0.zip(a.server_pid.and_then(process_cpu)).map(|(a, b)| b.saturating_sub(a));
+    follow_stop.store(true, Ordering::Relaxed);
+    let latency = match follower {
+        None => None,
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the file follower panicked"))?
+                .context("following the files for --latency")?,
+        ),
+    };
+    let lat = |q: f64| latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q));
 
     let load = format!(
         "{}{}{}, {:?} {} B, {}",
@@ -771,6 +880,19 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
                 ),
             ]);
         }
+        if let Some(h) = &latency {
+            let q = |x: Option<u64>| x.map_or(Json::Null, Json::Int);
+            fields.push((
+                "latency_us",
+                Json::Obj(vec![
+                    ("n", Json::Int(h.len())),
+                    ("p50", q(lat(0.5))),
+                    ("p99", q(lat(0.99))),
+                    ("p999", q(lat(0.999))),
+                    ("max", q(lat(1.0))),
+                ]),
+            ));
+        }
         fields.push(("ok", Json::Bool(ok)));
         return Ok((format!("{}\n", Json::Obj(fields)), outcome));
     }
@@ -807,6 +929,20 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<(String, SyslogOutcome)> {
         kv.push(vec![
             "other lines".into(),
             format!("{} (not this run's), {} unexpected", tally.other, tally.unexpected),
+        ]);
+    }
+    if let Some(h) = &latency {
+        let ms = |x: Option<u64>| x.map_or("-".into(), |us| format!("{:.2} ms", us as f64 / 1e3));
+        kv.push(vec![
+            "send→file".into(),
+            format!(
+                "p50 {}, p99 {}, p99.9 {}, max {} ({} lines)",
+                ms(lat(0.5)),
+                ms(lat(0.99)),
+                ms(lat(0.999)),
+                ms(lat(1.0)),
+                h.len()
+            ),
         ]);
     }
     if let Some(c) = server_cpu {
@@ -899,20 +1035,22 @@ mod tests {
         for format in [MsgFormat::Rfc5424, MsgFormat::Rfc3164] {
             let m = Maker::new(42, format, 120);
             let mut out = Vec::new();
-            m.message(3, 7, &mut out);
+            m.message(3, 7, 1_234, &mut out);
             assert_eq!(out.len(), 120, "{}", String::from_utf8_lossy(&out));
             assert_eq!(parse_mark(&out), Some((42, 3, 7)));
+            assert_eq!(parse_sent_at(&out, 42), Some(1_234));
+            assert_eq!(parse_sent_at(&out, 43), None, "another run's line");
             // A size smaller than the header: the message is just not padded.
             let mut short = Vec::new();
-            Maker::new(42, format, 10).message(3, 123_456, &mut short);
+            Maker::new(42, format, 10).message(3, 123_456, 0, &mut short);
             assert_eq!(parse_mark(&short), Some((42, 3, 123_456)));
         }
         let m = Maker::new(1, MsgFormat::Rfc5424, 100);
         let mut lf = Vec::new();
-        m.framed(Framing::Lf, 0, 1, &mut lf);
+        m.framed(Framing::Lf, 0, 1, 0, &mut lf);
         assert_eq!((lf.len(), lf.last()), (101, Some(&b'\n')));
         let mut oc = Vec::new();
-        m.framed(Framing::Octet, 0, 1, &mut oc);
+        m.framed(Framing::Octet, 0, 1, 0, &mut oc);
         let (len, msg) = oc.split_at(oc.iter().position(|&b| b == b' ').expect("a length"));
         assert_eq!(std::str::from_utf8(len).expect("ascii").parse::<usize>(), Ok(msg.len() - 1));
         // JSON output quotes the line: the marker is still found.
@@ -922,12 +1060,44 @@ mod tests {
     }
 
     #[test]
+    fn the_follower_times_whole_new_lines_of_its_run_only() {
+        let dir = std::env::temp_dir().join(format!("iocp-follow-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        let m = Maker::new(7, MsgFormat::Rfc5424, 0);
+        let mut f = Follower::new(dir.clone(), 7, Instant::now());
+        let line = |run_maker: &Maker, seq| {
+            let mut l = Vec::new();
+            run_maker.message(0, seq, 0, &mut l);
+            l.push(b'\n');
+            l
+        };
+        let (a, b) = (line(&m, 0), line(&m, 1));
+        let other = line(&Maker::new(8, MsgFormat::Rfc5424, 0), 0);
+        let path = dir.join("sub").join("x.log");
+        // One whole line and half of the next.
+        let mut first = a.clone();
+        first.extend_from_slice(&b[..10]);
+        fs::write(&path, &first).expect("write");
+        f.poll().expect("poll");
+        assert_eq!(f.hist.len(), 1);
+        // The rest of it, and a line of another run (not timed).
+        let mut file = fs::OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(&b[10..]).expect("append");
+        file.write_all(&other).expect("append");
+        f.poll().expect("poll");
+        f.poll().expect("nothing new");
+        assert_eq!(f.hist.len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn tally_counts_missing_duplicated_and_out_of_order() {
         let m = Maker::new(9, MsgFormat::Rfc3164, 0);
         let mut t = Tally::new(9, &[5, 3, 0]);
         let mut feed = |sender: u32, seq: u64| {
             let mut line = Vec::new();
-            m.message(sender, seq, &mut line);
+            m.message(sender, seq, 0, &mut line);
             t.line(&line);
         };
         // Sender 0: 0 1 3 2 3 (4 missing, 3 twice, 2 late); sender 1: all three in order.

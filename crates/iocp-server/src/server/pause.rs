@@ -84,6 +84,11 @@ impl<S: Service> Server<S> {
     }
 }
 
+/// Whether `conn`'s outgoing side is `pc`.
+fn is_of<S: Service>(conn: &Conn<S>, pc: &PushConn<S>) -> bool {
+    conn.push.as_ref().is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pc))
+}
+
 impl<S: Service> Shared<S> {
     fn request_resume(&self) {
         self.paused.epoch.fetch_add(1, Ordering::SeqCst);
@@ -106,7 +111,8 @@ impl<S: Service> Shared<S> {
         let push = conn.push.clone();
         self.paused.conns.lock().push(conn);
         // A push side that died before the connection was in the list found nothing to close
-        // there (`close_paused_push` runs after `dead` is set): close it now.
+        // there (it looks after setting `dead`): close it now, after the service's callback
+        // returned, on this worker's stack.
         if let Some(pc) = push.filter(|pc| pc.is_dead()) {
             self.close_paused_push(&pc);
         }
@@ -116,16 +122,19 @@ impl<S: Service> Shared<S> {
         }
     }
 
-    /// The resume packet: every paused connection asks its service what next.
+    /// Whether `pc`'s connection is in the paused list now.
+    pub(super) fn is_paused_push(&self, pc: &PushConn<S>) -> bool {
+        self.paused.conns.lock().iter().any(|c| is_of(c, pc))
+    }
+
     /// The push side of `pc`'s connection has ended and its socket is closed: if the
     /// connection is paused, nothing would end it until a resume, so take it out of the list
-    /// and close it (dropped as slow, or an error).
+    /// and close it (dropped as slow, or an error). Calls the service's `on_close`: only on a
+    /// worker's own stack (a completion or a posted packet), never inside a service callback.
     pub(super) fn close_paused_push(&self, pc: &PushConn<S>) {
         let conn = {
             let mut list = self.paused.conns.lock();
-            let at = list
-                .iter()
-                .position(|c| c.push.as_ref().is_some_and(|p| std::ptr::eq(Arc::as_ptr(p), pc)));
+            let at = list.iter().position(|c| is_of(c, pc));
             at.map(|i| list.remove(i))
         };
         if let Some(conn) = conn {
@@ -134,6 +143,7 @@ impl<S: Service> Shared<S> {
         }
     }
 
+    /// The resume packet: every paused connection asks its service what next.
     pub(super) fn resume_paused(&self) {
         let conns = std::mem::take(&mut *self.paused.conns.lock());
         for conn in conns {

@@ -291,13 +291,18 @@ impl<S: Service> PushConn<S> {
         self.close_socket();
     }
 
-    /// Closes the socket, which ends the connection's receive; a connection paused by its
-    /// service has no receive to end, so it is taken out of the paused list and closed here
-    /// (else it would wait for a resume that may never come).
+    /// Closes the socket, which ends the connection's receive. A connection paused by its
+    /// service has no receive to end: a posted `PUSH_CLOSE_KEY` packet takes it out of the
+    /// paused list and closes it on a worker's own stack (this may run inside a service's
+    /// `push`, under the service's own locks, where its `on_close` must not be called).
     fn close_socket(&self) {
         self.handle.close();
-        if let Some(shared) = self.shared.upgrade() {
-            shared.close_paused_push(self);
+        let (Some(shared), Some(me)) = (self.shared.upgrade(), self.me.upgrade()) else {
+            return;
+        };
+        if shared.is_paused_push(self) {
+            // A closed port (the server is stopping) refuses it: the stop closes what is paused.
+            let _ = shared.port.post(0, PUSH_CLOSE_KEY, Ctx::Push(me));
         }
     }
 
@@ -486,7 +491,9 @@ impl<S: Service> Shared<S> {
         payload: Payload,
     ) {
         if key == PUSH_CLOSE_KEY {
-            pc.close_socket();
+            // On this worker's own stack: a paused connection is closed here, at once.
+            pc.handle.close();
+            self.close_paused_push(&pc);
             return;
         }
         if key == PUSH_KEY {
@@ -537,7 +544,9 @@ impl<S: Service> Shared<S> {
             st.bytes = 0;
             st.parked.take()
         };
-        pc.close_socket();
+        // A send's completion, on a worker's own stack: a paused connection is closed here.
+        pc.handle.close();
+        self.close_paused_push(pc);
         if let Some((conn, _)) = parked {
             self.close(conn, reason);
         }

@@ -399,6 +399,87 @@ backend_test!(
     }
 );
 
+/// Python's standard `logging.handlers.SysLogHandler` as a sender: its UDP form (one
+/// datagram per record, NUL-terminated) and its TCP form (LF-terminated through a formatter, as
+/// Python users send to rsyslog).
+const PY_SENDER: &str = r#"
+import logging, logging.handlers, socket, sys
+udp, tcp, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+for kind, port, socktype in (("udp", udp, socket.SOCK_DGRAM), ("tcp", tcp, socket.SOCK_STREAM)):
+    h = logging.handlers.SysLogHandler(address=("127.0.0.1", port), socktype=socktype)
+    h.ident = "pyapp: "
+    if kind == "tcp":
+        h.append_nul = False
+        h.setFormatter(logging.Formatter("%(message)s\n"))
+    log = logging.getLogger(kind)
+    log.setLevel(logging.INFO)
+    log.addHandler(h)
+    for i in range(n):
+        log.info("py-%s-%d", kind, i)
+    h.close()
+"#;
+
+backend_test!(
+    python_syslog_handler_over_udp_and_tcp,
+    choice | c | {
+        if !Command::new("python3")
+            .arg("-c")
+            .arg("import logging.handlers")
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return skip("python3 is not installed");
+        }
+        const N: u64 = 100;
+        let dir = tempdir(&format!("python-{c:?}"));
+        let cfg = SyslogConfig {
+            tcp: Some(loopback()),
+            udp: Some(loopback()),
+            dir: dir.clone(),
+            template: Template::parse("{input}.log").unwrap(),
+            ..SyslogConfig::default()
+        };
+        let col = start(c, cfg);
+        let (tcp, udp) = (col.tcp_addr().unwrap(), col.udp_addr().unwrap());
+        let st = Command::new("python3")
+            .args(["-c", PY_SENDER, &udp.port().to_string(), &tcp.port().to_string()])
+            .arg(N.to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "the Python sender failed");
+        wait_for("every Python record written", || {
+            let s = col.stats();
+            s.tcp.written == N && s.udp.written == N
+        });
+        let st = col.stop().stats;
+        eprintln!("{st}");
+        assert_eq!((st.tcp.received, st.udp.received, st.udp.dropped), (N, N, 0), "{st}");
+        // `<14>pyapp: text` has no timestamp or hostname: still a message, not malformed.
+        assert_eq!((st.tcp.parsed, st.udp.parsed), (N, N), "{st}");
+        let files = files(&dir);
+        for input in ["udp", "tcp"] {
+            let text = files
+                .get(&format!("{input}.log"))
+                .unwrap_or_else(|| panic!("no {input}.log in {:?}", files.keys()));
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(lines.iter().all(|l| l.contains("pyapp")), "{input}: {text}");
+            let mut seqs: Vec<u64> = lines
+                .iter()
+                .map(|l| {
+                    let tail = l.rsplit_once(&format!("py-{input}-")).expect("a record").1;
+                    tail.trim_end_matches('\0').trim().parse().expect("its number")
+                })
+                .collect();
+            if input == "udp" {
+                // Datagrams are handled by either worker: once each, in no promised order.
+                seqs.sort_unstable();
+            }
+            assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "{input}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+);
+
 backend_test!(
     stop_on_a_full_disk_is_bounded_and_counts_the_loss,
     choice | c | {

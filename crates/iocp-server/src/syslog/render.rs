@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use syslog_loose::{Message, Variant};
+use syslog_loose::{Message, ProcId, Protocol, Variant};
 
 /// How a message is written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -186,7 +186,47 @@ fn parse(msg: &[u8], year: i32) -> Option<Message<&str>> {
             Variant::Either,
         )
     }));
-    r.ok()?.ok().filter(|m| m.facility.is_some() && m.severity.is_some())
+    let parsed =
+        r.ok().and_then(Result::ok).filter(|m| m.facility.is_some() && m.severity.is_some());
+    parsed.or_else(|| parse_bare(s))
+}
+
+/// The form with a priority and no timestamp or hostname, `<PRI>TAG: MSG` or
+/// `<PRI>TAG[PID]: MSG` (Python's `logging.handlers.SysLogHandler`, many embedded senders),
+/// which the exact parser refuses. A relay keeps such a message with its priority (RFC 3164
+/// §4.3.3: it lacks the timestamp and hostname a relay would add); the TAG (at most 32
+/// alphanumeric characters, §4.1.3) is the app. `None` without a valid priority.
+fn parse_bare(s: &str) -> Option<Message<&str>> {
+    let rest = s.strip_prefix('<')?;
+    let end = rest.find('>').filter(|&e| (1..=3).contains(&e))?;
+    let pri: u8 = rest[..end].parse().ok().filter(|&p: &u8| p <= 191)?;
+    let (facility, severity) = syslog_loose::decompose_pri(pri);
+    let body = &rest[end + 1..];
+    let tag_len = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+        .unwrap_or(body.len());
+    let (mut appname, mut procid, mut msg) = (None, None, body);
+    if (1..=32).contains(&tag_len) {
+        let (tag, after) = body.split_at(tag_len);
+        if let Some(m) = after.strip_prefix(':') {
+            (appname, msg) = (Some(tag), m.strip_prefix(' ').unwrap_or(m));
+        } else if let Some((pid, m)) = after.strip_prefix('[').and_then(|a| a.split_once("]:")) {
+            let pid = pid.parse().map_or(ProcId::Name(pid), ProcId::PID);
+            (appname, procid, msg) = (Some(tag), Some(pid), m.strip_prefix(' ').unwrap_or(m));
+        }
+    }
+    Some(Message {
+        protocol: Protocol::RFC3164,
+        facility,
+        severity,
+        timestamp: None,
+        hostname: None,
+        appname,
+        procid,
+        msgid: None,
+        structured_data: Vec::new(),
+        msg,
+    })
 }
 
 /// Appends `v` made safe as a path component (at most 64 bytes).
@@ -358,6 +398,29 @@ mod tests {
         assert!(bad);
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["malformed"], "unparsed");
+    }
+
+    #[test]
+    fn a_priority_without_timestamp_or_host_is_a_message() {
+        // Python's SysLogHandler: `<PRI>ident: text` (UDP adds a NUL, trimmed before this).
+        let (p, l, bad) = one(b"<14>pyapp: hello there", "{host}/{app}.log", Format::Text);
+        assert!(!bad);
+        assert_eq!(p, "10.0.0.1/pyapp.log");
+        assert_eq!(l, "<14>pyapp: hello there\n");
+        let (p, l, bad) = one(b"<11>daemon[42]: it broke", "{app}.log", Format::Json);
+        assert!(!bad);
+        assert_eq!(p, "daemon.log");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["msg"], "it broke", "{v}");
+        assert_eq!(v["severity"], "err", "{v}");
+        // No tag: the whole text is the message.
+        let (p, _, bad) = one(b"<13>just words", "{app}.log", Format::Text);
+        assert!(!bad);
+        assert_eq!(p, "-.log");
+        // Not a priority: still malformed.
+        for m in [&b"<192>x: y"[..], b"<>x", b"<1234>x", b"<a>x"] {
+            assert!(one(m, "{app}.log", Format::Text).2, "{:?}", String::from_utf8_lossy(m));
+        }
     }
 
     #[test]

@@ -854,3 +854,24 @@ backend_test!(
         let _ = std::fs::remove_dir_all(&dir);
     }
 );
+
+/// The fuzz corpus (`fuzz/corpus/syslog_input`, seeds for `cargo fuzz run syslog_input`)
+/// through the input path, each file whole and with a byte flipped at every position: no
+/// panic, every frame within the limit, every path inside the directory.
+#[test]
+fn the_fuzz_corpus_replays_without_a_fault() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/syslog_input");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        assert!(iocp_server::syslog::fuzzing::drive(&data) >= 1, "{}", path.display());
+        for i in 0..data.len() {
+            let mut m = data.clone();
+            m[i] ^= 0x5a;
+            iocp_server::syslog::fuzzing::drive(&m);
+        }
+        files += 1;
+    }
+    assert!(files >= 10, "the corpus is in {}", dir.display());
+}

@@ -11,6 +11,7 @@
 //! [`Collector::stop`] writes every message received before it.
 
 mod frame;
+pub mod fuzzing;
 mod queue;
 mod render;
 mod writer;

@@ -459,3 +459,90 @@ fn wait_for_paused(server: &Server<PauseAndKeep>) {
         thread::sleep(Duration::from_millis(1));
     }
 }
+
+thread_local! {
+    /// Set while `PushFromInside::on_read` pushes (as a chat pushes to a room under its lock).
+    static PUSHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The first connection pauses at its first read; any later connection's read pushes a burst
+/// to the first one's outbox from inside the service (a worker's stack, as a chat room does),
+/// which overflows its two-message queue once the socket buffers are full: a slow drop.
+struct PushFromInside {
+    outboxes: Mutex<Vec<Outbox>>,
+    closed: Mutex<Vec<(iocp_server::CloseReason, bool)>>,
+}
+
+impl Service for PushFromInside {
+    /// Whether this is the first connection.
+    type Conn = bool;
+
+    fn open(&self, _peer: Option<SocketAddr>) -> bool {
+        false
+    }
+
+    fn push(&self) -> Option<PushConfig> {
+        Some(PushConfig { max_messages: 2, policy: SlowPolicy::Drop, ..PushConfig::default() })
+    }
+
+    fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) -> bool {
+        let mut all = self.outboxes.lock();
+        all.push(outbox);
+        all.len() == 1
+    }
+
+    fn on_read(&self, first: &mut bool, io: &mut Io) -> Next {
+        io.input.clear();
+        if *first {
+            return Next::Pause;
+        }
+        let target = self.outboxes.lock()[0].clone();
+        PUSHING.with(|p| p.set(true));
+        // Far more than the loopback socket buffers hold (the peer never reads): the queue
+        // fills behind the send in flight and the push that finds it full drops the connection.
+        let chunk = Bytes::from(vec![b'y'; 256 * 1024]);
+        for _ in 0..1024 {
+            if target.push(chunk.clone()).is_err() {
+                break;
+            }
+        }
+        PUSHING.with(|p| p.set(false));
+        Next::Read
+    }
+
+    fn on_close(&self, _first: bool, reason: iocp_server::CloseReason) {
+        // `true`: called from inside the pushing callback (under its locks): must not happen.
+        self.closed.lock().push((reason, PUSHING.with(std::cell::Cell::get)));
+    }
+}
+
+backend_test!(
+    a_paused_connection_dropped_as_slow_from_inside_a_push_is_closed_on_its_own_stack,
+    choice | c | {
+        let svc =
+            PushFromInside { outboxes: Mutex::new(Vec::new()), closed: Mutex::new(Vec::new()) };
+        let server = Server::start(svc, config(c)).unwrap();
+        // The paused one: its client never reads.
+        let slow = connect(server.local_addr());
+        (&slow).write_all(b"pause me\n").unwrap();
+        let end = Instant::now() + deadline();
+        while server.service().outboxes.lock().is_empty() {
+            assert!(Instant::now() < end, "no first connection");
+            thread::sleep(Duration::from_millis(1));
+        }
+        let pusher = connect(server.local_addr());
+        (&pusher).write_all(b"flood\n").unwrap();
+        while server.service().closed.lock().is_empty() {
+            assert!(
+                Instant::now() < end,
+                "the paused connection was not closed after its slow drop: {:?}",
+                server.stats()
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(*server.service().closed.lock(), [(iocp_server::CloseReason::Slow, false)]);
+        assert_eq!(server.stats().slow_drops, 1);
+        drop((slow, pusher));
+        server.stop();
+    }
+);

@@ -232,6 +232,14 @@ def echo_servers(threads, args):
     return servers
 
 
+def echo_cmd(addr, conns, size, args, pid):
+    """The `iocp bench echo --json` run against the server at `addr` (process `pid`)."""
+    return [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
+            "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
+            "--threads", str(args.gen_threads), "--engine", "epoll",
+            "--server-pid", str(pid), "--json"]
+
+
 def bench_echo(cmd, limit, name):
     """Runs one `iocp bench echo --json`; its result dict (with "exit"), or {"failed": why}."""
     try:
@@ -288,10 +296,7 @@ def run_echo(args, logdir):
                                  "failed": str(e)})
                     continue
                 try:
-                    cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
-                           "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
-                           "--threads", str(args.gen_threads), "--engine", "epoll",
-                           "--server-pid", str(p.pid), "--json"]
+                    cmd = echo_cmd(addr, conns, size, args, p.pid)
                     res = bench_echo(cmd, args.duration + args.warmup + 30, name)
                     res.update({"server": name, "rep": rep, "conns": conns, "size": size})
                     if "failed" not in res:
@@ -616,10 +621,7 @@ def run_metrics(args, logdir):
                                                daemon=True)
                     scraper.start()
                 try:
-                    cmd = [IOCP, "bench", "echo", "--addr", addr, "-c", str(conns), "-s", str(size),
-                           "-d", f"{args.duration}s", "--warmup", f"{args.warmup}s",
-                           "--threads", str(args.gen_threads), "--engine", "epoll",
-                           "--server-pid", str(p.pid), "--json"]
+                    cmd = echo_cmd(addr, conns, size, args, p.pid)
                     res = bench_echo(cmd, args.duration + args.warmup + 30, name)
                     stop_evt.set()
                     if scraper:

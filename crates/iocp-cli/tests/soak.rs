@@ -87,26 +87,22 @@ impl Outcome {
             self.cpu_ticks as f64 * 10_000.0 / self.connections() as f64,
         )
     }
-    fn json(&self) -> String {
-        format!(
-            "{{\"backend\":\"{}\",\"conns\":{},\"rounds\":{},\"connections\":{},\"seconds\":{:.1},\
-             \"rss_first\":{},\"rss_warm\":{},\"rss_last\":{},\"growth_pct\":{:.2},\
-             \"bytes_per_conn_after_warmup\":{:.2},\"server_cpu_ticks\":{},\"within_bound\":{},\
-             \"settled_rss_by_round\":[{}]}}",
-            self.backend,
-            self.conns,
-            self.rounds,
-            self.connections(),
-            self.churned.as_secs_f64(),
-            self.first,
-            self.warm,
-            self.last,
-            self.growth() * 100.0,
-            self.per_conn(),
-            self.cpu_ticks,
-            self.growth() <= BOUND,
-            self.samples.iter().map(|(r, b)| format!("[{r},{b}]")).collect::<Vec<_>>().join(","),
-        )
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "backend": self.backend,
+            "conns": self.conns,
+            "rounds": self.rounds,
+            "connections": self.connections(),
+            "seconds": self.churned.as_secs_f64(),
+            "rss_first": self.first,
+            "rss_warm": self.warm,
+            "rss_last": self.last,
+            "growth_pct": self.growth() * 100.0,
+            "bytes_per_conn_after_warmup": self.per_conn(),
+            "server_cpu_ticks": self.cpu_ticks,
+            "within_bound": self.growth() <= BOUND,
+            "settled_rss_by_round": self.samples,
+        })
     }
 }
 
@@ -304,7 +300,7 @@ fn soak_benchmark() {
             if o.growth() <= BOUND { "yes" } else { "**no**" }
         );
     }
-    let json = format!("[{}]", outs.iter().map(Outcome::json).collect::<Vec<_>>().join(","));
+    let json = serde_json::Value::Array(outs.iter().map(Outcome::json).collect()).to_string();
     println!("{json}");
     if let Ok(path) = std::env::var("IOCP_SOAK_JSON") {
         std::fs::write(&path, &json).unwrap_or_else(|e| panic!("writing {path}: {e}"));

@@ -344,6 +344,25 @@ backend_test!(
     }
 );
 
+/// A collector with both inputs on loopback writing into `dir` by `template`, and its TCP and
+/// UDP addresses.
+fn start_tcp_udp(
+    c: BackendChoice,
+    dir: &Path,
+    template: &str,
+) -> (Collector, SocketAddr, SocketAddr) {
+    let cfg = SyslogConfig {
+        tcp: Some(loopback()),
+        udp: Some(loopback()),
+        dir: dir.to_path_buf(),
+        template: Template::parse(template).unwrap(),
+        ..SyslogConfig::default()
+    };
+    let col = start(c, cfg);
+    let (tcp, udp) = (col.tcp_addr().unwrap(), col.udp_addr().unwrap());
+    (col, tcp, udp)
+}
+
 fn logger() -> Option<PathBuf> {
     ["/usr/bin/logger", "/bin/logger"].iter().map(PathBuf::from).find(|p| p.exists())
 }
@@ -355,15 +374,7 @@ backend_test!(
             return skip("logger (util-linux) is not installed");
         };
         let dir = tempdir(&format!("logger-{c:?}"));
-        let cfg = SyslogConfig {
-            tcp: Some(loopback()),
-            udp: Some(loopback()),
-            dir: dir.clone(),
-            template: Template::parse("{app}/{input}.log").unwrap(),
-            ..SyslogConfig::default()
-        };
-        let col = start(c, cfg);
-        let (tcp, udp) = (col.tcp_addr().unwrap(), col.udp_addr().unwrap());
+        let (col, tcp, udp) = start_tcp_udp(c, &dir, "{app}/{input}.log");
         let cases: [(&str, &[&str], SocketAddr); 5] = [
             ("u5424", &["--udp", "--rfc5424"], udp),
             ("u3164", &["--udp", "--rfc3164"], udp),
@@ -432,15 +443,7 @@ backend_test!(
         }
         const N: u64 = 100;
         let dir = tempdir(&format!("python-{c:?}"));
-        let cfg = SyslogConfig {
-            tcp: Some(loopback()),
-            udp: Some(loopback()),
-            dir: dir.clone(),
-            template: Template::parse("{input}.log").unwrap(),
-            ..SyslogConfig::default()
-        };
-        let col = start(c, cfg);
-        let (tcp, udp) = (col.tcp_addr().unwrap(), col.udp_addr().unwrap());
+        let (col, tcp, udp) = start_tcp_udp(c, &dir, "{input}.log");
         let st = Command::new("python3")
             .args(["-c", PY_SENDER, &udp.port().to_string(), &tcp.port().to_string()])
             .arg(N.to_string())

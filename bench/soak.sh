@@ -5,16 +5,21 @@
 # generator is std's blocking sockets, not the iocp library. Prints a progress line every 10 s,
 # then a table; the figures go to bench/results/soak-STAMP.json.
 #
-#   bench/soak.sh [--minutes M] [--conns N] [--backends uring,epoll]
+#   bench/soak.sh [--minutes M] [--conns N] [--backends uring,epoll] [--close handshake|drop]
+#
+# --close handshake (the default): each client shuts down its side and reads the server's FIN
+# before the next round, so the server never holds more than N connections. --close drop: the
+# clients just close and the next round overlaps the server's closes (its peak goes above N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-minutes=10 conns=5000 backends=uring,epoll
+minutes=10 conns=5000 backends=uring,epoll close=handshake
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) minutes=$2; shift 2 ;;
         --conns) conns=$2; shift 2 ;;
         --backends) backends=$2; shift 2 ;;
-        *) echo "usage: bench/soak.sh [--minutes M] [--conns N] [--backends uring,epoll]" >&2; exit 2 ;;
+        --close) close=$2; shift 2 ;;
+        *) echo "usage: bench/soak.sh [--minutes M] [--conns N] [--backends uring,epoll] [--close handshake|drop]" >&2; exit 2 ;;
     esac
 done
 hard=$(ulimit -Hn)
@@ -24,9 +29,9 @@ mkdir -p bench/results
 out=bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ).json
 printf '== building (release)\n' >&2
 cargo test --release -p iocp-cli --test soak --no-run --quiet
-printf '== soak: %s connections at once, %s min per backend (%s); results: %s\n' \
-    "$conns" "$minutes" "$backends" "$out" >&2
-IOCP_SOAK_SECS=$((minutes * 60)) IOCP_SOAK_CONNS=$conns IOCP_SOAK_BACKENDS=$backends \
+printf '== soak: %s connections at once, %s min per backend (%s), %s close; results: %s\n' \
+    "$conns" "$minutes" "$backends" "$close" "$out" >&2
+IOCP_SOAK_SECS=$((minutes * 60)) IOCP_SOAK_CONNS=$conns IOCP_SOAK_BACKENDS=$backends IOCP_SOAK_CLOSE=$close \
 IOCP_SOAK_JSON=$PWD/$out \
     timeout $((minutes * 60 * 2 + 600)) \
     cargo test --release -p iocp-cli --test soak --quiet -- --ignored --nocapture soak_benchmark

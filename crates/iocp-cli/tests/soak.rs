@@ -19,7 +19,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,11 +43,13 @@ struct Plan {
     progress: Option<Duration>,
     /// Take a settled RSS sample this often (the benchmark): is any growth still going on?
     sample: Option<Duration>,
+    close: Close,
 }
 
 /// What one soak measured.
 struct Outcome {
     backend: String,
+    close: Close,
     conns: usize,
     rounds: usize,
     churned: Duration,
@@ -72,10 +74,11 @@ impl Outcome {
     }
     fn line(&self) -> String {
         format!(
-            "{}: {} rounds of {} connections in {:.0?}: RSS after the first round {} KiB, after \
+            "{} ({} close): {} rounds of {} connections in {:.0?}: RSS after the first round {} KiB, after \
              {WARM_ROUNDS} rounds {} KiB, after the churn {} KiB ({:+.1} % on the first round; \
              {:.1} B per connection after the warm-up); server CPU {:.1} µs per connection",
             self.backend,
+            self.close.name(),
             self.rounds,
             self.conns,
             self.churned,
@@ -90,6 +93,7 @@ impl Outcome {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "backend": self.backend,
+            "close": self.close.name(),
             "conns": self.conns,
             "rounds": self.rounds,
             "connections": self.connections(),
@@ -113,9 +117,31 @@ fn message(r: usize, i: usize) -> Vec<u8> {
     tag.bytes().cycle().take(len).collect()
 }
 
+/// How a round ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Close {
+    /// Each client shuts down its sending side and reads the server's FIN (the server has seen
+    /// the EOF and closed) before the round is over: the server holds at most `conns`
+    /// connections at any time, the churn is "at `conns` connections".
+    Handshake,
+    /// Each client just closes; the next round connects while the server is still taking the
+    /// closes in, so the server briefly holds more than `conns` (its peak grows with the
+    /// overlap).
+    Drop,
+}
+
+impl Close {
+    fn name(self) -> &'static str {
+        match self {
+            Close::Handshake => "handshake",
+            Close::Drop => "drop",
+        }
+    }
+}
+
 /// One round: `conns` connections each send their message and read it back, then all close.
 /// Returns the bytes echoed.
-fn round(addr: SocketAddr, r: usize, conns: usize) -> u64 {
+fn round(addr: SocketAddr, r: usize, conns: usize, close: Close) -> u64 {
     let mut open = Vec::with_capacity(conns);
     for i in 0..conns {
         let s = TcpStream::connect_timeout(&addr, deadline())
@@ -134,6 +160,16 @@ fn round(addr: SocketAddr, r: usize, conns: usize) -> u64 {
         s.read_exact(&mut got).unwrap_or_else(|e| panic!("round {r}: echo {i}: {e}"));
         assert!(got == want, "round {r}: connection {i} got other bytes");
         bytes += want.len() as u64;
+    }
+    if close == Close::Handshake {
+        for (i, s) in open.iter().enumerate() {
+            s.shutdown(Shutdown::Write).unwrap_or_else(|e| panic!("round {r}: shutdown {i}: {e}"));
+        }
+        for (i, s) in open.iter_mut().enumerate() {
+            let mut rest = [0u8; 16];
+            let n = s.read(&mut rest).unwrap_or_else(|e| panic!("round {r}: FIN of {i}: {e}"));
+            assert_eq!(n, 0, "round {r}: connection {i} got bytes after its echo");
+        }
     }
     bytes
 }
@@ -165,11 +201,11 @@ fn soak(kind: BackendKind, backend: &str, plan: &Plan) -> Option<Outcome> {
     let server = ServerProcess::start(&["--backend", backend, "--addr", "127.0.0.1:0"])
         .unwrap_or_else(|out| panic!("{backend}: the server did not start:\n{out}"));
     let started = Instant::now();
-    let mut bytes = round(server.addr, 0, plan.conns);
+    let mut bytes = round(server.addr, 0, plan.conns, plan.close);
     let first = settled_rss(&server);
     let mut rounds = 1;
     while rounds < WARM_ROUNDS {
-        bytes += round(server.addr, rounds, plan.conns);
+        bytes += round(server.addr, rounds, plan.conns, plan.close);
         rounds += 1;
     }
     let warm = settled_rss(&server);
@@ -177,7 +213,7 @@ fn soak(kind: BackendKind, backend: &str, plan: &Plan) -> Option<Outcome> {
     let mut sampled = Instant::now();
     let mut samples = vec![(1, first), (WARM_ROUNDS, warm)];
     while rounds < plan.min_rounds || started.elapsed() < plan.soak {
-        bytes += round(server.addr, rounds, plan.conns);
+        bytes += round(server.addr, rounds, plan.conns, plan.close);
         rounds += 1;
         if plan.progress.is_some_and(|every| shown.elapsed() >= every) {
             shown = Instant::now();
@@ -202,6 +238,7 @@ fn soak(kind: BackendKind, backend: &str, plan: &Plan) -> Option<Outcome> {
     let report = server.stop();
     let out = Outcome {
         backend: backend.to_string(),
+        close: plan.close,
         conns: plan.conns,
         rounds,
         churned,
@@ -227,6 +264,7 @@ fn ci_soak(kind: BackendKind, backend: &str) {
         min_rounds: 20,
         progress: None,
         sample: None,
+        close: Close::Handshake,
     };
     let Some(out) = soak(kind, backend, &plan) else { return };
     assert!(
@@ -265,6 +303,11 @@ fn soak_benchmark() {
         min_rounds: WARM_ROUNDS + 1,
         progress: Some(Duration::from_secs(10)),
         sample: Some(Duration::from_secs(env_or("IOCP_SOAK_SAMPLE_SECS", 60))),
+        close: match std::env::var("IOCP_SOAK_CLOSE").as_deref() {
+            Err(_) | Ok("handshake") => Close::Handshake,
+            Ok("drop") => Close::Drop,
+            Ok(other) => panic!("IOCP_SOAK_CLOSE: {other:?} is neither handshake nor drop"),
+        },
     };
     let backends = std::env::var("IOCP_SOAK_BACKENDS").unwrap_or_else(|_| "uring,epoll".into());
     let mut outs = Vec::new();
@@ -278,16 +321,17 @@ fn soak_benchmark() {
     }
     println!();
     println!(
-        "| backend | connections at once | rounds | connections | minutes | RSS after round 1 \
+        "| backend | close | connections at once | rounds | connections | minutes | RSS after round 1 \
          | after {WARM_ROUNDS} rounds | after the churn | growth on round 1 | B/conn after \
          warm-up | within {:.0} % |",
         BOUND * 100.0
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for o in &outs {
         println!(
-            "| {} | {} | {} | {} | {:.1} | {} KiB | {} KiB | {} KiB | {:+.1} % | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} KiB | {} KiB | {} KiB | {:+.1} % | {:.2} | {} |",
             o.backend,
+            o.close.name(),
             o.conns,
             o.rounds,
             o.connections(),

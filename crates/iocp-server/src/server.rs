@@ -1015,10 +1015,7 @@ impl<S: Service> Shared<S> {
         conn.io.output = Vec::new();
         conn.pending = Pending::Ready;
         let handle = conn.handle.clone();
-        let r = match timeout {
-            Some(d) => handle.with_timeout(d).recv_ready(Ctx::Conn(conn)),
-            None => handle.recv_ready(Ctx::Conn(conn)),
-        };
+        let r = handle.with_timeout(timeout).recv_ready(Ctx::Conn(conn));
         self.refused_start(r);
     }
 
@@ -1221,10 +1218,7 @@ impl<S: Service> Shared<S> {
                 conn.pending = Pending::Read;
                 let buf = std::mem::take(&mut conn.io.input);
                 let handle = conn.handle.clone();
-                let r = match timeout {
-                    Some(d) => handle.with_timeout(d).recv(buf, Ctx::Conn(conn)),
-                    None => handle.recv(buf, Ctx::Conn(conn)),
-                };
+                let r = handle.with_timeout(timeout).recv(buf, Ctx::Conn(conn));
                 self.refused_start(r);
             }
             Next::Send => {
@@ -1241,10 +1235,7 @@ impl<S: Service> Shared<S> {
                 conn.pending = Pending::Send;
                 let buf = std::mem::take(&mut conn.io.output);
                 let handle = conn.handle.clone();
-                let r = match self.cfg.write_timeout {
-                    Some(d) => handle.with_timeout(d).send(buf, Ctx::Conn(conn)),
-                    None => handle.send(buf, Ctx::Conn(conn)),
-                };
+                let r = handle.with_timeout(self.cfg.write_timeout).send(buf, Ctx::Conn(conn));
                 self.refused_start(r);
             }
             Next::Transmit { file, offset, len } => {
@@ -1256,10 +1247,11 @@ impl<S: Service> Shared<S> {
                     tail: Vec::new(),
                 };
                 let handle = conn.handle.clone();
-                let r = match self.cfg.write_timeout {
-                    Some(d) => handle.with_timeout(d).transmit_file(file, range, Ctx::Conn(conn)),
-                    None => handle.transmit_file(file, range, Ctx::Conn(conn)),
-                };
+                let r = handle.with_timeout(self.cfg.write_timeout).transmit_file(
+                    file,
+                    range,
+                    Ctx::Conn(conn),
+                );
                 self.refused_start(r);
             }
             Next::Close => self.close_gracefully(conn),

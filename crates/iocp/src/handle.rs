@@ -328,7 +328,7 @@ impl<C: Send + 'static> Handle<C> {
     /// no spare capacity (use [`Handle::recv_ready`] for a zero-byte receive), or the handle or
     /// port is closed.
     pub fn recv(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).recv(buf, context)
+        self.with_timeout(None).recv(buf, context)
     }
 
     /// Scatter receive (WSARecv with several WSABUFs): fills the spare capacity of each buffer
@@ -337,7 +337,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// As [`Handle::recv`]; also when there are more than 1024 buffers.
     pub fn recv_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).recv_vectored(bufs, context)
+        self.with_timeout(None).recv_vectored(bufs, context)
     }
 
     /// Sends all of `buf` (WSASend). Short writes are resumed inside the operation; the
@@ -346,7 +346,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused, with the buffer and context handed back, when the handle or port is closed.
     pub fn send(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).send(buf, context)
+        self.with_timeout(None).send(buf, context)
     }
 
     /// Gather send (WSASend with several WSABUFs): sends every buffer, in order.
@@ -354,7 +354,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// As [`Handle::send`]; also when there are more than 1024 buffers.
     pub fn send_vectored(&self, bufs: Vec<Vec<u8>>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).send_vectored(bufs, context)
+        self.with_timeout(None).send_vectored(bufs, context)
     }
 
     /// The zero-byte receive: completes with 0 bytes when the socket becomes readable (data or
@@ -364,7 +364,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when the handle or port is closed.
     pub fn recv_ready(&self, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).recv_ready(context)
+        self.with_timeout(None).recv_ready(context)
     }
 
     /// Accepts one connection on this listening socket (AcceptEx). If `initial` has spare
@@ -376,7 +376,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when the handle or port is closed.
     pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).accept(initial, context)
+        self.with_timeout(None).accept(initial, context)
     }
 
     /// Keeps accepting connections on this listener with one operation (io_uring's multishot
@@ -396,7 +396,7 @@ impl<C: Send + 'static> Handle<C> {
         C: Clone,
     {
         self.inner.io().set_clone_ctx(<C as Clone>::clone);
-        self.with_timeout_opt(None).start(OpKind::accept_multi(), context)
+        self.with_timeout(None).start(OpKind::accept_multi(), context)
     }
 
     /// Connects this socket to `addr` and then sends `initial` (ConnectEx); the completion
@@ -413,7 +413,7 @@ impl<C: Send + 'static> Handle<C> {
         initial: Vec<u8>,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).connect(addr, initial, context)
+        self.with_timeout(None).connect(addr, initial, context)
     }
 
     /// Receives one datagram and its sender's address (WSARecvFrom). A datagram larger than the
@@ -423,7 +423,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when `buf` has no spare capacity, or the handle or port is closed.
     pub fn recv_from(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).recv_from(buf, context)
+        self.with_timeout(None).recv_from(buf, context)
     }
 
     /// Sends `buf` as one datagram to `to` (WSASendTo).
@@ -436,7 +436,7 @@ impl<C: Send + 'static> Handle<C> {
         to: impl Into<SockAddr>,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).send_to(buf, to, context)
+        self.with_timeout(None).send_to(buf, to, context)
     }
 
     /// Reads from a file at `offset` into the spare capacity of `buf` (ReadFile with an
@@ -449,7 +449,7 @@ impl<C: Send + 'static> Handle<C> {
     /// Refused when `buf` has no spare capacity, `offset` exceeds 2^63 - 1, or the handle or port
     /// is closed.
     pub fn read_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).read_at(buf, offset, context)
+        self.with_timeout(None).read_at(buf, offset, context)
     }
 
     /// Writes all of `buf` to a file at `offset` (WriteFile); [`APPEND`](crate::APPEND)
@@ -458,7 +458,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when `offset + len` exceeds 2^63 - 1, or the handle or port is closed.
     pub fn write_at(&self, buf: Vec<u8>, offset: u64, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).write_at(buf, offset, context)
+        self.with_timeout(None).write_at(buf, offset, context)
     }
 
     /// Sends `range.head`, then a range of `file`, then `range.tail`, as one operation with one
@@ -476,7 +476,7 @@ impl<C: Send + 'static> Handle<C> {
         range: TransmitRange,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).transmit_file(file, range, context)
+        self.with_timeout(None).transmit_file(file, range, context)
     }
 
     /// Disconnects (DisconnectEx): sends FIN, waits for the peer's FIN (discarding data it still
@@ -487,7 +487,7 @@ impl<C: Send + 'static> Handle<C> {
     /// Refused when the handle or port is closed; a socket that is not connected completes with
     /// `ENOTCONN`.
     pub fn disconnect(&self, reuse: bool, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).disconnect(reuse, context)
+        self.with_timeout(None).disconnect(reuse, context)
     }
 
     /// Receives into a buffer lent by `pool` when data arrives (a receive with a kernel-selected
@@ -499,7 +499,7 @@ impl<C: Send + 'static> Handle<C> {
     /// # Errors
     /// Refused when the pool belongs to another port, or the handle or port is closed.
     pub fn recv_pooled(&self, pool: &BufferPool, context: C) -> Result<OpId, SubmitError<C>> {
-        self.with_timeout_opt(None).recv_pooled(pool, context)
+        self.with_timeout(None).recv_pooled(pool, context)
     }
 
     /// Starts the next operation with a deadline: if it has not completed `timeout` from now, it
@@ -508,18 +508,19 @@ impl<C: Send + 'static> Handle<C> {
     /// either completes normally or times out, never both. Deadlines fire while some thread
     /// waits in `get` (the poller wakes for them).
     ///
+    /// Takes a `Duration` or an `Option<Duration>`: `None` is no deadline (the same as calling
+    /// the op on the handle), so a caller with an optional timeout needs no branch. A deadline
+    /// too far away to represent is none.
+    ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// # fn f(h: iocp::Handle<()>) -> Result<(), iocp::SubmitError<()>> {
+    /// # fn f(h: iocp::Handle<()>, idle: Option<Duration>) -> Result<(), iocp::SubmitError<()>> {
     /// h.with_timeout(Duration::from_secs(30)).recv(Vec::with_capacity(4096), ())?;
+    /// h.with_timeout(idle).recv_ready(())?;
     /// # Ok(()) }
     /// ```
-    pub fn with_timeout(&self, timeout: Duration) -> WithTimeout<'_, C> {
-        self.with_timeout_opt(Some(timeout))
-    }
-
-    fn with_timeout_opt(&self, timeout: Option<Duration>) -> WithTimeout<'_, C> {
-        WithTimeout { handle: self, timeout }
+    pub fn with_timeout(&self, timeout: impl Into<Option<Duration>>) -> WithTimeout<'_, C> {
+        WithTimeout { handle: self, timeout: timeout.into() }
     }
 
     /// Cancels one pending operation (CancelIoEx with an OVERLAPPED). It completes once, with

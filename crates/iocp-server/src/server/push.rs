@@ -465,10 +465,7 @@ impl<S: Service> Shared<S> {
         }
         drop(st);
         let handle = pc.handle.clone();
-        let r = match self.cfg.write_timeout {
-            Some(d) => handle.with_timeout(d).send(buf, Ctx::Push(pc)),
-            None => handle.send(buf, Ctx::Push(pc)),
-        };
+        let r = handle.with_timeout(self.cfg.write_timeout).send(buf, Ctx::Push(pc));
         if let Err(e) = r {
             let (_err, ctx, _) = e.into_parts();
             if let Ctx::Push(pc) = ctx {

@@ -39,6 +39,8 @@ const PUSH_KEY: CompletionKey = CompletionKey(3);
 const PUSH_CLOSE_KEY: CompletionKey = CompletionKey(4);
 /// The smallest buffer a readable idle connection takes (see `Shared::read_now`).
 const MIN_READ: usize = 256;
+/// Connection-table entries kept when the table empties; a larger one is shrunk then.
+const SLAB_KEEP: usize = 1024;
 
 /// How a [`Server`] runs. Every limit has a default a public-facing server can live with.
 #[derive(Clone, Debug)]
@@ -1322,6 +1324,11 @@ impl<S: Service> Shared<S> {
             let mut conns = self.conns.lock();
             if conns.contains(slot) {
                 conns.remove(slot);
+            }
+            // The last of a burst gives the burst's table back (the core's port tables do the
+            // same, iocp's spare.rs): an idle server's RSS is not its busiest moment's.
+            if conns.is_empty() && conns.capacity() > SLAB_KEEP {
+                conns.shrink_to_fit();
             }
         }
         let c = &self.counters;

@@ -217,7 +217,9 @@ impl<C> Drop for HandleInner<C> {
     fn drop(&mut self) {
         if self.identity != 0 {
             let id = self.identity;
-            registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+            let mut set = registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            set.remove(&id);
+            crate::spare::set(&mut set);
         }
     }
 }

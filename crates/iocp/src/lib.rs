@@ -50,6 +50,7 @@ mod completion;
 mod error;
 mod handle;
 mod port;
+mod spare;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;

@@ -802,8 +802,10 @@ impl<C: Send + 'static> PortInner<C> {
                     st = self.lock();
                     continue;
                 }
-                st.counts.io_completions += reaped.len() as u64;
+                let batch = reaped.len();
+                st.counts.io_completions += batch as u64;
                 st.extend(reaped.drain(..));
+                crate::spare::vec(&mut reaped, batch);
                 drop(reaped);
                 let n = st.take_handed(id, max - 1, out);
                 if n > 0 {

@@ -141,6 +141,9 @@ impl<P, S> State<P, S> {
                 None => break,
             }
         }
+        if self.queue.is_empty() {
+            crate::spare::deque(&mut self.queue);
+        }
         self.since_poll = self.since_poll.saturating_add(taken as u32);
         taken
     }

@@ -150,6 +150,7 @@ impl<T> Wheel<T> {
         let Some(e) = self.get_mut(i, id) else { return Submit::Gone };
         if e.at == Where::Expired {
             self.release(i);
+            self.settle();
             return Submit::Expired;
         }
         e.submitted = true;
@@ -161,6 +162,7 @@ impl<T> Wheel<T> {
         if self.get_mut(i, id).is_some() {
             self.unlink(i);
             self.release(i);
+            self.settle();
         }
     }
 
@@ -206,6 +208,20 @@ impl<T> Wheel<T> {
             }
         }
         self.elapsed = self.elapsed.max(now_tick);
+        self.settle();
+    }
+
+    /// With no entry in use, gives back what a burst of deadlines left (`spare.rs`). Every
+    /// index handed out is then stale, which `get_mut` already tolerates: it checks the index
+    /// is in range and that the entry is still the same op's (op ids are never reused).
+    fn settle(&mut self) {
+        if self.len == 0
+            && crate::spare::target(self.entries.capacity(), 0, crate::spare::KEEP).is_some()
+        {
+            debug_assert!(self.occupied.iter().all(|&o| o == 0), "an empty wheel links nothing");
+            self.entries = Vec::new();
+            self.free = Vec::new();
+        }
     }
 
     fn get_mut(&mut self, i: u32, id: OpId) -> Option<&mut Entry<T>> {
@@ -308,6 +324,37 @@ mod tests {
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_burst_of_deadlines_is_given_back_and_stale_indices_stay_harmless() {
+        let start = Instant::now();
+        let mut w = Wheel::new(start);
+        let armed: Vec<(u32, OpId)> = (0..5_000u64)
+            .map(|k| {
+                let (i, _) = w.arm(at(start, 10 + k % 700), OpId(k + 1), ());
+                assert_eq!(w.submitted(i, OpId(k + 1)), Submit::Armed);
+                (i, OpId(k + 1))
+            })
+            .collect();
+        assert!(w.entries.capacity() >= 5_000);
+        for &(i, id) in &armed {
+            w.disarm(i, id);
+        }
+        assert_eq!(w.len(), 0);
+        assert_eq!(w.entries.capacity(), 0, "the burst's entries were given back");
+        // The old indices point past the end or at other ops now: all ignored.
+        let (j, _) = w.arm(at(start, 5), OpId(9_999), ());
+        for &(i, id) in &armed {
+            assert_eq!(w.submitted(i, id), Submit::Gone);
+            w.disarm(i, id);
+        }
+        assert_eq!(w.len(), 1);
+        assert_eq!(w.submitted(j, OpId(9_999)), Submit::Armed);
+        let mut out = Vec::new();
+        w.expire(at(start, 6), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(w.len(), 0);
     }
 
     #[test]

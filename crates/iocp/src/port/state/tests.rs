@@ -463,3 +463,17 @@ fn model_poller_unwinds() {
     let n = explore(3, 1, 2, 2, true, 2, false, super::POLL_EVERY, 1);
     assert!(n > 100, "explored only {n} states");
 }
+
+#[test]
+fn a_drained_burst_gives_its_queue_back_in_order() {
+    let mut st: State<u32, usize> = State::new(1);
+    st.extend(0..10_000);
+    assert!(st.queue().capacity() >= 10_000);
+    let mut got = Vec::new();
+    assert_eq!(st.take(6_000, &mut |p| got.push(p)), 6_000);
+    assert!(st.queue().capacity() >= 10_000, "a table still in use keeps its capacity");
+    st.leave_running();
+    assert_eq!(st.take(usize::MAX, &mut |p| got.push(p)), 4_000);
+    assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+    assert!(st.queue().capacity() <= 2 * crate::spare::KEEP, "{}", st.queue().capacity());
+}

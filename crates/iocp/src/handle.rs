@@ -1,13 +1,12 @@
 //! Handles: a socket or a file associated with one port and one key, for life.
 
-use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::SockAddr;
@@ -17,241 +16,8 @@ use crate::completion::{CompletionKey, OpId, Payload, Transmitted};
 use crate::error::SubmitError;
 use crate::port::PortInner;
 use crate::sys::bufpool::BufferPool;
-use crate::sys::op::{Op, OpKind};
-
-/// Backend bookkeeping for one handle, under the handle's lock. Sized for the common case of an
-/// idle connection (at most one pending op per side, one op in the kernel) without allocating:
-/// that is what keeps memory per idle connection small. Everything beyond lives in one
-/// `Overflow` box, allocated only while needed.
-///
-/// Side 0 (read) / 1 (write):
-/// - epoll: operations waiting for readability / writability, in submission order;
-/// - io_uring: receives / sends waiting for the one in the kernel to finish (stream order).
-pub(crate) struct HandleIo<C> {
-    heads: [Option<Box<Op<C>>>; 2],
-    /// io_uring: a receive / a send of this handle is in the kernel.
-    pub(crate) busy: [bool; 2],
-    /// epoll: tokens of accepts parked on their accepted socket (initial receive).
-    /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
-    /// The first lives inline (`token`, if `has_token`), the rest in the overflow.
-    token: u64,
-    has_token: bool,
-    overflow: Option<Box<Overflow<C>>>,
-}
-
-struct Overflow<C> {
-    rest: [VecDeque<Box<Op<C>>>; 2],
-    tokens: Vec<u64>,
-    /// Set by `accept_multi` (which requires `C: Clone`): how a repeating accept copies its
-    /// context into each connection's packet. Only listeners pay for it.
-    clone_ctx: Option<fn(&C) -> C>,
-}
-
-impl<C> HandleIo<C> {
-    pub(crate) const fn new() -> Self {
-        HandleIo {
-            heads: [None, None],
-            busy: [false; 2],
-            token: 0,
-            has_token: false,
-            overflow: None,
-        }
-    }
-
-    fn overflow(&mut self) -> &mut Overflow<C> {
-        self.overflow.get_or_insert_with(|| {
-            Box::new(Overflow {
-                rest: [VecDeque::new(), VecDeque::new()],
-                tokens: Vec::new(),
-                clone_ctx: None,
-            })
-        })
-    }
-
-    /// Frees the overflow once nothing lives in it. A listener's clone function lives there
-    /// for the handle's life (`accept_multi` may be pending, or started again, at any time), so
-    /// a box holding one is kept.
-    fn trim(&mut self) {
-        if self.overflow.as_ref().is_some_and(|o| {
-            o.rest.iter().all(VecDeque::is_empty) && o.tokens.is_empty() && o.clone_ctx.is_none()
-        }) {
-            self.overflow = None;
-        }
-    }
-
-    pub(crate) fn clone_ctx(&self) -> Option<fn(&C) -> C> {
-        self.overflow.as_ref().and_then(|o| o.clone_ctx)
-    }
-
-    pub(crate) fn set_clone_ctx(&mut self, f: fn(&C) -> C) {
-        self.overflow().clone_ctx = Some(f);
-    }
-
-    pub(crate) fn is_empty(&self, side: usize) -> bool {
-        self.heads[side].is_none()
-    }
-
-    pub(crate) fn push_back(&mut self, side: usize, op: Box<Op<C>>) {
-        if self.heads[side].is_none() {
-            self.heads[side] = Some(op);
-        } else {
-            self.overflow().rest[side].push_back(op);
-        }
-    }
-
-    pub(crate) fn front_mut(&mut self, side: usize) -> Option<&mut Op<C>> {
-        self.heads[side].as_deref_mut()
-    }
-
-    pub(crate) fn pop_front(&mut self, side: usize) -> Option<Box<Op<C>>> {
-        let head = self.heads[side].take()?;
-        self.heads[side] = self.overflow.as_mut().and_then(|o| o.rest[side].pop_front());
-        self.trim();
-        Some(head)
-    }
-
-    /// Every queued op, both sides (for counting).
-    pub(crate) fn ops(&self) -> impl Iterator<Item = &Op<C>> {
-        let rest = self.overflow.iter().flat_map(|o| o.rest.iter().flatten());
-        self.heads.iter().flatten().map(|b| &**b).chain(rest.map(|b| &**b))
-    }
-
-    /// Takes every queued op, both sides, in order.
-    pub(crate) fn drain_all(&mut self) -> Vec<Box<Op<C>>> {
-        let mut out = Vec::new();
-        for side in 0..2 {
-            while let Some(op) = self.pop_front(side) {
-                out.push(op);
-            }
-        }
-        out
-    }
-
-    /// Removes the queued operations `f` selects, keeping the others in order.
-    pub(crate) fn take_matching(&mut self, f: impl Fn(&Op<C>) -> bool) -> Vec<Box<Op<C>>> {
-        let mut taken = Vec::new();
-        for side in 0..2 {
-            let mut keep = Vec::new();
-            while let Some(op) = self.pop_front(side) {
-                if f(&op) { taken.push(op) } else { keep.push(op) }
-            }
-            for op in keep {
-                self.push_back(side, op);
-            }
-        }
-        taken
-    }
-
-    pub(crate) fn push_token(&mut self, t: u64) {
-        if self.has_token {
-            self.overflow().tokens.push(t);
-        } else {
-            self.token = t;
-            self.has_token = true;
-        }
-    }
-
-    pub(crate) fn remove_token(&mut self, t: u64) {
-        if self.has_token && self.token == t {
-            // Refill the inline slot from the overflow, if any.
-            match self.overflow.as_mut().and_then(|o| o.tokens.pop()) {
-                Some(x) => self.token = x,
-                None => self.has_token = false,
-            }
-        } else if let Some(o) = self.overflow.as_mut() {
-            o.tokens.retain(|x| *x != t);
-        }
-        self.trim();
-    }
-
-    pub(crate) fn tokens(&self) -> Vec<u64> {
-        let mut v = Vec::new();
-        if self.has_token {
-            v.push(self.token);
-        }
-        if let Some(o) = &self.overflow {
-            v.extend_from_slice(&o.tokens);
-        }
-        v
-    }
-
-    pub(crate) fn clear_tokens(&mut self) {
-        self.has_token = false;
-        if let Some(o) = self.overflow.as_mut() {
-            o.tokens.clear();
-        }
-        self.trim();
-    }
-}
-
-/// What the port and the backends know of a handle. Operations hold an `Arc` of it, so the fd
-/// is closed only after the last operation on it has completed: no fd number is reused while
-/// the kernel may still act on it.
-pub(crate) struct HandleInner<C> {
-    pub(crate) fd: OwnedFd,
-    pub(crate) key: CompletionKey,
-    pub(crate) closed: AtomicBool,
-    /// epoll: the registration token.
-    pub(crate) token: AtomicU64,
-    /// A regular file or block device: always "ready", so epoll cannot wait for it and its I/O
-    /// runs on the file pool.
-    pub(crate) is_file: bool,
-    io: Mutex<HandleIo<C>>,
-    /// The registry key of a socket or pipe (0: none; see `claim`).
-    identity: u64,
-    /// `Handle` clones alive; the last one to go closes the handle.
-    users: AtomicU32,
-}
-
-impl<C> HandleInner<C> {
-    pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C>> {
-        self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-}
-
-impl<C> Drop for HandleInner<C> {
-    fn drop(&mut self) {
-        if self.identity != 0 {
-            let id = self.identity;
-            let mut set = registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            set.remove(&id);
-            crate::spare::set(&mut set);
-        }
-    }
-}
-
-/// Process-wide set of associated sockets and pipes, by (device, inode): on Linux each socket
-/// has its own inode, so a duplicated fd (`dup`, `try_clone`) is recognised as the same object,
-/// as Windows recognises the same file object behind two handles.
-fn registry() -> &'static Mutex<HashSet<u64>> {
-    static REGISTRY: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
-}
-
-/// Records the association of `fd`'s socket or pipe; returns its identity (to release on close)
-/// and whether it is a regular file or block device.
-fn claim(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
-    use rustix::fs::FileType;
-    let st = rustix::fs::fstat(fd)?;
-    let ty = FileType::from_raw_mode(st.st_mode);
-    if !matches!(ty, FileType::Socket | FileType::Fifo) {
-        return Ok((0, matches!(ty, FileType::RegularFile | FileType::BlockDevice)));
-    }
-    // Device and inode in one word: device numbers are small, and all sockets share one device
-    // (sockfs), where inode numbers are unique.
-    let id = ((st.st_dev << 44) ^ st.st_ino).max(1);
-    if !registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",
-        ));
-    }
-    Ok((id, false))
-}
+use crate::sys::handle::HandleInner;
+use crate::sys::op::OpKind;
 
 /// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a
 /// [`CompletionKey`]: every operation started on it completes on that port with that key.
@@ -295,17 +61,7 @@ impl<C: Send + 'static> Handle<C> {
         fd: OwnedFd,
         key: CompletionKey,
     ) -> io::Result<Self> {
-        let (identity, is_file) = claim(fd.as_fd())?;
-        let inner = Arc::new(HandleInner {
-            fd,
-            key,
-            closed: AtomicBool::new(false),
-            token: AtomicU64::new(0),
-            is_file,
-            io: Mutex::new(HandleIo::new()),
-            identity,
-            users: AtomicU32::new(1),
-        });
+        let inner = Arc::new(HandleInner::claim(fd, key)?);
         port.register(&inner)?;
         Ok(Handle { inner, port: port.clone() })
     }

@@ -55,10 +55,11 @@ mod stats;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps, probe};
+pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps};
 pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload, Transmitted};
 pub use error::{GetError, PostError, SubmitError};
 pub use handle::{Handle, TransmitRange, WithTimeout};
+pub use sys::probe::probe;
 
 /// The [`Handle::write_at`] offset that appends at the end of the file (Windows'
 /// `0xFFFFFFFF_FFFFFFFF`).
@@ -76,7 +77,7 @@ mod size_report {
     /// change that grows them must be a decision, not an accident.
     #[test]
     fn per_connection_structures_stay_small() {
-        let handle = size_of::<crate::handle::HandleInner<u32>>();
+        let handle = size_of::<crate::sys::handle::HandleInner<u32>>();
         let op = size_of::<crate::sys::op::Op<u32>>();
         eprintln!("HandleInner<u32> = {handle} bytes, Op<u32> = {op} bytes");
         assert!(handle <= 88, "HandleInner grew to {handle} bytes");

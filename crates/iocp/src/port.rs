@@ -15,14 +15,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use parking_lot::{Condvar, Mutex as StateMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::backend::{self, BackendChoice, BackendKind, BackendReport, PortConfig};
+use crate::backend::{BackendChoice, BackendKind, BackendReport, PortConfig};
 use crate::completion::{Completion, CompletionKey, OpId};
 use crate::error::{GetError, PostError, SubmitError};
-use crate::handle::{Handle, HandleInner};
+use crate::handle::Handle;
 use crate::stats::PortStats;
 use crate::sys::bufpool::BufferPool;
+use crate::sys::handle::HandleInner;
 use crate::sys::op::{Op, OpKind};
-use crate::sys::{Driver, Submitted};
+use crate::sys::{Driver, Sink, Submitted};
 use state::{State, Wake};
 use timers::{NO_TIMER, Submit, Wheel};
 
@@ -88,7 +89,7 @@ impl PortBuilder {
     /// `Unsupported` when [`BackendChoice::Uring`] was required and io_uring is unavailable (the
     /// message says why); otherwise the setup syscall's error.
     pub fn build<C: Send + 'static>(mut self) -> io::Result<CompletionPort<C>> {
-        let report = backend::choose(self.cfg.backend)?;
+        let report = crate::sys::probe::choose(self.cfg.backend)?;
         let max = if self.cfg.concurrency == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
@@ -116,7 +117,8 @@ impl PortBuilder {
             max,
             report,
         });
-        inner.driver.set_sink(Arc::downgrade(&inner));
+        let sink: Weak<dyn Sink<C>> = Arc::downgrade(&inner) as Weak<PortInner<C>>;
+        inner.driver.set_sink(sink);
         Ok(CompletionPort { shared: Arc::new(PortRef { inner }) })
     }
 }
@@ -480,6 +482,13 @@ fn wake(w: Wake<'_, Arc<Condvar>>, kick: &mut bool) {
     }
 }
 
+impl<C: Send + 'static> Sink<C> for PortInner<C> {
+    /// A completion made off the poller (the epoll file pool).
+    fn deliver_one(&self, c: Completion<C>) {
+        self.deliver(std::iter::once(c));
+    }
+}
+
 impl<C: Send + 'static> assoc::Accounting for PortInner<C> {
     fn leave(&self) {
         let mut st = self.lock();
@@ -655,11 +664,6 @@ impl<C: Send + 'static> PortInner<C> {
                 self.cancel(&h, Some(id), libc::ETIMEDOUT);
             }
         }
-    }
-
-    /// Queues a completion made off the poller (the epoll file pool).
-    pub(crate) fn deliver_one(&self, c: Completion<C>) {
-        self.deliver(std::iter::once(c));
     }
 
     /// Queues I/O completions produced outside the poller (inline successes, aborts).

@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use super::chunks::ChunkVec;
 use super::op::{Op, OpKind, Progress, reason_code};
-use super::{DriverStats, Submitted, closed_error, timeout_ms};
+use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
-use crate::handle::{HandleInner, HandleIo};
-use crate::port::PortInner;
+use crate::sys::handle::{HandleInner, HandleIo};
 
 const KICK: u64 = u64::MAX;
 const EVENTS: usize = 256;
@@ -126,8 +125,8 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     /// Where the file pool delivers completions.
-    pub(crate) fn set_sink(&self, port: Weak<PortInner<C>>) {
-        let _ = self.files.sink.set(port);
+    pub(crate) fn set_sink(&self, sink: Weak<dyn Sink<C>>) {
+        let _ = self.files.sink.set(sink);
     }
 
     pub(crate) fn register(&self, h: &Arc<HandleInner<C>>) -> io::Result<()> {
@@ -466,7 +465,7 @@ fn pop<C>(io: &mut HandleIo<C>, side: usize) -> Box<Op<C>> {
 /// Queued ops can be cancelled; a running one finishes (file I/O takes bounded time).
 struct FilePool<C: Send + 'static> {
     shared: Arc<PoolShared<C>>,
-    sink: Arc<OnceLock<Weak<PortInner<C>>>>,
+    sink: Arc<OnceLock<Weak<dyn Sink<C>>>>,
     max: usize,
 }
 
@@ -554,7 +553,7 @@ impl<C: Send + 'static> Drop for FilePool<C> {
 
 fn file_worker<C: Send + 'static>(
     shared: &PoolShared<C>,
-    sink: &OnceLock<Weak<PortInner<C>>>,
+    sink: &OnceLock<Weak<dyn Sink<C>>>,
     in_flight: &AtomicU64,
 ) {
     let idle_limit = Duration::from_secs(10);
@@ -593,7 +592,7 @@ fn file_worker<C: Send + 'static>(
         in_flight.fetch_sub(1, Ordering::Relaxed);
         let completion = op.complete(status);
         match sink.get().and_then(Weak::upgrade) {
-            Some(port) => port.deliver_one(completion),
+            Some(sink) => sink.deliver_one(completion),
             None => drop(completion),
         }
     }

@@ -13,21 +13,23 @@
 //! - `shutdown()`: the port is closing: abort everything and reclaim what the kernel released.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::backend::{BackendKind, PortConfig};
 use crate::completion::{Completion, OpId};
-use crate::handle::HandleInner;
+use crate::sys::handle::HandleInner;
 
 pub(crate) mod bufpool;
 mod chunks;
 pub(crate) mod epoll;
 #[cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
 pub mod fault;
+pub(crate) mod handle;
 pub(crate) mod op;
 #[cfg(feature = "uring")]
 mod opcodes;
+pub(crate) mod probe;
 #[cfg(feature = "uring")]
 pub(crate) mod uring;
 
@@ -53,6 +55,14 @@ pub(crate) struct DriverStats {
     pub(crate) submit_enters: u64,
 }
 
+/// Where a driver delivers a completion it made off the poller (today only the epoll file
+/// pool, whose threads run regular-file I/O). The port hands this down at open; it is the one
+/// way up from `sys` to the port, and it carries nothing but finished completions.
+pub(crate) trait Sink<C>: Send + Sync {
+    /// Queues `c` as an I/O completion packet (or drops it, if the port is closed).
+    fn deliver_one(&self, c: Completion<C>);
+}
+
 #[allow(clippy::large_enum_variant)] // one per port, never moved after creation
 pub(crate) enum Driver<C: Send + 'static> {
     Epoll(epoll::Driver<C>),
@@ -73,12 +83,12 @@ impl<C: Send + 'static> Driver<C> {
         }
     }
 
-    /// Tells the driver its port, for completions made off the poller (the epoll file pool).
-    pub(crate) fn set_sink(&self, port: std::sync::Weak<crate::port::PortInner<C>>) {
+    /// Hands the driver where completions made off the poller go (the epoll file pool).
+    pub(crate) fn set_sink(&self, sink: Weak<dyn Sink<C>>) {
         match self {
-            Driver::Epoll(d) => d.set_sink(port),
+            Driver::Epoll(d) => d.set_sink(sink),
             #[cfg(feature = "uring")]
-            Driver::Uring(_) => drop(port),
+            Driver::Uring(_) => drop(sink),
         }
     }
 

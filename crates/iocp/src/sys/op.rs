@@ -18,9 +18,9 @@ use socket2::SockAddr;
 
 use crate::APPEND;
 use crate::completion::{Accepted, Completion, OpId, Payload, STATUS_EOF, Transmitted};
-use crate::handle::HandleInner;
 use crate::sys::bufpool::BufferPool;
 use crate::sys::fault::{self, Point};
+use crate::sys::handle::HandleInner;
 
 /// Largest count for one `sendfile(2)` call.
 const SENDFILE_MAX: u64 = 0x7fff_f000;

@@ -23,7 +23,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::server::{ServerProcess, field};
+use common::server::{Rss, ServerProcess, field};
 use iocp::BackendKind;
 use iocp_testkit::{choice_for, deadline, raise_fd_limit};
 
@@ -53,21 +53,26 @@ struct Outcome {
     conns: usize,
     rounds: usize,
     churned: Duration,
-    first: u64,
-    warm: u64,
-    last: u64,
+    first: Rss,
+    warm: Rss,
+    last: Rss,
     cpu_ticks: u64,
     /// (round, settled RSS) taken along the way.
-    samples: Vec<(usize, u64)>,
+    samples: Vec<(usize, Rss)>,
 }
 
 impl Outcome {
+    /// Growth of the total RSS on the first round's.
     fn growth(&self) -> f64 {
-        self.last as f64 / self.first as f64 - 1.0
+        self.last.total as f64 / self.first.total as f64 - 1.0
+    }
+    /// Growth of the anonymous RSS (what the server allocated) on the first round's.
+    fn anon_growth(&self) -> f64 {
+        self.last.anon as f64 / self.first.anon as f64 - 1.0
     }
     fn per_conn(&self) -> f64 {
         let after_warm = ((self.rounds - WARM_ROUNDS) * self.conns) as f64;
-        self.last.saturating_sub(self.warm) as f64 / after_warm
+        self.last.total.saturating_sub(self.warm.total) as f64 / after_warm
     }
     fn connections(&self) -> u64 {
         (self.rounds * self.conns) as u64
@@ -76,17 +81,23 @@ impl Outcome {
         format!(
             "{} ({} close): {} rounds of {} connections in {:.0?}: RSS after the first round {} KiB, after \
              {WARM_ROUNDS} rounds {} KiB, after the churn {} KiB ({:+.1} % on the first round; \
-             {:.1} B per connection after the warm-up); server CPU {:.1} µs per connection",
+             {:.1} B per connection after the warm-up); of which anonymous {} -> {} KiB ({:+.1} %), \
+             file {} -> {} KiB; server CPU {:.1} µs per connection",
             self.backend,
             self.close.name(),
             self.rounds,
             self.conns,
             self.churned,
-            self.first / 1024,
-            self.warm / 1024,
-            self.last / 1024,
+            self.first.total / 1024,
+            self.warm.total / 1024,
+            self.last.total / 1024,
             self.growth() * 100.0,
             self.per_conn(),
+            self.first.anon / 1024,
+            self.last.anon / 1024,
+            self.anon_growth() * 100.0,
+            self.first.file / 1024,
+            self.last.file / 1024,
             self.cpu_ticks as f64 * 10_000.0 / self.connections() as f64,
         )
     }
@@ -98,14 +109,20 @@ impl Outcome {
             "rounds": self.rounds,
             "connections": self.connections(),
             "seconds": self.churned.as_secs_f64(),
-            "rss_first": self.first,
-            "rss_warm": self.warm,
-            "rss_last": self.last,
+            "rss_first": self.first.total,
+            "rss_warm": self.warm.total,
+            "rss_last": self.last.total,
             "growth_pct": self.growth() * 100.0,
+            "anon_first": self.first.anon,
+            "anon_last": self.last.anon,
+            "anon_growth_pct": self.anon_growth() * 100.0,
+            "file_first": self.first.file,
+            "file_last": self.last.file,
             "bytes_per_conn_after_warmup": self.per_conn(),
             "server_cpu_ticks": self.cpu_ticks,
             "within_bound": self.growth() <= BOUND,
-            "settled_rss_by_round": self.samples,
+            "settled_rss_by_round": self.samples.iter().map(|(r, m)| (r, m.total)).collect::<Vec<_>>(),
+            "settled_anon_by_round": self.samples.iter().map(|(r, m)| (r, m.anon)).collect::<Vec<_>>(),
         })
     }
 }
@@ -177,13 +194,13 @@ fn round(addr: SocketAddr, r: usize, conns: usize, close: Close) -> u64 {
 /// The server's RSS once it stops moving: the closes of a round have landed and the background
 /// trim (at most once a second, after 32+ releases: `iocp-server`'s heap.rs) has run. Unchanged
 /// for 1.5 s (longer than the trim period), within a deadline.
-fn settled_rss(server: &ServerProcess) -> u64 {
+fn settled_rss(server: &ServerProcess) -> Rss {
     let end = Instant::now() + deadline();
-    let mut last = server.rss();
+    let mut last = server.rss_parts();
     let mut since = Instant::now();
     while Instant::now() < end && since.elapsed() < Duration::from_millis(1500) {
         thread::sleep(Duration::from_millis(100));
-        let now = server.rss();
+        let now = server.rss_parts();
         if now != last {
             last = now;
             since = Instant::now();
@@ -229,7 +246,12 @@ fn soak(kind: BackendKind, backend: &str, plan: &Plan) -> Option<Outcome> {
             let rss = settled_rss(&server);
             sampled = Instant::now();
             samples.push((rounds, rss));
-            eprintln!("[{backend}] settled RSS after round {rounds}: {} KiB", rss / 1024);
+            eprintln!(
+                "[{backend}] settled RSS after round {rounds}: {} KiB (anonymous {} KiB, file {} KiB)",
+                rss.total / 1024,
+                rss.anon / 1024,
+                rss.file / 1024
+            );
         }
     }
     let churned = started.elapsed();
@@ -271,8 +293,8 @@ fn ci_soak(kind: BackendKind, backend: &str) {
         out.per_conn() < 32.0,
         "{backend}: RSS grew {:.1} B per connection after the warm-up ({} KiB -> {} KiB)",
         out.per_conn(),
-        out.warm / 1024,
-        out.last / 1024
+        out.warm.total / 1024,
+        out.last.total / 1024
     );
 }
 
@@ -323,24 +345,27 @@ fn soak_benchmark() {
     println!(
         "| backend | close | connections at once | rounds | connections | minutes | RSS after round 1 \
          | after {WARM_ROUNDS} rounds | after the churn | growth on round 1 | B/conn after \
-         warm-up | within {:.0} % |",
+         warm-up | anonymous RSS round 1 → end | anonymous growth | within {:.0} % |",
         BOUND * 100.0
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for o in &outs {
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} | {} KiB | {} KiB | {} KiB | {:+.1} % | {:.2} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} KiB | {} KiB | {} KiB | {:+.1} % | {:.2} | {} → {} KiB | {:+.1} % | {} |",
             o.backend,
             o.close.name(),
             o.conns,
             o.rounds,
             o.connections(),
             o.churned.as_secs_f64() / 60.0,
-            o.first / 1024,
-            o.warm / 1024,
-            o.last / 1024,
+            o.first.total / 1024,
+            o.warm.total / 1024,
+            o.last.total / 1024,
             o.growth() * 100.0,
             o.per_conn(),
+            o.first.anon / 1024,
+            o.last.anon / 1024,
+            o.anon_growth() * 100.0,
             if o.growth() <= BOUND { "yes" } else { "**no**" }
         );
     }

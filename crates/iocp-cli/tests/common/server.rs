@@ -70,6 +70,24 @@ impl ServerProcess {
     }
 
     /// VmRSS of the server process, in bytes.
+    /// RSS split as the kernel counts it: anonymous pages (heap, stacks: what the server
+    /// allocated) and file pages (the binary's and libraries' code and data, faulted in as code
+    /// paths first run). Bytes.
+    #[allow(dead_code)] // used by the soak only
+    pub fn rss_parts(&self) -> Rss {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading /proc/PID/status");
+        let kb = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{key} in /proc/PID/status"))
+                * 1024
+        };
+        Rss { total: kb("VmRSS:"), anon: kb("RssAnon:"), file: kb("RssFile:") }
+    }
+
     pub fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("reading /proc/PID/status");
@@ -130,4 +148,13 @@ pub fn field(report: &str, what: &str) -> u64 {
     let at = report.find(what).unwrap_or_else(|| panic!("no {what:?} in {report:?}"));
     let num = report[..at].trim_end().rsplit([' ', ',', ':']).next().expect("a number");
     num.parse().unwrap_or_else(|_| panic!("no number before {what:?} in {report:?}"))
+}
+
+/// Resident memory of a process, bytes ([`ServerProcess::rss_parts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // used by the soak only
+pub struct Rss {
+    pub total: u64,
+    pub anon: u64,
+    pub file: u64,
 }

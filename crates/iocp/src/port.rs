@@ -10,9 +10,9 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 
-use parking_lot::{Condvar, Mutex as StateMutex, MutexGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::{BackendChoice, BackendKind, BackendReport, PortConfig};
@@ -103,7 +103,7 @@ impl PortBuilder {
         let epoch = Instant::now();
         let inner = Arc::new(PortInner {
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
-            state: StateMutex::new(State::new(max)),
+            state: Mutex::new(State::new(max)),
             closed: AtomicBool::new(false),
             driver,
             reaped: Mutex::new(Vec::new()),
@@ -300,7 +300,7 @@ impl<C: Send + 'static> CompletionPort<C> {
         })?;
         let inner = &self.shared.inner;
         let pool = inner.driver.buffer_pool(inner.id, count, size)?;
-        inner.pools.lock().unwrap_or_else(PoisonError::into_inner).push(pool.clone());
+        inner.pools.lock().push(pool.clone());
         Ok(pool)
     }
 
@@ -357,7 +357,6 @@ impl<C: Send + 'static> CompletionPort<C> {
         let (pool_buffers, pool_lent) = inner
             .pools
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .fold((0, 0), |(n, l), p| (n + p.count() as u64, l + p.lent() as u64));
         PortStats {
@@ -440,7 +439,7 @@ impl<C: Send + 'static> Drop for SubmitBatch<'_, C> {
 
 pub(crate) struct PortInner<C: Send + 'static> {
     pub(crate) id: u64,
-    state: StateMutex<State<Completion<C>, Arc<Condvar>>>,
+    state: Mutex<State<Completion<C>, Arc<Condvar>>>,
     closed: AtomicBool,
     pub(crate) driver: Driver<C>,
     /// The buffer pools made for this port (they live as long as it), for the stats.
@@ -559,7 +558,7 @@ impl<C: Send + 'static> PortInner<C> {
             }
             Submitted::Refused(error, op) => {
                 if timed {
-                    self.timers.lock().unwrap_or_else(PoisonError::into_inner).disarm(timer, id);
+                    self.timers.lock().disarm(timer, id);
                     self.note_timers(None);
                 }
                 let Op { context, kind, .. } = *op;
@@ -587,7 +586,7 @@ impl<C: Send + 'static> PortInner<C> {
     /// Arms op `id`'s deadline; returns its place in the wheel (the op carries it back).
     fn arm_timer(&self, at: Instant, id: OpId, h: &Arc<HandleInner<C>>) -> u32 {
         let (timer, earlier) = {
-            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut w = self.timers.lock();
             let r = w.arm(at, id, Arc::downgrade(h));
             self.timers_armed.store(w.len(), Ordering::Release);
             r
@@ -603,7 +602,7 @@ impl<C: Send + 'static> PortInner<C> {
     fn note_timers(&self, w: Option<&Wheel<Weak<HandleInner<C>>>>) {
         let len = match w {
             Some(w) => w.len(),
-            None => self.timers.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            None => self.timers.lock().len(),
         };
         self.timers_armed.store(len, Ordering::Release);
     }
@@ -613,7 +612,7 @@ impl<C: Send + 'static> PortInner<C> {
     /// finished first).
     fn timer_submitted(&self, timer: u32, id: OpId, h: &Arc<HandleInner<C>>) {
         let expired = {
-            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut w = self.timers.lock();
             let r = w.submitted(timer, id);
             self.note_timers(Some(&w));
             r == Submit::Expired
@@ -632,7 +631,7 @@ impl<C: Send + 'static> PortInner<C> {
         let mut timers = None;
         for c in cs.filter(|c| c.timer != NO_TIMER) {
             let w = timers
-                .get_or_insert_with(|| self.timers.lock().unwrap_or_else(PoisonError::into_inner));
+                .get_or_insert_with(|| self.timers.lock());
             w.disarm(c.timer, c.op);
         }
         if let Some(w) = timers {
@@ -645,7 +644,7 @@ impl<C: Send + 'static> PortInner<C> {
         if self.timers_armed.load(Ordering::Acquire) == 0 {
             return None;
         }
-        self.timers.lock().unwrap_or_else(PoisonError::into_inner).next_deadline()
+        self.timers.lock().next_deadline()
     }
 
     /// Cancels the operations whose deadline has passed; they complete with `ETIMEDOUT`.
@@ -655,7 +654,7 @@ impl<C: Send + 'static> PortInner<C> {
         }
         let mut expired = Vec::new();
         {
-            let mut w = self.timers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut w = self.timers.lock();
             w.expire(Instant::now(), &mut expired);
             self.note_timers(Some(&w));
         }
@@ -760,7 +759,7 @@ impl<C: Send + 'static> PortInner<C> {
                 let signal = SIGNAL.with(Arc::clone);
                 let id = st.add_waiter(signal, true);
                 drop(st);
-                let mut reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut reaped = self.reaped.lock();
                 let wake_at = match (deadline, self.next_timer()) {
                     (Some(d), Some(t)) => Some(d.min(t)),
                     (d, t) => d.or(t),

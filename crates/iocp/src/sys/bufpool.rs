@@ -15,7 +15,9 @@ use std::io;
 use std::ops::Deref;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// The kernel's `struct io_uring_buf` (16 bytes); the ring's tail overlays entry 0's last field.
 #[repr(C)]
@@ -178,7 +180,7 @@ impl BufferPool {
     pub(crate) fn take(&self) -> Option<u16> {
         match &self.inner.refill {
             Refill::Free(free) => {
-                let id = free.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
+                let id = free.lock().pop()?;
                 self.inner.lent.fetch_add(1, Ordering::Relaxed);
                 Some(id)
             }
@@ -217,9 +219,9 @@ impl PoolInner {
 
     fn give_back(&self, id: u16) {
         match &self.refill {
-            Refill::Free(free) => free.lock().unwrap_or_else(PoisonError::into_inner).push(id),
+            Refill::Free(free) => free.lock().push(id),
             Refill::Ring { ring, entries, tail } => {
-                let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut tail = tail.lock();
                 let (addr, len) = self.buf_ptr(id);
                 let slot = usize::from(*tail & (*entries - 1));
                 let base = ring.ptr.as_ptr().cast::<RingEntry>();

@@ -6,7 +6,9 @@ use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::completion::CompletionKey;
 use crate::sys::op::Op;
@@ -213,7 +215,7 @@ impl<C> HandleInner<C> {
     }
 
     pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C>> {
-        self.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.io.lock()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -225,7 +227,7 @@ impl<C> Drop for HandleInner<C> {
     fn drop(&mut self) {
         if self.identity != 0 {
             let id = self.identity;
-            let mut set = registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut set = registry().lock();
             set.remove(&id);
             crate::spare::set(&mut set);
         }
@@ -252,7 +254,7 @@ fn claim(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
     // Device and inode in one word: device numbers are small, and all sockets share one device
     // (sockfs), where inode numbers are unique.
     let id = ((st.st_dev << 44) ^ st.st_ino).max(1);
-    if !registry().lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id) {
+    if !registry().lock().insert(id) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "handle is already associated with a completion port (ERROR_INVALID_PARAMETER)",

@@ -4,9 +4,7 @@
 //! its arenas: the process's RSS would stay at its busiest. A background thread asks glibc to
 //! return free pages (`malloc_trim`) at most once per second, and only after enough buffers
 //! were released since the last time, so a busy server never pays for it on its hot path.
-//! This is the crate's only `unsafe`.
-
-#![allow(unsafe_code)]
+//! The trim itself is [`iocp::trim_heap`] (the core fences in all unsafe code).
 
 use std::io;
 use std::sync::Arc;
@@ -19,21 +17,6 @@ use parking_lot::{Condvar, Mutex};
 /// Buffers released since the last trim before a trim is worth its arena walk.
 const RELEASED_BEFORE_TRIM: u64 = 32;
 const PERIOD: Duration = Duration::from_secs(1);
-
-/// Returns the allocator's free pages to the kernel; false where there is nothing to ask
-/// (a C library other than glibc).
-pub(crate) fn trim() -> bool {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: `malloc_trim` takes no pointer and touches only glibc's own arenas, under
-        // their locks; it is safe to call from any thread at any time.
-        unsafe { libc::malloc_trim(0) != 0 }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        false
-    }
-}
 
 struct Inner {
     released: AtomicU64,
@@ -65,7 +48,7 @@ impl Reclaimer {
                 if bg.released.load(Ordering::Relaxed) >= RELEASED_BEFORE_TRIM {
                     bg.released.store(0, Ordering::Relaxed);
                     drop(stopped);
-                    trim();
+                    iocp::trim_heap();
                     stopped = bg.stopped.lock();
                 }
             }

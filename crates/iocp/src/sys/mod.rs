@@ -26,6 +26,7 @@ pub(crate) mod epoll;
 #[cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
 pub mod fault;
 pub(crate) mod handle;
+pub(crate) mod heap;
 pub(crate) mod op;
 #[cfg(feature = "uring")]
 mod opcodes;

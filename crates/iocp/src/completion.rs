@@ -142,6 +142,9 @@ impl fmt::Debug for Accepted {
     }
 }
 
+/// The `timer` of a completion (and of an op) without a deadline in the port's timer wheel.
+pub(crate) const NO_TIMER: u32 = u32::MAX;
+
 /// One completion packet, as `GetQueuedCompletionStatus` returns it: the handle's key, the
 /// bytes transferred, the status, and the operation's context handed back whole (the
 /// "extended OVERLAPPED": your context value plus every buffer the operation owned).
@@ -282,7 +285,7 @@ impl<C> Completion<C> {
             status: 0,
             context,
             payload: Payload::Posted,
-            timer: crate::sys::op::NO_TIMER,
+            timer: NO_TIMER,
         }
     }
 }

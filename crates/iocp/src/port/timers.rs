@@ -31,7 +31,7 @@ const TOP_SLOT_TICKS: u64 = 1 << (SLOT_BITS as usize * (LEVELS - 1));
 const TICK: Duration = Duration::from_millis(1);
 const NIL: u32 = u32::MAX;
 
-pub(crate) use crate::sys::op::NO_TIMER;
+pub(crate) use crate::completion::NO_TIMER;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Where {

@@ -442,8 +442,7 @@ pub(crate) fn reason_code(errno: i32) -> u8 {
     u8::try_from(errno).unwrap_or(libc::ECANCELED as u8)
 }
 
-/// The [`Op::timer`] of an op without a deadline.
-pub(crate) const NO_TIMER: u32 = u32::MAX;
+pub(crate) use crate::completion::NO_TIMER;
 
 impl<C> Op<C> {
     pub(crate) fn new(

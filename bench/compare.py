@@ -41,6 +41,9 @@ IOCP = os.path.join(ROOT, "target", "release", "iocp")
 # The binary whose `serve echo|http` is measured: this tree's, unless IOCP_SERVE_BIN names
 # another build (e.g. to measure two versions of the server with the same generator).
 IOCP_SERVE = os.environ.get("IOCP_SERVE_BIN") or IOCP
+# A second build of `iocp serve` (e.g. the commit before a restructure), measured beside this
+# tree's as iocp-uring@base and iocp-epoll@base: a before/after with the same generator.
+IOCP_BASE = os.environ.get("IOCP_BASE_BIN")
 PEERS = os.path.join(ROOT, "bench", "peers", "target", "release")
 C_PEERS = os.path.join(ROOT, "bench", "peers", "target", "c")
 LIBIOCP_ECHO = os.path.join(ROOT, "bench", "peers", "target", "c", "libiocp_echo")
@@ -208,6 +211,11 @@ def echo_servers(threads, args):
                                                         "--max-connections", "1000000"]))
         else:
             log(f"compare: SKIP {name}: {IOCP_SERVE} has no `serve echo` yet")
+        if IOCP_BASE:
+            servers.append((f"{name}@base",
+                            lambda a, b=backend: [IOCP_BASE, "serve", "echo", "--addr", a,
+                                                  "--threads", str(threads), "--backend", b,
+                                                  "--max-connections", "1000000"]))
     peers = [
         ("tokio", os.path.join(PEERS, "tokio-echo")),
         ("monoio", os.path.join(PEERS, "monoio-echo")),
@@ -224,6 +232,13 @@ def echo_servers(threads, args):
             servers.append((name, lambda a, p=path: [p, "--addr", a, "--threads", str(threads)]))
         else:
             log(f"compare: SKIP {name}: no binary at {os.path.relpath(path, ROOT)}")
+    if args.servers:
+        keep = args.servers.split(",")
+        unknown = [k for k in keep if k not in [n for n, _ in servers]]
+        if unknown:
+            raise RuntimeError(f"--servers: no server named {', '.join(unknown)} here "
+                               f"(have: {', '.join(n for n, _ in servers)})")
+        servers = [(n, m) for n, m in servers if n in keep]
     names = [n for n, _ in servers]
     twice = args.noise_peer if args.noise_peer in names else (names[0] if names else None)
     if twice:
@@ -308,7 +323,8 @@ def run_echo(args, logdir):
                     stop(p)
     return summarize(runs, [(f"{c}x{s}B", c, s) for c, s in cases], [n for n, _ in servers],
                      key=lambda r: (r["conns"], r["size"]), ckey=lambda c: (c[1], c[2]),
-                     rate="rate", cpu="server_cpu_us_per_msg", unit="msgs/s"), runs
+                     rate="rate", cpu="server_cpu_us_per_msg", unit="msgs/s",
+                     base=args.noise_peer if args.servers else "tokio"), runs
 
 
 def run_scale(args, logdir):
@@ -772,6 +788,9 @@ def main():
                     help="echo scale row CONNSxACTIVE, or 'off' (default 19000x1000; --quick: "
                          "2000x200)")
     ap.add_argument("--port", type=int, default=None)
+    ap.add_argument("--servers", default=None,
+                    help="echo: only these servers, e.g. iocp-uring,iocp-uring@base (the @base "
+                         "ones need IOCP_BASE_BIN)")
     ap.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = ap.parse_args()
     if args.quick:

@@ -630,8 +630,7 @@ impl<C: Send + 'static> PortInner<C> {
         // No allocation: lock the wheel at the first timed completion, if any.
         let mut timers = None;
         for c in cs.filter(|c| c.timer != NO_TIMER) {
-            let w = timers
-                .get_or_insert_with(|| self.timers.lock());
+            let w = timers.get_or_insert_with(|| self.timers.lock());
             w.disarm(c.timer, c.op);
         }
         if let Some(w) = timers {

@@ -19,7 +19,7 @@ use super::op::{Op, OpKind, Progress, reason_code};
 use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
-use crate::sys::handle::{HandleInner, HandleIo};
+use crate::sys::handle::{HandleInner, HandleIo, Side};
 
 const KICK: u64 = u64::MAX;
 const EVENTS: usize = 256;
@@ -161,7 +161,7 @@ impl<C: Send + 'static> Driver<C> {
                 }
             };
         }
-        let side = usize::from(!op.kind.is_read());
+        let side = op.kind.ready_side();
         if let OpKind::AcceptMulti = op.kind {
             let clone = io.clone_ctx().expect("invariant: accept_multi sets clone_ctx");
             let mut out = Vec::new();
@@ -310,10 +310,10 @@ impl<C: Send + 'static> Driver<C> {
         let mut io = h.io();
         let any = libc::EPOLLHUP | libc::EPOLLERR;
         if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
-            self.run_queue(&mut io, 0, out, &mut parked);
+            self.run_queue(&mut io, Side::Read, out, &mut parked);
         }
         if flags & (libc::EPOLLOUT | any) != 0 {
-            self.run_queue(&mut io, 1, out, &mut parked);
+            self.run_queue(&mut io, Side::Write, out, &mut parked);
         }
         // Parked before the lock goes: a cancel never finds such an accept in no place.
         for op in parked {
@@ -327,7 +327,7 @@ impl<C: Send + 'static> Driver<C> {
     fn run_queue(
         &self,
         io: &mut HandleIo<C>,
-        side: usize,
+        side: Side,
         out: &mut Vec<Completion<C>>,
         parked: &mut Vec<Box<Op<C>>>,
     ) {
@@ -455,7 +455,7 @@ impl<C: Send + 'static> Driver<C> {
     }
 }
 
-fn pop<C>(io: &mut HandleIo<C>, side: usize) -> Box<Op<C>> {
+fn pop<C>(io: &mut HandleIo<C>, side: Side) -> Box<Op<C>> {
     io.pop_front(side).expect("invariant: front_mut just returned an element")
 }
 

@@ -5,26 +5,43 @@
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::completion::CompletionKey;
 use crate::sys::op::Op;
 
+/// The two sides of a stream handle, each with its own queue of pending operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Receives, accepts, readiness waits, disconnect's wait for the FIN.
+    Read = 0,
+    /// Sends, connects, TransmitFile.
+    Write = 1,
+}
+
+impl Side {
+    pub(crate) const BOTH: [Side; 2] = [Side::Read, Side::Write];
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Backend bookkeeping for one handle, under the handle's lock. Sized for the common case of an
 /// idle connection (at most one pending op per side, one op in the kernel) without allocating:
 /// that is what keeps memory per idle connection small. Everything beyond lives in one
 /// `Overflow` box, allocated only while needed.
 ///
-/// Side 0 (read) / 1 (write):
+/// Per [`Side`]:
 /// - epoll: operations waiting for readability / writability, in submission order;
 /// - io_uring: receives / sends waiting for the one in the kernel to finish (stream order).
 pub(crate) struct HandleIo<C> {
     heads: [Option<Box<Op<C>>>; 2],
-    /// io_uring: a receive / a send of this handle is in the kernel.
-    pub(crate) busy: [bool; 2],
+    /// io_uring: a receive / a send of this handle is in the kernel (by [`Side`]).
+    busy: [bool; 2],
     /// epoll: tokens of accepts parked on their accepted socket (initial receive).
     /// io_uring: `user_data` of every operation in the kernel. Used to cancel them.
     /// The first lives inline (`token`, if `has_token`), the rest in the overflow.
@@ -73,6 +90,15 @@ impl<C> HandleIo<C> {
         }
     }
 
+    /// io_uring: whether an op of `side` is in the kernel.
+    pub(crate) fn is_busy(&self, side: Side) -> bool {
+        self.busy[side.index()]
+    }
+
+    pub(crate) fn set_busy(&mut self, side: Side, busy: bool) {
+        self.busy[side.index()] = busy;
+    }
+
     pub(crate) fn clone_ctx(&self) -> Option<fn(&C) -> C> {
         self.overflow.as_ref().and_then(|o| o.clone_ctx)
     }
@@ -81,25 +107,27 @@ impl<C> HandleIo<C> {
         self.overflow().clone_ctx = Some(f);
     }
 
-    pub(crate) fn is_empty(&self, side: usize) -> bool {
-        self.heads[side].is_none()
+    pub(crate) fn is_empty(&self, side: Side) -> bool {
+        self.heads[side.index()].is_none()
     }
 
-    pub(crate) fn push_back(&mut self, side: usize, op: Box<Op<C>>) {
-        if self.heads[side].is_none() {
-            self.heads[side] = Some(op);
+    pub(crate) fn push_back(&mut self, side: Side, op: Box<Op<C>>) {
+        let i = side.index();
+        if self.heads[i].is_none() {
+            self.heads[i] = Some(op);
         } else {
-            self.overflow().rest[side].push_back(op);
+            self.overflow().rest[i].push_back(op);
         }
     }
 
-    pub(crate) fn front_mut(&mut self, side: usize) -> Option<&mut Op<C>> {
-        self.heads[side].as_deref_mut()
+    pub(crate) fn front_mut(&mut self, side: Side) -> Option<&mut Op<C>> {
+        self.heads[side.index()].as_deref_mut()
     }
 
-    pub(crate) fn pop_front(&mut self, side: usize) -> Option<Box<Op<C>>> {
-        let head = self.heads[side].take()?;
-        self.heads[side] = self.overflow.as_mut().and_then(|o| o.rest[side].pop_front());
+    pub(crate) fn pop_front(&mut self, side: Side) -> Option<Box<Op<C>>> {
+        let i = side.index();
+        let head = self.heads[i].take()?;
+        self.heads[i] = self.overflow.as_mut().and_then(|o| o.rest[i].pop_front());
         self.trim();
         Some(head)
     }
@@ -113,7 +141,7 @@ impl<C> HandleIo<C> {
     /// Takes every queued op, both sides, in order.
     pub(crate) fn drain_all(&mut self) -> Vec<Box<Op<C>>> {
         let mut out = Vec::new();
-        for side in 0..2 {
+        for side in Side::BOTH {
             while let Some(op) = self.pop_front(side) {
                 out.push(op);
             }
@@ -124,7 +152,7 @@ impl<C> HandleIo<C> {
     /// Removes the queued operations `f` selects, keeping the others in order.
     pub(crate) fn take_matching(&mut self, f: impl Fn(&Op<C>) -> bool) -> Vec<Box<Op<C>>> {
         let mut taken = Vec::new();
-        for side in 0..2 {
+        for side in Side::BOTH {
             let mut keep = Vec::new();
             while let Some(op) = self.pop_front(side) {
                 if f(&op) { taken.push(op) } else { keep.push(op) }

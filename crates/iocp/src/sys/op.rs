@@ -20,7 +20,7 @@ use crate::APPEND;
 use crate::completion::{Accepted, Completion, OpId, Payload, STATUS_EOF, Transmitted};
 use crate::sys::bufpool::BufferPool;
 use crate::sys::fault::{self, Point};
-use crate::sys::handle::HandleInner;
+use crate::sys::handle::{HandleInner, Side};
 
 /// Largest count for one `sendfile(2)` call.
 const SENDFILE_MAX: u64 = 0x7fff_f000;
@@ -189,6 +189,15 @@ pub(crate) struct AcceptState {
     want_data: bool,
 }
 
+/// Where a DisconnectEx is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DisconnectStage {
+    /// `shutdown(SHUT_WR)`: our FIN goes out.
+    Shutdown,
+    /// Reading (and dropping) what the peer still sends, until its FIN.
+    DrainToFin,
+}
+
 /// A connect's destination and whether the connection is made (then the initial send runs).
 pub(crate) struct ConnectState {
     addr: SockAddr,
@@ -237,10 +246,10 @@ pub(crate) enum OpKind {
         offset: u64,
     },
     Transmit(Box<Transmit>),
-    /// DisconnectEx: 0 = shut down the write side, 1 = read until the peer's FIN, then (reuse)
+    /// DisconnectEx: shut down the write side, read until the peer's FIN, then (reuse)
     /// dissolve the association so the socket can connect again.
     Disconnect {
-        stage: u8,
+        stage: DisconnectStage,
         reuse: bool,
         scratch: Vec<u8>,
     },
@@ -316,24 +325,24 @@ impl OpKind {
         OpKind::RecvPooled { pool, got: None }
     }
     pub(crate) fn disconnect(reuse: bool) -> Self {
-        OpKind::Disconnect { stage: 0, reuse, scratch: Vec::new() }
+        OpKind::Disconnect { stage: DisconnectStage::Shutdown, reuse, scratch: Vec::new() }
     }
 
     /// The side of the handle whose order this op must keep (receives fill buffers in the order
-    /// they were started, sends go out in order): 0 = read, 1 = write; `None` when order does
-    /// not matter (accept, zero-byte receive, file I/O at explicit offsets).
-    pub(crate) fn ordered_side(&self) -> Option<usize> {
+    /// they were started, sends go out in order); `None` when order does not matter (accept,
+    /// zero-byte receive, file I/O at explicit offsets).
+    pub(crate) fn ordered_side(&self) -> Option<Side> {
         match self {
             OpKind::Recv { .. }
             | OpKind::RecvV { .. }
             | OpKind::RecvFrom { .. }
             | OpKind::RecvPooled { .. }
-            | OpKind::Disconnect { .. } => Some(0),
+            | OpKind::Disconnect { .. } => Some(Side::Read),
             OpKind::Send { .. }
             | OpKind::SendV { .. }
             | OpKind::SendTo { .. }
             | OpKind::Connect { .. }
-            | OpKind::Transmit(_) => Some(1),
+            | OpKind::Transmit(_) => Some(Side::Write),
             OpKind::Accept { .. }
             | OpKind::AcceptMulti
             | OpKind::Ready
@@ -360,6 +369,11 @@ impl OpKind {
             OpKind::Disconnect { .. } => &mut counts.other,
         };
         *c += 1;
+    }
+
+    /// The side of a handle whose readiness serves this op (epoll's queue for it).
+    pub(crate) fn ready_side(&self) -> Side {
+        if self.is_read() { Side::Read } else { Side::Write }
     }
 
     /// True for operations served by the read side of a handle (epoll's read queue).
@@ -685,8 +699,8 @@ impl<C> Op<C> {
                 Progress::Done(0)
             }
             OpKind::Disconnect { stage, reuse, .. } => {
-                if *stage == 0 {
-                    *stage = 1;
+                if *stage == DisconnectStage::Shutdown {
+                    *stage = DisconnectStage::DrainToFin;
                     return Progress::Again;
                 }
                 if n > 0 {
@@ -894,7 +908,7 @@ impl<C> Op<C> {
                 r
             }
             OpKind::Disconnect { stage, scratch, .. } => {
-                if *stage == 0 {
+                if *stage == DisconnectStage::Shutdown {
                     // SAFETY: plain syscall on an fd the handle keeps open.
                     unsafe { libc::shutdown(fd, libc::SHUT_WR) as isize }
                 } else {
@@ -1029,7 +1043,7 @@ impl<C> Op<C> {
                     .flags(io_uring::squeue::Flags::BUFFER_SELECT)
             }
             OpKind::Disconnect { stage, scratch, .. } => {
-                if *stage == 0 {
+                if *stage == DisconnectStage::Shutdown {
                     opcode::Shutdown::new(fd, libc::SHUT_WR).build()
                 } else {
                     if scratch.capacity() == 0 {

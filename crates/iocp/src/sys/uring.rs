@@ -339,13 +339,13 @@ impl<C: Send + 'static> Ring<C> {
         let handle = op.handle.clone();
         let mut io = handle.io();
         if let Some(side) = op.kind.ordered_side() {
-            if io.busy[side] {
+            if io.is_busy(side) {
                 // Keep stream order: wait for the receive (send) in the kernel to finish.
                 io.push_back(side, op);
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 return Submitted::Pending;
             }
-            io.busy[side] = true;
+            io.set_busy(side, true);
         }
         let token = sq.insert(op);
         io.push_token(token);
@@ -570,7 +570,7 @@ impl<C: Send + 'static> Ring<C> {
                     drop(io);
                     self.issue(sq, next_token);
                 }
-                None => io.busy[side] = false,
+                None => io.set_busy(side, false),
             }
         }
         op.complete(status)

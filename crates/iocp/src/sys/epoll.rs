@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::chunks::ChunkVec;
@@ -105,7 +107,7 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     fn slab(&self) -> MutexGuard<'_, Slab<C>> {
-        self.slab.lock().unwrap_or_else(PoisonError::into_inner)
+        self.slab.lock()
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: libc::c_int, token: u64) -> io::Result<()> {
@@ -247,7 +249,7 @@ impl<C: Send + 'static> Driver<C> {
         timeout: Option<Duration>,
         out: &mut Vec<Completion<C>>,
     ) -> io::Result<()> {
-        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut events = self.events.lock();
         events.clear();
         // SAFETY: the kernel writes at most `EVENTS` entries into the spare capacity, which
         // holds at least that many; the count it returns is used to set the length below.
@@ -499,7 +501,7 @@ impl<C: Send + 'static> FilePool<C> {
     }
 
     fn state(&self) -> MutexGuard<'_, PoolState<C>> {
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.lock()
     }
 
     /// Queues a file op; a stopped pool (the port is closing) hands it back.
@@ -559,7 +561,7 @@ fn file_worker<C: Send + 'static>(
     let idle_limit = Duration::from_secs(10);
     loop {
         let op = {
-            let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = shared.state.lock();
             loop {
                 if st.stop {
                     st.threads -= 1;
@@ -569,11 +571,7 @@ fn file_worker<C: Send + 'static>(
                     break op;
                 }
                 st.idle += 1;
-                let (guard, timeout) = shared
-                    .work
-                    .wait_timeout(st, idle_limit)
-                    .unwrap_or_else(PoisonError::into_inner);
-                st = guard;
+                let timeout = shared.work.wait_for(&mut st, idle_limit);
                 st.idle -= 1;
                 if timeout.timed_out() && st.queue.is_empty() {
                     st.threads -= 1;

@@ -20,8 +20,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
@@ -175,11 +177,11 @@ impl<C: Send + 'static> Ring<C> {
     }
 
     fn sq(&self) -> MutexGuard<'_, Sq<C>> {
-        self.sq.lock().unwrap_or_else(PoisonError::into_inner)
+        self.sq.lock()
     }
 
     fn buffer_pool(&self, port: u64, count: u16, size: usize) -> io::Result<BufferPool> {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pools = self.pools.lock();
         let group = u16::try_from(pools.len()).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "too many buffer pools on one port")
         })?;
@@ -455,7 +457,7 @@ impl<C: Send + 'static> Ring<C> {
 
     /// Moves every available CQE into `out` as completions, resubmitting multi-stage ops.
     fn reap(&self, out: &mut Vec<Completion<C>>) {
-        let mut cqes = self.cq.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cqes = self.cq.lock();
         {
             // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`.
             let cq = unsafe { self.ring.completion_shared() };
@@ -673,8 +675,7 @@ impl<C: Send + 'static> Ring<C> {
         };
         if !leaked.is_empty() {
             // Their receives may still pick buffers from our rings: keep those alive too.
-            let pools =
-                std::mem::take(&mut *self.pools.lock().unwrap_or_else(PoisonError::into_inner));
+            let pools = std::mem::take(&mut *self.pools.lock());
             std::mem::forget(pools);
             tracing::warn!(
                 count = leaked.len(),
@@ -692,7 +693,7 @@ impl<C: Send + 'static> Ring<C> {
     fn stats(&self) -> DriverStats {
         // Lock order is `cq` then `sq` (as in `reap`); never hold `sq` while taking `cq`.
         let overflow = {
-            let _cq = self.cq.lock().unwrap_or_else(PoisonError::into_inner);
+            let _cq = self.cq.lock();
             // SAFETY: the `cq` mutex is held, so this is the only live `CompletionQueue`; it is
             // only read, not consumed.
             let cq = unsafe { self.ring.completion_shared() };
@@ -968,7 +969,7 @@ impl<C> Drop for Ring<C> {
     fn drop(&mut self) {
         // `shutdown` needs `C: Send + 'static` bounds that Drop cannot name; the port always
         // calls it before the last reference goes. Anything still in the slab here is leaked.
-        let sq = self.sq.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let sq = self.sq.get_mut();
         let mut n = 0;
         for slot in sq.slots.iter_mut() {
             if let Some(op) = slot.op.take()
@@ -979,8 +980,7 @@ impl<C> Drop for Ring<C> {
             }
         }
         if n > 0 {
-            let pools =
-                std::mem::take(self.pools.get_mut().unwrap_or_else(PoisonError::into_inner));
+            let pools = std::mem::take(self.pools.get_mut());
             std::mem::forget(pools);
             tracing::warn!(
                 count = n,

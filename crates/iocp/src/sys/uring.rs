@@ -40,8 +40,36 @@ use crate::sys::handle::HandleInner;
 
 const KICK: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
-/// An op token is `ring << 56 | generation << 32 | slot`; generations stay below this.
+/// Generations of a slot stay below this (24 bits, in a [`Token`]).
 const GENERATION_MASK: u32 = 0x00ff_ffff;
+
+/// An op's `user_data`: `ring << 56 | generation << 32 | slot`. The generation tells a CQE (or a
+/// cancel) for an op that has gone from one for the op now in its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Token(u64);
+
+impl Token {
+    fn new(ring: u64, slot: usize, generation: u32) -> Self {
+        debug_assert!(ring < MAX_RINGS as u64 && generation <= GENERATION_MASK);
+        Token((ring << 56) | (u64::from(generation & GENERATION_MASK) << 32) | slot as u64)
+    }
+
+    fn ring(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    fn slot(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+
+    fn generation(self) -> u32 {
+        ((self.0 >> 32) as u32) & GENERATION_MASK
+    }
+
+    fn user_data(self) -> u64 {
+        self.0
+    }
+}
 /// Rings per port at most: a token keeps its ring's index in bits 56-62 (bit 63 stays clear,
 /// so no op token can equal `KICK` or `CANCEL`).
 pub(crate) const MAX_RINGS: usize = 64;
@@ -57,8 +85,8 @@ struct Slot<C> {
 }
 
 enum Backlogged {
-    Op(u64),
-    Cancel(u64),
+    Op(Token),
+    Cancel(Token),
 }
 
 struct Sq<C> {
@@ -75,14 +103,13 @@ struct Sq<C> {
 }
 
 impl<C> Sq<C> {
-    fn slot(&mut self, token: u64) -> Option<&mut Slot<C>> {
-        debug_assert_eq!(token >> 56, self.ring, "a token routed to another ring");
-        let idx = (token & 0xffff_ffff) as usize;
-        let generation = ((token >> 32) as u32) & GENERATION_MASK;
-        self.slots.get_mut(idx).filter(|s| s.generation == generation && s.op.is_some())
+    fn slot(&mut self, token: Token) -> Option<&mut Slot<C>> {
+        debug_assert_eq!(token.ring() as u64, self.ring, "a token routed to another ring");
+        let generation = token.generation();
+        self.slots.get_mut(token.slot()).filter(|s| s.generation == generation && s.op.is_some())
     }
 
-    fn insert(&mut self, op: Box<Op<C>>) -> u64 {
+    fn insert(&mut self, op: Box<Op<C>>) -> Token {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => self.slots.push_with(|| Slot {
@@ -103,13 +130,13 @@ impl<C> Sq<C> {
         self.token(idx as usize, generation)
     }
 
-    fn token(&self, idx: usize, generation: u32) -> u64 {
-        (self.ring << 56) | (u64::from(generation) << 32) | idx as u64
+    fn token(&self, idx: usize, generation: u32) -> Token {
+        Token::new(self.ring, idx, generation)
     }
 
-    fn remove(&mut self, token: u64) -> Option<Box<Op<C>>> {
+    fn remove(&mut self, token: Token) -> Option<Box<Op<C>>> {
         let op = self.slot(token)?.op.take();
-        self.free.push((token & 0xffff_ffff) as u32);
+        self.free.push(token.slot() as u32);
         op
     }
 }
@@ -230,7 +257,7 @@ impl<C: Send + 'static> Ring<C> {
     }
 
     /// Gives the kernel the op in `token`'s slot; backlogs it if the SQ ring refuses it.
-    fn issue(&self, sq: &mut Sq<C>, token: u64) {
+    fn issue(&self, sq: &mut Sq<C>, token: Token) {
         if !self.try_issue(sq, token) {
             self.sq_full.fetch_add(1, Ordering::Relaxed);
             sq.backlog.push_back(Backlogged::Op(token));
@@ -239,14 +266,14 @@ impl<C: Send + 'static> Ring<C> {
 
     /// Pushes the op in `token`'s slot. False only if the SQ ring refused it; true also when
     /// the slot is gone (the op was aborted meanwhile): nothing is left to issue.
-    fn try_issue(&self, sq: &mut Sq<C>, token: u64) -> bool {
+    fn try_issue(&self, sq: &mut Sq<C>, token: Token) -> bool {
         let Some(slot) = sq.slot(token) else { return true };
         let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
         // An injected failure sends a NOP in the op's place: the kernel never sees the op.
         let injected = op.fault_point().and_then(fault::hit);
         let entry = match injected {
-            Some(_) => opcode::Nop::new().build().user_data(token),
-            None => op.sqe().user_data(token),
+            Some(_) => opcode::Nop::new().build().user_data(token.user_data()),
+            None => op.sqe().user_data(token.user_data()),
         };
         if !self.push(&entry) {
             return false;
@@ -261,7 +288,7 @@ impl<C: Send + 'static> Ring<C> {
         true
     }
 
-    fn issue_cancel(&self, sq: &mut Sq<C>, token: u64) {
+    fn issue_cancel(&self, sq: &mut Sq<C>, token: Token) {
         let Some(slot) = sq.slot(token) else { return };
         if slot.cancel_sent || !slot.in_kernel {
             return;
@@ -273,9 +300,10 @@ impl<C: Send + 'static> Ring<C> {
     }
 
     /// Pushes the cancel of `token`. False only if the SQ ring refused it.
-    fn try_cancel(&self, sq: &mut Sq<C>, token: u64) -> bool {
-        let entry =
-            opcode::AsyncCancel2::new(CancelBuilder::user_data(token)).build().user_data(CANCEL);
+    fn try_cancel(&self, sq: &mut Sq<C>, token: Token) -> bool {
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(token.user_data()))
+            .build()
+            .user_data(CANCEL);
         if !self.push(&entry) {
             return false;
         }
@@ -350,7 +378,7 @@ impl<C: Send + 'static> Ring<C> {
             io.set_busy(side, true);
         }
         let token = sq.insert(op);
-        io.push_token(token);
+        io.push_token(token.user_data());
         drop(io);
         let backlog = sq.backlog.len();
         self.issue(&mut sq, token);
@@ -468,8 +496,8 @@ impl<C: Send + 'static> Ring<C> {
         }
         let mut sq = self.sq();
         sq.pushed = false;
-        for (token, res, flags) in cqes.drain(..) {
-            match token {
+        for (user_data, res, flags) in cqes.drain(..) {
+            match user_data {
                 KICK => {
                     self.kick_pending.store(false, Ordering::Release);
                     continue;
@@ -477,8 +505,9 @@ impl<C: Send + 'static> Ring<C> {
                 CANCEL => continue,
                 _ => {}
             }
+            let token = Token(user_data);
             let Some(slot) = sq.slot(token) else {
-                debug_assert!(false, "CQE for an unknown op {token:#x}");
+                debug_assert!(false, "CQE for an unknown op {user_data:#x}");
                 continue;
             };
             // The NOP of an injected failure: the op sees the injected errno.
@@ -554,11 +583,11 @@ impl<C: Send + 'static> Ring<C> {
         }
     }
 
-    fn finish(&self, sq: &mut Sq<C>, token: u64, status: i32) -> Completion<C> {
+    fn finish(&self, sq: &mut Sq<C>, token: Token, status: i32) -> Completion<C> {
         let op = sq.remove(token).expect("invariant: finishing an occupied slot");
         let handle = op.handle.clone();
         let mut io = handle.io();
-        io.remove_token(token);
+        io.remove_token(token.user_data());
         if let Some(side) = op.kind.ordered_side() {
             // Start the next receive (send) of this handle, in order.
             // A closed handle's queue is drained (and aborted) by `close_handle`, which runs
@@ -568,7 +597,7 @@ impl<C: Send + 'static> Ring<C> {
                 Some(next) => {
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
                     let next_token = sq.insert(next);
-                    io.push_token(next_token);
+                    io.push_token(next_token.user_data());
                     drop(io);
                     self.issue(sq, next_token);
                 }
@@ -627,7 +656,7 @@ impl<C: Send + 'static> Ring<C> {
                     backlogged.extend(queued);
                 }
             }
-            let tokens: Vec<u64> = sq
+            let tokens: Vec<Token> = sq
                 .backlog
                 .drain(..)
                 .filter_map(|b| match b {
@@ -661,7 +690,7 @@ impl<C: Send + 'static> Ring<C> {
         }
         let leaked: Vec<Box<Op<C>>> = {
             let mut sq = self.sq();
-            let live: Vec<u64> = sq
+            let live: Vec<Token> = sq
                 .slots
                 .iter()
                 .enumerate()
@@ -873,8 +902,8 @@ impl<C: Send + 'static> Driver<C> {
             op.cancel_reason = reason_code(reason);
             out.push(op.abort());
         }
-        for token in tokens {
-            let i = (token >> 56) as usize;
+        for token in tokens.into_iter().map(Token) {
+            let i = token.ring();
             let (ring, sq) = (&self.rings[i], &mut *sqs[i]);
             let Some(slot) = sq.slot(token) else { continue };
             let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");

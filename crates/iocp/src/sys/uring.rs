@@ -623,6 +623,9 @@ impl<C: Send + 'static> Ring<C> {
             }
             sq.backlog.pop_front();
         }
+        if sq.backlog.is_empty() {
+            crate::spare::deque(&mut sq.backlog);
+        }
     }
 
     fn kick(&self) {

@@ -478,6 +478,24 @@ pub unsafe extern "C" fn WSASend(
     })
 }
 
+/// The buffers of an overlapped WSARecvFrom / WSASendTo: refused (WSAEOPNOTSUPP) without an
+/// OVERLAPPED or with a completion routine, which libiocp does not run.
+///
+/// # Safety
+/// As [`wsabufs`].
+unsafe fn datagram_bufs(
+    bufs: *const WSABUF,
+    n: DWORD,
+    ov: *mut OVERLAPPED,
+    routine: *mut c_void,
+) -> Result<Vec<(usize, usize)>, DWORD> {
+    if !routine.is_null() || ov.is_null() {
+        return Err(WSAEOPNOTSUPP);
+    }
+    // SAFETY: `bufs` is NULL or valid for `n` WSABUFs (this function's own contract).
+    unsafe { wsabufs(bufs, n) }
+}
+
 /// WSARecvFrom: an overlapped receive of one datagram and its sender's address (written to
 /// `lpFrom` / `lpFromlen` at dequeue). A datagram larger than the buffers fills them and
 /// completes with `ERROR_MORE_DATA` (`STATUS_BUFFER_OVERFLOW`); the rest is discarded.
@@ -498,12 +516,11 @@ pub unsafe extern "C" fn WSARecvFrom(
 ) -> c_int {
     let _ = (lpNumberOfBytesRecvd, lpFlags);
     guard(SOCKET_ERROR, || {
-        if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
-            return wsa_fail(WSAEOPNOTSUPP);
-        }
         // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
-        // (Winsock's contract); `wsabufs` rejects NULL with a count.
-        let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
+        // (Winsock's contract); `datagram_bufs` rejects NULL with a count.
+        let bufs = match unsafe {
+            datagram_bufs(lpBuffers, dwBufferCount, lpOverlapped, lpCompletionRoutine)
+        } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };
@@ -540,12 +557,11 @@ pub unsafe extern "C" fn WSASendTo(
 ) -> c_int {
     let _ = (lpNumberOfBytesSent, dwFlags);
     guard(SOCKET_ERROR, || {
-        if !lpCompletionRoutine.is_null() || lpOverlapped.is_null() {
-            return wsa_fail(WSAEOPNOTSUPP);
-        }
         // SAFETY: `lpBuffers` is NULL or valid for `dwBufferCount` WSABUFs during the call
-        // (Winsock's contract); `wsabufs` rejects NULL with a count.
-        let bufs = match unsafe { wsabufs(lpBuffers, dwBufferCount) } {
+        // (Winsock's contract); `datagram_bufs` rejects NULL with a count.
+        let bufs = match unsafe {
+            datagram_bufs(lpBuffers, dwBufferCount, lpOverlapped, lpCompletionRoutine)
+        } {
             Ok(b) => b,
             Err(e) => return wsa_fail(e),
         };

@@ -17,7 +17,7 @@ use crate::error::SubmitError;
 use crate::port::PortInner;
 use crate::sys::bufpool::BufferPool;
 use crate::sys::handle::HandleInner;
-use crate::sys::op::OpKind;
+use crate::sys::op::{OpKind, kind};
 
 /// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a
 /// [`CompletionKey`]: every operation started on it completes on that port with that key.
@@ -154,7 +154,7 @@ impl<C: Send + 'static> Handle<C> {
         C: Clone,
     {
         self.inner.io().set_clone_ctx(<C as Clone>::clone);
-        self.with_timeout(None).start(OpKind::accept_multi(), context)
+        self.with_timeout(None).start(kind::AcceptMulti.into(), context)
     }
 
     /// Connects this socket to `addr` and then sends `initial` (ConnectEx); the completion
@@ -364,7 +364,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         if buf.capacity() == buf.len() {
             return Err(invalid(context, Payload::Recv(buf), "recv buffer has no spare capacity"));
         }
-        self.start(OpKind::recv(buf), context)
+        self.start(kind::Recv::new(buf).into(), context)
     }
     /// As [`Handle::recv_vectored`], with this deadline.
     ///
@@ -378,14 +378,14 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
                 "recv buffers have no spare capacity or too many",
             ));
         }
-        self.start(OpKind::recv_vectored(bufs), context)
+        self.start(kind::RecvV::new(bufs).into(), context)
     }
     /// As [`Handle::send`], with this deadline.
     ///
     /// # Errors
     /// As [`Handle::send`].
     pub fn send(&self, buf: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::send(buf), context)
+        self.start(kind::Send::new(buf).into(), context)
     }
     /// As [`Handle::send_vectored`], with this deadline.
     ///
@@ -399,21 +399,21 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
                 "more than 1024 send buffers",
             ));
         }
-        self.start(OpKind::send_vectored(bufs), context)
+        self.start(kind::SendV::new(bufs).into(), context)
     }
     /// As [`Handle::recv_ready`], with this deadline.
     ///
     /// # Errors
     /// As [`Handle::recv_ready`].
     pub fn recv_ready(&self, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::Ready, context)
+        self.start(kind::Ready.into(), context)
     }
     /// As [`Handle::accept`], with this deadline.
     ///
     /// # Errors
     /// As [`Handle::accept`].
     pub fn accept(&self, initial: Vec<u8>, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::accept(initial), context)
+        self.start(kind::Accept::new(initial).into(), context)
     }
     /// As [`Handle::connect`], with this deadline.
     ///
@@ -425,7 +425,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         initial: Vec<u8>,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::connect(addr.into(), initial), context)
+        self.start(kind::Connect::new(addr.into(), initial).into(), context)
     }
 
     /// As [`Handle::recv_from`], with this deadline.
@@ -440,7 +440,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
                 "recv buffer has no spare capacity",
             ));
         }
-        self.start(OpKind::recv_from(buf), context)
+        self.start(kind::RecvFrom::new(buf).into(), context)
     }
 
     /// As [`Handle::send_to`], with this deadline.
@@ -453,7 +453,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         to: impl Into<SockAddr>,
         context: C,
     ) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::send_to(buf, to.into()), context)
+        self.start(kind::SendTo::new(buf, to.into()).into(), context)
     }
 
     /// As [`Handle::read_at`], with this deadline.
@@ -467,7 +467,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         if offset > i64::MAX as u64 {
             return Err(invalid(context, Payload::Read(buf), "offset beyond 2^63 - 1"));
         }
-        self.start(OpKind::read_at(buf, offset), context)
+        self.start(kind::ReadAt::new(buf, offset).into(), context)
     }
 
     /// As [`Handle::write_at`], with this deadline.
@@ -480,7 +480,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
         {
             return Err(invalid(context, Payload::Write(buf), "offset + length beyond 2^63 - 1"));
         }
-        self.start(OpKind::write_at(buf, offset), context)
+        self.start(kind::WriteAt::new(buf, offset).into(), context)
     }
 
     /// As [`Handle::transmit_file`], with this deadline.
@@ -509,7 +509,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
                 return Err(invalid(context, payload, "file range beyond the end of the file"));
             }
         };
-        self.start(OpKind::transmit(file, offset, len, head, tail), context)
+        self.start(kind::Transmit::new(file, offset, len, head, tail).into(), context)
     }
 
     /// As [`Handle::recv_pooled`], with this deadline.
@@ -524,7 +524,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
                 "the buffer pool belongs to another port",
             ));
         }
-        self.start(OpKind::recv_pooled(pool.clone()), context)
+        self.start(kind::RecvPooled::new(pool.clone()).into(), context)
     }
 
     /// As [`Handle::disconnect`], with this deadline.
@@ -532,7 +532,7 @@ impl<C: Send + 'static> WithTimeout<'_, C> {
     /// # Errors
     /// As [`Handle::disconnect`].
     pub fn disconnect(&self, reuse: bool, context: C) -> Result<OpId, SubmitError<C>> {
-        self.start(OpKind::disconnect(reuse), context)
+        self.start(kind::Disconnect::new(reuse).into(), context)
     }
 
     fn start(&self, kind: OpKind, context: C) -> Result<OpId, SubmitError<C>> {

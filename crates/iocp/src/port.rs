@@ -527,7 +527,7 @@ impl<C: Send + 'static> PortInner<C> {
     ) -> Result<OpId, SubmitError<C>> {
         if self.closed.load(Ordering::Acquire) {
             let error = io::Error::new(io::ErrorKind::BrokenPipe, "the completion port is closed");
-            return Err(SubmitError { error, context, payload: kind.into_payload(None, 0) });
+            return Err(SubmitError { error, context, payload: kind.into_unstarted_payload() });
         }
         let id = OpId(self.next_op.fetch_add(1, Ordering::Relaxed));
         let mut op = Op::new(id, h.clone(), context, kind);
@@ -562,7 +562,7 @@ impl<C: Send + 'static> PortInner<C> {
                     self.note_timers(None);
                 }
                 let Op { context, kind, .. } = *op;
-                Err(SubmitError { error, context, payload: kind.into_payload(None, 0) })
+                Err(SubmitError { error, context, payload: kind.into_unstarted_payload() })
             }
         }
     }

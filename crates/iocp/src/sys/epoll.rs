@@ -17,11 +17,12 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::chunks::ChunkVec;
-use super::op::{Op, OpKind, Progress, reason_code};
+use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
-use crate::sys::handle::{HandleInner, HandleIo, Side};
+use crate::sys::handle::{HandleInner, HandleIo};
+use crate::sys::op::Side;
 
 const KICK: u64 = u64::MAX;
 const EVENTS: usize = 256;
@@ -164,7 +165,7 @@ impl<C: Send + 'static> Driver<C> {
             };
         }
         let side = op.kind.ready_side();
-        if let OpKind::AcceptMulti = op.kind {
+        if op.kind.is_multishot() {
             let clone = io.clone_ctx().expect("invariant: accept_multi sets clone_ctx");
             let mut out = Vec::new();
             let waiting = !io.is_empty(side);
@@ -336,11 +337,8 @@ impl<C: Send + 'static> Driver<C> {
         let clone = io.clone_ctx();
         while let Some(op) = io.front_mut(side) {
             let progress = match (&op.kind, clone) {
-                (OpKind::AcceptMulti, Some(clone)) => op.accept_many(clone, out),
-                _ => match op.connect_outcome() {
-                    Some(p) => p,
-                    None => op.try_io(),
-                },
+                (k, Some(clone)) if k.is_multishot() => op.accept_many(clone, out),
+                _ => op.on_ready(),
             };
             match progress {
                 Progress::Again => break,

@@ -11,24 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::completion::CompletionKey;
-use crate::sys::op::Op;
-
-/// The two sides of a stream handle, each with its own queue of pending operations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// Receives, accepts, readiness waits, disconnect's wait for the FIN.
-    Read = 0,
-    /// Sends, connects, TransmitFile.
-    Write = 1,
-}
-
-impl Side {
-    pub(crate) const BOTH: [Side; 2] = [Side::Read, Side::Write];
-
-    const fn index(self) -> usize {
-        self as usize
-    }
-}
+use crate::sys::op::{Op, Side};
 
 /// Backend bookkeeping for one handle, under the handle's lock. Sized for the common case of an
 /// idle connection (at most one pending op per side, one op in the kernel) without allocating:

@@ -32,7 +32,7 @@ use io_uring::{IoUring, opcode, squeue};
 use super::bufpool::BufferPool;
 use super::chunks::ChunkVec;
 use super::fault::{self, Point};
-use super::op::{Op, OpKind, Progress, reason_code};
+use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Submitted};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId};
@@ -514,7 +514,7 @@ impl<C: Send + 'static> Ring<C> {
             #[cfg(any(test, feature = "fault-injection"))]
             let res = if slot.injected == 0 { res } else { -std::mem::take(&mut slot.injected) };
             let op = slot.op.as_mut().expect("invariant: slot() only returns occupied slots");
-            if let OpKind::AcceptMulti = op.kind {
+            if op.kind.is_multishot() {
                 if res >= 0 {
                     let clone =
                         op.handle.io().clone_ctx().expect("invariant: accept_multi sets clone_ctx");
@@ -809,7 +809,7 @@ impl<C: Send + 'static> Driver<C> {
 
     /// The ring an op starts on: the calling thread's; pooled receives on ring 0.
     fn ring_for(&self, op: &Op<C>) -> &Ring<C> {
-        if self.rings.len() == 1 || matches!(op.kind, OpKind::RecvPooled { .. }) {
+        if self.rings.len() == 1 || op.kind.uses_ring_buffers() {
             return &self.rings[0];
         }
         let n = THREAD_NO.with(|n| *n);

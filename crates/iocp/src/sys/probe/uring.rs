@@ -1,6 +1,7 @@
 //! The io_uring probe: a ring is set up, a NOP makes the round trip, every opcode the
-//! operations emit (`sys/opcodes.rs`) is looked up, and each behaviour they rely on beyond
-//! opcodes is tried. Any failure says why, in words an operator can act on.
+//! operations declare (`OpCode::OPCODES` in `sys/op/*.rs`) and the driver's own are looked up,
+//! and each behaviour they rely on beyond opcodes is tried. Any failure says why, in words an
+//! operator can act on.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use io_uring::{IoUring, opcode};
 use super::{errno_name, io_uring_disabled};
 use crate::backend::UringCaps;
 use crate::sys::bufpool::BufferPool;
-use crate::sys::opcodes;
+use crate::sys::{op, opcodes};
 
 /// Tries one behaviour on the probe's ring: it works or the kernel refuses it (EINVAL).
 fn probe_feature(ring: &mut IoUring, feature: opcodes::Feature) -> bool {
@@ -126,16 +127,22 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
     ring.submitter()
         .register_probe(&mut probe)
         .map_err(|e| format!("IORING_REGISTER_PROBE failed with {}", errno_name(&e)))?;
-    // Every opcode the drivers emit is required (sys/opcodes.rs; a unit test keeps that list in
-    // step with the code), each name once.
+    // Every opcode and feature the operations declare (sys/op/*.rs, `OpCode::OPCODES`; tests
+    // keep each declaration in step with its file) and the driver's own, each name once.
     let mut opcodes: Vec<(&'static str, bool)> = Vec::new();
-    for u in opcodes::USED {
+    let mut features: Vec<(&'static str, bool)> = Vec::new();
+    let declared = op::OPS.iter().flat_map(|o| o.opcodes);
+    for u in opcodes::DRIVER.iter().chain(declared) {
         if !opcodes.iter().any(|(n, _)| *n == u.name) {
             opcodes.push((u.name, probe.is_supported(u.code)));
         }
     }
-    let features =
-        opcodes::Feature::ALL.iter().map(|f| (f.name(), probe_feature(&mut ring, *f))).collect();
+    let declared = op::OPS.iter().flat_map(|o| o.features);
+    for f in opcodes::DRIVER_FEATURES.iter().chain(declared) {
+        if !features.iter().any(|(n, _)| *n == f.name()) {
+            features.push((f.name(), probe_feature(&mut ring, *f)));
+        }
+    }
     let caps = UringCaps {
         opcodes,
         ext_arg: ring.params().is_feature_ext_arg(),

@@ -72,8 +72,32 @@ pub struct Transmitted {
     pub tail: Vec<u8>,
 }
 
-/// Status of a read at or past the end of a file (Win32 `ERROR_HANDLE_EOF`); not an errno.
-pub(crate) const STATUS_EOF: i32 = -1;
+/// How an operation ended, as the drivers carry it: success, an errno, or the end of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Status(i32);
+
+impl Status {
+    /// Success.
+    pub(crate) const OK: Status = Status(0);
+    /// A read at or past the end of a file (Win32 `ERROR_HANDLE_EOF`); not an errno.
+    pub(crate) const EOF: Status = Status(-1);
+    /// Aborted by a cancel or a close.
+    pub(crate) const CANCELED: Status = Status(libc::ECANCELED);
+
+    /// The status of a call that returned `errno` (0: success).
+    pub(crate) const fn from_errno(errno: i32) -> Status {
+        Status(if errno < 0 { libc::EIO } else { errno })
+    }
+
+    /// The errno of a failure; `None` for success and the end of a file.
+    pub(crate) fn errno(self) -> Option<i32> {
+        (self.0 > 0).then_some(self.0)
+    }
+
+    pub(crate) fn is_ok(self) -> bool {
+        self == Status::OK
+    }
+}
 
 /// A connection accepted by [`Handle::accept`](crate::Handle::accept) (AcceptEx's accept socket
 /// plus what `GetAcceptExSockaddrs` parses).
@@ -154,8 +178,7 @@ pub struct Completion<C> {
     pub(crate) key: CompletionKey,
     pub(crate) op: OpId,
     pub(crate) bytes: usize,
-    /// 0 for success, else an errno.
-    pub(crate) status: i32,
+    pub(crate) status: Status,
     pub(crate) context: C,
     pub(crate) payload: Payload,
     /// The operation's deadline in the port's timer wheel (the port disarms it), or
@@ -186,31 +209,31 @@ impl<C> Completion<C> {
     /// The error the operation failed with: `ECANCELED` when aborted (cancel, close),
     /// `ECONNRESET` on a reset connection, and so on.
     pub fn result(&self) -> io::Result<usize> {
-        match self.status {
-            0 => Ok(self.bytes),
-            STATUS_EOF => {
+        match self.status.errno() {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None if self.status == Status::EOF => {
                 Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of file (ERROR_HANDLE_EOF)"))
             }
-            errno => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(self.bytes),
         }
     }
 
     /// The errno of a failed operation; `None` on success and at end of file (see
     /// [`Completion::is_eof`]).
     pub fn raw_os_error(&self) -> Option<i32> {
-        (self.status > 0).then_some(self.status)
+        self.status.errno()
     }
 
     /// True for a file read at or past the end of the file (Win32 `ERROR_HANDLE_EOF`, case 49);
     /// [`Completion::result`] is then an `UnexpectedEof` error.
     pub fn is_eof(&self) -> bool {
-        self.status == STATUS_EOF
+        self.status == Status::EOF
     }
 
     /// True when the operation was aborted by a cancel or a close (Win32
     /// `ERROR_OPERATION_ABORTED`).
     pub fn is_aborted(&self) -> bool {
-        self.status == libc::ECANCELED
+        self.status == Status::CANCELED
     }
 
     /// The context passed when the operation was started (or to `post`).
@@ -282,7 +305,7 @@ impl<C> Completion<C> {
             key,
             op: OpId(0),
             bytes,
-            status: 0,
+            status: Status::OK,
             context,
             payload: Payload::Posted,
             timer: NO_TIMER,

@@ -20,7 +20,7 @@ use super::chunks::ChunkVec;
 use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
-use crate::completion::{Completion, OpId};
+use crate::completion::{Completion, OpId, Status};
 use crate::sys::handle::{HandleInner, HandleIo};
 use crate::sys::op::Side;
 
@@ -210,7 +210,7 @@ impl<C: Send + 'static> Driver<C> {
     /// parked ops under that lock, can never miss it in between.
     fn park(&self, io: &mut HandleIo<C>, op: Box<Op<C>>) -> Result<(), Box<Completion<C>>> {
         let Some(fd) = op.accepted_fd() else {
-            return Err(Box::new(op.complete(libc::EINVAL)));
+            return Err(Box::new(op.complete(Status::from_errno(libc::EINVAL))));
         };
         if op.handle.is_closed() || self.shut.load(Ordering::Acquire) {
             return Err(Box::new(op.abort()));
@@ -222,7 +222,7 @@ impl<C: Send + 'static> Driver<C> {
             libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET,
             token,
         ) {
-            let status = e.raw_os_error().unwrap_or(libc::EIO);
+            let status = Status::from_errno(e.raw_os_error().unwrap_or(libc::EIO));
             return match self.slab().remove(token) {
                 Some(Entry::Parked(op)) => Err(Box::new(op.complete(status))),
                 _ => Ok(()),

@@ -35,7 +35,7 @@ use super::fault::{self, Point};
 use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Submitted};
 use crate::backend::PortConfig;
-use crate::completion::{Completion, OpId};
+use crate::completion::{Completion, OpId, Status};
 use crate::sys::handle::HandleInner;
 
 const KICK: u64 = u64::MAX;
@@ -531,7 +531,7 @@ impl<C: Send + 'static> Ring<C> {
                         s.cancel_sent || s.op.as_ref().is_some_and(|o| o.handle.is_closed())
                     });
                 match res {
-                    _ if ended => out.push(self.finish(&mut sq, token, libc::ECANCELED)),
+                    _ if ended => out.push(self.finish(&mut sq, token, Status::CANCELED)),
                     // The kernel stopped the multishot without an error: arm it again.
                     // (ECANCELED unasked: the thread that armed it exited; see below.)
                     r if r >= 0
@@ -541,7 +541,7 @@ impl<C: Send + 'static> Ring<C> {
                     {
                         self.issue(&mut sq, token)
                     }
-                    r => out.push(self.finish(&mut sq, token, -r)),
+                    r => out.push(self.finish(&mut sq, token, Status::from_errno(-r))),
                 }
                 continue;
             }
@@ -565,7 +565,7 @@ impl<C: Send + 'static> Ring<C> {
                             s.cancel_sent || s.op.as_ref().is_some_and(|o| o.handle.is_closed())
                         });
                     if closed {
-                        out.push(self.finish(&mut sq, token, libc::ECANCELED));
+                        out.push(self.finish(&mut sq, token, Status::CANCELED));
                     } else {
                         self.issue(&mut sq, token);
                     }
@@ -583,7 +583,7 @@ impl<C: Send + 'static> Ring<C> {
         }
     }
 
-    fn finish(&self, sq: &mut Sq<C>, token: Token, status: i32) -> Completion<C> {
+    fn finish(&self, sq: &mut Sq<C>, token: Token, status: Status) -> Completion<C> {
         let op = sq.remove(token).expect("invariant: finishing an occupied slot");
         let handle = op.handle.clone();
         let mut io = handle.io();
@@ -923,7 +923,7 @@ impl<C: Send + 'static> Driver<C> {
             } else {
                 // Backlogged, never seen by the kernel: abort it here.
                 sq.backlog.retain(|b| !matches!(b, Backlogged::Op(t) if *t == token));
-                out.push(ring.finish(sq, token, libc::ECANCELED));
+                out.push(ring.finish(sq, token, Status::CANCELED));
             }
         }
         let backlogged = sqs.iter().zip(&backlogs).any(|(sq, b)| sq.backlog.len() > *b);

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use super::code::{Count, OpCode, Progress, Side};
 use super::msg::AddrBuf;
 use super::raw::{recv_spare, ret};
-use crate::completion::{Accepted, Payload};
+use crate::completion::{Accepted, Payload, Status};
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Feature, Opcode};
@@ -81,11 +81,11 @@ impl OpCode for Accept {
             None => {
                 // SAFETY: a non-negative accept result is a new fd that nobody else owns.
                 st.accepted = Some(unsafe { OwnedFd::from_raw_fd(n as RawFd) });
-                if st.want_data { Progress::AgainOnAccepted } else { Progress::Done(0) }
+                if st.want_data { Progress::AgainOnAccepted } else { Progress::DONE }
             }
             Some(_) => {
                 *bytes = super::stream::filled(&mut self.buf, n);
-                Progress::Done(0)
+                Progress::DONE
             }
         }
     }
@@ -96,7 +96,7 @@ impl OpCode for Accept {
     fn stage_fd(&self) -> Option<RawFd> {
         self.st.accepted.as_ref().map(AsRawFd::as_raw_fd)
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         let Accept { st, buf } = self;
         let peer = if st.accepted.is_some() { st.addr.take() } else { None };
         Payload::Accept(Box::new(Accepted::new(st.accepted, peer, buf)))
@@ -131,7 +131,7 @@ impl OpCode for AcceptMulti {
         drop(unsafe { OwnedFd::from_raw_fd(n as RawFd) });
         Progress::Again
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Accept(Box::new(Accepted::new(None, None, Vec::new())))
     }
 }

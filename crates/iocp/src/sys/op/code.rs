@@ -3,7 +3,7 @@
 
 use std::os::fd::{BorrowedFd, RawFd};
 
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{Feature, Opcode};
@@ -28,12 +28,22 @@ impl Side {
 /// Where an operation stands after a syscall (or a CQE).
 #[derive(Debug, Eq, PartialEq)]
 pub(crate) enum Progress {
-    /// Finished; the status is 0, an errno, or `STATUS_EOF`.
-    Done(i32),
+    /// Finished, with this status.
+    Done(Status),
     /// Not ready: wait for readiness on the op's handle (epoll), or resubmit (io_uring).
     Again,
     /// Accept's initial receive must wait for the accepted socket to become readable.
     AgainOnAccepted,
+}
+
+impl Progress {
+    /// Finished successfully.
+    pub(crate) const DONE: Progress = Progress::Done(Status::OK);
+
+    /// Finished with the error `errno` (0: success).
+    pub(crate) const fn fail(errno: i32) -> Progress {
+        Progress::Done(Status::from_errno(errno))
+    }
 }
 
 /// What an io_uring CQE means to an operation, before the shared reading of `Op::advance`.
@@ -122,5 +132,5 @@ pub(crate) trait OpCode {
     }
     /// The buffers (and what the op produced), handed back when it is refused or completes;
     /// `status` is the completion's, before an abort reason replaces it.
-    fn into_payload(self, bytes: usize, status: i32) -> Payload;
+    fn into_payload(self, bytes: usize, status: Status) -> Payload;
 }

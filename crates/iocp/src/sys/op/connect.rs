@@ -9,7 +9,7 @@ use super::code::Reaped;
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{errno, fail, send, so_error};
 use super::stream::sent;
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
@@ -81,7 +81,7 @@ impl OpCode for Connect {
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         if !self.st.connected {
             self.st.connected = true;
-            return if self.buf.is_empty() { Progress::Done(0) } else { Progress::Again };
+            return if self.buf.is_empty() { Progress::DONE } else { Progress::Again };
         }
         sent(bytes, n, self.buf.len())
     }
@@ -104,7 +104,7 @@ impl OpCode for Connect {
         }
         Some(0)
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Connect(self.buf)
     }
 }

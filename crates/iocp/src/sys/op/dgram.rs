@@ -9,7 +9,7 @@ use socket2::SockAddr;
 use super::code::{Count, OpCode, Progress, Side};
 use super::msg::{AddrBuf, Msg};
 use super::raw::ret;
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
@@ -83,11 +83,11 @@ impl OpCode for RecvFrom {
         *bytes = copied;
         addr.len = msg.hdr.msg_namelen;
         let truncated = n > spare || msg.hdr.msg_flags & libc::MSG_TRUNC != 0;
-        Progress::Done(if truncated { libc::EMSGSIZE } else { 0 })
+        if truncated { Progress::fail(libc::EMSGSIZE) } else { Progress::DONE }
     }
-    fn into_payload(self, bytes: usize, status: i32) -> Payload {
+    fn into_payload(self, bytes: usize, status: Status) -> Payload {
         // The sender is known once a datagram arrived (whole or truncated).
-        let peer = if bytes > 0 || status == 0 || status == libc::EMSGSIZE {
+        let peer = if bytes > 0 || status.is_ok() || status.errno() == Some(libc::EMSGSIZE) {
             self.io.addr.take()
         } else {
             None
@@ -122,9 +122,9 @@ impl OpCode for SendTo {
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         *bytes = n;
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::SendTo(self.buf)
     }
 }

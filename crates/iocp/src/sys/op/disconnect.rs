@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{errno, recv_spare, ret};
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
 
@@ -81,9 +81,9 @@ impl OpCode for Disconnect {
         if n > 0 {
             return Progress::Again; // discard what the peer still sends, until its FIN
         }
-        Progress::Done(if self.reuse { dissolve(fd) } else { 0 })
+        if self.reuse { Progress::fail(dissolve(fd)) } else { Progress::DONE }
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Disconnect
     }
 }

@@ -8,7 +8,7 @@ use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{fail, ret};
 use super::stream::filled;
 use crate::APPEND;
-use crate::completion::{Payload, STATUS_EOF};
+use crate::completion::{Payload, Status};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
 
@@ -60,12 +60,12 @@ impl OpCode for ReadAt {
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         if n == 0 && self.buf.capacity() > self.buf.len() {
-            return Progress::Done(STATUS_EOF);
+            return Progress::Done(Status::EOF);
         }
         *bytes = filled(&mut self.buf, n);
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Read(self.buf)
     }
 }
@@ -106,7 +106,7 @@ impl OpCode for WriteAt {
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         super::stream::sent(bytes, n, self.buf.len())
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Write(self.buf)
     }
 }

@@ -15,7 +15,7 @@
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use crate::completion::{Accepted, Completion, OpId, Payload};
+use crate::completion::{Accepted, Completion, OpId, Payload, Status};
 use crate::stats::InFlightByKind;
 use crate::sys::fault::{self, Point};
 use crate::sys::handle::HandleInner;
@@ -178,13 +178,13 @@ impl OpKind {
     }
 
     /// The buffers, handed back when the operation completes with `status`.
-    pub(crate) fn into_payload(self, bytes: usize, status: i32) -> Payload {
+    pub(crate) fn into_payload(self, bytes: usize, status: Status) -> Payload {
         each!(self, k => k.into_payload(bytes, status))
     }
 
     /// The buffers of an operation that never started: nothing in them came from the kernel.
     pub(crate) fn into_unstarted_payload(self) -> Payload {
-        self.into_payload(0, libc::ECANCELED)
+        self.into_payload(0, Status::CANCELED)
     }
 }
 
@@ -224,12 +224,12 @@ impl<C> Op<C> {
 
     /// Builds the completion packet, handing back the context and every buffer.
     #[allow(clippy::boxed_local)] // ops live boxed (stable addresses) until they complete
-    pub(crate) fn complete(self: Box<Self>, status: i32) -> Completion<C> {
+    pub(crate) fn complete(self: Box<Self>, status: Status) -> Completion<C> {
         let Op { id, handle, context, kind, bytes, cancel_reason, timer } = *self;
         let payload = kind.into_payload(bytes, status);
         // An abort reports why it was asked for (a deadline reports ETIMEDOUT).
-        let status = if status == libc::ECANCELED && cancel_reason != 0 {
-            i32::from(cancel_reason)
+        let status = if status == Status::CANCELED && cancel_reason != 0 {
+            Status::from_errno(i32::from(cancel_reason))
         } else {
             status
         };
@@ -238,7 +238,7 @@ impl<C> Op<C> {
 
     /// Builds the completion for a cancelled operation: "aborted", with the bytes it had moved.
     pub(crate) fn abort(self: Box<Self>) -> Completion<C> {
-        self.complete(libc::ECANCELED)
+        self.complete(Status::CANCELED)
     }
 
     fn fd(&self) -> RawFd {
@@ -252,7 +252,7 @@ impl<C> Op<C> {
             return match (-res) as i32 {
                 libc::EAGAIN | libc::EINTR => each!(&self.kind, k => k.would_block()),
                 libc::EINPROGRESS | libc::EALREADY => Progress::Again,
-                errno => Progress::Done(errno),
+                errno => Progress::fail(errno),
             };
         }
         let fd = self.handle.fd.as_raw_fd();
@@ -300,7 +300,7 @@ impl<C> Op<C> {
             // The readiness poll of a stage this thread runs itself: make its syscall until
             // the socket is full or the stage is over.
             if res < 0 {
-                return Progress::Done(-res);
+                return Progress::fail(-res);
             }
             loop {
                 let r = self.syscall();
@@ -357,7 +357,7 @@ impl<C> Op<C> {
             key: self.handle.key,
             op: self.id,
             bytes: 0,
-            status: 0,
+            status: Status::OK,
             context,
             payload: Payload::Accept(Box::new(Accepted::new(Some(fd), peer, Vec::new()))),
             timer: NO_TIMER,
@@ -391,7 +391,7 @@ impl<C> Op<C> {
                 libc::EAGAIN | libc::EINTR => Progress::Again,
                 // The peer gave up before we took it: not the listener's failure.
                 libc::ECONNABORTED | libc::EPROTO => continue,
-                e => Progress::Done(e),
+                e => Progress::fail(e),
             };
         }
     }

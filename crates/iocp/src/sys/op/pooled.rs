@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use super::code::Reaped;
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{errno, fail, peek};
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 use crate::sys::bufpool::BufferPool;
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
@@ -77,18 +77,18 @@ impl OpCode for RecvPooled {
         // No buffer free (the kernel selects one before it looks at the socket): if the peer
         // is gone, that is the end of the stream, which needs no buffer.
         if res == -libc::ENOBUFS && self.got.is_none() && peek(fd) == 0 {
-            return Reaped::Progress(Progress::Done(0));
+            return Reaped::Progress(Progress::DONE);
         }
         Reaped::Result(res as isize)
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         *bytes = n.min(self.pool.buf_size());
         if self.got.is_none() && n > 0 {
-            return Progress::Done(libc::EIO); // data without a buffer: cannot happen
+            return Progress::fail(libc::EIO); // data without a buffer: cannot happen
         }
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, bytes: usize, _status: Status) -> Payload {
         let RecvPooled { pool, got } = self;
         Payload::RecvPooled(got.map(|id| pool.lend(id, bytes)))
     }

@@ -7,7 +7,7 @@ use super::code::{Count, OpCode, Progress, Side};
 use super::raw::peek;
 #[cfg(feature = "uring")]
 use super::{code::Reaped, raw::so_error};
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
 
@@ -40,15 +40,15 @@ impl OpCode for Ready {
         if res & i32::from(libc::POLLERR) != 0 {
             let e = so_error(fd);
             if e != 0 {
-                return Reaped::Progress(Progress::Done(e));
+                return Reaped::Progress(Progress::fail(e));
             }
         }
-        Reaped::Progress(Progress::Done(0))
+        Reaped::Progress(Progress::DONE)
     }
     fn advance(&mut self, _n: usize, _bytes: &mut usize, _fd: RawFd) -> Progress {
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Ready
     }
 }

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use super::code::{Count, OpCode, Progress, Side};
 use super::msg::Msg;
 use super::raw::{recv_spare, ret, send};
-use crate::completion::Payload;
+use crate::completion::{Payload, Status};
 use crate::sys::fault::Point;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
@@ -69,7 +69,7 @@ pub(super) fn filled(buf: &mut Vec<u8>, n: usize) -> usize {
 /// none), else the rest goes next.
 pub(super) fn sent(bytes: &mut usize, n: usize, total: usize) -> Progress {
     *bytes += n;
-    if *bytes >= total || n == 0 { Progress::Done(0) } else { Progress::Again }
+    if *bytes >= total || n == 0 { Progress::DONE } else { Progress::Again }
 }
 
 /// The SQE of a `send` of `rest` (bytes the caller's op owns).
@@ -108,9 +108,9 @@ impl OpCode for Recv {
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         *bytes = filled(&mut self.buf, n);
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Recv(self.buf)
     }
 }
@@ -145,9 +145,9 @@ impl OpCode for RecvV {
             left -= take;
         }
         *bytes = n - left;
-        Progress::Done(0)
+        Progress::DONE
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::RecvVectored(self.bufs)
     }
 }
@@ -172,7 +172,7 @@ impl OpCode for Send {
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         sent(bytes, n, self.buf.len())
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Send(self.buf)
     }
 }
@@ -203,7 +203,7 @@ impl OpCode for SendV {
         let total: usize = self.bufs.iter().map(Vec::len).sum();
         sent(bytes, n, total)
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::SendVectored(self.bufs)
     }
 }

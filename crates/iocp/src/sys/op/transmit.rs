@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{fail, ret, send};
-use crate::completion::{Payload, Transmitted};
+use crate::completion::{Payload, Status, Transmitted};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
 
@@ -111,9 +111,9 @@ impl OpCode for Transmit {
         }
         *bytes += n;
         let done = t.head_sent >= t.head.len() && !t.body_left() && t.tail_sent >= t.tail.len();
-        if done { Progress::Done(0) } else { Progress::Again }
+        if done { Progress::DONE } else { Progress::Again }
     }
-    fn into_payload(self, _bytes: usize, _status: i32) -> Payload {
+    fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         let State { file, head, tail, .. } = *self.0;
         Payload::TransmitFile(Box::new(Transmitted { file, head, tail }))
     }

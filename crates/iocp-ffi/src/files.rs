@@ -165,34 +165,35 @@ unsafe fn sync_rw(
     TRUE
 }
 
-/// Where a ReadFile / WriteFile goes: synchronous on a handle that is not associated, else
-/// overlapped at the OVERLAPPED's offset.
-enum Route {
-    Sync(i32),
-    Overlapped(Arc<Assoc>, u64),
-}
-
-/// The shared start of ReadFile and WriteFile: the handle, a NULL buffer with a length, the
-/// association, and (overlapped) the OVERLAPPED and its offset; the Win32 error otherwise.
+/// The shared start of ReadFile and WriteFile. Checks the handle and a NULL buffer with a
+/// length; on a handle that is not associated makes the synchronous call. `Ok`: an overlapped
+/// call goes on, on this association at the OVERLAPPED's offset. `Err`: the call's result
+/// (the synchronous call's, or FALSE with the Win32 error).
 ///
 /// # Safety
-/// `ov` is NULL or a valid OVERLAPPED.
+/// `buf` is readable (`write`) or writable for `n` bytes, `ov` is NULL or a valid OVERLAPPED,
+/// and `done` is NULL or writable: the ReadFile / WriteFile contract.
 unsafe fn route(
     h: HANDLE,
     buf: *const c_void,
     n: usize,
     ov: *mut OVERLAPPED,
-) -> Result<Route, DWORD> {
-    let fd = registry::fd_of(hval(h)).ok_or(ERROR_INVALID_HANDLE)?;
+    write: bool,
+    done: *mut DWORD,
+) -> Result<(Arc<Assoc>, u64), BOOL> {
+    let fd = registry::fd_of(hval(h)).ok_or_else(|| fail(ERROR_INVALID_HANDLE))?;
     if buf.is_null() && n > 0 {
-        return Err(ERROR_NOACCESS);
+        return Err(fail(ERROR_NOACCESS));
     }
-    let Some(a) = registry::assoc(fd) else { return Ok(Route::Sync(fd)) };
+    let Some(a) = registry::assoc(fd) else {
+        // SAFETY: the buffer, `ov` and `done` as this function's contract says.
+        return Err(unsafe { sync_rw(fd, buf as usize, n, ov, write, done) });
+    };
     if ov.is_null() {
-        return Err(ERROR_INVALID_PARAMETER);
+        return Err(fail(ERROR_INVALID_PARAMETER));
     }
     // SAFETY: non-NULL (checked) and valid (this function's contract).
-    Ok(Route::Overlapped(a, unsafe { mem::ov_offset(ov) }))
+    Ok((a, unsafe { mem::ov_offset(ov) }))
 }
 
 /// The end of an overlapped start: FALSE with `ERROR_IO_PENDING`, or with the failure.
@@ -219,15 +220,12 @@ pub unsafe extern "C" fn ReadFile(
 ) -> BOOL {
     guard(FALSE, || {
         let n = nNumberOfBytesToRead as usize;
-        // SAFETY: `lpOverlapped` is NULL or valid (caller's contract).
-        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped) } {
-            Ok(Route::Overlapped(a, offset)) => (a, offset),
-            // SAFETY: `lpBuffer` writable for `n` bytes, `lpOverlapped` NULL or valid and
-            // `lpNumberOfBytesRead` NULL or writable (ReadFile's contract).
-            Ok(Route::Sync(fd)) => unsafe {
-                return sync_rw(fd, lpBuffer as usize, n, lpOverlapped, false, lpNumberOfBytesRead);
-            },
-            Err(e) => return fail(e),
+        let out = lpNumberOfBytesRead;
+        // SAFETY: `lpBuffer` writable for `n` bytes, `lpOverlapped` NULL or valid and
+        // `lpNumberOfBytesRead` NULL or writable (ReadFile's contract).
+        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped, false, out) } {
+            Ok(overlapped) => overlapped,
+            Err(finished) => return finished,
         };
         let target = Target::Scatter(vec![(lpBuffer as usize, n)]);
         let is_socket = a.is_socket;
@@ -258,22 +256,12 @@ pub unsafe extern "C" fn WriteFile(
 ) -> BOOL {
     guard(FALSE, || {
         let n = nNumberOfBytesToWrite as usize;
-        // SAFETY: `lpOverlapped` is NULL or valid (caller's contract).
-        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped) } {
-            Ok(Route::Overlapped(a, offset)) => (a, offset),
-            // SAFETY: `lpBuffer` readable for `n` bytes, `lpOverlapped` NULL or valid and
-            // `lpNumberOfBytesWritten` NULL or writable (WriteFile's contract).
-            Ok(Route::Sync(fd)) => unsafe {
-                return sync_rw(
-                    fd,
-                    lpBuffer as usize,
-                    n,
-                    lpOverlapped,
-                    true,
-                    lpNumberOfBytesWritten,
-                );
-            },
-            Err(e) => return fail(e),
+        let out = lpNumberOfBytesWritten;
+        // SAFETY: `lpBuffer` readable for `n` bytes, `lpOverlapped` NULL or valid and
+        // `lpNumberOfBytesWritten` NULL or writable (WriteFile's contract).
+        let (a, offset) = match unsafe { route(hFile, lpBuffer, n, lpOverlapped, true, out) } {
+            Ok(overlapped) => overlapped,
+            Err(finished) => return finished,
         };
         // SAFETY: `lpBuffer` is readable for `n` bytes during the call (WriteFile's contract).
         let data = unsafe { mem::copy_in(lpBuffer.cast(), n) };

@@ -16,7 +16,7 @@ use crate::completion::{CompletionKey, OpId, Payload, Transmitted};
 use crate::error::SubmitError;
 use crate::port::PortInner;
 use crate::sys::bufpool::BufferPool;
-use crate::sys::handle::HandleInner;
+use crate::sys::op::HandleInner;
 use crate::sys::op::{OpKind, kind};
 
 /// A socket associated with a [`CompletionPort`](crate::CompletionPort) and a

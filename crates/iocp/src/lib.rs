@@ -78,7 +78,7 @@ mod size_report {
     /// change that grows them must be a decision, not an accident.
     #[test]
     fn per_connection_structures_stay_small() {
-        let handle = size_of::<crate::sys::handle::HandleInner<u32>>();
+        let handle = size_of::<crate::sys::op::HandleInner<u32>>();
         let op = size_of::<crate::sys::op::Op<u32>>();
         eprintln!("HandleInner<u32> = {handle} bytes, Op<u32> = {op} bytes");
         assert!(handle <= 88, "HandleInner grew to {handle} bytes");

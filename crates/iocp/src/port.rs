@@ -21,7 +21,7 @@ use crate::error::{GetError, PostError, SubmitError};
 use crate::handle::Handle;
 use crate::stats::PortStats;
 use crate::sys::bufpool::BufferPool;
-use crate::sys::handle::HandleInner;
+use crate::sys::op::HandleInner;
 use crate::sys::op::{Op, OpKind};
 use crate::sys::{Driver, Sink, Submitted};
 use state::{State, Wake};

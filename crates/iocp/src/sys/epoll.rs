@@ -21,8 +21,8 @@ use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId, Status};
-use crate::sys::handle::{HandleInner, HandleIo};
 use crate::sys::op::Side;
+use crate::sys::op::{HandleInner, HandleIo};
 
 const KICK: u64 = u64::MAX;
 const EVENTS: usize = 256;

@@ -1,6 +1,11 @@
 //! The kernel side of a handle: its fd, its key, and the backend's bookkeeping of the
 //! operations pending on it. The drivers, the operations and the port share this; the public
 //! `Handle` (crate::handle) is a facade over it, and nothing here knows of the port.
+//!
+//! The queued operations are a type parameter `T` (always `sys::op::Op<C>`: the aliases
+//! `sys::op::HandleInner<C>` and `sys::op::HandleIo<C>` name it). An op owns its handle and a
+//! handle queues its ops, and this file stores them without looking inside, so it need not
+//! import the operations: the kernel layer has no import circle.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -11,7 +16,23 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::completion::CompletionKey;
-use crate::sys::op::{Op, Side};
+
+/// The two sides of a stream handle, each with its own queue of pending operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Receives, accepts, readiness waits, disconnect's wait for the FIN.
+    Read = 0,
+    /// Sends, connects, TransmitFile.
+    Write = 1,
+}
+
+impl Side {
+    pub(crate) const BOTH: [Side; 2] = [Side::Read, Side::Write];
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Backend bookkeeping for one handle, under the handle's lock. Sized for the common case of an
 /// idle connection (at most one pending op per side, one op in the kernel) without allocating:
@@ -21,8 +42,8 @@ use crate::sys::op::{Op, Side};
 /// Per [`Side`]:
 /// - epoll: operations waiting for readability / writability, in submission order;
 /// - io_uring: receives / sends waiting for the one in the kernel to finish (stream order).
-pub(crate) struct HandleIo<C> {
-    heads: [Option<Box<Op<C>>>; 2],
+pub(crate) struct HandleIo<C, T> {
+    heads: [Option<Box<T>>; 2],
     /// io_uring: a receive / a send of this handle is in the kernel (by [`Side`]).
     busy: [bool; 2],
     /// epoll: tokens of accepts parked on their accepted socket (initial receive).
@@ -30,18 +51,18 @@ pub(crate) struct HandleIo<C> {
     /// The first lives inline (`token`, if `has_token`), the rest in the overflow.
     token: u64,
     has_token: bool,
-    overflow: Option<Box<Overflow<C>>>,
+    overflow: Option<Box<Overflow<C, T>>>,
 }
 
-struct Overflow<C> {
-    rest: [VecDeque<Box<Op<C>>>; 2],
+struct Overflow<C, T> {
+    rest: [VecDeque<Box<T>>; 2],
     tokens: Vec<u64>,
     /// Set by `accept_multi` (which requires `C: Clone`): how a repeating accept copies its
     /// context into each connection's packet. Only listeners pay for it.
     clone_ctx: Option<fn(&C) -> C>,
 }
 
-impl<C> HandleIo<C> {
+impl<C, T> HandleIo<C, T> {
     pub(crate) const fn new() -> Self {
         HandleIo {
             heads: [None, None],
@@ -52,7 +73,7 @@ impl<C> HandleIo<C> {
         }
     }
 
-    fn overflow(&mut self) -> &mut Overflow<C> {
+    fn overflow(&mut self) -> &mut Overflow<C, T> {
         self.overflow.get_or_insert_with(|| {
             Box::new(Overflow {
                 rest: [VecDeque::new(), VecDeque::new()],
@@ -94,7 +115,7 @@ impl<C> HandleIo<C> {
         self.heads[side.index()].is_none()
     }
 
-    pub(crate) fn push_back(&mut self, side: Side, op: Box<Op<C>>) {
+    pub(crate) fn push_back(&mut self, side: Side, op: Box<T>) {
         let i = side.index();
         if self.heads[i].is_none() {
             self.heads[i] = Some(op);
@@ -103,11 +124,11 @@ impl<C> HandleIo<C> {
         }
     }
 
-    pub(crate) fn front_mut(&mut self, side: Side) -> Option<&mut Op<C>> {
+    pub(crate) fn front_mut(&mut self, side: Side) -> Option<&mut T> {
         self.heads[side.index()].as_deref_mut()
     }
 
-    pub(crate) fn pop_front(&mut self, side: Side) -> Option<Box<Op<C>>> {
+    pub(crate) fn pop_front(&mut self, side: Side) -> Option<Box<T>> {
         let i = side.index();
         let head = self.heads[i].take()?;
         self.heads[i] = self.overflow.as_mut().and_then(|o| o.rest[i].pop_front());
@@ -116,13 +137,13 @@ impl<C> HandleIo<C> {
     }
 
     /// Every queued op, both sides (for counting).
-    pub(crate) fn ops(&self) -> impl Iterator<Item = &Op<C>> {
+    pub(crate) fn ops(&self) -> impl Iterator<Item = &T> {
         let rest = self.overflow.iter().flat_map(|o| o.rest.iter().flatten());
         self.heads.iter().flatten().map(|b| &**b).chain(rest.map(|b| &**b))
     }
 
     /// Takes every queued op, both sides, in order.
-    pub(crate) fn drain_all(&mut self) -> Vec<Box<Op<C>>> {
+    pub(crate) fn drain_all(&mut self) -> Vec<Box<T>> {
         let mut out = Vec::new();
         for side in Side::BOTH {
             while let Some(op) = self.pop_front(side) {
@@ -133,7 +154,7 @@ impl<C> HandleIo<C> {
     }
 
     /// Removes the queued operations `f` selects, keeping the others in order.
-    pub(crate) fn take_matching(&mut self, f: impl Fn(&Op<C>) -> bool) -> Vec<Box<Op<C>>> {
+    pub(crate) fn take_matching(&mut self, f: impl Fn(&T) -> bool) -> Vec<Box<T>> {
         let mut taken = Vec::new();
         for side in Side::BOTH {
             let mut keep = Vec::new();
@@ -192,7 +213,7 @@ impl<C> HandleIo<C> {
 /// What the port and the backends know of a handle. Operations hold an `Arc` of it, so the fd
 /// is closed only after the last operation on it has completed: no fd number is reused while
 /// the kernel may still act on it.
-pub(crate) struct HandleInner<C> {
+pub(crate) struct HandleInner<C, T> {
     pub(crate) fd: OwnedFd,
     pub(crate) key: CompletionKey,
     pub(crate) closed: AtomicBool,
@@ -201,14 +222,14 @@ pub(crate) struct HandleInner<C> {
     /// A regular file or block device: always "ready", so epoll cannot wait for it and its I/O
     /// runs on the file pool.
     pub(crate) is_file: bool,
-    io: Mutex<HandleIo<C>>,
+    io: Mutex<HandleIo<C, T>>,
     /// The registry key of a socket or pipe (0: none; see `claim`).
     identity: u64,
     /// `Handle` clones alive; the last one to go closes the handle.
     pub(crate) users: AtomicU32,
 }
 
-impl<C> HandleInner<C> {
+impl<C, T> HandleInner<C, T> {
     /// Takes `fd` for an association with `key`: refused (ERROR_INVALID_PARAMETER) when its
     /// socket or pipe is associated already, through this fd or another.
     pub(crate) fn claim(fd: OwnedFd, key: CompletionKey) -> io::Result<Self> {
@@ -225,7 +246,7 @@ impl<C> HandleInner<C> {
         })
     }
 
-    pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C>> {
+    pub(crate) fn io(&self) -> MutexGuard<'_, HandleIo<C, T>> {
         self.io.lock()
     }
 
@@ -234,7 +255,7 @@ impl<C> HandleInner<C> {
     }
 }
 
-impl<C> Drop for HandleInner<C> {
+impl<C, T> Drop for HandleInner<C, T> {
     fn drop(&mut self) {
         if self.identity != 0 {
             let id = self.identity;

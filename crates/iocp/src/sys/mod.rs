@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::backend::{BackendKind, PortConfig};
 use crate::completion::{Completion, OpId};
-use crate::sys::handle::HandleInner;
+use crate::sys::op::HandleInner;
 
 pub(crate) mod bufpool;
 mod chunks;

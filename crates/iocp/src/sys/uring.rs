@@ -36,7 +36,7 @@ use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Submitted};
 use crate::backend::PortConfig;
 use crate::completion::{Completion, OpId, Status};
-use crate::sys::handle::HandleInner;
+use crate::sys::op::HandleInner;
 
 const KICK: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;

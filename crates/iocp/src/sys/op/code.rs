@@ -5,25 +5,9 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use crate::completion::{Payload, Status};
 use crate::sys::fault::Point;
+pub(crate) use crate::sys::handle::Side;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{Feature, Opcode};
-
-/// The two sides of a stream handle, each with its own queue of pending operations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    /// Receives, accepts, readiness waits, disconnect's wait for the FIN.
-    Read = 0,
-    /// Sends, connects, TransmitFile.
-    Write = 1,
-}
-
-impl Side {
-    pub(crate) const BOTH: [Side; 2] = [Side::Read, Side::Write];
-
-    pub(crate) const fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// Where an operation stands after a syscall (or a CQE).
 #[derive(Debug, Eq, PartialEq)]

@@ -18,13 +18,17 @@ use std::sync::Arc;
 use crate::completion::{Accepted, Completion, OpId, Payload, Status};
 use crate::stats::InFlightByKind;
 use crate::sys::fault::{self, Point};
-use crate::sys::handle::HandleInner;
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{Feature, Opcode};
 #[cfg(feature = "uring")]
 use code::Reaped;
 use code::{Count, OpCode};
 pub(crate) use code::{Progress, Side};
+
+/// The kernel side of a handle, queueing this module's operations.
+pub(crate) type HandleInner<C> = crate::sys::handle::HandleInner<C, Op<C>>;
+/// A handle's pending-operation bookkeeping (under its lock).
+pub(crate) type HandleIo<C> = crate::sys::handle::HandleIo<C, Op<C>>;
 
 mod accept;
 mod code;

@@ -53,7 +53,7 @@ pub(crate) const INFO: &[Opcode] = &[
 ];
 
 /// Behaviours beyond opcodes that operations rely on; the probe tries each on its own ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Feature {
     /// `IORING_ACCEPT_MULTISHOT` (Linux 5.19): `accept_multi`.
     MultishotAccept,

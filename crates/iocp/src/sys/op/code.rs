@@ -30,12 +30,13 @@ impl Progress {
     }
 }
 
-/// What an io_uring CQE means to an operation, before the shared reading of `Op::advance`.
-#[cfg(feature = "uring")]
-pub(crate) enum Reaped {
+/// What a CQE (io_uring) or a readiness event (epoll) means to an operation, before the
+/// shared reading of `Op::advance`.
+pub(crate) enum Outcome {
     /// Read `res` (bytes or `-errno`) as the current stage's result.
     Result(isize),
-    /// The operation settled it itself (a poll mask, a buffer-less end of stream).
+    /// The operation settled it itself (a poll mask, a buffer-less end of stream, a
+    /// connect's `SO_ERROR`).
     Progress(Progress),
 }
 
@@ -89,8 +90,8 @@ pub(crate) trait OpCode {
     fn sqe(&mut self, fd: RawFd, bytes: usize) -> io_uring::squeue::Entry;
     /// io_uring: a CQE for this op, before the shared reading.
     #[cfg(feature = "uring")]
-    fn on_cqe(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Reaped {
-        Reaped::Result(res as isize)
+    fn on_cqe(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Outcome {
+        Outcome::Result(res as isize)
     }
     /// io_uring: the current stage's CQE is a readiness poll, after which the reaping thread
     /// makes the syscall itself (transmit's `sendfile`: io_uring has none).
@@ -109,9 +110,9 @@ pub(crate) trait OpCode {
     fn stage_fd(&self) -> Option<RawFd> {
         None
     }
-    /// epoll: the handle became ready; `Some(res)` is the current stage's result read without
-    /// its syscall (a connect's outcome is `SO_ERROR`, not a second `connect`).
-    fn ready_result(&mut self, _fd: BorrowedFd<'_>) -> Option<isize> {
+    /// epoll: the handle became ready; `Some` is the current stage's outcome read without its
+    /// syscall (a connect's is `SO_ERROR`, not a second `connect`).
+    fn ready_result(&mut self, _fd: BorrowedFd<'_>) -> Option<Outcome> {
         None
     }
     /// The buffers (and what the op produced), handed back when it is refused or completes;

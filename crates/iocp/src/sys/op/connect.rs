@@ -4,9 +4,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use socket2::SockAddr;
 
-#[cfg(feature = "uring")]
-use super::code::Reaped;
-use super::code::{Count, OpCode, Progress, Side};
+use super::code::{Count, OpCode, Outcome, Progress, Side};
 use super::raw::{errno, fail, send, so_error};
 use super::stream::sent;
 use crate::completion::{Payload, Status};
@@ -71,12 +69,12 @@ impl OpCode for Connect {
         }
     }
     #[cfg(feature = "uring")]
-    fn on_cqe(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Reaped {
+    fn on_cqe(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Outcome {
         // Connected already (an earlier attempt finished): that is success.
         if res == -libc::EISCONN && !self.st.connected {
-            return Reaped::Result(0);
+            return Outcome::Result(0);
         }
-        Reaped::Result(res as isize)
+        Outcome::Result(res as isize)
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         if !self.st.connected {
@@ -89,20 +87,24 @@ impl OpCode for Connect {
     /// socket (`EPOLLOUT | EPOLLHUP` before the connect), consumed after the connect was
     /// queued. The outcome is `SO_ERROR`; 0 with no peer yet (`getpeername`: `ENOTCONN`) means
     /// the handshake is still in progress: keep waiting.
-    fn ready_result(&mut self, fd: BorrowedFd<'_>) -> Option<isize> {
+    fn ready_result(&mut self, fd: BorrowedFd<'_>) -> Option<Outcome> {
         if self.st.connected {
             return None;
         }
         let e = so_error(fd.as_raw_fd());
         if e != 0 {
-            return Some(fail(e));
+            return Some(Outcome::Progress(Progress::fail(e)));
         }
         if rustix::net::getpeername(fd) == Err(rustix::io::Errno::NOTCONN) {
             // Still in SYN_SENT, or failed since: a failure sets SO_ERROR.
             let e = so_error(fd.as_raw_fd());
-            return Some(fail(if e == 0 { libc::EINPROGRESS } else { e }));
+            return Some(Outcome::Progress(if e == 0 {
+                Progress::Again
+            } else {
+                Progress::fail(e)
+            }));
         }
-        Some(0)
+        Some(Outcome::Result(0))
     }
     fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Connect(self.buf)

@@ -20,9 +20,7 @@ use crate::stats::InFlightByKind;
 use crate::sys::fault::{self, Point};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{Feature, Opcode};
-#[cfg(feature = "uring")]
-use code::Reaped;
-use code::{Count, OpCode};
+use code::{Count, OpCode, Outcome};
 pub(crate) use code::{Progress, Side};
 
 /// The kernel side of a handle, queueing this module's operations.
@@ -321,8 +319,8 @@ impl<C> Op<C> {
         }
         let fd = self.fd();
         let res = match each!(&mut self.kind, k => k.on_cqe(res, flags, fd)) {
-            Reaped::Result(res) => res,
-            Reaped::Progress(p) => return p,
+            Outcome::Result(res) => res,
+            Outcome::Progress(p) => return p,
         };
         match self.advance(res) {
             // io_uring retries readiness internally; EAGAIN reaching us is spurious: resubmit.
@@ -342,10 +340,11 @@ impl<C> Op<C> {
     pub(crate) fn on_ready(&mut self) -> Progress {
         let fd = self.handle.fd.as_fd();
         match each!(&mut self.kind, k => k.ready_result(fd)) {
-            Some(res) => match self.advance(res) {
+            Some(Outcome::Result(res)) => match self.advance(res) {
                 Progress::Again if res >= 0 => self.try_io(),
                 p => p,
             },
+            Some(Outcome::Progress(p)) => p,
             None => self.try_io(),
         }
     }

@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 #[cfg(feature = "uring")]
-use super::code::Reaped;
+use super::code::Outcome;
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::{errno, fail, peek};
 use crate::completion::{Payload, Status};
@@ -69,7 +69,7 @@ impl OpCode for RecvPooled {
             .flags(io_uring::squeue::Flags::BUFFER_SELECT)
     }
     #[cfg(feature = "uring")]
-    fn on_cqe(&mut self, res: i32, flags: u32, fd: RawFd) -> Reaped {
+    fn on_cqe(&mut self, res: i32, flags: u32, fd: RawFd) -> Outcome {
         if let Some(id) = io_uring::cqueue::buffer_select(flags) {
             self.pool.note_selected();
             self.got = Some(id);
@@ -77,9 +77,9 @@ impl OpCode for RecvPooled {
         // No buffer free (the kernel selects one before it looks at the socket): if the peer
         // is gone, that is the end of the stream, which needs no buffer.
         if res == -libc::ENOBUFS && self.got.is_none() && peek(fd) == 0 {
-            return Reaped::Progress(Progress::DONE);
+            return Outcome::Progress(Progress::DONE);
         }
-        Reaped::Result(res as isize)
+        Outcome::Result(res as isize)
     }
     fn advance(&mut self, n: usize, bytes: &mut usize, _fd: RawFd) -> Progress {
         *bytes = n.min(self.pool.buf_size());

@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use super::code::{Count, OpCode, Progress, Side};
 use super::raw::peek;
 #[cfg(feature = "uring")]
-use super::{code::Reaped, raw::so_error};
+use super::{code::Outcome, raw::so_error};
 use crate::completion::{Payload, Status};
 #[cfg(feature = "uring")]
 use crate::sys::opcodes::{self, Opcode};
@@ -32,18 +32,18 @@ impl OpCode for Ready {
         opcode::PollAdd::new(Fd(fd), mask as u32).build()
     }
     #[cfg(feature = "uring")]
-    fn on_cqe(&mut self, res: i32, _flags: u32, fd: RawFd) -> Reaped {
+    fn on_cqe(&mut self, res: i32, _flags: u32, fd: RawFd) -> Outcome {
         if res < 0 {
-            return Reaped::Result(res as isize);
+            return Outcome::Result(res as isize);
         }
         // An event mask: an error event reports the socket's error.
         if res & i32::from(libc::POLLERR) != 0 {
             let e = so_error(fd);
             if e != 0 {
-                return Reaped::Progress(Progress::fail(e));
+                return Outcome::Progress(Progress::fail(e));
             }
         }
-        Reaped::Progress(Progress::DONE)
+        Outcome::Progress(Progress::DONE)
     }
     fn advance(&mut self, _n: usize, _bytes: &mut usize, _fd: RawFd) -> Progress {
         Progress::DONE

@@ -128,21 +128,25 @@ pub(crate) fn probe() -> Result<UringCaps, String> {
         .register_probe(&mut probe)
         .map_err(|e| format!("IORING_REGISTER_PROBE failed with {}", errno_name(&e)))?;
     // Every opcode and feature the operations declare (sys/op/*.rs, `OpCode::OPCODES`; tests
-    // keep each declaration in step with its file) and the driver's own, each name once.
+    // keep each declaration in step with its file) and the driver's own, each name once, in
+    // the kernel's order (opcode number, `Feature` order) whatever the order of the ops.
+    let mut declared: Vec<&opcodes::Opcode> =
+        opcodes::DRIVER.iter().chain(op::OPS.iter().flat_map(|o| o.opcodes)).collect();
+    declared.sort_by_key(|u| u.code);
     let mut opcodes: Vec<(&'static str, bool)> = Vec::new();
-    let mut features: Vec<(&'static str, bool)> = Vec::new();
-    let declared = op::OPS.iter().flat_map(|o| o.opcodes);
-    for u in opcodes::DRIVER.iter().chain(declared) {
+    for u in declared {
         if !opcodes.iter().any(|(n, _)| *n == u.name) {
             opcodes.push((u.name, probe.is_supported(u.code)));
         }
     }
-    let declared = op::OPS.iter().flat_map(|o| o.features);
-    for f in opcodes::DRIVER_FEATURES.iter().chain(declared) {
-        if !features.iter().any(|(n, _)| *n == f.name()) {
-            features.push((f.name(), probe_feature(&mut ring, *f)));
-        }
-    }
+    let mut wanted: Vec<opcodes::Feature> = opcodes::DRIVER_FEATURES
+        .iter()
+        .chain(op::OPS.iter().flat_map(|o| o.features))
+        .copied()
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    let features = wanted.into_iter().map(|f| (f.name(), probe_feature(&mut ring, f))).collect();
     let caps = UringCaps {
         opcodes,
         ext_arg: ring.params().is_feature_ext_arg(),

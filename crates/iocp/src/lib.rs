@@ -65,7 +65,7 @@ pub use sys::probe::probe;
 /// The [`Handle::write_at`] offset that appends at the end of the file (Windows'
 /// `0xFFFFFFFF_FFFFFFFF`).
 pub const APPEND: u64 = u64::MAX;
-pub use port::{BlockingGuard, CompletionPort, PortBuilder, SubmitBatch, blocking};
+pub use port::{BlockingGuard, CompletionPort, Delivery, PortBuilder, SubmitBatch, blocking};
 pub use stats::{InFlightByKind, PortStats};
 pub use sys::bufpool::{BufferPool, PooledBuf};
 /// Fault injection for tests (feature `fault-injection`).

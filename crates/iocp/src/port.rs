@@ -10,7 +10,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -26,6 +26,18 @@ use crate::sys::op::{Op, OpKind};
 use crate::sys::{Driver, Sink, Submitted};
 use state::{State, Wake};
 use timers::{NO_TIMER, Submit, Wheel};
+
+/// What a completion hook ([`CompletionPort::on_complete`]) does with the completion it saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queue the packet, as without a hook.
+    Queue,
+    /// Drop it: nobody dequeues this operation's completion (the hook consumed it).
+    Drop,
+}
+
+/// The hook type stored in a port.
+type Hook<C> = Box<dyn Fn(&mut Completion<C>) -> Delivery + Send + Sync>;
 
 /// Configures and creates a [`CompletionPort`].
 #[derive(Clone, Debug, Default)]
@@ -114,6 +126,7 @@ impl PortBuilder {
             timers_armed: AtomicUsize::new(0),
             queued_hint: AtomicUsize::new(0),
             next_op: AtomicU64::new(1),
+            hook: OnceLock::new(),
             max,
             report,
         });
@@ -281,6 +294,46 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// True once the port is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Installs the port's completion hook: `hook` sees every I/O completion once, at the
+    /// moment it leaves the kernel or the driver (in whichever thread reaps or produces it:
+    /// a thread in [`get`](Self::get), [`reap`](Self::reap), a start or cancel call that
+    /// completed at once, or the epoll file pool), before it is queued. It may read and change
+    /// the completion (take its buffers, replace its context) and returns whether the packet
+    /// is queued ([`Delivery::Queue`]) or dropped ([`Delivery::Drop`]: the operation's one
+    /// completion was the hook's). Posted packets do not pass through it.
+    ///
+    /// This is the moment Windows writes an OVERLAPPED's status and signals its event, with no
+    /// thread dequeuing (libiocp uses it for exactly that). The hook runs outside the port's
+    /// locks but must not call [`get`](Self::get), [`get_many`](Self::get_many) or
+    /// [`reap`](Self::reap) (it may be running inside one). A panic in it is raised to the
+    /// caller after the completions are queued unchanged. One hook per port, installed before
+    /// operations start.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when the port has a hook already.
+    pub fn on_complete(
+        &self,
+        hook: impl Fn(&mut Completion<C>) -> Delivery + Send + Sync + 'static,
+    ) -> io::Result<()> {
+        self.shared.inner.hook.set(Box::new(hook)).map_err(|_| {
+            io::Error::new(io::ErrorKind::AlreadyExists, "the port has a completion hook already")
+        })
+    }
+
+    /// Polls the kernel for I/O completions without dequeuing any: if no thread is polling,
+    /// waits up to `timeout` (`None`: until one arrives; zero: just look) and queues what it
+    /// reaps (each through the [`on_complete`](Self::on_complete) hook), handing them to
+    /// blocked [`get`](Self::get) callers as usual; deadlines due meanwhile fire. Returns how
+    /// many I/O completions it reaped, or 0 at once when another thread is polling (it reaps
+    /// for everyone) or the port is closed.
+    ///
+    /// For programs that must see operations finish while no thread waits in `get`: a
+    /// `GetOverlappedResult(bWait = TRUE)`, a spin on `HasOverlappedIoCompleted`, an
+    /// OVERLAPPED event. A thread calling it does not count as running on the port.
+    pub fn reap(&self, timeout: Option<Duration>) -> usize {
+        self.shared.inner.reap(timeout)
     }
 
     /// Creates a pool of `count` receive buffers of `size` bytes for this port (the Registered
@@ -460,6 +513,8 @@ pub(crate) struct PortInner<C: Send + 'static> {
     /// When the last kernel poll ended: with [`POLL_INTERVAL`], the time bound on how long
     /// packets taken from the queue may keep the kernel unpolled.
     last_poll: AtomicU64,
+    /// The completion hook ([`CompletionPort::on_complete`]), if any.
+    hook: OnceLock<Hook<C>>,
 }
 
 /// While nobody polls the kernel, a thread that takes packets polls it (without blocking)
@@ -666,25 +721,85 @@ impl<C: Send + 'static> PortInner<C> {
 
     /// Queues I/O completions produced outside the poller (inline successes, aborts).
     fn deliver(&self, cs: impl IntoIterator<Item = Completion<C>>) {
-        let cs: Vec<Completion<C>> = cs.into_iter().collect();
+        let mut cs: Vec<Completion<C>> = cs.into_iter().collect();
         self.disarm_completed(cs.iter());
+        // A panicking hook leaves the rest of the batch unhooked; it is queued all the same,
+        // and the panic raised once it is.
+        let hooked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_hook(&mut cs)));
+        let dropped = *hooked.as_ref().unwrap_or(&0);
         let mut st = self.lock();
         if st.is_closed() {
             drop(st);
             // Dropped outside the lock: a context may own a Handle whose drop takes locks.
-            drop(cs.into_iter().collect::<Vec<_>>());
-            return;
+            drop(cs);
+        } else {
+            let mut kick = false;
+            st.counts.io_completions += dropped;
+            for c in cs {
+                st.counts.io_completions += 1;
+                st.push(c, &mut |w| wake(w, &mut kick));
+            }
+            self.queued_hint.store(st.queued(), Ordering::Relaxed);
+            drop(st);
+            if kick {
+                self.driver.kick();
+            }
         }
-        let mut kick = false;
-        for c in cs {
-            st.counts.io_completions += 1;
-            st.push(c, &mut |w| wake(w, &mut kick));
+        if let Err(payload) = hooked {
+            std::panic::resume_unwind(payload);
         }
-        self.queued_hint.store(st.queued(), Ordering::Relaxed);
+    }
+
+    /// Passes each completion through the hook, if there is one; removes those it drops and
+    /// returns how many.
+    fn run_hook(&self, cs: &mut Vec<Completion<C>>) -> u64 {
+        let Some(hook) = self.hook.get() else { return 0 };
+        let before = cs.len();
+        cs.retain_mut(|c| hook(c) == Delivery::Queue);
+        (before - cs.len()) as u64
+    }
+
+    /// [`CompletionPort::reap`]: one kernel poll, for nobody in particular.
+    fn reap(&self, timeout: Option<Duration>) -> usize {
+        let mut st = self.lock();
+        if st.is_closed() || st.is_polling() {
+            return 0;
+        }
+        let id = st.add_waiter(SIGNAL.with(Arc::clone), true);
         drop(st);
-        if kick {
-            self.driver.kick();
+        let mut reaped = self.reaped.lock();
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let wake_at = match (deadline, self.next_timer()) {
+            (Some(d), Some(t)) => Some(d.min(t)),
+            (None, Some(t)) => Some(t),
+            (d, None) => d,
+        };
+        let left = match timeout {
+            Some(t) if t.is_zero() => Some(Duration::ZERO),
+            _ => wake_at.map(|d| d.saturating_duration_since(Instant::now())),
+        };
+        let mut dropped = 0;
+        // As in `get`: no panic may leave the port with nobody polling.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Err(e) = self.driver.wait(left, &mut reaped) {
+                tracing::error!("completion port wait failed: {e}");
+            }
+            self.disarm_completed(reaped.iter());
+            dropped = self.run_hook(&mut reaped);
+            self.fire_timers();
+        }));
+        self.last_poll.store(self.since_epoch(), Ordering::Relaxed);
+        let late: Vec<Completion<C>> = reaped.drain(..).collect();
+        drop(reaped);
+        let n = late.len() + dropped as usize;
+        // Queue what was reaped, give back a packet handed to us meanwhile, and promote a
+        // waiter to poll in our place.
+        self.abandon_poll(id, late, dropped);
+        if let Err(payload) = polled {
+            std::panic::resume_unwind(payload);
         }
+        n
     }
 
     pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>) {
@@ -771,11 +886,13 @@ impl<C: Send + 'static> PortInner<C> {
                 // No panic in the poll path (a driver bug, a context's `Clone` or `Drop`) may
                 // leave the port with `polling` set and nobody polling: on unwind, hand the
                 // polling on and queue what was reaped, then let the panic go on.
+                let mut dropped = 0;
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if let Err(e) = self.driver.wait(left, &mut reaped) {
                         tracing::error!("completion port wait failed: {e}");
                     }
                     self.disarm_completed(reaped.iter());
+                    dropped = self.run_hook(&mut reaped);
                     self.fire_timers();
                     crate::sys::fault::reaped(reaped.len());
                 }));
@@ -783,7 +900,7 @@ impl<C: Send + 'static> PortInner<C> {
                 if let Err(payload) = polled {
                     let late: Vec<Completion<C>> = reaped.drain(..).collect();
                     drop(reaped);
-                    self.abandon_poll(id, late);
+                    self.abandon_poll(id, late, dropped);
                     assoc::end(self.id);
                     std::panic::resume_unwind(payload);
                 }
@@ -805,7 +922,7 @@ impl<C: Send + 'static> PortInner<C> {
                     continue;
                 }
                 let batch = reaped.len();
-                st.counts.io_completions += batch as u64;
+                st.counts.io_completions += batch as u64 + dropped;
                 st.extend(reaped.drain(..));
                 crate::spare::vec(&mut reaped, batch);
                 drop(reaped);
@@ -869,9 +986,10 @@ impl<C: Send + 'static> PortInner<C> {
                 > POLL_INTERVAL.as_nanos() as u64
     }
 
-    /// The poller `id` unwound out of the poll path: give back what it was handed, queue what
-    /// it reaped (`late`), and promote another waiter to poll.
-    fn abandon_poll(&self, id: state::WaiterId, late: Vec<Completion<C>>) {
+    /// The poller `id` unwound out of the poll path (or was [`reap`](Self::reap)): give back
+    /// what it was handed, queue what it reaped (`late`; `dropped` more went to the hook), and
+    /// promote another waiter to poll.
+    fn abandon_poll(&self, id: state::WaiterId, late: Vec<Completion<C>>, dropped: u64) {
         self.disarm_completed(late.iter());
         let mut st = self.lock();
         let orphan = st.abandon_poll(id);
@@ -881,7 +999,7 @@ impl<C: Send + 'static> PortInner<C> {
             drop((orphan, late));
             return;
         }
-        st.counts.io_completions += late.len() as u64;
+        st.counts.io_completions += late.len() as u64 + dropped;
         st.extend(late);
         st.dispatch(true, &mut |w| wake(w, &mut kick));
         self.queued_hint.store(st.queued(), Ordering::Relaxed);

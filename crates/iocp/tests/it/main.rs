@@ -4,6 +4,7 @@ mod assoc;
 mod cancel;
 mod faults;
 mod file;
+mod hook;
 mod net;
 mod pool;
 mod port;

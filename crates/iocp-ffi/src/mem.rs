@@ -131,6 +131,16 @@ pub(crate) unsafe fn ov_read(ov: *mut OVERLAPPED) -> (usize, usize) {
     (status, bytes)
 }
 
+/// The `hEvent` of an OVERLAPPED, as a value (its low bit says: no packet).
+///
+/// # Safety
+/// `ov` is non-NULL and valid.
+pub(crate) unsafe fn ov_event(ov: *mut OVERLAPPED) -> usize {
+    // SAFETY: `ov` is non-NULL and valid (this function's contract): a plain read of a pointer
+    // field, never dereferenced.
+    unsafe { field::<usize>(ov, offset_of!(OVERLAPPED, hEvent)).read() }
+}
+
 /// The 64-bit file offset of an OVERLAPPED.
 ///
 /// # Safety

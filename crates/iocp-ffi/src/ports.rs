@@ -100,10 +100,26 @@ pub unsafe extern "C" fn GetQueuedCompletionStatus(
         let Some(port) = registry::port(CompletionPort) else {
             return fail(ERROR_INVALID_HANDLE, FALSE);
         };
-        match port.port.get(timeout(dwMilliseconds)) {
-            Ok(c) => {
+        let inside = port.enter();
+        let deadline = timeout(dwMilliseconds).and_then(|t| Instant::now().checked_add(t));
+        let got = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match port.port.get(left) {
+                Ok(c) => {
+                    let d = registry::finish(c);
+                    // An operation whose event has its low bit set reports no packet (the hook
+                    // normally drops it before it is queued).
+                    if !d.suppressed {
+                        break Ok(d);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(inside);
+        match got {
+            Ok(d) => {
                 drop(port);
-                let d = registry::finish(c);
                 // SAFETY: caller's contract for the three out-pointers.
                 unsafe { mem::put(lpNumberOfBytesTransferred, d.bytes as DWORD) };
                 // SAFETY: `lpCompletionKey` is NULL or valid for a write (the exported call's
@@ -143,13 +159,31 @@ pub unsafe extern "C" fn GetQueuedCompletionStatusEx(
         let Some(port) = registry::port(CompletionPort) else {
             return fail(ERROR_INVALID_HANDLE, FALSE);
         };
-        let mut got = Vec::new();
-        match port.port.get_many(&mut got, ulCount as usize, timeout(dwMilliseconds)) {
-            Ok(_) => {
+        let inside = port.enter();
+        let deadline = timeout(dwMilliseconds).and_then(|t| Instant::now().checked_add(t));
+        let got = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let mut got = Vec::new();
+            match port.port.get_many(&mut got, ulCount as usize, left) {
+                Ok(_) => {
+                    let ds: Vec<_> = got
+                        .into_iter()
+                        .map(registry::finish)
+                        .filter(|d| !d.suppressed) // see GetQueuedCompletionStatus
+                        .collect();
+                    if !ds.is_empty() {
+                        break Ok(ds);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(inside);
+        match got {
+            Ok(ds) => {
                 drop(port);
-                let n = got.len();
-                for (i, c) in got.into_iter().enumerate() {
-                    let d = registry::finish(c);
+                let n = ds.len();
+                for (i, d) in ds.into_iter().enumerate() {
                     let e = OVERLAPPED_ENTRY {
                         lpCompletionKey: d.key,
                         lpOverlapped: d.ov as *mut OVERLAPPED,
@@ -299,8 +333,13 @@ pub unsafe extern "C" fn GetOverlappedResult(
             let f = finished();
             // A visible wait: the thread does not hold its port's concurrency slot meanwhile.
             let _blocked = iocp_core::blocking();
+            // The operation completes when some thread sees it leave the kernel: this one polls
+            // the port itself while nobody else does (a single-threaded program needs no
+            // GetQueuedCompletionStatus), and otherwise waits for the poller's hook to finish
+            // it and wake us.
+            let port =
+                registry::fd_of(hval(hFile)).and_then(registry::assoc).map(|a| a.port.clone());
             f.waiters.fetch_add(1, Ordering::AcqRel);
-            let mut g = f.lock.lock();
             loop {
                 // SAFETY: `lpOverlapped` is non-NULL (checked) and valid until its operation's
                 // packet is dequeued (GetOverlappedResult's contract).
@@ -308,9 +347,24 @@ pub unsafe extern "C" fn GetOverlappedResult(
                 if st.0 != STATUS_PENDING {
                     break;
                 }
-                f.cond.wait_until(&mut g, Instant::now() + Duration::from_millis(100));
+                let t0 = Instant::now();
+                if let Some(p) = &port {
+                    if p.port.reap(Some(Duration::from_millis(50))) > 0 {
+                        continue;
+                    }
+                    if t0.elapsed() >= Duration::from_millis(1) {
+                        continue; // it polled, nothing came yet: look and poll again
+                    }
+                }
+                // Another thread polls (or the handle has no port): wait for a completion.
+                let mut g = f.lock.lock();
+                // SAFETY: as above.
+                st = unsafe { mem::ov_read(lpOverlapped) };
+                if st.0 != STATUS_PENDING {
+                    break;
+                }
+                f.cond.wait_until(&mut g, Instant::now() + Duration::from_millis(50));
             }
-            drop(g);
             f.waiters.fetch_sub(1, Ordering::AcqRel);
         }
         let (status, bytes) = st;
@@ -323,6 +377,28 @@ pub unsafe extern "C" fn GetOverlappedResult(
         let status = status as u32;
         if status == STATUS_SUCCESS { TRUE } else { fail(win32_from_nt(status), FALSE) }
     })
+}
+
+/// WSAGetOverlappedResult: [`GetOverlappedResult`] for a socket; `*lpdwFlags` is set to 0 (no
+/// MSG_PARTIAL here).
+///
+/// # Safety
+/// As [`GetOverlappedResult`]; `lpdwFlags` is NULL or valid for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn WSAGetOverlappedResult(
+    s: SOCKET,
+    lpOverlapped: *mut OVERLAPPED,
+    lpcbTransfer: *mut DWORD,
+    fWait: BOOL,
+    lpdwFlags: *mut DWORD,
+) -> BOOL {
+    // SAFETY: the caller's contract is GetOverlappedResult's; a SOCKET is a HANDLE value here.
+    let r = unsafe { GetOverlappedResult(handle_from(s), lpOverlapped, lpcbTransfer, fWait) };
+    if r != FALSE {
+        // SAFETY: `lpdwFlags` is NULL or valid for a write (the exported call's contract).
+        unsafe { mem::put(lpdwFlags, 0) };
+    }
+    r
 }
 
 /// SetFileCompletionNotificationModes: adds `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` (an

@@ -7,10 +7,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::ThreadId;
+use std::time::Duration;
 
 use iocp_core::{
-    BackendChoice, Completion, CompletionKey, CompletionPort, Handle, OpId, Payload, PortBuilder,
-    SubmitError,
+    BackendChoice, Completion, CompletionKey, CompletionPort, Delivery, Handle, OpId, Payload,
+    PortBuilder, SubmitError,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 use socket2::SockAddr;
@@ -37,6 +38,9 @@ pub(crate) enum Target {
         accept_fd: i32,
         watch: u64,
     },
+    /// The operation is finished: the completion hook ([`on_complete`]) did it when it
+    /// completed; the dequeue only reports this packet.
+    Done(Box<Done>),
 }
 
 /// The per-operation context the core hands back in the completion: the caller's
@@ -47,8 +51,12 @@ pub(crate) struct Ctx {
     pub(crate) assoc: Weak<Assoc>,
     /// Which in-flight counter of the association this op holds (`Side`).
     pub(crate) side: Side,
-    /// Bytes already sent in line before the rest went to the core (added to the packet's count).
-    pub(crate) extra: usize,
+    /// Bytes already sent in line before the rest went to the core (added to the packet's
+    /// count, a DWORD).
+    pub(crate) extra: u32,
+    /// The OVERLAPPED's `hEvent` when the operation started (set on completion; low bit: no
+    /// packet).
+    pub(crate) event: usize,
 }
 
 /// The direction of a stream operation, for the in-line attempts: a receive (or send) is tried
@@ -62,13 +70,37 @@ pub(crate) enum Side {
 
 impl Ctx {
     pub(crate) fn posted(ov: usize) -> Self {
-        Ctx { ov, target: Target::None, assoc: Weak::new(), side: Side::None, extra: 0 }
+        Ctx { ov, target: Target::None, assoc: Weak::new(), side: Side::None, extra: 0, event: 0 }
     }
 }
 
 /// A port and its table id.
 pub(crate) struct PortEntry {
     pub(crate) port: CompletionPort<Ctx>,
+    /// Threads inside GetQueuedCompletionStatus(Ex) on this port now (one of them polls the
+    /// kernel: nothing for the [`reaper`] to do).
+    pub(crate) inside: AtomicUsize,
+    /// GetQueuedCompletionStatus(Ex) calls that returned: the [`reaper`] polls a port only when
+    /// this did not move for a whole tick (nobody is dequeuing).
+    pub(crate) exits: AtomicU64,
+}
+
+impl PortEntry {
+    /// Counts a GetQueuedCompletionStatus(Ex) call in; the guard counts it out.
+    pub(crate) fn enter(&self) -> Inside<'_> {
+        self.inside.fetch_add(1, Ordering::AcqRel);
+        Inside(self)
+    }
+}
+
+/// A thread inside GetQueuedCompletionStatus(Ex) ([`PortEntry::enter`]).
+pub(crate) struct Inside<'a>(&'a PortEntry);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.exits.fetch_add(1, Ordering::Release);
+        self.0.inside.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A socket or file associated with a port: the core handle (on a `dup` of the caller's fd),
@@ -129,8 +161,8 @@ impl Assoc {
         for ov in ovs {
             // SAFETY: an operation's OVERLAPPED stays valid until its packet is dequeued (Win32
             // contract); this one was still in `pending`, so not dequeued, and removing it under
-            // the lock made this the last write to it.
-            unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+            // the lock made this the last write to it (and `abort_ov` reads its event first).
+            unsafe { abort_ov(ov as *mut OVERLAPPED) };
         }
     }
 
@@ -142,7 +174,7 @@ impl Assoc {
         let Some((op, _)) = self.pending.lock().remove(&ov) else { return };
         // SAFETY: the AcceptEx's OVERLAPPED, valid until its packet is dequeued (Win32
         // contract); it was still in `pending` and is no longer, so this is the last write.
-        unsafe { complete_ov(ov as *mut OVERLAPPED, errors::STATUS_CANCELLED, 0) };
+        unsafe { abort_ov(ov as *mut OVERLAPPED) };
         let _ = self.handle.cancel(op);
     }
 
@@ -158,9 +190,15 @@ impl Assoc {
     /// written now, and a packet is queued unless skip mode is on (iocp-semantics.md §7).
     pub(crate) fn inline_success(&self, ov: *mut OVERLAPPED, bytes: usize) {
         // SAFETY: the caller's OVERLAPPED, non-NULL (checked by the caller), valid (Win32
-        // contract).
+        // contract); the event is read before the status is written (after that the caller may
+        // reuse the OVERLAPPED).
+        let event = unsafe { mem::ov_event(ov) };
+        // SAFETY: as above.
         unsafe { mem::ov_done(ov, 0, bytes) };
-        if !self.skips_on_success() {
+        if event != 0 {
+            crate::win32::op_event(event, true);
+        }
+        if !self.skips_on_success() && event & 1 == 0 {
             let key = CompletionKey(self.key as u64);
             // A closed port has nobody to dequeue the packet: dropping it is what Windows does.
             let _ = self.port.port.post(bytes, key, Ctx::posted(ov as usize));
@@ -219,10 +257,64 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
         .concurrency(concurrency as usize)
         .build::<Ctx>()
         .map_err(|e| errors::from_io(&e))?;
+    // Each operation is finished the moment it completes, dequeued or not (Windows writes the
+    // OVERLAPPED and signals its event then): see `on_complete`.
+    port.on_complete(on_complete).map_err(|e| errors::from_io(&e))?;
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(PortEntry { port });
+    let entry = Arc::new(PortEntry { port, inside: AtomicUsize::new(0), exits: AtomicU64::new(0) });
     ports().write().insert(id, entry.clone());
+    reaper();
     Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
+}
+
+/// How often the [`reaper`] looks at the ports.
+const REAP_TICK: Duration = Duration::from_millis(2);
+
+/// Starts (once) and wakes the reaper: a library thread that, every [`REAP_TICK`], polls the
+/// kernel (without blocking) for each port that nobody dequeues from: no thread inside
+/// GetQueuedCompletionStatus(Ex) and none returned from it during the last tick. On Windows an
+/// operation completes, writes its OVERLAPPED and signals its event by itself; here the core
+/// sees completions only when some thread polls, and a program that stopped dequeuing (one
+/// that spins on `HasOverlappedIoCompleted` at shutdown, or waits on OVERLAPPED events) would
+/// never see them. A server whose workers dequeue is never polled by it. It sleeps while no
+/// port exists.
+fn reaper() {
+    static REAPER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
+    let t = REAPER.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("iocp-reaper".into())
+            .spawn(reap_loop)
+            .ok()
+            .map(|j| j.thread().clone())
+    });
+    if let Some(t) = t {
+        t.unpark();
+    }
+}
+
+fn reap_loop() {
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    loop {
+        let list: Vec<(u64, Arc<PortEntry>)> =
+            ports().read().iter().map(|(id, p)| (*id, p.clone())).collect();
+        if list.is_empty() {
+            seen.clear();
+            std::thread::park_timeout(Duration::from_secs(10));
+            continue;
+        }
+        std::thread::sleep(REAP_TICK);
+        seen.retain(|id, _| list.iter().any(|(k, _)| k == id));
+        for (id, p) in list {
+            let exits = p.exits.load(Ordering::Acquire);
+            let quiet = seen.insert(id, exits) == Some(exits);
+            if quiet && p.inside.load(Ordering::Acquire) == 0 {
+                // A panic (in the hook) must not end the reaper; the core queued what it reaped.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    p.port.reap(Some(Duration::ZERO))
+                }));
+            }
+        }
+    }
 }
 
 fn port_id(h: HANDLE) -> Option<u64> {
@@ -484,17 +576,38 @@ pub(crate) fn start_sided(
 ) -> Result<(), Codes> {
     // SAFETY: the caller checked `ov` is non-NULL; it is the caller's OVERLAPPED, valid until
     // the packet is dequeued (Win32 contract).
+    let event = unsafe { mem::ov_event(ov) };
+    // SAFETY: as above.
     unsafe { mem::ov_pending(ov) };
-    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra };
+    if event != 0 {
+        // The I/O functions reset the event when they start (iocp-semantics.md §6).
+        crate::win32::op_event(event, false);
+    }
+    // The packet reports a DWORD count; more than 4 GiB sent in line saturates it.
+    let extra = u32::try_from(extra).unwrap_or(u32::MAX);
+    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra, event };
     a.count(side, true);
-    let mut pending = a.pending.lock();
+    // Recorded before the submit, under a placeholder id: the operation may complete inside
+    // it (the completion hook then runs on this thread and must find it, without this lock).
+    let tid = std::thread::current().id();
+    a.pending.lock().insert(ov as usize, (STARTING, tid));
     match submit(&a.handle, ctx) {
         Ok(op) => {
-            pending.insert(ov as usize, (op, std::thread::current().id()));
+            // Unless it already completed (or its socket was closed) meanwhile.
+            if let Some(e) = a.pending.lock().get_mut(&(ov as usize))
+                && e.0 == STARTING
+            {
+                e.0 = op;
+            }
             Ok(())
         }
         Err(e) => {
-            drop(pending);
+            {
+                let mut pending = a.pending.lock();
+                if pending.get(&(ov as usize)).is_some_and(|e| e.0 == STARTING) {
+                    pending.remove(&(ov as usize));
+                }
+            }
             a.count(side, false);
             let codes = errors::from_io(e.error());
             // SAFETY: as above; no packet will come, the status is written in line.
@@ -535,6 +648,55 @@ unsafe fn complete_ov(ov: *mut OVERLAPPED, nt: u32, bytes: usize) {
     }
 }
 
+/// The id an operation has in `pending` while its submit runs (core ids start at 1).
+const STARTING: OpId = OpId(0);
+
+/// Writes an aborted operation's status (`STATUS_CANCELLED`) and signals its event.
+///
+/// # Safety
+/// As [`complete_ov`]; this is the last access to `ov`.
+unsafe fn abort_ov(ov: *mut OVERLAPPED) {
+    // SAFETY: valid and not yet released (this function's contract): read before the status
+    // write that releases it.
+    let event = unsafe { mem::ov_event(ov) };
+    // SAFETY: this function's contract.
+    unsafe { complete_ov(ov, errors::STATUS_CANCELLED, 0) };
+    if event != 0 {
+        crate::win32::op_event(event, true);
+    }
+}
+
+/// The port's completion hook: finishes each operation the moment the core sees it complete
+/// (in whichever thread reaps it), as Windows does with no thread dequeuing: received bytes go
+/// into the caller's buffers, an AcceptEx's connection onto its accept socket, `Internal` /
+/// `InternalHigh` are written (so `HasOverlappedIoCompleted` and `GetOverlappedResult` see
+/// it), the OVERLAPPED's event is signalled, and with the event's low bit set no packet is
+/// queued (case 17). The dequeue then only reports the packet ([`finish`]).
+fn on_complete(c: &mut Completion<Ctx>) -> Delivery {
+    if matches!(c.payload(), Payload::Posted) || matches!(c.context().target, Target::Done(_)) {
+        return Delivery::Queue;
+    }
+    let key = c.key().0 as usize;
+    let bytes = c.bytes();
+    let op = c.op();
+    let errno = if c.is_eof() { errors::EOF } else { c.raw_os_error().unwrap_or(0) };
+    let payload = std::mem::replace(c.payload_mut(), Payload::Posted);
+    let ctx = c.context_mut();
+    let event = ctx.event;
+    let taken = Ctx {
+        ov: ctx.ov,
+        target: std::mem::replace(&mut ctx.target, Target::None),
+        assoc: ctx.assoc.clone(),
+        side: ctx.side,
+        extra: ctx.extra,
+        event,
+    };
+    let d = settle(key, bytes, op, errno, taken, payload);
+    let suppressed = d.suppressed;
+    c.context_mut().target = Target::Done(Box::new(d));
+    if suppressed { Delivery::Drop } else { Delivery::Queue }
+}
+
 /// A dequeued packet, as GetQueuedCompletionStatus reports it.
 pub(crate) struct Done {
     pub(crate) key: usize,
@@ -543,6 +705,9 @@ pub(crate) struct Done {
     pub(crate) nt: u32,
     /// 0 for success, else the Win32 error GQCS returns FALSE with.
     pub(crate) error: DWORD,
+    /// The OVERLAPPED's event had its low bit set: no packet is reported (only reached when
+    /// the hook could not finish the operation first).
+    pub(crate) suppressed: bool,
 }
 
 /// Turns a core completion into the packet: copies received bytes into the caller's buffers,
@@ -550,13 +715,25 @@ pub(crate) struct Done {
 /// into its buffer), writes `Internal` / `InternalHigh`, forgets the pending operation.
 pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     let key = c.key().0 as usize;
-    let mut bytes = c.bytes();
+    let bytes = c.bytes();
     let op = c.op();
     let errno = if c.is_eof() { errors::EOF } else { c.raw_os_error().unwrap_or(0) };
     let (ctx, payload) = c.into_parts();
-    if matches!(payload, Payload::Posted) {
-        return Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: 0, error: 0 };
+    if let Target::Done(d) = ctx.target {
+        return *d; // finished by the hook when it completed
     }
+    if matches!(payload, Payload::Posted) {
+        let bytes = bytes & 0xFFFF_FFFF;
+        return Done { key, ov: ctx.ov, bytes, nt: 0, error: 0, suppressed: false };
+    }
+    settle(key, bytes, op, errno, ctx, payload)
+}
+
+/// Finishes operation `op` (see [`finish`]), once: by the hook when it completes, or at its
+/// dequeue if the hook could not.
+fn settle(key: usize, mut bytes: usize, op: OpId, errno: i32, ctx: Ctx, payload: Payload) -> Done {
+    let event = ctx.event;
+    let suppressed = event & 1 != 0;
     // Whether this dequeue still owns the operation: it is in its association's `pending`
     // (removed here, under the lock). If not, the socket or the port went away and already
     // ended the OVERLAPPED (`release_pending`): the caller may have freed it and its buffers,
@@ -564,7 +741,7 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
     let owner = ctx.assoc.upgrade();
     let owned = owner.as_ref().is_some_and(|a| {
         let mut pending = a.pending.lock();
-        let mine = pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op);
+        let mine = pending.get(&ctx.ov).is_some_and(|&(id, _)| id == op || id == STARTING);
         if mine {
             pending.remove(&ctx.ov);
         }
@@ -579,7 +756,8 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         }
         drop(payload); // an accepted connection in it is closed, never installed
         let codes = errors::from_errno(libc::ECANCELED);
-        return Done { key, ov: ctx.ov, bytes: 0, nt: codes.nt, error: codes.win32 };
+        let (nt, error) = (codes.nt, codes.win32);
+        return Done { key, ov: ctx.ov, bytes: 0, nt, error, suppressed };
     }
     let mut codes = errors::from_errno(errno);
     match (ctx.target, payload) {
@@ -593,12 +771,13 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
             }
         }
         (Target::Scatter(bufs), Payload::Recv(b) | Payload::Read(b)) => {
-            // SAFETY: the caller's buffers stay valid until this packet is dequeued (Win32
-            // contract for WSARecv/ReadFile buffers); this is that dequeue.
+            // SAFETY: the caller's buffers stay valid until the operation completes (Win32
+            // contract for WSARecv/ReadFile buffers): it completes here, its status unwritten.
             bytes = unsafe { mem::scatter(&bufs, &b) };
         }
         (Target::RecvFrom { bufs, from, fromlen }, Payload::RecvFrom(b, addr)) => {
-            // SAFETY: the WSARecvFrom buffers stay valid until this dequeue (Win32 contract).
+            // SAFETY: the WSARecvFrom buffers stay valid until completion, which is here (Win32
+            // contract).
             bytes = unsafe { mem::scatter(&bufs, &b) };
             if let Some(addr) = addr {
                 // SAFETY: lpFrom / lpFromlen stay valid until completion (Win32 contract).
@@ -642,11 +821,15 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
         }
         _ => {}
     }
-    bytes += ctx.extra;
-    // SAFETY: the caller's OVERLAPPED stays valid until this dequeue (Win32 contract).
+    bytes += ctx.extra as usize;
+    // SAFETY: the caller's OVERLAPPED stays valid until its packet is dequeued (Win32
+    // contract); this operation is still the caller's (`owned`), its status still pending.
     unsafe { complete_ov(ctx.ov as *mut OVERLAPPED, codes.nt, bytes) };
+    if event != 0 {
+        crate::win32::op_event(event, true);
+    }
     let error = if codes.nt == 0 { 0 } else { codes.win32 };
-    Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: codes.nt, error }
+    Done { key, ov: ctx.ov, bytes: bytes & 0xFFFF_FFFF, nt: codes.nt, error, suppressed }
 }
 
 /// Puts the accepted connection on the caller's accept-socket fd number (`dup3`), and moves an

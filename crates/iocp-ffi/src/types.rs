@@ -85,7 +85,8 @@ pub struct OVERLAPPED {
     pub Offset: DWORD,
     /// High half of the file offset.
     pub OffsetHigh: DWORD,
-    /// An event (not supported: ignored).
+    /// An event set when the operation completes (reset when it starts); with its low bit
+    /// set, the completion queues no packet.
     pub hEvent: HANDLE,
 }
 

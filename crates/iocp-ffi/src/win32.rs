@@ -225,6 +225,22 @@ pub unsafe extern "C" fn CreateEventW(
     guard(std::ptr::null_mut(), || create_event(bManualReset, bInitialState))
 }
 
+/// Sets (or clears) the event of an operation, its OVERLAPPED's `hEvent` with the low bit
+/// cleared: when the operation starts (cleared), completes or is aborted (set). Leaves the last
+/// error alone; a value that is not a live event is ignored, as Windows ignores a closed one.
+pub(crate) fn op_event(h: usize, to: bool) {
+    let Some(id) = obj_id(handle_from(h & !1)) else { return };
+    let o = objects();
+    let mut map = o.map.lock();
+    if let Some(Obj::Event { set, .. }) = map.get_mut(&id) {
+        *set = to;
+        drop(map);
+        if to {
+            o.changed.notify_all();
+        }
+    }
+}
+
 fn set_event(h: HANDLE, to: bool) -> BOOL {
     guard(FALSE, || {
         let o = objects();
@@ -527,6 +543,93 @@ pub extern "C" fn GenerateConsoleCtrlEvent(dwCtrlEvent: DWORD, dwProcessGroupId:
 #[unsafe(no_mangle)]
 pub extern "C" fn iocp_set_wsa_error_from_errno(e: libc::c_int) {
     set_last_error(from_errno(e).wsa);
+}
+
+/// Extension (not Win32), for the headers' inline Win32 calls over libc (files, memory,
+/// strings): sets the calling thread's last error (GetLastError) from an errno.
+#[unsafe(no_mangle)]
+pub extern "C" fn iocp_set_last_error_from_errno(e: libc::c_int) {
+    set_last_error(from_errno(e).win32);
+}
+
+/// Extension (not Win32), for the header's FormatMessage: the system message of a Win32 error
+/// code (the Windows text for the codes libiocp reports, "Unknown error" otherwise), a static
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub extern "C" fn iocp_error_text(code: DWORD) -> *const libc::c_char {
+    error_text(code).as_ptr()
+}
+
+fn error_text(code: DWORD) -> &'static std::ffi::CStr {
+    match code {
+        crate::errors::ERROR_SUCCESS => c"The operation completed successfully.",
+        crate::errors::ERROR_FILE_NOT_FOUND => c"The system cannot find the file specified.",
+        crate::errors::ERROR_PATH_NOT_FOUND => c"The system cannot find the path specified.",
+        crate::errors::ERROR_TOO_MANY_OPEN_FILES => c"The system cannot open the file.",
+        crate::errors::ERROR_ACCESS_DENIED => c"Access is denied.",
+        crate::errors::ERROR_INVALID_HANDLE => c"The handle is invalid.",
+        crate::errors::ERROR_NOT_ENOUGH_MEMORY => c"Not enough memory resources are available to process this command.",
+        crate::errors::ERROR_GEN_FAILURE => c"A device attached to the system is not functioning.",
+        crate::errors::ERROR_HANDLE_EOF => c"Reached the end of the file.",
+        crate::errors::ERROR_NOT_SUPPORTED => c"The request is not supported.",
+        crate::errors::ERROR_NETNAME_DELETED => c"The specified network name is no longer available.",
+        crate::errors::ERROR_FILE_EXISTS => c"The file exists.",
+        crate::errors::ERROR_INVALID_PARAMETER => c"The parameter is incorrect.",
+        crate::errors::ERROR_BROKEN_PIPE => c"The pipe has been ended.",
+        crate::errors::ERROR_DISK_FULL => c"There is not enough space on the disk.",
+        crate::errors::ERROR_SEM_TIMEOUT => c"The semaphore timeout period has expired.",
+        crate::errors::ERROR_MORE_DATA => c"More data is available.",
+        crate::errors::WAIT_TIMEOUT => c"The wait operation timed out.",
+        crate::errors::ERROR_ABANDONED_WAIT_0 => c"The I/O completion port was closed during the wait.",
+        crate::errors::ERROR_OPERATION_ABORTED => c"The I/O operation has been aborted because of either a thread exit or an application request.",
+        crate::errors::ERROR_IO_INCOMPLETE => c"Overlapped I/O event is not in a signaled state.",
+        crate::errors::ERROR_IO_PENDING => c"Overlapped I/O operation is in progress.",
+        crate::errors::ERROR_NOACCESS => c"Invalid access to memory location.",
+        crate::errors::ERROR_NOT_FOUND => c"Element not found.",
+        crate::errors::ERROR_INVALID_NETNAME => c"The format of the specified network name is invalid.",
+        crate::errors::ERROR_CONNECTION_REFUSED => c"The remote computer refused the network connection.",
+        crate::errors::ERROR_ADDRESS_ALREADY_ASSOCIATED => c"The network transport endpoint was already associated with an address.",
+        crate::errors::ERROR_NETWORK_UNREACHABLE => c"The network location cannot be reached.",
+        crate::errors::ERROR_HOST_UNREACHABLE => c"The remote system is not reachable by the transport.",
+        crate::errors::ERROR_CONNECTION_ABORTED => c"The network connection was aborted by the local system.",
+        crate::errors::ERROR_INTERNAL_ERROR => c"An internal error occurred.",
+        crate::errors::ERROR_NO_SYSTEM_RESOURCES => c"Insufficient system resources exist to complete the requested service.",
+        crate::errors::ERROR_NOT_CONNECTED => c"The network connection is not connected.",
+        crate::errors::WSAEINTR => c"A blocking operation was interrupted by a call to WSACancelBlockingCall.",
+        crate::errors::WSAEBADF => c"The file handle supplied is not valid.",
+        crate::errors::WSAEACCES => c"An attempt was made to access a socket in a way forbidden by its access permissions.",
+        crate::errors::WSAEFAULT => c"The system detected an invalid pointer address in attempting to use a pointer argument in a call.",
+        crate::errors::WSAEINVAL => c"An invalid argument was supplied.",
+        crate::errors::WSAEMFILE => c"Too many open sockets.",
+        crate::errors::WSAEWOULDBLOCK => c"A non-blocking socket operation could not be completed immediately.",
+        crate::errors::WSAEINPROGRESS => c"A blocking operation is currently executing.",
+        crate::errors::WSAEALREADY => c"An operation was attempted on a non-blocking socket that already had an operation in progress.",
+        crate::errors::WSAENOTSOCK => c"An operation was attempted on something that is not a socket.",
+        crate::errors::WSAEDESTADDRREQ => c"A required address was omitted from an operation on a socket.",
+        crate::errors::WSAEMSGSIZE => c"A message sent on a datagram socket was larger than the internal message buffer or some other network limit, or the buffer used to receive a datagram into was smaller than the datagram itself.",
+        crate::errors::WSAEPROTOTYPE => c"A protocol was specified in the socket function call that does not support the semantics of the socket type requested.",
+        crate::errors::WSAENOPROTOOPT => c"An unknown, invalid, or unsupported option or level was specified in a getsockopt or setsockopt call.",
+        crate::errors::WSAEPROTONOSUPPORT => c"The requested protocol has not been configured into the system, or no implementation for it exists.",
+        crate::errors::WSAESOCKTNOSUPPORT => c"The support for the specified socket type does not exist in this address family.",
+        crate::errors::WSAEOPNOTSUPP => c"The attempted operation is not supported for the type of object referenced.",
+        crate::errors::WSAEAFNOSUPPORT => c"An address incompatible with the requested protocol was used.",
+        crate::errors::WSAEADDRINUSE => c"Only one usage of each socket address (protocol/network address/port) is normally permitted.",
+        crate::errors::WSAEADDRNOTAVAIL => c"The requested address is not valid in its context.",
+        crate::errors::WSAENETDOWN => c"A socket operation encountered a dead network.",
+        crate::errors::WSAENETUNREACH => c"A socket operation was attempted to an unreachable network.",
+        crate::errors::WSAENETRESET => c"The connection has been broken due to keep-alive activity detecting a failure while the operation was in progress.",
+        crate::errors::WSAECONNABORTED => c"An established connection was aborted by the software in your host machine.",
+        crate::errors::WSAECONNRESET => c"An existing connection was forcibly closed by the remote host.",
+        crate::errors::WSAENOBUFS => c"An operation on a socket could not be performed because the system lacked sufficient buffer space or because a queue was full.",
+        crate::errors::WSAEISCONN => c"A connect request was made on an already connected socket.",
+        crate::errors::WSAENOTCONN => c"A request to send or receive data was disallowed because the socket is not connected and (when sending on a datagram socket using a sendto call) no address was supplied.",
+        crate::errors::WSAESHUTDOWN => c"A request to send or receive data was disallowed because the socket had already been shut down in that direction with a previous shutdown call.",
+        crate::errors::WSAETIMEDOUT => c"A connection attempt failed because the connected party did not properly respond after a period of time, or established connection failed because connected host has failed to respond.",
+        crate::errors::WSAECONNREFUSED => c"No connection could be made because the target machine actively refused it.",
+        crate::errors::WSAENAMETOOLONG => c"Name too long.",
+        crate::errors::WSAEHOSTUNREACH => c"A socket operation was attempted to an unreachable host.",
+        _ => c"Unknown error.",
+    }
 }
 
 /// `CRITICAL_SECTION`: the header lays a `pthread_mutex_t` at its start; these calls make it

@@ -244,6 +244,13 @@ fn c_win32_headers_as_c_and_cpp() {
 }
 
 #[test]
+fn c_overlapped_events_and_completion_without_a_dequeue() {
+    // Issue 14 §2.1 and cases 17, 25: OVERLAPPED status and hEvent at completion, no GQCS.
+    run_bin(&build_win32("tests/c/t_events.c", "t_events", false), "t_events");
+    run_bin(&build_win32("tests/c/t_events.c", "t_events_cpp", true), "t_events_cpp");
+}
+
+#[test]
 fn c_static_library_links_and_runs() {
     let bin = build("tests/c/t_port.c", "t_port_static", true);
     let child = command(&bin)

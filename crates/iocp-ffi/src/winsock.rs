@@ -904,10 +904,13 @@ type LpfnTransmitFile = unsafe extern "C" fn(
     DWORD,
 ) -> BOOL;
 
-/// WSAIoctl: only `SIO_GET_EXTENSION_FUNCTION_POINTER`, for `WSAID_ACCEPTEX`,
+/// WSAIoctl: `SIO_GET_EXTENSION_FUNCTION_POINTER`, for `WSAID_ACCEPTEX`,
 /// `WSAID_GETACCEPTEXSOCKADDRS`, `WSAID_CONNECTEX`, `WSAID_DISCONNECTEX` and
-/// `WSAID_TRANSMITFILE`. Anything else gives `WSAEOPNOTSUPP` (unknown code) or `WSAEINVAL`
-/// (unknown GUID).
+/// `WSAID_TRANSMITFILE`; `SIO_KEEPALIVE_VALS` (`mstcpip.h`'s `struct tcp_keepalive`: on/off,
+/// idle and interval in milliseconds, as `SO_KEEPALIVE`, `TCP_KEEPIDLE` and `TCP_KEEPINTVL` in
+/// whole seconds, at least 1); `SIO_LOOPBACK_FAST_PATH` (accepted, nothing to do). Always
+/// synchronous (an OVERLAPPED is not used). Anything else gives `WSAEOPNOTSUPP` (unknown code)
+/// or `WSAEINVAL` (unknown GUID).
 ///
 /// # Safety
 /// The in and out buffers are valid for their stated sizes.
@@ -927,6 +930,44 @@ pub unsafe extern "C" fn WSAIoctl(
     guard(SOCKET_ERROR, || {
         if registry::fd_of(s).is_none() {
             return wsa_fail(WSAENOTSOCK);
+        }
+        if dwIoControlCode == SIO_KEEPALIVE_VALS {
+            if lpvInBuffer.is_null() || (cbInBuffer as usize) < 3 * size_of::<u32>() {
+                return wsa_fail(WSAEFAULT);
+            }
+            // SAFETY: at least 12 readable bytes (checked size, caller's contract), maybe
+            // unaligned: `struct tcp_keepalive { ULONG onoff, keepalivetime, keepaliveinterval }`.
+            let v: [u32; 3] = unsafe { lpvInBuffer.cast::<[u32; 3]>().read_unaligned() };
+            let secs = |ms: u32| c_int::try_from(ms.div_ceil(1000).max(1)).unwrap_or(c_int::MAX);
+            let fd = s as c_int;
+            let set = |level: c_int, opt: c_int, val: c_int| {
+                // SAFETY: setsockopt(2) reads one `c_int` we own.
+                let r = unsafe {
+                    libc::setsockopt(
+                        fd,
+                        level,
+                        opt,
+                        (&raw const val).cast(),
+                        size_of::<c_int>() as libc::socklen_t,
+                    )
+                };
+                r == 0
+            };
+            let ok = set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, c_int::from(v[0] != 0))
+                && (v[0] == 0
+                    || (set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(v[1]))
+                        && set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(v[2]))));
+            if !ok {
+                return wsa_fail(last_os().wsa);
+            }
+            // SAFETY: `lpcbBytesReturned` is NULL or valid for a write (out-parameter contract).
+            unsafe { mem::put(lpcbBytesReturned, 0) };
+            return 0;
+        }
+        if dwIoControlCode == SIO_LOOPBACK_FAST_PATH {
+            // SAFETY: as above.
+            unsafe { mem::put(lpcbBytesReturned, 0) };
+            return 0;
         }
         if dwIoControlCode != SIO_GET_EXTENSION_FUNCTION_POINTER {
             return wsa_fail(WSAEOPNOTSUPP);
@@ -962,6 +1003,11 @@ pub unsafe extern "C" fn WSAIoctl(
         0
     })
 }
+
+/// `SIO_KEEPALIVE_VALS` (`mstcpip.h`).
+const SIO_KEEPALIVE_VALS: DWORD = 0x9800_0004;
+/// `SIO_LOOPBACK_FAST_PATH` (`mstcpip.h`).
+const SIO_LOOPBACK_FAST_PATH: DWORD = 0x9800_0010;
 
 /// `SO_PORT_SCALABILITY`.
 const SO_PORT_SCALABILITY: c_int = 0x3006;

@@ -244,6 +244,15 @@ fn c_win32_headers_as_c_and_cpp() {
 }
 
 #[test]
+fn c_win32_rest_of_the_surface_as_c_and_cpp() {
+    // Issue 14 §1: SEH shapes, SRWLOCK, VirtualAlloc, FormatMessage, GetVersionEx, file size
+    // and pointer, strings (lstr*, strsafe.h, tchar.h, _s), console handles, WSAAccept,
+    // SOCKADDR_INET, mstcpip.h.
+    run_bin(&build_win32("tests/c/t_win32_more.c", "t_win32_more", false), "t_win32_more");
+    run_bin(&build_win32("tests/c/t_win32_more.c", "t_win32_more_cpp", true), "t_win32_more_cpp");
+}
+
+#[test]
 fn c_overlapped_events_and_completion_without_a_dequeue() {
     // Issue 14 §2.1 and cases 17, 25: OVERLAPPED status and hEvent at completion, no GQCS.
     run_bin(&build_win32("tests/c/t_events.c", "t_events", false), "t_events");

@@ -437,12 +437,14 @@ static inline BOOL GetFileSizeEx(HANDLE hFile, PLARGE_INTEGER lpFileSize) {
         SetLastError(ERROR_INVALID_PARAMETER);
         return FALSE;
     }
+    lpFileSize->QuadPart = 0;
     if (fstat((int)(intptr_t)hFile, &st) < 0) return (BOOL)iocp_w_fail_errno();
     lpFileSize->QuadPart = (LONGLONG)st.st_size;
     return TRUE;
 }
 static inline BOOL SetFilePointerEx(HANDLE hFile, LARGE_INTEGER liDistanceToMove,
                                     PLARGE_INTEGER lpNewFilePointer, DWORD dwMoveMethod) {
+    if (lpNewFilePointer) lpNewFilePointer->QuadPart = 0;
     int whence = dwMoveMethod == FILE_BEGIN     ? SEEK_SET
                  : dwMoveMethod == FILE_CURRENT ? SEEK_CUR
                  : dwMoveMethod == FILE_END     ? SEEK_END
@@ -459,6 +461,7 @@ static inline BOOL SetFilePointerEx(HANDLE hFile, LARGE_INTEGER liDistanceToMove
 static inline DWORD SetFilePointer(HANDLE hFile, LONG lDistanceToMove, PLONG lpDistanceToMoveHigh,
                                    DWORD dwMoveMethod) {
     LARGE_INTEGER d, now;
+    now.QuadPart = 0;
     d.QuadPart = lpDistanceToMoveHigh
                      ? (LONGLONG)(((uint64_t)(uint32_t)*lpDistanceToMoveHigh << 32) |
                                   (uint32_t)lDistanceToMove)
@@ -594,8 +597,9 @@ static inline int lstrlenA(LPCSTR s) { return s ? (int)strlen(s) : 0; }
 static inline LPSTR lstrcpyA(LPSTR d, LPCSTR s) { return strcpy(d, s); }
 static inline LPSTR lstrcpynA(LPSTR d, LPCSTR s, int n) {
     if (n <= 0) return d;
-    strncpy(d, s, (size_t)n - 1);
-    d[n - 1] = 0;
+    size_t l = strnlen(s, (size_t)n - 1);
+    memcpy(d, s, l);
+    d[l] = 0;
     return d;
 }
 static inline LPSTR lstrcatA(LPSTR d, LPCSTR s) { return strcat(d, s); }

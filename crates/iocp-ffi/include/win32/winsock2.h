@@ -134,6 +134,49 @@ static inline int ioctlsocket(SOCKET s, long cmd, u_long *argp) {
     return r;
 }
 
+/* WSAAccept: accept, then the condition function (if any) decides. CF_ACCEPT keeps the
+ * connection; CF_REJECT closes it (the client sees a reset) and fails with WSAECONNREFUSED;
+ * CF_DEFER is not possible here (Linux has already completed the handshake): the connection is
+ * closed and the call fails with WSATRY_AGAIN. The caller and callee ids are the peer and local
+ * addresses; there is no connect data and no QOS (NULL). */
+#define CF_ACCEPT 0x0000
+#define CF_REJECT 0x0001
+#define CF_DEFER 0x0002
+#ifndef WSATRY_AGAIN
+#define WSATRY_AGAIN 11002
+#endif
+typedef struct _QualityOfService QOS, *LPQOS;
+typedef int(CALLBACK *LPCONDITIONPROC)(LPWSABUF lpCallerId, LPWSABUF lpCallerData, LPQOS lpSQOS,
+                                       LPQOS lpGQOS, LPWSABUF lpCalleeId, LPWSABUF lpCalleeData,
+                                       GROUP *g, DWORD_PTR dwCallbackData);
+static inline SOCKET WSAAccept(SOCKET s, struct sockaddr *addr, LPINT addrlen,
+                               LPCONDITIONPROC lpfnCondition, DWORD_PTR dwCallbackData) {
+    struct sockaddr_storage peer, local;
+    int plen = (int)sizeof peer;
+    SOCKET c = iocp_w_accept(s, (struct sockaddr *)&peer, &plen);
+    if (c == INVALID_SOCKET) return INVALID_SOCKET;
+    if (lpfnCondition) {
+        socklen_t llen = sizeof local;
+        if (getsockname((int)c, (struct sockaddr *)&local, &llen) < 0) llen = 0;
+        WSABUF caller = {(ULONG)plen, (char *)&peer};
+        WSABUF callee = {(ULONG)llen, (char *)&local};
+        GROUP g = 0;
+        int verdict =
+            lpfnCondition(&caller, NULL, NULL, NULL, &callee, NULL, &g, dwCallbackData);
+        if (verdict != CF_ACCEPT) {
+            closesocket(c);
+            WSASetLastError(verdict == CF_DEFER ? WSATRY_AGAIN : WSAECONNREFUSED);
+            return INVALID_SOCKET;
+        }
+    }
+    if (addr && addrlen) {
+        int n = plen < *addrlen ? plen : *addrlen;
+        memcpy(addr, &peer, (size_t)n);
+        *addrlen = plen;
+    }
+    return c;
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -310,8 +310,9 @@ pub unsafe extern "C" fn CancelIoEx(hFile: HANDLE, lpOverlapped: *mut OVERLAPPED
     })
 }
 
-/// GetOverlappedResult: the result of an operation once its packet has been dequeued; FALSE
-/// with `ERROR_IO_INCOMPLETE` before (`bWait == FALSE`), or waits for that dequeue.
+/// GetOverlappedResult: the result of an operation once it has completed (dequeued or not);
+/// FALSE with `ERROR_IO_INCOMPLETE` before (`bWait == FALSE`), or waits for it, polling the
+/// handle's port itself while no other thread does.
 ///
 /// # Safety
 /// `lpOverlapped` is NULL or a valid OVERLAPPED; `lpNumberOfBytesTransferred` NULL or valid.
@@ -403,7 +404,8 @@ pub unsafe extern "C" fn WSAGetOverlappedResult(
 
 /// SetFileCompletionNotificationModes: adds `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` (an
 /// operation that succeeds in line queues no packet) and `FILE_SKIP_SET_EVENT_ON_HANDLE`
-/// (accepted; there are no events). Modes can be added, never removed.
+/// (accepted: file handles are not waitable here, and the OVERLAPPED's own event is still
+/// set). Modes can be added, never removed.
 ///
 /// # Safety
 /// No pointer is dereferenced.

@@ -396,3 +396,77 @@ fn example_echo_server_echoes_and_shuts_down_cleanly() {
         assert!(out.contains(&format!("connections 12 bytes {total} outstanding 0")), "{out}");
     }
 }
+
+/// Sends SIGINT to `child` and waits for it: it must exit within 2 s, with status 0 (issue 14
+/// §3: a Windows program stopped by Ctrl-C). Returns its stdout.
+fn interrupt_and_finish(
+    mut child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    what: &str,
+) -> String {
+    // SAFETY: kill(2) of our own child, by pid: SIGINT is the console's CTRL_C_EVENT.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let sent = std::time::Instant::now();
+    child.stdout = Some(out.into_inner());
+    let (ok, out, err) = finish(child, what);
+    let took = sent.elapsed();
+    assert!(ok, "{what} did not exit 0 after SIGINT:\n{out}{err}");
+    // Valgrind (CI's second pass) slows everything; the 2 s bound is for a plain run.
+    if std::env::var("IOCP_FFI_WRAPPER").is_err() {
+        assert!(took < Duration::from_secs(2), "{what} took {took:?} to stop after SIGINT");
+    }
+    out
+}
+
+#[test]
+fn example_windows_style_echo_server_and_blocking_client() {
+    // Issue 14 §3: WSAAccept + WSARecv/WSASend, a console control handler, the shutdown that
+    // polls HasOverlappedIoCompleted; a blocking-socket client reporting throughput. Both are
+    // Windows programs with no Linux line; also compiled as C++.
+    let server = build_win32("examples/c/win_echo_server.c", "win_echo_server", false);
+    let client = build_win32("examples/c/win_client.c", "win_client", false);
+    build_win32("examples/c/win_echo_server.c", "win_echo_server_cpp", true);
+    build_win32("examples/c/win_client.c", "win_client_cpp", true);
+    for (env, _) in backends() {
+        let mut child = command(&server)
+            .args(["0", "3"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_echo_server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        let port: u16 = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        // Three idle connections stay open through the stop: their receives are pending when
+        // the server closes them and waits on HasOverlappedIoCompleted.
+        let idle: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect")).collect();
+        let c = command(&client)
+            .args(["127.0.0.1", &port.to_string(), "8", "500", "700"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_client");
+        let (ok, out, err) = finish(c, "win_client");
+        assert!(ok, "win_client failed on {env}:\n{out}{err}");
+        assert!(out.contains("messages 4000 bytes 2800000 "), "{out}");
+        assert!(out.contains("MB/s"), "{out}");
+        // The server has seen all 11 connections (the accept thread counts them).
+        let mut probe = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        probe.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        probe.write_all(b"ping").expect("send");
+        let mut back = [0u8; 4];
+        probe.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, b"ping");
+        let out = interrupt_and_finish(child, stdout, "win_echo_server");
+        drop((idle, probe));
+        assert!(out.contains("connections 12 bytes 2800004"), "on {env}: {out}");
+    }
+}

@@ -348,23 +348,26 @@ pub unsafe extern "C" fn GetOverlappedResult(
                 if st.0 != STATUS_PENDING {
                     break;
                 }
-                let t0 = Instant::now();
+                // Another thread polls (reap returns at once), or the handle has no port: wait
+                // up to 50 ms for a completion. After a poll of our own that found nothing,
+                // wait only briefly (and let other threads run) before polling again.
+                let mut pause = Duration::from_millis(50);
                 if let Some(p) = &port {
+                    let t0 = Instant::now();
                     if p.port.reap(Some(Duration::from_millis(50))) > 0 {
                         continue;
                     }
                     if t0.elapsed() >= Duration::from_millis(1) {
-                        continue; // it polled, nothing came yet: look and poll again
+                        pause = Duration::from_millis(1);
                     }
                 }
-                // Another thread polls (or the handle has no port): wait for a completion.
                 let mut g = f.lock.lock();
                 // SAFETY: as above.
                 st = unsafe { mem::ov_read(lpOverlapped) };
                 if st.0 != STATUS_PENDING {
                     break;
                 }
-                f.cond.wait_until(&mut g, Instant::now() + Duration::from_millis(50));
+                f.cond.wait_until(&mut g, Instant::now() + pause);
             }
             f.waiters.fetch_sub(1, Ordering::AcqRel);
         }

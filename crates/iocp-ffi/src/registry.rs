@@ -263,58 +263,47 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
     let entry = Arc::new(PortEntry { port, inside: AtomicUsize::new(0), exits: AtomicU64::new(0) });
     ports().write().insert(id, entry.clone());
-    reaper();
+    reaper(&entry);
     Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
 }
 
-/// How often the [`reaper`] looks at the ports.
+/// How often a port's [`reaper`] looks at it.
 const REAP_TICK: Duration = Duration::from_millis(2);
+/// How long a reaper waits in the kernel at most, once it polls.
+const REAP_WAIT: Duration = Duration::from_millis(20);
 
-/// Starts (once) and wakes the reaper: a library thread that, every [`REAP_TICK`], polls the
-/// kernel (without blocking) for each port that nobody dequeues from: no thread inside
-/// GetQueuedCompletionStatus(Ex) and none returned from it during the last tick. On Windows an
+/// Starts the reaper of `entry`: a library thread that, every [`REAP_TICK`], checks whether
+/// anybody dequeues from the port (a thread inside GetQueuedCompletionStatus(Ex) now, or one
+/// that returned during the last tick) and, if nobody does, waits in the kernel for completions
+/// itself (up to [`REAP_WAIT`] at a time), so that the completion hook runs. On Windows an
 /// operation completes, writes its OVERLAPPED and signals its event by itself; here the core
-/// sees completions only when some thread polls, and a program that stopped dequeuing (one
-/// that spins on `HasOverlappedIoCompleted` at shutdown, or waits on OVERLAPPED events) would
-/// never see them. A server whose workers dequeue is never polled by it. It sleeps while no
-/// port exists.
-fn reaper() {
-    static REAPER: OnceLock<Option<std::thread::Thread>> = OnceLock::new();
-    let t = REAPER.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("iocp-reaper".into())
-            .spawn(reap_loop)
-            .ok()
-            .map(|j| j.thread().clone())
-    });
-    if let Some(t) = t {
-        t.unpark();
-    }
-}
-
-fn reap_loop() {
-    let mut seen: HashMap<u64, u64> = HashMap::new();
-    loop {
-        let list: Vec<(u64, Arc<PortEntry>)> =
-            ports().read().iter().map(|(id, p)| (*id, p.clone())).collect();
-        if list.is_empty() {
-            seen.clear();
-            std::thread::park_timeout(Duration::from_secs(10));
-            continue;
-        }
-        std::thread::sleep(REAP_TICK);
-        seen.retain(|id, _| list.iter().any(|(k, _)| k == id));
-        for (id, p) in list {
+/// sees completions only when some thread polls, and a program that does not dequeue (one that
+/// spins on `HasOverlappedIoCompleted` at shutdown, or runs on OVERLAPPED events) would never
+/// see them. A server whose workers wait in GQCS is never polled by it: a worker arriving while
+/// it polls is handed what it reaps. It ends when the port is closed.
+fn reaper(entry: &Arc<PortEntry>) {
+    let port = Arc::downgrade(entry);
+    let spawned = std::thread::Builder::new().name("iocp-reaper".into()).spawn(move || {
+        let mut seen = u64::MAX;
+        loop {
+            std::thread::sleep(REAP_TICK);
+            let Some(p) = port.upgrade() else { return };
+            if p.port.is_closed() {
+                return;
+            }
             let exits = p.exits.load(Ordering::Acquire);
-            let quiet = seen.insert(id, exits) == Some(exits);
+            let quiet = std::mem::replace(&mut seen, exits) == exits;
             if quiet && p.inside.load(Ordering::Acquire) == 0 {
                 // A panic (in the hook) must not end the reaper; the core queued what it reaped.
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    p.port.reap(Some(Duration::ZERO))
+                    p.port.reap(Some(REAP_WAIT))
                 }));
             }
         }
-    }
+    });
+    // Without the thread (no memory for one) the port still works: only completions that
+    // nobody dequeues stay unseen until someone does.
+    drop(spawned);
 }
 
 fn port_id(h: HANDLE) -> Option<u64> {

@@ -470,3 +470,42 @@ fn example_windows_style_echo_server_and_blocking_client() {
         assert!(out.contains("connections 12 bytes 2800004"), "on {env}: {out}");
     }
 }
+
+#[test]
+fn example_windows_style_handshake_benchmark() {
+    // Issue 14 §3: AcceptEx/ConnectEx through WSAIoctl, GetQueuedCompletionStatusEx workers;
+    // closing the pending accept sockets at the end yields their aborted packets; Ctrl-C stops
+    // it cleanly mid-run.
+    let bin = build_win32("examples/c/win_handshake.c", "win_handshake", false);
+    build_win32("examples/c/win_handshake.c", "win_handshake_cpp", true);
+    let n = if std::env::var("IOCP_FFI_WRAPPER").is_ok() { "300" } else { "3000" };
+    for (env, _) in backends() {
+        let c = command(&bin)
+            .args([n, "32", "2"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_handshake");
+        let (ok, out, err) = finish(c, "win_handshake");
+        assert!(ok, "win_handshake failed on {env}:\n{out}{err}");
+        let want = format!("handshakes {n} ");
+        assert!(out.contains(&want), "{out}");
+        assert!(out.contains("connect-errors 0 accept-errors 0 outstanding 0"), "{out}");
+        // Unbounded, stopped by SIGINT once it has started.
+        let mut child = command(&bin)
+            .args(["1000000000", "32", "2"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_handshake");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        assert!(line.starts_with("listening on port"), "{line}");
+        let out = interrupt_and_finish(child, stdout, "win_handshake");
+        assert!(out.contains("stopped by the console"), "{out}");
+        assert!(out.contains("outstanding 0"), "{out}");
+    }
+}

@@ -83,6 +83,8 @@ pub(crate) struct PortEntry {
     /// GetQueuedCompletionStatus(Ex) calls that returned: the [`reaper`] polls a port only when
     /// this did not move for a whole tick (nobody is dequeuing).
     pub(crate) exits: AtomicU64,
+    /// The hidden port of sockets used for overlapped I/O without a port ([`implicit_port`]).
+    pub(crate) implicit: bool,
 }
 
 impl PortEntry {
@@ -261,10 +263,62 @@ pub(crate) fn create_port(concurrency: DWORD) -> Result<(HANDLE, Arc<PortEntry>)
     // OVERLAPPED and signals its event then): see `on_complete`.
     port.on_complete(on_complete).map_err(|e| errors::from_io(&e))?;
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    let entry = Arc::new(PortEntry { port, inside: AtomicUsize::new(0), exits: AtomicU64::new(0) });
+    let entry = Arc::new(PortEntry {
+        port,
+        inside: AtomicUsize::new(0),
+        exits: AtomicU64::new(0),
+        implicit: false,
+    });
     ports().write().insert(id, entry.clone());
     reaper(&entry);
     Ok((handle_from(PORT_BASE + ((id as usize) << 2)), entry))
+}
+
+/// The process's hidden port, for sockets used for overlapped I/O without a completion port
+/// (`WSARecv` with an OVERLAPPED and its `hEvent`, then `WSAWaitForMultipleEvents` and
+/// `WSAGetOverlappedResult`: Windows reports such an operation through its OVERLAPPED only).
+/// No HANDLE names it and nobody dequeues from it: its hook drops every packet after finishing
+/// the operation, and its reaper waits in the kernel all the time, as Windows' kernel would.
+fn implicit_port() -> Result<Arc<PortEntry>, Codes> {
+    static IMPLICIT: OnceLock<Arc<PortEntry>> = OnceLock::new();
+    static MAKING: Mutex<()> = Mutex::new(());
+    if let Some(p) = IMPLICIT.get() {
+        return Ok(p.clone());
+    }
+    let _one = MAKING.lock();
+    if let Some(p) = IMPLICIT.get() {
+        return Ok(p.clone());
+    }
+    let port = PortBuilder::new()
+        .backend(backend_choice()?)
+        .build::<Ctx>()
+        .map_err(|e| errors::from_io(&e))?;
+    port.on_complete(|c| {
+        on_complete(c);
+        Delivery::Drop
+    })
+    .map_err(|e| errors::from_io(&e))?;
+    let entry = Arc::new(PortEntry {
+        port,
+        inside: AtomicUsize::new(0),
+        exits: AtomicU64::new(0),
+        implicit: true,
+    });
+    reaper(&entry);
+    Ok(IMPLICIT.get_or_init(|| entry).clone())
+}
+
+/// Associates socket `fd` with the hidden port ([`implicit_port`]) for its first overlapped
+/// operation without CreateIoCompletionPort.
+pub(crate) fn associate_implicit(fd: i32) -> Result<Arc<Assoc>, Codes> {
+    let port = implicit_port()?;
+    match associate(fd, &port, 0) {
+        Ok(()) => {}
+        // Another thread associated it meanwhile (with this port or a real one): use that.
+        Err(e) if assoc(fd).is_none() => return Err(e),
+        Err(_) => {}
+    }
+    assoc(fd).ok_or_else(|| errors::from_errno(libc::EBADF))
 }
 
 /// How often a port's [`reaper`] looks at it.
@@ -283,10 +337,14 @@ const REAP_WAIT: Duration = Duration::from_millis(20);
 /// it polls is handed what it reaps. It ends when the port is closed.
 fn reaper(entry: &Arc<PortEntry>) {
     let port = Arc::downgrade(entry);
+    // Nobody ever dequeues from the hidden port: poll it back to back.
+    let eager = entry.implicit;
     let spawned = std::thread::Builder::new().name("iocp-reaper".into()).spawn(move || {
         let mut seen = u64::MAX;
         loop {
-            std::thread::sleep(REAP_TICK);
+            if !eager {
+                std::thread::sleep(REAP_TICK);
+            }
             let Some(p) = port.upgrade() else { return };
             if p.port.is_closed() {
                 return;
@@ -391,8 +449,17 @@ pub(crate) fn associate(fd: i32, port: &Arc<PortEntry>, key: usize) -> Result<()
     }
     let Some(id) = ident(fd) else { return Err(errors::from_errno(libc::EBADF)) };
     let mut table = assocs().write();
-    if table.get(&fd).is_some_and(|old| old.ident == id) {
-        return Err(invalid); // case 12
+    if let Some(old) = table.get(&fd).filter(|old| old.ident == id) {
+        // A socket that did overlapped I/O before it had a port (the hidden port) may still be
+        // given one, once none of that I/O is pending.
+        if !(old.port.implicit && !Arc::ptr_eq(&old.port, port) && old.pending.lock().is_empty()) {
+            return Err(invalid); // case 12
+        }
+        // Its core handle goes first (the core allows one association per socket); with
+        // nothing pending, closing it completes nothing.
+        if let Some(old) = table.remove(&fd) {
+            old.retire();
+        }
     }
     // An entry with another identity is stale (the number was close()d and reused): replaced
     // below, its handle closed once the table is unlocked.

@@ -43,9 +43,10 @@ fn sock(s: SOCKET) -> Result<Arc<Assoc>, DWORD> {
     if let Some(a) = i32::try_from(s).ok().filter(|&fd| fd > 0).and_then(registry::assoc) {
         return Ok(a);
     }
-    registry::fd_of(s).ok_or(WSAENOTSOCK)?;
-    // Overlapped I/O needs a port here: without one there is no way to report completion.
-    Err(WSAEINVAL)
+    let fd = registry::fd_of(s).ok_or(WSAENOTSOCK)?;
+    // A socket with no port: its operations report through their OVERLAPPED (status, event)
+    // only, as on Windows; the library's hidden port runs them.
+    registry::associate_implicit(fd).map_err(|c| c.wsa)
 }
 
 /// Reads a WSABUF array into `(address, length)` pairs.

@@ -509,3 +509,49 @@ fn example_windows_style_handshake_benchmark() {
         assert!(out.contains("outstanding 0"), "{out}");
     }
 }
+
+#[test]
+fn example_windows_style_event_server_without_a_port() {
+    // Issue 14 §3: AcceptEx with a receive buffer, WSARecv/WSASend with an event each, no
+    // completion port, one thread in WSAWaitForMultipleEvents; stopped by Ctrl-C.
+    let server = build_win32("examples/c/win_events_server.c", "win_events_server", false);
+    build_win32("examples/c/win_events_server.c", "win_events_server_cpp", true);
+    let client = build_win32("examples/c/win_client.c", "win_client", false);
+    for (env, _) in backends() {
+        let mut child = command(&server)
+            .arg("0")
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_events_server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        let port: u16 = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        // One connection echoes once and then stays open, idle, through the stop.
+        let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        idle.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+        idle.write_all(b"first").expect("send");
+        let mut back = [0u8; 5];
+        idle.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, b"first");
+        let c = command(&client)
+            .args(["127.0.0.1", &port.to_string(), "6", "300", "900"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_client");
+        let (ok, out, err) = finish(c, "win_client");
+        assert!(ok, "win_client against the event server failed on {env}:\n{out}{err}");
+        assert!(out.contains("messages 1800 bytes 1620000 "), "{out}");
+        let out = interrupt_and_finish(child, stdout, "win_events_server");
+        drop(idle);
+        assert!(out.contains("connections 7 bytes 1620005"), "on {env}: {out}");
+    }
+}

@@ -555,3 +555,63 @@ fn example_windows_style_event_server_without_a_port() {
         assert!(out.contains("connections 7 bytes 1620005"), "on {env}: {out}");
     }
 }
+
+#[test]
+fn example_windows_style_unbuffered_copy_with_two_ports() {
+    // Issue 14 §3: FILE_FLAG_NO_BUFFERING | FILE_FLAG_OVERLAPPED, one port per file, reader
+    // and writer threads, VirtualAlloc'd blocks, whole-sector writes cut back with
+    // SetEndOfFile; Ctrl-C stops a long copy.
+    let bin = build_win32("examples/c/win_unbuffered_copy.c", "win_unbuffered_copy", false);
+    build_win32("examples/c/win_unbuffered_copy.c", "win_unbuffered_copy_cpp", true);
+    let dir = out_dir();
+    let src = dir.join("ucopy-src");
+    let data: Vec<u8> =
+        (0..(3 << 20) + 123u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&src, &data).expect("write the source");
+    let big = dir.join("ucopy-big");
+    let f = std::fs::File::create(&big).expect("create");
+    f.set_len(1 << 30).expect("a sparse 1 GiB source");
+    drop(f);
+    for (env, _) in backends() {
+        for (block, depth) in [("64", "8"), ("4", "1"), ("1024", "3")] {
+            let dst = dir.join(format!("ucopy-dst-{env}-{block}"));
+            let c = command(&bin)
+                .args([src.as_os_str(), dst.as_os_str()])
+                .args([block, depth])
+                .env("IOCP_BACKEND", env)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn win_unbuffered_copy");
+            let (ok, out, err) = finish(c, "win_unbuffered_copy");
+            assert!(ok, "win_unbuffered_copy failed on {env}:\n{out}{err}");
+            assert!(out.contains(&format!("copied {} bytes", data.len())), "{out}");
+            assert!(std::fs::read(&dst).expect("read the copy") == data, "copy differs on {env}");
+            std::fs::remove_file(&dst).expect("remove");
+        }
+        let dst = dir.join(format!("ucopy-big-dst-{env}"));
+        let mut child = command(&bin)
+            .args([big.as_os_str(), dst.as_os_str()])
+            .args(["4", "2"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_unbuffered_copy");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the first line");
+        assert!(line.starts_with("copying 1073741824 bytes"), "{line}");
+        let out = interrupt_and_finish(child, stdout, "win_unbuffered_copy");
+        let copied: u64 = out
+            .split_whitespace()
+            .skip_while(|w| *w != "after")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not interrupted on {env}: {out}"));
+        let len = std::fs::metadata(&dst).expect("the partial copy").len();
+        assert_eq!(len, copied, "the partial copy is cut to what was copied");
+        std::fs::remove_file(&dst).expect("remove");
+    }
+    std::fs::remove_file(&big).expect("remove");
+}

@@ -458,6 +458,26 @@ fn example_windows_style_echo_server_and_blocking_client() {
         assert!(ok, "win_client failed on {env}:\n{out}{err}");
         assert!(out.contains("messages 4000 bytes 2800000 "), "{out}");
         assert!(out.contains("MB/s"), "{out}");
+        // A long run, stopped by Ctrl-C: it reports what it did and exits 0.
+        let mut long = command(&client)
+            .args(["127.0.0.1", &port.to_string(), "2", "100000000", "64"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn win_client");
+        let mut lout = BufReader::new(long.stdout.take().expect("stdout"));
+        let mut first = String::new();
+        lout.read_line(&mut first).expect("read the first line");
+        assert!(first.starts_with("connecting 2"), "{first}");
+        let lout = interrupt_and_finish(long, lout, "win_client");
+        assert!(lout.contains("stopped by the console"), "{lout}");
+        let long_bytes: u64 = lout
+            .split_whitespace()
+            .skip_while(|w| *w != "bytes")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no byte count in {lout}"));
         // The server has seen all 11 connections (the accept thread counts them).
         let mut probe = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         probe.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
@@ -467,7 +487,8 @@ fn example_windows_style_echo_server_and_blocking_client() {
         assert_eq!(&back, b"ping");
         let out = interrupt_and_finish(child, stdout, "win_echo_server");
         drop((idle, probe));
-        assert!(out.contains("connections 12 bytes 2800004"), "on {env}: {out}");
+        let want = format!("connections 14 bytes {}", 2_800_004 + long_bytes);
+        assert!(out.contains(&want), "on {env}: {out}, want {want}");
     }
 }
 

@@ -6,6 +6,7 @@
  *   win_client host port [connections] [messages per connection] [message bytes]
  *
  * Prints "messages N bytes M seconds S throughput X MB/s" and exits 0 when every echo matched.
+ * Ctrl-C stops it after the messages in flight ("stopped by the console"), also exit 0.
  */
 #include <winsock2.h>
 #include <ws2tcpip.h>
@@ -15,6 +16,14 @@
 #include <string.h>
 
 #define MAX_CONNS 64
+
+static volatile LONG g_stop;
+
+static BOOL WINAPI on_console(DWORD type) {
+    UNREFERENCED_PARAMETER(type);
+    InterlockedExchange(&g_stop, 1);
+    return TRUE;
+}
 
 typedef struct {
     const char *host, *port;
@@ -58,7 +67,7 @@ static DWORD WINAPI run(LPVOID arg) {
     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const char *)&nodelay, sizeof nodelay);
     char *out = (char *)HeapAlloc(GetProcessHeap(), 0, (SIZE_T)j->size);
     char *in = (char *)HeapAlloc(GetProcessHeap(), 0, (SIZE_T)j->size);
-    for (int m = 0; m < j->messages && !j->failed; m++) {
+    for (int m = 0; m < j->messages && !j->failed && !g_stop; m++) {
         for (int i = 0; i < j->size; i++) out[i] = (char)(i + m + j->index);
         int sent = 0;
         while (sent < j->size) {
@@ -107,6 +116,9 @@ int __cdecl main(int argc, char **argv) {
     }
     WSADATA wsa;
     if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 1;
+    SetConsoleCtrlHandler(on_console, TRUE);
+    printf("connecting %d\n", conns);
+    fflush(stdout);
     JOB jobs[MAX_CONNS];
     HANDLE threads[MAX_CONNS];
     LARGE_INTEGER f, t0, t1;
@@ -127,6 +139,7 @@ int __cdecl main(int argc, char **argv) {
         failed |= jobs[i].failed;
     }
     double secs = (double)(t1.QuadPart - t0.QuadPart) / (double)f.QuadPart;
+    if (g_stop) printf("stopped by the console\n");
     printf("messages %lld bytes %lld seconds %.3f throughput %.2f MB/s\n",
            (long long)(total / size), (long long)total, secs,
            secs > 0 ? (double)total * 2 / secs / 1e6 : 0.0);

@@ -39,6 +39,44 @@
         fflush(stdout);                                                                      \
     } while (0)
 
+/* The values and layouts of the Windows SDK (x64), for what these headers add. */
+static void constants_and_layouts(void) {
+    CHECK_EQ(SIO_KEEPALIVE_VALS, 0x98000004u);
+    CHECK_EQ(SIO_LOOPBACK_FAST_PATH, 0x98000010u);
+    CHECK_EQ(sizeof(struct tcp_keepalive), 12);
+    CHECK_EQ(STRSAFE_E_INSUFFICIENT_BUFFER, (HRESULT)0x8007007A);
+    CHECK_EQ(STRSAFE_E_INVALID_PARAMETER, (HRESULT)0x80070057);
+    CHECK_EQ(MEM_COMMIT, 0x1000);
+    CHECK_EQ(MEM_RESERVE, 0x2000);
+    CHECK_EQ(MEM_DECOMMIT, 0x4000);
+    CHECK_EQ(MEM_RELEASE, 0x8000);
+    CHECK_EQ(PAGE_READWRITE, 0x04);
+    CHECK_EQ(PAGE_NOACCESS, 0x01);
+    CHECK_EQ(FORMAT_MESSAGE_ALLOCATE_BUFFER, 0x100);
+    CHECK_EQ(FORMAT_MESSAGE_IGNORE_INSERTS, 0x200);
+    CHECK_EQ(FORMAT_MESSAGE_FROM_SYSTEM, 0x1000);
+    CHECK_EQ(MAKELANGID(LANG_NEUTRAL, SUBLANG_DEFAULT), 0x400);
+    CHECK_EQ(sizeof(OSVERSIONINFOA), 148);
+    CHECK_EQ(sizeof(OSVERSIONINFOEXA), 156);
+    CHECK_EQ(STD_INPUT_HANDLE, (DWORD)-10);
+    CHECK_EQ(STD_OUTPUT_HANDLE, (DWORD)-11);
+    CHECK_EQ(STD_ERROR_HANDLE, (DWORD)-12);
+    CHECK_EQ(FILE_BEGIN, 0);
+    CHECK_EQ(FILE_CURRENT, 1);
+    CHECK_EQ(FILE_END, 2);
+    CHECK_EQ(INVALID_FILE_SIZE, 0xFFFFFFFFu);
+    CHECK_EQ(CF_ACCEPT, 0);
+    CHECK_EQ(CF_REJECT, 1);
+    CHECK_EQ(CF_DEFER, 2);
+    CHECK_EQ(WSATRY_AGAIN, 11002);
+    CHECK_EQ(EXCEPTION_EXECUTE_HANDLER, 1);
+    CHECK_EQ(EXCEPTION_CONTINUE_SEARCH, 0);
+    CHECK_EQ(sizeof(SOCKADDR_INET), 28);
+    CHECK_EQ(sizeof(SCOPE_ID), 4);
+    CHECK_EQ(sizeof(TCHAR), 1);
+    CHECK_EQ(LPTR, 0x40);
+}
+
 /* The SDK servers' shape: __try with __leave on failure, cleanup in __finally. */
 static int g_cleanups;
 static int seh_try_finally(int fail_at) {
@@ -307,6 +345,7 @@ int main(void) {
     HANDLE p = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
     printf("backend %s\n", iocp_port_backend(p));
     CHECK(CloseHandle(p));
+    RUN(constants_and_layouts);
     RUN(structured_exception_handling_shapes);
     RUN(srwlock_excludes_writers_and_shares_readers);
     RUN(virtual_alloc_reserve_commit_release);

@@ -808,6 +808,11 @@ impl<C: Send + 'static> PortInner<C> {
         }
         let mut out = Vec::new();
         self.driver.close_handle(h, &mut out);
+        // Closed and out of the driver's tables: no operation can start on it any more, so
+        // its socket may be associated again now (a reference a driver or a poller still
+        // holds would otherwise keep the claim for a moment, and a re-association would
+        // fail by chance).
+        h.release_claim();
         if !out.is_empty() {
             self.deliver(out);
         }

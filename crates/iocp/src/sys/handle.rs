@@ -223,8 +223,8 @@ pub(crate) struct HandleInner<C, T> {
     /// runs on the file pool.
     pub(crate) is_file: bool,
     io: Mutex<HandleIo<C, T>>,
-    /// The registry key of a socket or pipe (0: none; see `claim`).
-    identity: u64,
+    /// The registry key of a socket or pipe (0: none, or released; see `claim`).
+    identity: AtomicU64,
     /// `Handle` clones alive; the last one to go closes the handle.
     pub(crate) users: AtomicU32,
 }
@@ -241,7 +241,7 @@ impl<C, T> HandleInner<C, T> {
             token: AtomicU64::new(0),
             is_file,
             io: Mutex::new(HandleIo::new()),
-            identity,
+            identity: AtomicU64::new(identity),
             users: AtomicU32::new(1),
         })
     }
@@ -253,16 +253,24 @@ impl<C, T> HandleInner<C, T> {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
-}
 
-impl<C, T> Drop for HandleInner<C, T> {
-    fn drop(&mut self) {
-        if self.identity != 0 {
-            let id = self.identity;
+    /// Gives up the socket's or pipe's claim (see `claim`): once the handle is closed, the
+    /// same socket may be associated again (through another fd), at once, although this
+    /// struct lives on until the last reference to it (a driver's, an operation's) goes.
+    /// Idempotent.
+    pub(crate) fn release_claim(&self) {
+        let id = self.identity.swap(0, Ordering::AcqRel);
+        if id != 0 {
             let mut set = registry().lock();
             set.remove(&id);
             crate::spare::set(&mut set);
         }
+    }
+}
+
+impl<C, T> Drop for HandleInner<C, T> {
+    fn drop(&mut self) {
+        self.release_claim();
     }
 }
 

@@ -57,6 +57,8 @@ pub(crate) struct Ctx {
     /// The OVERLAPPED's `hEvent` when the operation started (set on completion; low bit: no
     /// packet).
     pub(crate) event: usize,
+    /// Started on the hidden port: counted in [`HIDDEN_LIVE`] until finished.
+    pub(crate) hidden: bool,
 }
 
 /// The direction of a stream operation, for the in-line attempts: a receive (or send) is tried
@@ -70,7 +72,8 @@ pub(crate) enum Side {
 
 impl Ctx {
     pub(crate) fn posted(ov: usize) -> Self {
-        Ctx { ov, target: Target::None, assoc: Weak::new(), side: Side::None, extra: 0, event: 0 }
+        let (target, assoc, side) = (Target::None, Weak::new(), Side::None);
+        Ctx { ov, target, assoc, side, extra: 0, event: 0, hidden: false }
     }
 }
 
@@ -337,13 +340,18 @@ const REAP_WAIT: Duration = Duration::from_millis(20);
 /// it polls is handed what it reaps. It ends when the port is closed.
 fn reaper(entry: &Arc<PortEntry>) {
     let port = Arc::downgrade(entry);
-    // Nobody ever dequeues from the hidden port: poll it back to back.
+    // Nobody ever dequeues from the hidden port: poll it back to back while it has operations
+    // in flight, and sleep while it has none (the next start wakes it).
     let eager = entry.implicit;
     let spawned = std::thread::Builder::new().name("iocp-reaper".into()).spawn(move || {
         let mut seen = u64::MAX;
         loop {
             if !eager {
                 std::thread::sleep(REAP_TICK);
+            } else if HIDDEN_LIVE.load(Ordering::Acquire) == 0 {
+                // Bounded: a lost wake-up would cost a second, never a hang.
+                std::thread::park_timeout(HIDDEN_IDLE);
+                continue;
             }
             let Some(p) = port.upgrade() else { return };
             if p.port.is_closed() {
@@ -361,7 +369,29 @@ fn reaper(entry: &Arc<PortEntry>) {
     });
     // Without the thread (no memory for one) the port still works: only completions that
     // nobody dequeues stay unseen until someone does.
+    if let (true, Ok(t)) = (eager, &spawned) {
+        let _ = HIDDEN_REAPER.set(t.thread().clone());
+    }
     drop(spawned);
+}
+
+/// Operations started on the hidden port and not yet finished ([`settle`]).
+static HIDDEN_LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The hidden port's reaper thread, woken when the first of them starts.
+static HIDDEN_REAPER: OnceLock<std::thread::Thread> = OnceLock::new();
+/// How long the hidden port's reaper sleeps at most while nothing is in flight there.
+const HIDDEN_IDLE: Duration = Duration::from_secs(1);
+
+fn hidden_started() {
+    if HIDDEN_LIVE.fetch_add(1, Ordering::AcqRel) == 0
+        && let Some(t) = HIDDEN_REAPER.get()
+    {
+        t.unpark();
+    }
+}
+
+fn hidden_finished() {
+    HIDDEN_LIVE.fetch_sub(1, Ordering::AcqRel);
 }
 
 fn port_id(h: HANDLE) -> Option<u64> {
@@ -641,8 +671,12 @@ pub(crate) fn start_sided(
     }
     // The packet reports a DWORD count; more than 4 GiB sent in line saturates it.
     let extra = u32::try_from(extra).unwrap_or(u32::MAX);
-    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra, event };
+    let hidden = a.port.implicit;
+    let ctx = Ctx { ov: ov as usize, target, assoc: Arc::downgrade(a), side, extra, event, hidden };
     a.count(side, true);
+    if hidden {
+        hidden_started();
+    }
     // Recorded before the submit, under a placeholder id: the operation may complete inside
     // it (the completion hook then runs on this thread and must find it, without this lock).
     let tid = std::thread::current().id();
@@ -665,6 +699,9 @@ pub(crate) fn start_sided(
                 }
             }
             a.count(side, false);
+            if hidden {
+                hidden_finished();
+            }
             let codes = errors::from_io(e.error());
             // SAFETY: as above; no packet will come, the status is written in line.
             unsafe { mem::ov_done(ov, codes.nt, 0) };
@@ -746,6 +783,7 @@ fn on_complete(c: &mut Completion<Ctx>) -> Delivery {
         side: ctx.side,
         extra: ctx.extra,
         event,
+        hidden: ctx.hidden,
     };
     let d = settle(key, bytes, op, errno, taken, payload);
     let suppressed = d.suppressed;
@@ -790,6 +828,9 @@ pub(crate) fn finish(c: Completion<Ctx>) -> Done {
 fn settle(key: usize, mut bytes: usize, op: OpId, errno: i32, ctx: Ctx, payload: Payload) -> Done {
     let event = ctx.event;
     let suppressed = event & 1 != 0;
+    if ctx.hidden {
+        hidden_finished();
+    }
     // Whether this dequeue still owns the operation: it is in its association's `pending`
     // (removed here, under the lock). If not, the socket or the port went away and already
     // ended the OVERLAPPED (`release_pending`): the caller may have freed it and its buffers,

@@ -231,6 +231,11 @@ fn c_sockets_one_packet_cancel_close_extensions() {
 }
 
 #[test]
+fn c_sockets_hidden_port_sleeps_while_idle() {
+    run_c_test("tests/c/t_hidden.c", "t_hidden");
+}
+
+#[test]
 fn c_files_offsets_eof_append() {
     run_c_test("tests/c/t_file.c", "t_file");
 }

@@ -124,9 +124,13 @@ static DWORD WINAPI worker(LPVOID arg) {
             printf("GetQueuedCompletionStatusEx failed: %u\n", (unsigned)GetLastError());
             return 1;
         }
+        ULONG exits = 0;
         for (ULONG i = 0; i < n; i++) {
             OVERLAPPED_ENTRY *e = &entries[i];
-            if (e->lpOverlapped == NULL) return 0; /* the exit packet */
+            if (e->lpOverlapped == NULL) { /* an exit packet */
+                exits++;
+                continue;
+            }
             BOOL ok = (DWORD)e->Internal == 0;
             /* Under the lock the shutdown takes to close the pending sockets: neither side may
              * close a number the other already closed (and the system reused). */
@@ -136,6 +140,12 @@ static DWORD WINAPI worker(LPVOID arg) {
                 if (ok) {
                     setsockopt(a->sock, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (char *)&g_listen,
                                sizeof g_listen);
+                    /* An abortive close (a reset, no TIME_WAIT on either end): thousands of
+                     * connections a second would otherwise fill the ephemeral ports the
+                     * clients bind, and a second run would fail with WSAEADDRINUSE. */
+                    LINGER abort_close = {1, 0};
+                    setsockopt(a->sock, SOL_SOCKET, SO_LINGER, (char *)&abort_close,
+                               sizeof abort_close);
                     InterlockedIncrement(&g_accepted);
                 } else if (!g_stopping) {
                     InterlockedIncrement(&g_accept_errors);
@@ -159,6 +169,12 @@ static DWORD WINAPI worker(LPVOID arg) {
             LeaveCriticalSection(&g_lock);
             InterlockedDecrement(&g_outstanding);
             check_done();
+        }
+        if (exits > 0) {
+            /* One exit packet per worker, but one GetQueuedCompletionStatusEx may take several:
+             * hand the others back for the workers still waiting. */
+            for (ULONG i = 1; i < exits; i++) PostQueuedCompletionStatus(g_port, 0, 0, NULL);
+            return 0;
         }
     }
 }

@@ -64,3 +64,40 @@ fn bad_backend_exits_2() {
     assert_eq!(run.status.code(), Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stderr.contains("kqueue"), "stderr:\n{}", run.stderr);
 }
+
+/// An operator attaching a debugger to a live server and calling a function in it
+/// (`gdb -p PID -ex 'call malloc_stats()'`) made the server's wait for SIGINT/SIGTERM see the
+/// kernel-internal ERESTARTSYS, and signal-hook's blocking iterator panicked on it: the
+/// server died. It must survive, keep serving, and still stop gracefully.
+#[test]
+fn a_debugger_calling_into_the_server_does_not_kill_it() {
+    use std::io::{Read, Write};
+    if std::process::Command::new("gdb").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "gdb is missing (.ci/run installs it)");
+        eprintln!("SKIP: no gdb");
+        return;
+    }
+    let server = common::server::ServerProcess::start(&["--addr", "127.0.0.1:0"])
+        .expect("the server starts");
+    let pid = server.child.id().to_string();
+    for _ in 0..2 {
+        let out = std::process::Command::new("gdb")
+            .args(["-p", &pid, "-batch", "-ex", "set language c"])
+            .args(["-ex", "call (void)malloc_stats()"])
+            .output()
+            .expect("running gdb");
+        // The call itself may fail (some machines refuse gdb's register writes); the attach,
+        // the interrupted waits and the detach are what matter.
+        let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("detached"), "gdb did not attach: {said}");
+    }
+    let mut c = std::net::TcpStream::connect(server.addr).expect("the server still accepts");
+    c.set_read_timeout(Some(iocp_testkit::deadline())).unwrap();
+    c.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got).expect("the server still echoes");
+    assert_eq!(&got, b"ping");
+    drop(c);
+    let report = server.stop();
+    assert!(report.contains("1 connections accepted"), "{report}");
+}

@@ -1,9 +1,47 @@
-//! SIGINT / SIGTERM for a graceful stop.
+//! SIGINT / SIGTERM for a graceful stop, SIGHUP for a reopen.
+//!
+//! signal-hook's handlers write to a self-pipe; the waiting is done here, not by its blocking
+//! iterators: those panic on any error from the pipe other than EINTR, and a debugger or
+//! tracer attaching to the server (gdb -p, strace -p) can make the read fail with the
+//! kernel-internal ERESTARTSYS (512), which took the whole server down. Here every such error
+//! is a spurious wake-up.
 
 use std::io;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use rustix::event::{PollFd, PollFlags, poll};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
+
+/// The signals `set` deliver, one at a time, for as long as the process lives.
+struct Arrivals {
+    delivery: SignalDelivery<UnixStream, SignalOnly>,
+}
+
+impl Arrivals {
+    fn new(set: &[i32]) -> io::Result<Self> {
+        let (read, write) = UnixStream::pair()?;
+        let delivery = SignalDelivery::with_pipe(read, write, SignalOnly, set.iter().copied())?;
+        Ok(Arrivals { delivery })
+    }
+
+    /// Blocks until one of the signals arrives; returns its number.
+    fn next(&mut self) -> i32 {
+        loop {
+            if let Some(sig) = self.delivery.pending().next() {
+                return sig;
+            }
+            let mut fds = [PollFd::new(self.delivery.get_read(), PollFlags::IN)];
+            if poll(&mut fds, None).is_err() {
+                // EINTR, or ERESTARTSYS under a tracer: look again. A lasting error (none is
+                // known) must not spin a core.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
 
 /// Blocks until SIGINT or SIGTERM arrives and returns its number. A second signal while the
 /// caller is stopping exits the process at once with status 130 (the usual "press Ctrl-C
@@ -12,13 +50,12 @@ use signal_hook::iterator::Signals;
 /// # Errors
 /// The signal handlers could not be installed.
 pub fn wait_for_stop_signal() -> io::Result<i32> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let first = signals.forever().next().unwrap_or(SIGTERM);
+    let mut arrivals = Arrivals::new(&[SIGINT, SIGTERM])?;
+    let first = arrivals.next();
     std::thread::Builder::new().name("iocp-signal".into()).spawn(move || {
-        if signals.forever().next().is_some() {
-            tracing::warn!("second stop signal: exiting without waiting");
-            std::process::exit(130);
-        }
+        arrivals.next();
+        tracing::warn!("second stop signal: exiting without waiting");
+        std::process::exit(130);
     })?;
     Ok(first)
 }
@@ -29,9 +66,10 @@ pub fn wait_for_stop_signal() -> io::Result<i32> {
 /// # Errors
 /// The signal handler could not be installed.
 pub fn on_hangup(f: impl Fn() + Send + 'static) -> io::Result<()> {
-    let mut signals = Signals::new([signal_hook::consts::SIGHUP])?;
+    let mut arrivals = Arrivals::new(&[SIGHUP])?;
     std::thread::Builder::new().name("iocp-sighup".into()).spawn(move || {
-        for _ in signals.forever() {
+        loop {
+            arrivals.next();
             f();
         }
     })?;

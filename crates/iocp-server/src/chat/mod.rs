@@ -67,7 +67,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tungstenite::protocol::{Message, Role, WebSocketConfig, WebSocketContext};
 
 use crate::metrics::{ExtraKind, ExtraMetric};
@@ -233,11 +233,54 @@ enum Phase {
     /// The web port before an upgrade: HTTP requests.
     Http,
     /// A WebSocket.
-    Ws(Box<WebSocketContext>),
+    Ws(Ws),
     /// The line protocol.
     Tcp,
     /// Closing: input is ignored.
     Done,
+}
+
+/// A WebSocket's protocol state. tungstenite's context (its read buffer, 512 bytes, and
+/// itself, ~250) exists only while the connection is inside a message: `on_ws` hands it whole
+/// frames only (a partial one waits in the connection's input), so once it has read them and
+/// no fragmented message is open it holds nothing, and it is dropped. A fresh one is made for
+/// the next frame. An idle member then costs no tungstenite memory at all.
+struct Ws {
+    ctx: Option<Box<WebSocketContext>>,
+    /// A data frame without FIN was handed over and its final continuation not yet: the
+    /// context holds the message so far and must stay.
+    fragment_open: bool,
+}
+
+/// How much of `input` is whole frames (a prefix), and whether a fragmented message is open
+/// after them (`open`: before them). A frame tungstenite will refuse (a bad header, one over
+/// `max_frame`) counts the rest of the input as whole, so that it sees and refuses it.
+fn whole_frames(input: &[u8], max_frame: usize, mut open: bool) -> (usize, bool) {
+    use tungstenite::protocol::frame::FrameHeader;
+    let mut at = 0usize;
+    while at < input.len() {
+        let mut cur = io::Cursor::new(&input[at..]);
+        match FrameHeader::parse(&mut cur) {
+            Ok(Some((h, len))) => {
+                if len > max_frame as u64 {
+                    return (input.len(), open);
+                }
+                let end = (at as u64).saturating_add(cur.position()).saturating_add(len);
+                if end > input.len() as u64 {
+                    break;
+                }
+                match h.opcode {
+                    OpCode::Data(Data::Continue) => open = open && !h.is_final,
+                    OpCode::Data(_) => open = !h.is_final,
+                    OpCode::Control(_) => {}
+                }
+                at = end as usize;
+            }
+            Ok(None) => break,
+            Err(_) => return (input.len(), open),
+        }
+    }
+    (at, open)
 }
 
 /// One chat connection.
@@ -369,7 +412,8 @@ impl Chat {
 
     /// Closes a WebSocket with `code` (the close frame is the last thing sent).
     fn ws_close(&self, conn: &mut ChatConn, io: &mut Io, code: CloseCode, reason: &str) -> Next {
-        if let Phase::Ws(ctx) = &mut conn.phase {
+        if let Phase::Ws(ws) = &mut conn.phase {
+            let ctx = self.ws_context(ws);
             let mut wire = Wire { input: &[], output: &mut io.output };
             let frame = CloseFrame { code, reason: reason.to_owned().into() };
             if ctx.close(&mut wire, Some(frame)).is_err() || ctx.flush(&mut wire).is_err() {
@@ -454,13 +498,7 @@ impl Chat {
                         .as_bytes(),
                     );
                     io.consume(n);
-                    let cfg = WebSocketConfig::default()
-                        .read_buffer_size(512)
-                        .write_buffer_size(0)
-                        .max_message_size(Some(self.hub.cfg.max_frame))
-                        .max_frame_size(Some(self.hub.cfg.max_frame));
-                    conn.phase =
-                        Phase::Ws(Box::new(WebSocketContext::new(Role::Server, Some(cfg))));
+                    conn.phase = Phase::Ws(Ws { ctx: None, fragment_open: false });
                     // The 101 goes out before the welcome.
                     let head = Bytes::from(std::mem::take(&mut io.output));
                     let _ = conn.outbox.push(head);
@@ -488,10 +526,34 @@ impl Chat {
         Next::Send
     }
 
+    /// The connection's tungstenite context, made if it has none (see [`Ws`]).
+    fn ws_context<'a>(&self, ws: &'a mut Ws) -> &'a mut WebSocketContext {
+        ws.ctx.get_or_insert_with(|| {
+            let cfg = WebSocketConfig::default()
+                .read_buffer_size(512)
+                .write_buffer_size(0)
+                .max_message_size(Some(self.hub.cfg.max_frame))
+                .max_frame_size(Some(self.hub.cfg.max_frame));
+            Box::new(WebSocketContext::new(Role::Server, Some(cfg)))
+        })
+    }
+
     fn on_ws(&self, conn: &mut ChatConn, io: &mut Io) -> Next {
-        let input = std::mem::take(&mut io.input);
+        let mut input = std::mem::take(&mut io.input);
+        let Phase::Ws(ws) = &conn.phase else { return Next::Send };
+        // Whole frames go to tungstenite; a partial one stays in the input for the next read.
+        let (whole, open) = whole_frames(&input, self.hub.cfg.max_frame, ws.fragment_open);
+        if whole == 0 {
+            io.input = input; // only part of a frame so far
+            return Next::Send;
+        }
+        let tail = input.split_off(whole);
         let mut rest: &[u8] = &input;
-        while let Phase::Ws(ctx) = &mut conn.phase {
+        while let Phase::Ws(ws) = &mut conn.phase {
+            if rest.is_empty() && ws.ctx.is_none() {
+                break; // nothing for a context to do
+            }
+            let ctx = self.ws_context(ws);
             let mut wire = Wire { input: rest, output: &mut io.output };
             let r = ctx.read(&mut wire);
             rest = wire.input;
@@ -517,6 +579,7 @@ impl Chat {
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the reply; flush it and close after it.
+                    let ctx = self.ws_context(ws);
                     let mut wire = Wire { input: &[], output: &mut io.output };
                     let _ = ctx.flush(&mut wire);
                     conn.phase = Phase::Done;
@@ -542,9 +605,18 @@ impl Chat {
                 }
             }
         }
-        if let Phase::Ws(ctx) = &mut conn.phase {
-            let mut wire = Wire { input: &[], output: &mut io.output };
-            let _ = ctx.flush(&mut wire);
+        if let Phase::Ws(ws) = &mut conn.phase {
+            if let Some(ctx) = ws.ctx.as_mut() {
+                let mut wire = Wire { input: &[], output: &mut io.output };
+                let _ = ctx.flush(&mut wire);
+            }
+            // Every whole frame was read: unless a fragmented message is open, the context
+            // holds nothing now.
+            ws.fragment_open = open;
+            if !open {
+                ws.ctx = None;
+            }
+            io.input = tail;
         }
         Next::Send
     }
@@ -630,13 +702,17 @@ impl Service for Chat {
     fn on_timeout(&self, conn: &mut ChatConn, io: &mut Io, kind: TimeoutKind) -> Next {
         conn.keep_after_timeout = false;
         match (&mut conn.phase, kind) {
-            (Phase::Ws(ctx), TimeoutKind::Idle) if !conn.pinged => {
+            (Phase::Ws(ws), TimeoutKind::Idle) if !conn.pinged => {
+                let ctx = self.ws_context(ws);
                 let mut wire = Wire { input: &[], output: &mut io.output };
                 if ctx.write(&mut wire, Message::Ping(Bytes::from_static(b"idle"))).is_ok()
                     && ctx.flush(&mut wire).is_ok()
                 {
                     conn.pinged = true;
                     conn.keep_after_timeout = true;
+                }
+                if !ws.fragment_open {
+                    ws.ctx = None;
                 }
                 Next::Send
             }

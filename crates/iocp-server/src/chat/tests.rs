@@ -230,3 +230,93 @@ fn presence_events_stop_at_presence_max() {
     assert_eq!(sent(1), (5, 0));
     assert_eq!(sent(0), (4, 0));
 }
+
+/// A masked client frame with the FIN bit as given.
+fn masked_fin(payload: &[u8], opcode: u8, fin: bool) -> Vec<u8> {
+    let mut f = masked(payload, opcode);
+    if !fin {
+        f[0] &= 0x7f;
+    }
+    f
+}
+
+fn ws_ctx_held(conn: &ChatConn) -> bool {
+    match &conn.phase {
+        Phase::Ws(ws) => ws.ctx.is_some(),
+        _ => panic!("not a WebSocket"),
+    }
+}
+
+fn nick_of(conn: &ChatConn) -> String {
+    conn.member.as_ref().unwrap().nick()
+}
+
+/// Issue 15 (memory per idle client): between messages a WebSocket holds no tungstenite
+/// context; inside a fragmented message it does, and the message still arrives whole.
+#[test]
+fn an_idle_websocket_holds_no_tungstenite_context() {
+    let chat = ChatHub::new(ChatConfig::default()).web();
+    let (mut conn, mut io) = upgraded(&chat);
+    assert!(!ws_ctx_held(&conn), "made at the upgrade");
+    io.input.extend_from_slice(&masked(br#"{"type":"nick","nick":"ann"}"#, 1));
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(nick_of(&conn), "ann");
+    assert!(!ws_ctx_held(&conn), "kept after a whole message");
+    assert!(io.input.is_empty());
+    // A text message in two fragments with a ping between them: held until the last one.
+    let json = br#"{"type":"nick","nick":"bob"}"#;
+    io.input.extend_from_slice(&masked_fin(&json[..10], 1, false));
+    io.input.extend_from_slice(&masked(b"p", 9));
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert!(ws_ctx_held(&conn), "dropped inside a fragmented message");
+    assert_eq!(nick_of(&conn), "ann");
+    io.input.extend_from_slice(&masked_fin(&json[10..], 0, true));
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(nick_of(&conn), "bob");
+    assert!(!ws_ctx_held(&conn));
+    chat.on_close(conn, CloseReason::Eof);
+}
+
+/// A frame that arrives a byte at a time waits in the input, whole frames only go to
+/// tungstenite, and the command runs once its last byte is in.
+#[test]
+fn a_frame_split_anywhere_is_read_once_whole() {
+    let chat = ChatHub::new(ChatConfig::default()).web();
+    let (mut conn, mut io) = upgraded(&chat);
+    let mut data = masked(br#"{"type":"nick","nick":"cy"}"#, 1);
+    data.extend_from_slice(&masked(br#"{"type":"nick","nick":"dee"}"#, 1));
+    let first = masked(br#"{"type":"nick","nick":"cy"}"#, 1).len();
+    for (i, b) in data.iter().enumerate() {
+        io.input.push(*b);
+        let _ = chat.on_read(&mut conn, &mut io);
+        assert!(!ws_ctx_held(&conn));
+        if i + 1 == first {
+            assert_eq!(nick_of(&conn), "cy");
+            assert!(io.input.is_empty());
+        } else if i + 1 < data.len() {
+            assert!(!io.input.is_empty(), "byte {i}: a partial frame was consumed");
+        }
+    }
+    assert_eq!(nick_of(&conn), "dee");
+    assert!(io.input.is_empty());
+    chat.on_close(conn, CloseReason::Eof);
+}
+
+#[test]
+fn whole_frames_counts_complete_frames_and_fragments() {
+    let a = masked(b"hi", 1);
+    let b = masked_fin(b"x", 2, false);
+    let mut input = a.clone();
+    input.extend_from_slice(&b);
+    input.extend_from_slice(&[0x81, 0x85]); // a header without its mask and payload
+    assert_eq!(whole_frames(&input, 1000, false), (a.len() + b.len(), true));
+    assert_eq!(whole_frames(&input[..a.len() - 1], 1000, false), (0, false));
+    // A continuation with FIN closes the fragmented message; a control frame changes nothing.
+    let mut more = masked(b"p", 9);
+    more.extend_from_slice(&masked_fin(b"y", 0, true));
+    assert_eq!(whole_frames(&more, 1000, true), (more.len(), false));
+    // What tungstenite refuses is passed on with everything after it: a frame over the limit
+    // (close 1009) as soon as its header is in, a header with a reserved opcode (1002).
+    assert_eq!(whole_frames(&[0x81, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0], 100, false), (8, false));
+    assert_eq!(whole_frames(&[0x83, 0x80, 0, 0, 0, 0, 0x81], 100, false), (7, false));
+}

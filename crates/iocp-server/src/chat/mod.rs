@@ -45,7 +45,9 @@
 //! - WebSocket rules (masking, fragmentation, control frames, UTF-8, close handshake) are
 //!   tungstenite's ([`tungstenite::protocol::WebSocketContext`] over the connection's
 //!   buffers): a protocol error closes with 1002, invalid UTF-8 with 1007, an oversized
-//!   message with 1009, a JSON command that is not understood gets an `error` event.
+//!   message with 1009, a JSON command that is not understood gets an `error` event. Only
+//!   whole frames are handed to it (a partial frame waits in the input), and between
+//!   messages the context is dropped: an idle client holds none of tungstenite's memory.
 //! - Idle: after the server's idle timeout a WebSocket client is pinged; a second idle timeout
 //!   without any frame closes it (1001). A TCP client idle that long is told and closed.
 //! - Slow clients: each connection's outgoing queue is bounded ([`ChatConfig::push`]); a

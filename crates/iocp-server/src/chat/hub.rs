@@ -6,7 +6,7 @@
 //! history. A pusher never waits on a socket: [`Outbox::push`] queues (or drops a slow
 //! client) and at most starts one send.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,6 +20,28 @@ use crate::server::{Outbox, PushError};
 /// The most nicknames a `joined` or `members` event lists (a join to a room of thousands
 /// would otherwise send each joiner every name; `rooms` gives the counts).
 pub(crate) const MAX_LISTED: usize = 256;
+
+/// The first `n` nicknames of `members`, sorted. Each name is looked at once but only those
+/// among the first `n` so far are copied: a join to a room of 5,000 copied and sorted all
+/// 5,000 names (under the room's lock) to send 256, which made 5,000 joins quadratic.
+pub(crate) fn first_nicks<'a>(
+    members: impl Iterator<Item = &'a Arc<Member>>,
+    n: usize,
+) -> Vec<(String, u64)> {
+    let mut heap: BinaryHeap<(String, u64)> = BinaryHeap::with_capacity(n.min(1024));
+    for m in members {
+        let nick = m.nick.lock();
+        if heap.len() < n {
+            heap.push((nick.clone(), m.id()));
+        } else if let Some(mut top) = heap.peek_mut()
+            && *nick < top.0
+        {
+            top.0.clone_from(&nick);
+            top.1 = m.id();
+        }
+    }
+    heap.into_sorted_vec()
+}
 
 /// Which transport a member uses (which encoding it is sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +81,53 @@ impl Member {
 struct Room {
     members: HashMap<u64, Arc<Member>>,
     history: VecDeque<Encoded>,
+    /// The first [`MAX_LISTED`] nicknames of the members, sorted: what `joined` and `members`
+    /// list, with the member ids. Kept up to date by joins, leaves and nick changes (under
+    /// the room's lock), so a join to a room of thousands does not look at every name; only
+    /// the leave of a listed member from a room with more than that many looks at them all
+    /// again. Entries are found by id, so a nick changed meanwhile cannot leave one stale.
+    listed: Vec<(String, u64)>,
+}
+
+impl Room {
+    /// Lists member `id` (already in `members`) as `nick`: it joined, or was renamed.
+    fn list(&mut self, nick: &str, id: u64) {
+        let mut was_listed = false;
+        if let Some(i) = self.listed.iter().position(|x| x.1 == id) {
+            if self.listed[i].0 == nick {
+                return; // listed already (a rename raced with the join)
+            }
+            self.listed.remove(i);
+            was_listed = true;
+        }
+        // Unless every other member is listed, a listed member renamed leaves a place that
+        // one of the unlisted may take: look at them all (rare: a big room, a listed name).
+        let others_all_listed = self.members.len() <= self.listed.len() + 1;
+        if was_listed && !others_all_listed {
+            self.listed = first_nicks(self.members.values(), MAX_LISTED);
+            return;
+        }
+        let at = self.listed.partition_point(|x| x.0.as_str() < nick);
+        if at < MAX_LISTED {
+            self.listed.insert(at, (nick.to_owned(), id));
+            self.listed.truncate(MAX_LISTED);
+        }
+    }
+
+    /// Takes member `id` out of the listing (it left), refilling the listing from the
+    /// members when names beyond it exist.
+    fn unlist(&mut self, id: u64) {
+        if let Some(i) = self.listed.iter().position(|x| x.1 == id) {
+            self.listed.remove(i);
+            if self.members.len() > self.listed.len() {
+                self.listed = first_nicks(self.members.values(), MAX_LISTED);
+            }
+        }
+    }
+
+    fn listed_names(&self) -> Vec<String> {
+        self.listed.iter().map(|x| x.0.clone()).collect()
+    }
 }
 
 /// Counters of the chat (all connections of both transports).
@@ -204,10 +273,10 @@ impl Hub {
             }
         };
         let mut r = room.lock();
-        r.members.insert(m.id(), m.clone());
-        let mut members: Vec<String> = r.members.values().map(|x| x.nick()).collect();
-        members.sort();
-        members.truncate(MAX_LISTED);
+        if r.members.insert(m.id(), m.clone()).is_none() {
+            r.list(&m.nick(), m.id());
+        }
+        let members = r.listed_names();
         self.tell(m, &Event::Joined { room: name.clone(), members });
         // The history, then live events: both under the room's lock, so nothing is missed or
         // repeated between them.
@@ -235,6 +304,7 @@ impl Hub {
         if r.members.remove(&m.id()).is_none() {
             return;
         }
+        r.unlist(m.id());
         if answer {
             self.tell(m, &Event::Left { room: name.to_owned() });
         }
@@ -323,7 +393,12 @@ impl Hub {
             if let Ok(room) = self.room(&name, false) {
                 let ev =
                     Event::Nick { room: name, old: old.clone(), new: new.to_owned(), ts: now_ms() };
-                self.fan_out(&mut room.lock(), &ev, false);
+                let mut r = room.lock();
+                if r.members.contains_key(&m.id()) {
+                    // What it is called now (a later rename may have run already).
+                    r.list(&m.nick(), m.id());
+                }
+                self.fan_out(&mut r, &ev, false);
             }
         }
         Ok(())
@@ -344,9 +419,7 @@ impl Hub {
             None => self.which_room(m, None)?,
         };
         let room = self.room(&name, false)?;
-        let mut members: Vec<String> = room.lock().members.values().map(|x| x.nick()).collect();
-        members.sort();
-        members.truncate(MAX_LISTED);
+        let members = room.lock().listed_names();
         self.tell(m, &Event::Members { room: name, members });
         Ok(())
     }
@@ -357,6 +430,18 @@ impl Hub {
     }
 
     /// Members now.
+    /// Panics unless every room's listing is the first names of its members (tests).
+    #[cfg(test)]
+    pub(crate) fn check_listings(&self) {
+        let rooms: Vec<(String, Arc<Mutex<Room>>)> =
+            self.rooms.lock().iter().map(|(n, r)| (n.clone(), r.clone())).collect();
+        for (name, room) in rooms {
+            let r = room.lock();
+            let want = first_nicks(r.members.values(), MAX_LISTED);
+            assert_eq!(r.listed, want, "room {name} ({} members)", r.members.len());
+        }
+    }
+
     pub(crate) fn member_count(&self) -> usize {
         self.nicks.lock().len()
     }

@@ -320,3 +320,65 @@ fn whole_frames_counts_complete_frames_and_fragments() {
     assert_eq!(whole_frames(&[0x81, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0], 100, false), (8, false));
     assert_eq!(whole_frames(&[0x83, 0x80, 0, 0, 0, 0, 0x81], 100, false), (7, false));
 }
+
+/// `joined`/`members` list the first names in order without sorting them all: the same
+/// list as sorting every name and keeping the first ones.
+#[test]
+fn first_nicks_is_the_sorted_prefix() {
+    let hub = Hub::new(ChatConfig { presence_max: 0, ..ChatConfig::default() });
+    let ms: Vec<Arc<hub::Member>> =
+        (0..700).map(|_| hub.enter(Kind::Ws, Outbox::detached())).collect();
+    // Names out of insertion order, with ties broken by the rest of the name.
+    for (i, m) in ms.iter().enumerate() {
+        *m.nick.lock() = format!("n{}x{i}", (i * 7919) % 701);
+    }
+    let mut all: Vec<String> = ms.iter().map(|m| m.nick()).collect();
+    all.sort();
+    for n in [0, 1, 5, 256, 700, 1000] {
+        let want: Vec<String> = all.iter().take(n).cloned().collect();
+        let got: Vec<String> = hub::first_nicks(ms.iter(), n).into_iter().map(|x| x.0).collect();
+        assert_eq!(got, want, "n = {n}");
+    }
+    for m in &ms {
+        hub.exit(m);
+    }
+}
+
+/// A room's listing (what `joined` and `who` send: the first 256 names) follows joins, leaves
+/// and renames without looking at every member each time; after every step of a random
+/// sequence over rooms of up to 400 it is what sorting all the names gives.
+#[test]
+fn room_listings_follow_joins_leaves_and_renames() {
+    let hub = Hub::new(ChatConfig { presence_max: 0, history: 0, ..ChatConfig::default() });
+    let mut rng = Rng(7);
+    let mut ms: Vec<Arc<hub::Member>> = Vec::new();
+    for step in 0..4000 {
+        match rng.next() % 10 {
+            0..=3 if ms.len() < 400 => ms.push(hub.enter(Kind::Ws, Outbox::detached())),
+            4 if !ms.is_empty() => {
+                let m = ms.swap_remove((rng.next() as usize) % ms.len());
+                hub.exit(&m);
+            }
+            5..=7 if !ms.is_empty() => {
+                // Renames into and out of the first names ("a..." sorts before "guest...").
+                let m = &ms[(rng.next() as usize) % ms.len()];
+                let first = if rng.next() % 2 == 0 { 'a' } else { 'z' };
+                let _ = hub.nick(m, &format!("{first}{}", rng.next() % 1000));
+            }
+            8 if !ms.is_empty() => {
+                let _ = hub.join(&ms[(rng.next() as usize) % ms.len()], "side");
+            }
+            9 if !ms.is_empty() => {
+                let _ = hub.leave(&ms[(rng.next() as usize) % ms.len()], Some("side"));
+            }
+            _ => {}
+        }
+        if step % 7 == 0 {
+            hub.check_listings();
+        }
+    }
+    hub.check_listings();
+    for m in &ms {
+        hub.exit(m);
+    }
+}

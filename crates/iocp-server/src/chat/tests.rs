@@ -362,7 +362,7 @@ fn room_listings_follow_joins_leaves_and_renames() {
             5..=7 if !ms.is_empty() => {
                 // Renames into and out of the first names ("a..." sorts before "guest...").
                 let m = &ms[(rng.next() as usize) % ms.len()];
-                let first = if rng.next() % 2 == 0 { 'a' } else { 'z' };
+                let first = if rng.next().is_multiple_of(2) { 'a' } else { 'z' };
                 let _ = hub.nick(m, &format!("{first}{}", rng.next() % 1000));
             }
             8 if !ms.is_empty() => {

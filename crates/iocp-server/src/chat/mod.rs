@@ -48,6 +48,12 @@
 //!   message with 1009, a JSON command that is not understood gets an `error` event. Only
 //!   whole frames are handed to it (a partial frame waits in the input), and between
 //!   messages the context is dropped: an idle client holds none of tungstenite's memory.
+//!   So a frame must arrive whole within the server's request timeout
+//!   ([`ServerConfig::request_timeout`](crate::ServerConfig::request_timeout), 10 s by
+//!   default; a frame trickled in slower closes with 1008 "frame too slow"), and a frame of
+//!   [`ChatConfig::max_frame`] bytes must fit in
+//!   [`ServerConfig::max_input`](crate::ServerConfig::max_input) (16 KiB into 64 KiB by
+//!   default).
 //! - Idle: after the server's idle timeout a WebSocket client is pinged; a second idle timeout
 //!   without any frame closes it (1001). A TCP client idle that long is told and closed.
 //! - Slow clients: each connection's outgoing queue is bounded ([`ChatConfig::push`]); a
@@ -717,6 +723,10 @@ impl Service for Chat {
                     ws.ctx = None;
                 }
                 Next::Send
+            }
+            // A frame begun and not finished within the request timeout.
+            (Phase::Ws(_), TimeoutKind::Request) => {
+                self.ws_close(conn, io, CloseCode::Policy, "frame too slow")
             }
             (Phase::Ws(_), _) => self.ws_close(conn, io, CloseCode::Away, "idle timeout"),
             (Phase::Tcp, _) => self.tcp_close(conn, io, "* idle timeout: bye"),

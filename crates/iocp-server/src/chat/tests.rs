@@ -382,3 +382,26 @@ fn room_listings_follow_joins_leaves_and_renames() {
         hub.exit(m);
     }
 }
+
+/// A frame begun and left unfinished past the request timeout closes with 1008; an idle
+/// timeout with nothing pending pings first.
+#[test]
+fn a_frame_left_unfinished_closes_with_1008_at_the_request_timeout() {
+    let chat = ChatHub::new(ChatConfig::default()).web();
+    let (mut conn, mut io) = upgraded(&chat);
+    io.output.clear();
+    let frame = masked(br#"{"type":"nick","nick":"eve"}"#, 1);
+    io.input.extend_from_slice(&frame[..5]);
+    let _ = chat.on_read(&mut conn, &mut io);
+    assert_eq!(io.input.len(), 5, "the partial frame waits in the input");
+    assert!(io.output.is_empty());
+    let _ = chat.on_timeout(&mut conn, &mut io, TimeoutKind::Request);
+    assert_eq!(io.output[0], 0x88, "{:?}", io.output);
+    assert_eq!(u16::from_be_bytes([io.output[2], io.output[3]]), 1008);
+    assert!(io.close_after_send);
+    let (mut conn, mut io) = upgraded(&chat);
+    io.output.clear();
+    let _ = chat.on_timeout(&mut conn, &mut io, TimeoutKind::Idle);
+    assert_eq!(io.output[0], 0x89, "a ping: {:?}", io.output);
+    assert!(!ws_ctx_held(&conn), "the ping's context is not kept");
+}

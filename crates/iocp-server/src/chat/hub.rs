@@ -429,7 +429,6 @@ impl Hub {
         self.nicks.lock().values().filter(|m| m.kind == kind).cloned().collect()
     }
 
-    /// Members now.
     /// Panics unless every room's listing is the first names of its members (tests).
     #[cfg(test)]
     pub(crate) fn check_listings(&self) {
@@ -442,6 +441,7 @@ impl Hub {
         }
     }
 
+    /// Members now.
     pub(crate) fn member_count(&self) -> usize {
         self.nicks.lock().len()
     }

@@ -587,7 +587,6 @@ impl Chat {
                 }
                 Ok(Message::Close(_)) => {
                     // tungstenite queued the reply; flush it and close after it.
-                    let ctx = self.ws_context(ws);
                     let mut wire = Wire { input: &[], output: &mut io.output };
                     let _ = ctx.flush(&mut wire);
                     conn.phase = Phase::Done;

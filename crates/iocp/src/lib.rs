@@ -46,6 +46,7 @@
 compile_error!("iocp supports Linux only (io_uring and epoll)");
 
 mod backend;
+mod chunks;
 mod completion;
 mod error;
 mod handle;

@@ -16,10 +16,10 @@ use std::sync::{Arc, OnceLock, Weak};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::chunks::ChunkVec;
 use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Sink, Submitted, closed_error, timeout_ms};
 use crate::backend::PortConfig;
+use crate::chunks::ChunkVec;
 use crate::completion::{Completion, OpId, Status};
 use crate::sys::op::Side;
 use crate::sys::op::{HandleInner, HandleIo};

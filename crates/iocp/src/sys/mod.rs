@@ -21,7 +21,6 @@ use crate::completion::{Completion, OpId};
 use crate::sys::op::HandleInner;
 
 pub(crate) mod bufpool;
-mod chunks;
 pub(crate) mod epoll;
 #[cfg_attr(not(feature = "fault-injection"), allow(unreachable_pub))]
 pub mod fault;

@@ -30,11 +30,11 @@ use io_uring::types::{CancelBuilder, SubmitArgs, Timespec};
 use io_uring::{IoUring, opcode, squeue};
 
 use super::bufpool::BufferPool;
-use super::chunks::ChunkVec;
 use super::fault::{self, Point};
 use super::op::{Op, Progress, reason_code};
 use super::{DriverStats, Submitted};
 use crate::backend::PortConfig;
+use crate::chunks::ChunkVec;
 use crate::completion::{Completion, OpId, Status};
 use crate::sys::op::HandleInner;
 

@@ -1,6 +1,7 @@
 //! A vector that grows by fixed chunks: no doubling, so a slab of 10,000 in-flight operations
 //! does not carry 6,000 empty slots of slack (memory per idle connection), and elements never
-//! move when it grows.
+//! move when it grows. Used for the drivers' slot tables and the timer wheel's entries: tables
+//! with one element per operation in flight.
 
 const CHUNK: usize = 256;
 
@@ -24,6 +25,16 @@ impl<T> ChunkVec<T> {
         }
         self.len += 1;
         self.len - 1
+    }
+
+    /// Elements pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Elements the chunks hold, used or not.
+    pub(crate) fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
     }
 
     pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut T> {

@@ -5,8 +5,8 @@
 import socket, subprocess, sys, time, resource, re
 resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
 bin_, backend, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-import random; port = random.randint(30000, 39000)
-p = subprocess.Popen([bin_, "serve", "echo", "--backend", backend, "--addr", f"127.0.0.1:{port}", "--park-after", "0", "--threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+import random; port = random.randint(20000, 32000)  # below the ephemeral range (32768-60999)
+p = subprocess.Popen([bin_, "serve", "echo", "--backend", backend, "--addr", f"127.0.0.1:{port}", "--park-after", "0", "--threads", "2", "--max-connections", "20000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 def rss():
     return int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{p.pid}/status").read()).group(1)) * 1024
 end = time.time() + 10

@@ -389,22 +389,68 @@ enum Pending {
 /// OVERLAPPED), so a completion hands the whole state back to whichever worker dequeues it.
 struct Conn<S: Service> {
     handle: Handle<Ctx<S>>,
-    slot: usize,
-    state: S::Conn,
-    io: Io,
+    /// Its entry in the server's registry (`Shared::conns`).
+    slot: u32,
+    /// The resume epoch read just before the last service callback (see `pause.rs`), cut to
+    /// 32 bits: it is only compared for a change across one callback.
+    epoch: u32,
+    /// A mark of the connection's clock ([`Shared::mark`], 0 for none): with
+    /// [`Pending::Linger`], when the linger began; otherwise when the unconsumed input started
+    /// (the request timeout's start).
+    since: u32,
     pending: Pending,
     /// The pending buffered receive's deadline is `park_after`, not the idle timeout: when it
     /// expires the connection parks instead of closing.
     parking: bool,
-    /// When the unconsumed input started (the request timeout's start).
-    partial_since: Option<Instant>,
-    linger_until: Option<Instant>,
+    state: S::Conn,
+    io: LazyIo,
     bytes_in: u64,
     bytes_out: u64,
     /// The outgoing side of a push-mode connection ([`Service::push`]).
     push: Option<Arc<PushConn<S>>>,
-    /// The resume epoch read just before the last service callback (see `pause.rs`).
-    epoch: u64,
+}
+
+impl<S: Service> Conn<S> {
+    /// Starts or stops the request timeout's clock after a service callback: it runs while
+    /// unconsumed input waits.
+    fn note_partial(&mut self, now: u32) {
+        self.since = if self.io.input.is_empty() {
+            0
+        } else if self.since == 0 {
+            now
+        } else {
+            self.since
+        };
+    }
+}
+
+/// A connection's [`Io`], boxed only while it holds something: a parked connection keeps 8
+/// bytes here, not two empty `Vec`s and a flag (56 bytes; DESIGN.md §5.2). Reading an empty
+/// one allocates nothing; the first write boxes it.
+#[derive(Default)]
+struct LazyIo(Option<Box<Io>>);
+
+/// What an empty [`LazyIo`] reads as.
+static NO_IO: Io = Io { input: Vec::new(), output: Vec::new(), close_after_send: false };
+
+impl LazyIo {
+    /// Frees the buffers and the box (the connection is parking).
+    fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::ops::Deref for LazyIo {
+    type Target = Io;
+    fn deref(&self) -> &Io {
+        self.0.as_deref().unwrap_or(&NO_IO)
+    }
+}
+
+impl std::ops::DerefMut for LazyIo {
+    fn deref_mut(&mut self) -> &mut Io {
+        self.0.get_or_insert_with(Box::default)
+    }
 }
 
 /// The context of every operation on the server's port.
@@ -453,6 +499,8 @@ struct Shared<S: Service> {
     push: Option<PushConfig>,
     /// This, for the push path's connections to reach the server.
     me: Weak<Shared<S>>,
+    /// The origin of the connections' clock marks ([`Shared::mark`]).
+    clock0: Instant,
 }
 
 /// A TCP server on a completion port: the listener, a [`Pool`] of workers, and a [`Service`]
@@ -529,6 +577,7 @@ impl<S: Service> Server<S> {
             live: Live::default(),
             push,
             me: me.clone(),
+            clock0: Instant::now(),
         });
         let pool_cfg = PoolConfig { threads, ..PoolConfig::default() };
         let handler_shared = shared.clone();
@@ -684,7 +733,32 @@ struct Exhausted {
     unlogged: u64,
 }
 
+/// Inserts into the registry, growing it by a sixteenth (at least [`SLAB_KEEP`] entries) when
+/// full, not by doubling: a doubled table carries up to one empty 24-byte entry per
+/// connection (at 10,000 connections, 16,384 entries: 15 bytes per connection of slack; now
+/// at most 6 %). Growth stays geometric, so inserts stay amortised O(1).
+fn insert_registered<S: Service>(conns: &mut Slab<Registered<S>>, r: Registered<S>) -> usize {
+    if conns.len() == conns.capacity() {
+        conns.reserve_exact((conns.len() / 16).max(SLAB_KEEP));
+    }
+    conns.insert(r)
+}
+
 impl<S: Service> Shared<S> {
+    /// Now on the connections' clock: milliseconds since the server started, wrapping every
+    /// 49.7 days, never 0 (a connection's "no mark"). Four bytes per connection instead of an
+    /// `Instant`'s sixteen; a span is read with [`Shared::elapsed`], right for any span under
+    /// 49 days (the request timeout and the linger are far shorter).
+    fn mark(&self) -> u32 {
+        // (Truncation is the wrap.)
+        (self.clock0.elapsed().as_millis() as u32).max(1)
+    }
+
+    /// Time since `mark` (from [`Shared::mark`]).
+    fn elapsed(&self, mark: u32) -> Duration {
+        Duration::from_millis(u64::from(self.mark().wrapping_sub(mark)))
+    }
+
     fn begin_stop(&self) {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
@@ -911,7 +985,9 @@ impl<S: Service> Shared<S> {
         };
         let registered =
             Registered { handle: handle.clone(), push: push.as_ref().map(Arc::downgrade) };
-        let slot = self.conns.lock().insert(registered);
+        // (A registry index fits 32 bits: 4G registered connections would need 96 GB of
+        // registry alone.)
+        let slot = insert_registered(&mut self.conns.lock(), registered) as u32;
         if self.stopping.load(Ordering::SeqCst) {
             // begin_stop may have walked the registry before this insert.
             let _ = handle.shutdown(Shutdown::Read);
@@ -921,16 +997,15 @@ impl<S: Service> Shared<S> {
         let conn = Box::new(Conn {
             handle,
             slot,
-            state,
-            io: Io::default(),
+            epoch: 0,
+            since: 0,
             pending: Pending::Read,
             parking: false,
-            partial_since: None,
-            linger_until: None,
+            state,
+            io: LazyIo::default(),
             bytes_in: 0,
             bytes_out: 0,
             push,
-            epoch: 0,
         });
         self.drive(conn, Next::Read);
     }
@@ -976,11 +1051,7 @@ impl<S: Service> Shared<S> {
                 self.park(conn, left);
             }
             (Pending::Read | Pending::Ready, Err(e)) if timed_out(&e) => {
-                let kind = if conn.partial_since.is_some() {
-                    TimeoutKind::Request
-                } else {
-                    TimeoutKind::Idle
-                };
+                let kind = if conn.since != 0 { TimeoutKind::Request } else { TimeoutKind::Idle };
                 self.deadline_expired(conn, kind);
             }
             (Pending::Send, Ok(n)) => {
@@ -1013,8 +1084,7 @@ impl<S: Service> Shared<S> {
     fn park(&self, mut conn: Box<Conn<S>>, timeout: Option<Duration>) {
         bump(&self.counters.parks);
         self.reclaim.note_released();
-        conn.io.input = Vec::new();
-        conn.io.output = Vec::new();
+        conn.io.release();
         conn.pending = Pending::Ready;
         let handle = conn.handle.clone();
         let r = handle.with_timeout(timeout).recv_ready(Ctx::Conn(conn));
@@ -1025,11 +1095,7 @@ impl<S: Service> Shared<S> {
     fn on_input(&self, mut conn: Box<Conn<S>>, n: usize) {
         conn.bytes_in += n as u64;
         let Some((mut conn, next)) = self.step(conn, S::on_read) else { return };
-        conn.partial_since = if conn.io.input.is_empty() {
-            None
-        } else {
-            conn.partial_since.or_else(|| Some(Instant::now()))
-        };
+        conn.note_partial(self.mark());
         self.drive(conn, next);
     }
 
@@ -1075,7 +1141,7 @@ impl<S: Service> Shared<S> {
         mut conn: Box<Conn<S>>,
         f: impl FnOnce(&S, &mut S::Conn, &mut Io) -> Next,
     ) -> Option<(Box<Conn<S>>, Next)> {
-        conn.epoch = self.paused.epoch();
+        conn.epoch = self.paused.epoch() as u32;
         let Conn { state, io, .. } = &mut *conn;
         let t0 = self.live.sample_start();
         let r = catch_unwind(AssertUnwindSafe(|| f(&self.service, state, io)));
@@ -1187,16 +1253,13 @@ impl<S: Service> Shared<S> {
                     bump(&self.counters.overflows);
                     return self.close(conn, CloseReason::Overflow);
                 }
-                let timeout = match conn.partial_since {
-                    Some(t0) => self.cfg.request_timeout.map(|d| d.saturating_sub(t0.elapsed())),
-                    None => self.cfg.idle_timeout,
+                let timeout = match conn.since {
+                    0 => self.cfg.idle_timeout,
+                    t0 => self.cfg.request_timeout.map(|d| d.saturating_sub(self.elapsed(t0))),
                 };
                 if timeout == Some(Duration::ZERO) {
-                    let kind = if conn.partial_since.is_some() {
-                        TimeoutKind::Request
-                    } else {
-                        TimeoutKind::Idle
-                    };
+                    let kind =
+                        if conn.since != 0 { TimeoutKind::Request } else { TimeoutKind::Idle };
                     return self.deadline_expired(conn, kind);
                 }
                 let mut timeout = timeout;
@@ -1267,15 +1330,13 @@ impl<S: Service> Shared<S> {
         if self.cfg.linger.is_zero() || conn.handle.shutdown(Shutdown::Write).is_err() {
             return self.close(conn, CloseReason::Done);
         }
-        conn.linger_until = Some(Instant::now() + self.cfg.linger);
+        conn.since = self.mark();
         self.drive_linger(conn);
     }
 
     /// Reads and discards until the peer closes or the linger time is over.
     fn drive_linger(&self, mut conn: Box<Conn<S>>) {
-        let left = conn
-            .linger_until
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+        let left = self.cfg.linger.saturating_sub(self.elapsed(conn.since));
         if left.is_zero() {
             return self.close(conn, CloseReason::Done);
         }
@@ -1322,8 +1383,8 @@ impl<S: Service> Shared<S> {
         };
         {
             let mut conns = self.conns.lock();
-            if conns.contains(slot) {
-                conns.remove(slot);
+            if conns.contains(slot as usize) {
+                conns.remove(slot as usize);
             }
             // The last of a burst gives the burst's table back (the core's port tables do the
             // same, iocp's spare.rs): an idle server's RSS is not its busiest moment's.
@@ -1353,5 +1414,30 @@ impl<S: Service> Shared<S> {
             tracing::error!(slot, "service panicked in on_close");
         }
         self.refill_accepts();
+    }
+}
+
+#[cfg(test)]
+mod size_report {
+    /// An idle connection's server state is one heap chunk of this (DESIGN.md §5.2): growing
+    /// it must be a decision, not an accident. Up to 72 bytes fit glibc's 80-byte chunk.
+    #[test]
+    fn an_echo_connection_stays_in_an_80_byte_chunk() {
+        let conn = size_of::<super::Conn<crate::echo::Echo>>();
+        eprintln!("Conn<Echo> = {conn} bytes, Io = {} bytes", size_of::<super::Io>());
+        assert!(conn <= 72, "Conn<Echo> grew to {conn} bytes");
+    }
+
+    /// A parked connection's `Io` is 8 bytes: reading it allocates nothing, the first write
+    /// boxes it, and parking frees it.
+    #[test]
+    fn lazy_io_is_boxed_only_while_written() {
+        let mut io = super::LazyIo::default();
+        assert!(io.input.is_empty() && io.output.is_empty() && !io.close_after_send);
+        assert!(io.0.is_none(), "reading allocated");
+        io.output.extend_from_slice(b"reply");
+        assert_eq!(io.0.as_ref().map(|b| b.output.len()), Some(5));
+        io.release();
+        assert!(io.0.is_none() && io.output.is_empty());
     }
 }

@@ -116,7 +116,7 @@ impl<S: Service> Shared<S> {
         if let Some(pc) = push.filter(|pc| pc.is_dead()) {
             self.close_paused_push(&pc);
         }
-        if self.paused.epoch() != seen {
+        if self.paused.epoch() as u32 != seen {
             // A resume ran after the service decided to pause: it may have missed this one.
             let _ = self.port.post(0, RESUME_KEY, Ctx::Accept(0));
         }
@@ -148,11 +148,7 @@ impl<S: Service> Shared<S> {
         let conns = std::mem::take(&mut *self.paused.conns.lock());
         for conn in conns {
             let Some((mut conn, next)) = self.step(conn, S::on_resume) else { continue };
-            conn.partial_since = if conn.io.input.is_empty() {
-                None
-            } else {
-                conn.partial_since.or_else(|| Some(Instant::now()))
-            };
+            conn.note_partial(self.mark());
             self.drive(conn, next);
         }
     }

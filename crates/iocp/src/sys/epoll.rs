@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -137,6 +137,9 @@ impl<C: Send + 'static> Driver<C> {
             return Ok(()); // not pollable: its I/O runs on the file pool
         }
         rustix::io::ioctl_fionbio(&h.fd, true)?;
+        if is_stream(h.fd.as_fd()) {
+            h.io().set_stream();
+        }
         let token = self.slab().insert(Entry::Handle(h.clone()));
         h.token.store(token, Ordering::Release);
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
@@ -183,8 +186,16 @@ impl<C: Send + 'static> Driver<C> {
             }
             return Submitted::Packets(out);
         }
-        if io.is_empty(side) {
-            match op.try_io() {
+        // A read-side op on a handle known to hold nothing waits for the next readable event
+        // without trying its syscall (which would fail with EAGAIN): a request/response
+        // connection's next receive, started right after its reply, usually would.
+        let read = side == Side::Read;
+        if io.is_empty(side) && !(read && io.read_idle()) {
+            let progress = op.try_io();
+            if read {
+                io.note_read(matches!(progress, Progress::Again), op.short_read());
+            }
+            match progress {
                 Progress::Done(status) => return Submitted::Done(op.complete(status)),
                 Progress::Again => {}
                 Progress::AgainOnAccepted => {
@@ -313,6 +324,7 @@ impl<C: Send + 'static> Driver<C> {
         let mut io = h.io();
         let any = libc::EPOLLHUP | libc::EPOLLERR;
         if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
+            io.note_readable(flags & (libc::EPOLLRDHUP | any) != 0);
             self.run_queue(&mut io, Side::Read, out, &mut parked);
         }
         if flags & (libc::EPOLLOUT | any) != 0 {
@@ -340,6 +352,10 @@ impl<C: Send + 'static> Driver<C> {
                 (k, Some(clone)) if k.is_multishot() => op.accept_many(clone, out),
                 _ => op.on_ready(),
             };
+            if side == Side::Read {
+                let short = op.short_read();
+                io.note_read(matches!(progress, Progress::Again), short);
+            }
             match progress {
                 Progress::Again => break,
                 Progress::Done(status) => {
@@ -452,6 +468,17 @@ impl<C: Send + 'static> Driver<C> {
         let walked = counts.total();
         counts.file += self.in_flight.load(Ordering::Relaxed).saturating_sub(walked);
         counts
+    }
+}
+
+/// A stream socket, pipe or FIFO: a read that returns less than it asked for has drained it
+/// (epoll(7), Q9). Datagram sockets do not qualify (a short datagram says nothing of the next).
+fn is_stream(fd: BorrowedFd<'_>) -> bool {
+    match rustix::net::sockopt::socket_type(fd) {
+        Ok(ty) => ty == rustix::net::SocketType::STREAM,
+        Err(_) => rustix::fs::fstat(fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+        }),
     }
 }
 

@@ -67,6 +67,8 @@ mod plan {
     struct Plan {
         rules: Vec<Rule>,
         fired: Vec<(Point, u64)>,
+        /// Calls made at each point (failed or not).
+        calls: Vec<(Point, u64)>,
     }
 
     thread_local! {
@@ -106,12 +108,26 @@ mod plan {
         PLAN.with(|p| p.borrow().fired.iter().find(|(q, _)| *q == point).map_or(0, |f| f.1))
     }
 
+    /// How many calls at `point` this thread has made since the last [`clear`] (failed or
+    /// not): on epoll each is a syscall, on io_uring an SQE prepared.
+    pub fn calls(point: Point) -> u64 {
+        PLAN.with(|p| p.borrow().calls.iter().find(|(q, _)| *q == point).map_or(0, |f| f.1))
+    }
+
+    fn count(v: &mut Vec<(Point, u64)>, point: Point) {
+        match v.iter_mut().find(|(q, _)| *q == point) {
+            Some(f) => f.1 += 1,
+            None => v.push((point, 1)),
+        }
+    }
+
     /// The hook at each syscall site: `Some(errno)` if this call must fail.
     pub(crate) fn hit(point: Point) -> Option<i32> {
         // `try_with`: a thread-local destructor that ends a port's accounting (`assoc`) may
         // reach a syscall site after this thread's plan is gone; no rule applies then.
         PLAN.try_with(|p| {
             let mut p = p.borrow_mut();
+            count(&mut p.calls, point);
             let mut errno = None;
             // Every rule for `point` counts this call; the first one due fails it.
             for r in p.rules.iter_mut().filter(|r| r.point == point && r.times > 0) {
@@ -124,10 +140,7 @@ mod plan {
             }
             p.rules.retain(|r| r.times > 0);
             if errno.is_some() {
-                match p.fired.iter_mut().find(|(q, _)| *q == point) {
-                    Some(f) => f.1 += 1,
-                    None => p.fired.push((point, 1)),
-                }
+                count(&mut p.fired, point);
             }
             errno
         })
@@ -139,7 +152,7 @@ mod plan {
 #[cfg(any(test, feature = "fault-injection"))]
 pub(crate) use plan::hit;
 #[cfg(any(test, feature = "fault-injection"))]
-pub use plan::{clear, fail_always, fail_nth, fired};
+pub use plan::{calls, clear, fail_always, fail_nth, fired};
 
 #[cfg(any(test, feature = "fault-injection"))]
 #[cfg_attr(not(feature = "fault-injection"), allow(dead_code, unreachable_pub))]

@@ -51,6 +51,10 @@ pub(crate) struct HandleIo<C, T> {
     /// The first lives inline (`token`, if `has_token`), the rest in the overflow.
     token: u64,
     has_token: bool,
+    /// epoll: the read side is known to hold nothing (see [`HandleIo::read_idle`]).
+    read_idle: bool,
+    /// epoll: a short read shows the read side drained (a stream whose end was not seen).
+    short_read_drains: bool,
     overflow: Option<Box<Overflow<C, T>>>,
 }
 
@@ -69,8 +73,43 @@ impl<C, T> HandleIo<C, T> {
             busy: [false; 2],
             token: 0,
             has_token: false,
+            read_idle: false,
+            short_read_drains: false,
             overflow: None,
         }
+    }
+
+    /// epoll: whether the read side is known to have nothing to read, so that a new read-side
+    /// operation waits for the next readiness event instead of trying its syscall first (it
+    /// would fail with `EAGAIN`). Set after a read-side syscall found nothing, or a stream's
+    /// read returned less than it asked for (epoll(7), Q9: the read space is exhausted); cleared
+    /// by every readable (or hang-up, or error) event. Both happen under this lock, and an
+    /// event for data that arrives after a syscall is handled after it, so no readiness is lost
+    /// (DESIGN.md §3.6.1).
+    pub(crate) fn read_idle(&self) -> bool {
+        self.read_idle
+    }
+
+    /// epoll: records what a read-side syscall found (see [`HandleIo::read_idle`]): `would_block`
+    /// (it returned `EAGAIN`) or `short` (a receive filled less than its buffer).
+    pub(crate) fn note_read(&mut self, would_block: bool, short: bool) {
+        self.read_idle = would_block || (short && self.short_read_drains);
+    }
+
+    /// epoll: a readiness event for the read side; `end` if it reports the peer's end, a
+    /// hang-up or an error (after which reads go on until they fail: short reads prove
+    /// nothing then).
+    pub(crate) fn note_readable(&mut self, end: bool) {
+        self.read_idle = false;
+        if end {
+            self.short_read_drains = false;
+        }
+    }
+
+    /// epoll: the handle is a stream (a stream socket, a pipe or FIFO), for which a short read
+    /// shows the read side drained.
+    pub(crate) fn set_stream(&mut self) {
+        self.short_read_drains = true;
     }
 
     fn overflow(&mut self) -> &mut Overflow<C, T> {

@@ -8,6 +8,7 @@ mod hook;
 mod net;
 mod pool;
 mod port;
+mod readiness;
 mod regress;
 mod rings;
 mod stress;

@@ -261,6 +261,11 @@ impl<C> Op<C> {
         each!(&mut self.kind, k => k.advance(res as usize, &mut self.bytes, fd))
     }
 
+    /// epoll: this finished op read less than it had room for (see `OpCode::short_read`).
+    pub(crate) fn short_read(&self) -> bool {
+        each!(&self.kind, k => k.short_read(self.bytes))
+    }
+
     /// epoll (and the file pool): makes the current stage's syscall and records its result,
     /// going on until the op is done or would block.
     pub(crate) fn try_io(&mut self) -> Progress {

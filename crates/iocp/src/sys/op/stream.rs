@@ -110,6 +110,9 @@ impl OpCode for Recv {
         *bytes = filled(&mut self.buf, n);
         Progress::DONE
     }
+    fn short_read(&self, bytes: usize) -> bool {
+        bytes > 0 && self.buf.len() < self.buf.capacity()
+    }
     fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Recv(self.buf)
     }

@@ -137,12 +137,13 @@ impl<C: Send + 'static> Driver<C> {
             return Ok(()); // not pollable: its I/O runs on the file pool
         }
         rustix::io::ioctl_fionbio(&h.fd, true)?;
-        if is_stream(h.fd.as_fd()) {
-            h.io().set_stream();
+        if is_tcp(h.fd.as_fd()) {
+            h.io().set_tcp();
         }
         let token = self.slab().insert(Entry::Handle(h.clone()));
         h.token.store(token, Ordering::Release);
-        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        let events =
+            libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
         if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, h.fd.as_raw_fd(), events, token) {
             self.slab().remove(token);
             return Err(e);
@@ -190,7 +191,7 @@ impl<C: Send + 'static> Driver<C> {
         // without trying its syscall (which would fail with EAGAIN): a request/response
         // connection's next receive, started right after its reply, usually would.
         let read = side == Side::Read;
-        if io.is_empty(side) && !(read && io.read_idle()) {
+        if io.is_empty(side) && !(read && io.read_idle() && op.waits_readable()) {
             let progress = op.try_io();
             if read {
                 io.note_read(matches!(progress, Progress::Again), op.short_read());
@@ -323,8 +324,10 @@ impl<C: Send + 'static> Driver<C> {
         let mut parked = Vec::new();
         let mut io = h.io();
         let any = libc::EPOLLHUP | libc::EPOLLERR;
-        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | any) != 0 {
-            io.note_readable(flags & (libc::EPOLLRDHUP | any) != 0);
+        if flags & (libc::EPOLLIN | libc::EPOLLPRI | libc::EPOLLRDHUP | any) != 0 {
+            // The peer's end, a hang-up, an error or urgent data: short reads prove nothing
+            // from now on (DESIGN.md §3.6.1).
+            io.note_readable(flags & (libc::EPOLLPRI | libc::EPOLLRDHUP | any) != 0);
             self.run_queue(&mut io, Side::Read, out, &mut parked);
         }
         if flags & (libc::EPOLLOUT | any) != 0 {
@@ -471,15 +474,13 @@ impl<C: Send + 'static> Driver<C> {
     }
 }
 
-/// A stream socket, pipe or FIFO: a read that returns less than it asked for has drained it
-/// (epoll(7), Q9). Datagram sockets do not qualify (a short datagram says nothing of the next).
-fn is_stream(fd: BorrowedFd<'_>) -> bool {
-    match rustix::net::sockopt::socket_type(fd) {
-        Ok(ty) => ty == rustix::net::SocketType::STREAM,
-        Err(_) => rustix::fs::fstat(fd).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
-        }),
-    }
+/// A TCP socket: a receive that returns less than it asked for has drained it (epoll(7), Q9).
+/// Only TCP: a Unix stream socket's receive stops short at a message carrying descriptors or
+/// credentials, SCTP's at each message, and a datagram says nothing of the next one; those
+/// (and every non-socket) keep the `EAGAIN` rule only. (TCP urgent data also stops a receive
+/// short: `EPOLLPRI` reports it, and turns the short-read rule off, see `ready`.)
+fn is_tcp(fd: BorrowedFd<'_>) -> bool {
+    socket2::SockRef::from(&fd).protocol().is_ok_and(|p| p == Some(socket2::Protocol::TCP))
 }
 
 fn pop<C>(io: &mut HandleIo<C>, side: Side) -> Box<Op<C>> {

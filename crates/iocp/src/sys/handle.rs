@@ -53,7 +53,8 @@ pub(crate) struct HandleIo<C, T> {
     has_token: bool,
     /// epoll: the read side is known to hold nothing (see [`HandleIo::read_idle`]).
     read_idle: bool,
-    /// epoll: a short read shows the read side drained (a stream whose end was not seen).
+    /// epoll: a short read shows the read side drained (a TCP socket whose end, hang-up,
+    /// error or urgent data was not reported).
     short_read_drains: bool,
     overflow: Option<Box<Overflow<C, T>>>,
 }
@@ -81,8 +82,8 @@ impl<C, T> HandleIo<C, T> {
 
     /// epoll: whether the read side is known to have nothing to read, so that a new read-side
     /// operation waits for the next readiness event instead of trying its syscall first (it
-    /// would fail with `EAGAIN`). Set after a read-side syscall found nothing, or a stream's
-    /// read returned less than it asked for (epoll(7), Q9: the read space is exhausted); cleared
+    /// would fail with `EAGAIN`). Set after a read-side syscall found nothing, or a
+    /// TCP receive returned less than it asked for (epoll(7), Q9: the read space is exhausted); cleared
     /// by every readable (or hang-up, or error) event. Both happen under this lock, and an
     /// event for data that arrives after a syscall is handled after it, so no readiness is lost
     /// (DESIGN.md §3.6.1).
@@ -97,8 +98,8 @@ impl<C, T> HandleIo<C, T> {
     }
 
     /// epoll: a readiness event for the read side; `end` if it reports the peer's end, a
-    /// hang-up or an error (after which reads go on until they fail: short reads prove
-    /// nothing then).
+    /// hang-up, an error or urgent data (after which reads go on until they fail: short reads
+    /// prove nothing then).
     pub(crate) fn note_readable(&mut self, end: bool) {
         self.read_idle = false;
         if end {
@@ -106,9 +107,8 @@ impl<C, T> HandleIo<C, T> {
         }
     }
 
-    /// epoll: the handle is a stream (a stream socket, a pipe or FIFO), for which a short read
-    /// shows the read side drained.
-    pub(crate) fn set_stream(&mut self) {
+    /// epoll: the handle is a TCP socket, for which a short read shows the read side drained.
+    pub(crate) fn set_tcp(&mut self) {
         self.short_read_drains = true;
     }
 

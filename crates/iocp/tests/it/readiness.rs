@@ -156,3 +156,58 @@ backend_test!(epoll_skips_the_receive_it_knows_would_block, |b| {
     assert_eq!(c.take_buf().unwrap(), b"pong");
     fault::clear();
 });
+
+backend_test!(a_disconnect_after_a_short_read_sends_its_fin_at_once, |b| {
+    // A disconnect's first stage is its shutdown: it must not wait for the socket to become
+    // readable, although a short read has just marked it drained (the peer, waiting for our
+    // FIN, sends nothing more).
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (mut peer, s) = tcp_pair();
+    let h = port.associate(s, CompletionKey(1)).unwrap();
+    peer.write_all(b"request").unwrap();
+    h.recv(Vec::with_capacity(4096), 1).unwrap();
+    let mut c = recv_done(&port, 1);
+    assert_eq!(c.take_buf().unwrap(), b"request");
+    h.disconnect(false, 2).unwrap();
+    peer.set_read_timeout(Some(deadline())).unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut peer, &mut rest).expect("our FIN arrives");
+    assert!(rest.is_empty());
+    drop(peer);
+    let c = recv_done(&port, 2);
+    assert!(c.result().is_ok(), "{c:?}");
+});
+
+backend_test!(urgent_data_does_not_strand_the_bytes_behind_it, |b| {
+    // TCP urgent data stops a receive short before the urgent byte, with bytes behind it and
+    // no further event: the event that reported it (EPOLLPRI) must turn the short-read rule
+    // off, so that the next receive reads them.
+    let port: CompletionPort<u32> = b.build().unwrap();
+    let (mut peer, s) = tcp_pair();
+    let h = port.associate(s, CompletionKey(1)).unwrap();
+    h.recv(Vec::with_capacity(4096), 1).unwrap();
+    assert_eq!(port.get(Some(quiet())).unwrap_err(), GetError::TimedOut);
+    // SAFETY: a valid buffer of 3 bytes on a connected socket.
+    let r = unsafe { libc::send(peer.as_raw_fd(), b"abc".as_ptr().cast(), 3, libc::MSG_OOB) };
+    assert_eq!(r, 3);
+    peer.write_all(b"de").unwrap();
+    let mut fds = [libc::pollfd { fd: h.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline().as_millis() as i32) };
+    assert!(r == 1 && fds[0].revents & libc::POLLPRI != 0, "the urgent data arrived");
+    iocp_testkit::wait_acked(&peer);
+    let mut got = Vec::new();
+    let mut ctx = 1;
+    loop {
+        let mut c = recv_done(&port, ctx);
+        got.extend_from_slice(&c.take_buf().unwrap());
+        if got.ends_with(b"de") {
+            break;
+        }
+        assert!(got.len() < 5, "got {got:?}");
+        ctx += 1;
+        h.recv(Vec::with_capacity(4096), ctx).unwrap();
+    }
+    // The urgent byte is out of band (SO_OOBINLINE is off): the stream reads "ab" then "de".
+    assert_eq!(got, b"abde");
+});

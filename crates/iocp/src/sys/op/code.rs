@@ -101,6 +101,11 @@ pub(crate) trait OpCode {
     }
     /// Records a non-negative stage result `n`.
     fn advance(&mut self, n: usize, bytes: &mut usize, fd: RawFd) -> Progress;
+    /// epoll: the current stage of this read-side op waits for the socket to be readable (a
+    /// disconnect's first stage, its `shutdown`, does not: it must not wait for an event).
+    fn waits_readable(&self) -> bool {
+        true
+    }
     /// epoll: the op is done and read less than it had room for (`bytes` > 0): on a stream,
     /// the read side is drained (epoll(7), Q9). Only single-buffer receives say so.
     fn short_read(&self, _bytes: usize) -> bool {

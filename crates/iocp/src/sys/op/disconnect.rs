@@ -73,6 +73,9 @@ impl OpCode for Disconnect {
             DisconnectStage::DrainToFin => super::stream::recv_sqe(fd, self.scratch()),
         }
     }
+    fn waits_readable(&self) -> bool {
+        self.stage == DisconnectStage::DrainToFin
+    }
     fn advance(&mut self, n: usize, _bytes: &mut usize, fd: RawFd) -> Progress {
         if self.stage == DisconnectStage::Shutdown {
             self.stage = DisconnectStage::DrainToFin;

@@ -261,6 +261,11 @@ impl<C> Op<C> {
         each!(&mut self.kind, k => k.advance(res as usize, &mut self.bytes, fd))
     }
 
+    /// epoll: the current stage waits for readability (see `OpCode::waits_readable`).
+    pub(crate) fn waits_readable(&self) -> bool {
+        each!(&self.kind, k => k.waits_readable())
+    }
+
     /// epoll: this finished op read less than it had room for (see `OpCode::short_read`).
     pub(crate) fn short_read(&self) -> bool {
         each!(&self.kind, k => k.short_read(self.bytes))

@@ -111,7 +111,11 @@ impl OpCode for Recv {
         Progress::DONE
     }
     fn short_read(&self, bytes: usize) -> bool {
-        bytes > 0 && self.buf.len() < self.buf.capacity()
+        // One call moves at most MAX_RW_COUNT (INT_MAX rounded down to a page): a larger
+        // buffer's read may be short with more waiting.
+        const MAX_RW: usize = (i32::MAX as usize) & !4095;
+        let asked = self.buf.capacity() - (self.buf.len() - bytes.min(self.buf.len()));
+        bytes > 0 && self.buf.len() < self.buf.capacity() && asked <= MAX_RW
     }
     fn into_payload(self, _bytes: usize, _status: Status) -> Payload {
         Payload::Recv(self.buf)

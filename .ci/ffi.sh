@@ -25,7 +25,10 @@ IOCP_FFI_WRAPPER="$vg" IOCP_FFI_ONLY=epoll cargo test -p iocp-ffi --locked -- --
 # the kernel fill buffers), and the cases where one thread must run while another blocks in
 # io_uring_enter are skipped (valgrind serialises threads and keeps its lock in that syscall):
 # the close/post-while-waiting cases, the multi-consumer test, and the threaded echo server.
+# Also close_instead_of_closesocket_stale_association: its GetOverlappedResult(TRUE) waits while
+# the hidden port's thread sits in io_uring_enter; under valgrind it overran the 60 s alarm in
+# 5 of 6 runs at f760611 and 3 of 6 at 30bd01f (it passes natively, and under valgrind on epoll).
 step "libiocp: valgrind memcheck, io_uring: the single-threaded C tests and the file copier"
 IOCP_FFI_WRAPPER="$vg --undef-value-errors=no" IOCP_FFI_ONLY=uring \
-IOCP_TEST_SKIP=case_7_close_abandons_waiter_then_handle_is_stale,case_9_post_then_close_delivers,concurrency_every_packet_once \
+IOCP_TEST_SKIP=case_7_close_abandons_waiter_then_handle_is_stale,case_9_post_then_close_delivers,concurrency_every_packet_once,close_instead_of_closesocket_stale_association \
   cargo test -p iocp-ffi --locked -- --test-threads=1 c_abi c_port c_sockets c_files example_file_copy

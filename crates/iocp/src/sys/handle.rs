@@ -82,11 +82,11 @@ impl<C, T> HandleIo<C, T> {
 
     /// epoll: whether the read side is known to have nothing to read, so that a new read-side
     /// operation waits for the next readiness event instead of trying its syscall first (it
-    /// would fail with `EAGAIN`). Set after a read-side syscall found nothing, or a
-    /// TCP receive returned less than it asked for (epoll(7), Q9: the read space is exhausted); cleared
-    /// by every readable (or hang-up, or error) event. Both happen under this lock, and an
-    /// event for data that arrives after a syscall is handled after it, so no readiness is lost
-    /// (DESIGN.md §3.6.1).
+    /// would fail with `EAGAIN`). Set after a read-side syscall found nothing, or a TCP
+    /// receive returned less than it asked for (epoll(7), Q9: the read space is exhausted);
+    /// cleared by every readable, urgent-data, hang-up or error event. Both happen under this
+    /// lock, and an event for data that arrives after a syscall is handled after it, so no
+    /// readiness is lost (DESIGN.md §3.6.1).
     pub(crate) fn read_idle(&self) -> bool {
         self.read_idle
     }

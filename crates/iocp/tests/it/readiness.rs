@@ -1,5 +1,5 @@
 //! The epoll backend's read-readiness cache (DESIGN.md §3.6.1): after a receive found nothing
-//! (`EAGAIN`) or a stream receive filled less than its buffer, the next read-side op waits for
+//! (`EAGAIN`) or a TCP receive filled less than its buffer, the next read-side op waits for
 //! the next readable event without trying its syscall. These tests check that no data, no end
 //! of stream and no datagram is ever missed for it (on both backends: io_uring has no cache
 //! and must behave the same), and that on epoll the syscall is really skipped.
@@ -95,12 +95,17 @@ backend_test!(data_and_end_in_one_event_leave_the_end_to_read, |b| {
     assert_eq!(c.result().unwrap(), 0, "EOF");
 });
 
-/// Waits (without reading) until the peer's FIN is at the socket: poll(2) says POLLRDHUP.
-fn wait_for_fin(fd: &impl AsRawFd) {
-    let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 }];
+/// Waits (without reading, up to the deadline) until poll(2) reports `event` on `fd`.
+fn wait_for(fd: &impl AsRawFd, event: libc::c_short, what: &str) {
+    let mut fds = [libc::pollfd { fd: fd.as_raw_fd(), events: event, revents: 0 }];
     // SAFETY: one valid pollfd, for the duration of the call.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline().as_millis() as i32) };
-    assert!(r == 1 && fds[0].revents & libc::POLLRDHUP != 0, "the FIN arrived");
+    assert!(r == 1 && fds[0].revents & event != 0, "{what}");
+}
+
+/// Waits until the peer's FIN is at the socket (POLLRDHUP).
+fn wait_for_fin(fd: &impl AsRawFd) {
+    wait_for(fd, libc::POLLRDHUP, "the FIN arrived");
 }
 
 backend_test!(a_short_datagram_does_not_hide_the_next_one, |b| {
@@ -191,10 +196,7 @@ backend_test!(urgent_data_does_not_strand_the_bytes_behind_it, |b| {
     let r = unsafe { libc::send(peer.as_raw_fd(), b"abc".as_ptr().cast(), 3, libc::MSG_OOB) };
     assert_eq!(r, 3);
     peer.write_all(b"de").unwrap();
-    let mut fds = [libc::pollfd { fd: h.as_raw_fd(), events: libc::POLLPRI, revents: 0 }];
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, deadline().as_millis() as i32) };
-    assert!(r == 1 && fds[0].revents & libc::POLLPRI != 0, "the urgent data arrived");
+    wait_for(&h, libc::POLLPRI, "the urgent data arrived");
     iocp_testkit::wait_acked(&peer);
     let mut got = Vec::new();
     let mut ctx = 1;

@@ -106,8 +106,8 @@ pub(crate) trait OpCode {
     fn waits_readable(&self) -> bool {
         true
     }
-    /// epoll: the op is done and read less than it had room for (`bytes` > 0): on a stream,
-    /// the read side is drained (epoll(7), Q9). Only single-buffer receives say so.
+    /// epoll: the op is done and read less than it had room for (`bytes` > 0): on TCP, the
+    /// read side is drained (epoll(7), Q9). Only single-buffer receives say so.
     fn short_read(&self, _bytes: usize) -> bool {
         false
     }

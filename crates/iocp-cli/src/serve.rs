@@ -46,6 +46,19 @@ pub(crate) struct Common {
     /// Serve metrics on this address: /metrics (Prometheus), /health, / (live dashboard)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// glibc malloc arenas (0: glibc's default, 8 per CPU). One keeps RSS flat under
+    /// connection churn, where operations complete on another thread than the one that
+    /// started them (docs/DESIGN.md §5.2); MALLOC_ARENA_MAX in the environment wins
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    malloc_arenas: usize,
+}
+
+impl Common {
+    /// Applies the process-wide settings: before the server starts a thread.
+    pub(crate) fn apply_process(&self) -> anyhow::Result<()> {
+        iocp::limit_heap_arenas(self.malloc_arenas).context("--malloc-arenas")?;
+        Ok(())
+    }
 }
 
 /// `iocp serve echo` options.
@@ -160,6 +173,12 @@ impl Common {
 }
 
 pub(crate) fn run(cmd: &ServeCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServeCommand::Echo(EchoArgs { common, .. })
+        | ServeCommand::Http(HttpArgs { common, .. })
+        | ServeCommand::Chat(ChatArgs { common, .. }) => common.apply_process()?,
+        ServeCommand::Syslog(a) => a.common.apply_process()?,
+    }
     init_logging();
     match cmd {
         ServeCommand::Echo(a) => serve(Echo, a.common.config(a.addr)?, a.common.metrics, "echo"),

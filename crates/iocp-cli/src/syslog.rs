@@ -57,7 +57,7 @@ pub(crate) struct SyslogArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     stats: u64,
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
 }
 
 fn parse_rotate_time(s: &str) -> Result<Duration, String> {

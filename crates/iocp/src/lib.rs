@@ -60,7 +60,7 @@ pub use backend::{BackendChoice, BackendKind, BackendReport, UringCaps};
 pub use completion::{Accepted, Completion, CompletionKey, OpId, Payload, Transmitted};
 pub use error::{GetError, PostError, SubmitError};
 pub use handle::{Handle, TransmitRange, WithTimeout};
-pub use sys::heap::trim_heap;
+pub use sys::heap::{limit_heap_arenas, trim_heap};
 pub use sys::probe::probe;
 
 /// The [`Handle::write_at`] offset that appends at the end of the file (Windows'

@@ -219,6 +219,8 @@ fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
         ..defaults
     };
     let hub = ChatHub::new(cfg);
+    // Caught before the ready lines: a SIGTERM right after them is a graceful stop.
+    let stop = iocp_server::StopSignal::install().context("installing signal handlers")?;
     let web = Server::start(hub.web(), a.common.config(a.addr)?)
         .with_context(|| format!("starting the chat web server on {}", a.addr))?;
     let b = web.backend();
@@ -244,7 +246,7 @@ fn serve_chat(a: &ChatArgs) -> anyhow::Result<()> {
         a.common.metrics,
         a.common.backend,
     )?;
-    let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
+    let sig = stop.wait().context("waiting for a stop signal")?;
     eprintln!("iocp chat: signal {sig}: stopping (close frames 1001, then what is in flight)");
     if let Some(m) = metrics {
         m.stop();
@@ -268,6 +270,8 @@ fn serve<S: Service>(
     what: &str,
 ) -> anyhow::Result<()> {
     let (addr, backend) = (cfg.addr, cfg.backend);
+    // Caught before the ready line: a SIGTERM right after it is a graceful stop.
+    let stop = iocp_server::StopSignal::install().context("installing signal handlers")?;
     let server = Server::start(service, cfg)
         .with_context(|| format!("starting the {what} server on {addr}"))?;
     let b = server.backend();
@@ -278,7 +282,7 @@ fn serve<S: Service>(
         b.reason()
     );
     let metrics = start_metrics(server.live_stats(), metrics_addr, backend)?;
-    let sig = iocp_server::wait_for_stop_signal().context("installing signal handlers")?;
+    let sig = stop.wait().context("waiting for a stop signal")?;
     eprintln!("iocp {what}: signal {sig}: stopping (finishing what is in flight)");
     if let Some(m) = metrics {
         m.stop();

@@ -137,6 +137,15 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<()> {
     };
     let server = a.common.config(a.tcp.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))))?;
     let backend = server.backend;
+    // SIGINT/SIGTERM and SIGHUP are caught before the ready line: a supervisor's signal right
+    // after it is a graceful stop or a reopen, never the default disposition (death).
+    let (tx, rx) = mpsc::channel();
+    let stop = iocp_server::StopSignal::install().context("installing signal handlers")?;
+    let hup = tx.clone();
+    iocp_server::on_hangup(move || {
+        let _ = hup.send(Event::Hangup);
+    })
+    .context("installing the SIGHUP handler")?;
     let col = Collector::start(cfg, server)
         .with_context(|| format!("starting the syslog collector into {}", a.dir.display()))?;
     eprintln!(
@@ -146,14 +155,8 @@ pub(crate) fn run(a: &SyslogArgs) -> anyhow::Result<()> {
         a.dir.display()
     );
     let metrics = start_metrics(col.live_stats(), a.common.metrics_addr(), backend)?;
-    let (tx, rx) = mpsc::channel();
-    let hup = tx.clone();
-    iocp_server::on_hangup(move || {
-        let _ = hup.send(Event::Hangup);
-    })
-    .context("installing the SIGHUP handler")?;
     std::thread::Builder::new().name("iocp-stop".into()).spawn(move || {
-        if let Ok(sig) = iocp_server::wait_for_stop_signal() {
+        if let Ok(sig) = stop.wait() {
             let _ = tx.send(Event::Stop(sig));
         }
     })?;

@@ -101,3 +101,88 @@ fn a_debugger_calling_into_the_server_does_not_kill_it() {
     let report = server.stop();
     assert!(report.contains("1 connections accepted"), "{report}");
 }
+
+/// A supervisor (systemd, a test, a script) that sends SIGTERM as soon as a server has said
+/// it is ready must get the graceful stop, never the default disposition: every `iocp serve`
+/// catches SIGINT/SIGTERM before it prints its ready line. (`serve syslog` printed its
+/// address and only then, on a thread of its own, installed the handlers: a SIGTERM right
+/// after the line killed it with status "signal 15", which CI caught once.)
+#[test]
+fn sigterm_right_after_the_ready_line_is_a_graceful_stop() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("iocp-cli-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let dir_s = dir.to_str().expect("a UTF-8 temporary path").to_owned();
+    let cases: [(&[&str], &str); 4] = [
+        (&["echo", "--addr", "127.0.0.1:0"], "listening on "),
+        (&["http", "--addr", "127.0.0.1:0", "--root", &dir_s], "listening on "),
+        (&["chat", "--addr", "127.0.0.1:0"], "listening on "),
+        (&["syslog", "--tcp", "127.0.0.1:0", "--udp", "127.0.0.1:0", "--dir", &dir_s], "tcp "),
+    ];
+    for rep in 0..8 {
+        for (args, ready) in cases {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_iocp"))
+                .arg("serve")
+                .args(args)
+                .args(["--threads", "2"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning iocp serve");
+            let stderr = child.stderr.take().expect("piped stderr");
+            let (tx, lines) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut said = Vec::new();
+            // The ready line, then SIGTERM at once: no wait in between.
+            loop {
+                match lines.recv_timeout(iocp_testkit::deadline()) {
+                    Ok(line) => {
+                        let is_ready = line.contains(ready);
+                        said.push(line);
+                        if is_ready {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = child.kill();
+                        panic!("{args:?}: no ready line ({e:?}); it said {said:#?}");
+                    }
+                }
+            }
+            let pid = rustix::process::Pid::from_child(&child);
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+            let end = std::time::Instant::now() + iocp_testkit::deadline();
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    break status;
+                }
+                if std::time::Instant::now() > end {
+                    let _ = child.kill();
+                    panic!("{args:?}: did not stop within {:?}", iocp_testkit::deadline());
+                }
+                if let Ok(line) = lines.recv_timeout(Duration::from_millis(20)) {
+                    said.push(line);
+                }
+            };
+            // The rest of stderr: the reader ends at the pipe's end.
+            while let Ok(line) = lines.recv_timeout(iocp_testkit::deadline()) {
+                said.push(line);
+            }
+            assert!(
+                status.success(),
+                "rep {rep}: iocp serve {args:?}: SIGTERM right after the ready line: {status:?}; \
+                 it said {said:#?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

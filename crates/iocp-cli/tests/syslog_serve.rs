@@ -81,11 +81,20 @@ impl Collector {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
         let end = Instant::now() + deadline();
+        let mut said = Vec::new();
         while self.child.try_wait().expect("try_wait").is_none() {
             assert!(Instant::now() < end, "the collector did not stop within {:?}", deadline());
-            let _ = self.lines.recv_timeout(Duration::from_millis(50));
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                said.push(line);
+            }
         }
-        assert!(self.child.wait().expect("wait").success(), "the collector failed");
+        // What it printed on the way out, so a failure says why.
+        // The reader ends at the pipe's end.
+        while let Ok(line) = self.lines.recv_timeout(deadline()) {
+            said.push(line);
+        }
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "the collector failed: {status:?}; it said: {said:#?}");
     }
 }
 

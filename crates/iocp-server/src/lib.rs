@@ -44,4 +44,4 @@ pub use server::{
     CloseReason, Io, Next, Outbox, PushConfig, PushError, Resumer, Server, ServerConfig,
     ServerReport, ServerStats, Service, SlowPolicy, TimeoutKind,
 };
-pub use signal::{on_hangup, wait_for_stop_signal};
+pub use signal::{StopSignal, on_hangup, wait_for_stop_signal};

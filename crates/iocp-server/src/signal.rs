@@ -43,21 +43,55 @@ impl Arrivals {
     }
 }
 
-/// Blocks until SIGINT or SIGTERM arrives and returns its number. A second signal while the
-/// caller is stopping exits the process at once with status 130 (the usual "press Ctrl-C
-/// twice to force").
+/// SIGINT and SIGTERM, caught from the moment this is made: install it before the server
+/// announces that it is ready (prints its address, writes a pid file), or a supervisor's
+/// SIGTERM right after the announcement meets the default disposition and kills the process
+/// instead of stopping it gracefully.
+pub struct StopSignal {
+    arrivals: Arrivals,
+}
+
+impl std::fmt::Debug for StopSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StopSignal").finish_non_exhaustive()
+    }
+}
+
+impl StopSignal {
+    /// Installs the handlers; from now on SIGINT and SIGTERM are caught.
+    ///
+    /// # Errors
+    /// The signal handlers could not be installed.
+    pub fn install() -> io::Result<StopSignal> {
+        Ok(StopSignal { arrivals: Arrivals::new(&[SIGINT, SIGTERM])? })
+    }
+
+    /// Blocks until SIGINT or SIGTERM arrives (or has arrived since [`StopSignal::install`])
+    /// and returns its number. A second signal while the caller is stopping exits the process
+    /// at once with status 130 (the usual "press Ctrl-C twice to force").
+    ///
+    /// # Errors
+    /// The thread that watches for the second signal could not be started.
+    pub fn wait(self) -> io::Result<i32> {
+        let mut arrivals = self.arrivals;
+        let first = arrivals.next();
+        std::thread::Builder::new().name("iocp-signal".into()).spawn(move || {
+            arrivals.next();
+            tracing::warn!("second stop signal: exiting without waiting");
+            std::process::exit(130);
+        })?;
+        Ok(first)
+    }
+}
+
+/// Installs the SIGINT/SIGTERM handlers, then blocks as [`StopSignal::wait`] does. A signal
+/// that arrives before this call meets the default disposition: a server should
+/// [`StopSignal::install`] before it announces that it is ready.
 ///
 /// # Errors
 /// The signal handlers could not be installed.
 pub fn wait_for_stop_signal() -> io::Result<i32> {
-    let mut arrivals = Arrivals::new(&[SIGINT, SIGTERM])?;
-    let first = arrivals.next();
-    std::thread::Builder::new().name("iocp-signal".into()).spawn(move || {
-        arrivals.next();
-        tracing::warn!("second stop signal: exiting without waiting");
-        std::process::exit(130);
-    })?;
-    Ok(first)
+    StopSignal::install()?.wait()
 }
 
 /// Calls `f` on a thread of its own at every SIGHUP (a log collector reopens its files), from

@@ -159,12 +159,11 @@ impl<C: Send + 'static> Pool<C> {
     /// still pending and wakes every worker, and joins them all.
     ///
     /// The caller first makes the work end (a server stops accepting and lets its connections
-    /// finish); the pool does not know what its handlers would start next. Nor can the port's
-    /// counters alone say the work has ended: a poller that has reaped completions from the
-    /// kernel and not yet queued them shows nothing in flight, nothing queued and nobody
-    /// running, so "drained" means it looked idle. A caller that must not lose a completion
-    /// waits on its own accounting first, as [`Server::stop`](crate::Server::stop) does for
-    /// its connections.
+    /// finish); the pool does not know what its handlers would start next. "Drained" is
+    /// [`CompletionPort::is_idle`]: nothing in flight (a completion a poller has reaped and
+    /// not yet queued still counts), nothing queued, no worker in the handler, and no start
+    /// while it looked. A server's own idea of done (every connection closed) is more than
+    /// that: [`Server::stop`](crate::Server::stop) waits on its accounting first.
     pub fn stop(mut self, grace: Duration) -> PoolReport {
         let drained = wait_drained(&self.port, grace);
         self.port.close();
@@ -192,13 +191,12 @@ impl<C: Send + 'static> Drop for Pool<C> {
     }
 }
 
-/// Polls the port's counters until it is idle or `grace` passes. Shutdown only: a few
-/// lock acquisitions per millisecond.
+/// Polls the port until it is idle or `grace` passes. Shutdown only: a few lock
+/// acquisitions per millisecond.
 fn wait_drained<C: Send + 'static>(port: &CompletionPort<C>, grace: Duration) -> bool {
     let deadline = Instant::now() + grace;
     loop {
-        let s = port.stats();
-        if s.queued == 0 && s.in_flight == 0 && s.running == 0 {
+        if port.is_idle() {
             return true;
         }
         if Instant::now() >= deadline {

@@ -785,9 +785,10 @@ impl<S: Service> Shared<S> {
     /// connection it opens active before it leaves `accepting`; so zeros seen one after the
     /// other cannot miss a connection moving between them.
     ///
-    /// The port's counters alone cannot say this: a poller between reaping completions and
-    /// queueing them shows nothing in flight, nothing queued and nobody running, with
-    /// connections still reading (`tests/stop_handover.rs`).
+    /// The port going idle is not this: a connection paused (`Next::Pause`) has nothing in
+    /// flight. (And before the port counted a completion in flight until it is queued, a
+    /// poller between reaping and queueing showed nothing anywhere while connections still
+    /// read: `tests/stop_handover.rs`.)
     fn connections_done(&self) -> bool {
         self.accepts_posted.load(Ordering::SeqCst) == 0
             && self.accepting.load(Ordering::SeqCst) == 0

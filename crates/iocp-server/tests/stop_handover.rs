@@ -1,7 +1,8 @@
 //! A graceful stop while completions are in the poller's hands: reaped from the kernel, not yet
-//! queued. The port's counters then read "nothing in flight, nothing queued, nobody running"
-//! (what a preempted poller looks like on a loaded machine); the stop must not take that for
-//! "every connection is done" and close the port under them.
+//! queued (what a preempted poller looks like on a loaded machine). The port's counters read
+//! "nothing in flight, nothing queued, nobody running" there, before in-flight counts lasted
+//! until a completion is queued; neither `Server::stop` nor `Pool::stop` may take that for
+//! "done" and close the port under them.
 //!
 //! `iocp::fault::delay_reaped` holds every poller in that hand-over, process wide: this file is
 //! its own test binary so that nothing else runs under it.
@@ -15,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use iocp::BackendChoice;
-use iocp_server::{CloseReason, Io, Next, Server, ServerConfig, Service};
+use iocp::{BackendChoice, CompletionKey};
+use iocp_server::{CloseReason, Io, Next, Pool, PoolConfig, Server, ServerConfig, Service};
 use iocp_testkit::{backend_test, deadline, wait_acked};
 use parking_lot::Mutex;
 
@@ -99,3 +100,29 @@ backend_test!(
         stop_reads_everything_sent(c);
     }
 );
+
+// `Pool::stop` waited on the port's counters: with the receive's completion held by the poller
+// they read idle, the stop closed the port and the completion was dropped (the handler never
+// saw it; CI caught `pool::stop_waits_for_pending_operations_then_joins` once).
+backend_test!(a_pool_stop_while_the_poller_holds_a_completion_delivers_it, |b| {
+    iocp::fault::delay_reaped(Duration::from_millis(100));
+    let port = Arc::new(b.build::<u8>().unwrap());
+    let (mut client, server) = iocp_testkit::tcp_pair();
+    let h = port.associate(server, CompletionKey(3)).unwrap();
+    h.recv(Vec::with_capacity(16), 1).unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    let pool =
+        Pool::start(port.clone(), &PoolConfig { threads: 2, ..PoolConfig::default() }, move |c| {
+            g.store(c.bytes() as u64 + 1000, Ordering::SeqCst);
+        })
+        .unwrap();
+    // The bytes are in the server's kernel before the stop: the poller reaps them and holds
+    // the completion 100 ms while the stop looks.
+    client.write_all(b"late").unwrap();
+    wait_acked(&client);
+    let r = pool.stop(deadline());
+    assert!(r.drained, "{r:?}");
+    assert_eq!(got.load(Ordering::SeqCst), 1004, "the completion was lost in the stop: {r:?}");
+    drop(h);
+});

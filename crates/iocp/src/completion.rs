@@ -184,6 +184,11 @@ pub struct Completion<C> {
     /// The operation's deadline in the port's timer wheel (the port disarms it), or
     /// `NO_TIMER`.
     pub(crate) timer: u32,
+    /// This packet ends an operation the driver counts in flight: the port settles that count
+    /// once the packet is queued (or handed to the hook, or dropped at the close), so the op
+    /// is never counted nowhere on its way (see `PortInner::settle`). False for posted
+    /// packets, a repeating accept's intermediate packets, and an op done inside its start.
+    pub(crate) settles: bool,
 }
 
 impl<C> Completion<C> {
@@ -309,6 +314,7 @@ impl<C> Completion<C> {
             context,
             payload: Payload::Posted,
             timer: NO_TIMER,
+            settles: false,
         }
     }
 }

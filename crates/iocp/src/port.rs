@@ -390,10 +390,38 @@ impl<C: Send + 'static> CompletionPort<C> {
         SubmitBatch { port: self, previous, _not_send: PhantomData }
     }
 
+    /// Whether the port has nothing left for its threads: no operation in flight (an
+    /// operation counts until its completion is queued, so one a poller has reaped and holds
+    /// counts too), no packet queued or handed to a waiter, no thread running a packet it
+    /// dequeued, and no operation started while this looked. What the port's own threads
+    /// start is seen (they start it while counted as running); a thread outside them that
+    /// starts operations must have stopped first. For a graceful stop: `Pool::stop` waits on
+    /// it.
+    pub fn is_idle(&self) -> bool {
+        let inner = &self.shared.inner;
+        let started = inner.next_op.load(Ordering::Acquire);
+        // The driver's count, then the queue (as in `stats`), then the start counter again:
+        // the lock orders a handler's start before the moment it stops running, so a start
+        // between the two reads changes the counter.
+        if inner.driver.stats().in_flight != 0 {
+            return false;
+        }
+        {
+            let st = inner.lock();
+            if st.queued() != 0 || st.running() != 0 || st.waiters_handed() != 0 {
+                return false;
+            }
+        }
+        inner.next_op.load(Ordering::Acquire) == started
+    }
+
     /// Counters: packets posted and dequeued, operations in flight, waiters, SQ-full events,
     /// CQ overflows (which must stay 0).
     pub fn stats(&self) -> PortStats {
         let inner = &self.shared.inner;
+        // The driver's count first, the queue after: an operation moves from one to the other
+        // (counted in flight until it is queued), so read in that order it is never missed.
+        let d = inner.driver.stats();
         let (queued, waiters, running, posted, dequeued, io_completions) = {
             let st = inner.lock();
             let c = &st.counts;
@@ -406,7 +434,6 @@ impl<C: Send + 'static> CompletionPort<C> {
                 c.io_completions,
             )
         };
-        let d = inner.driver.stats();
         let (pool_buffers, pool_lent) = inner
             .pools
             .lock()
@@ -598,13 +625,16 @@ impl<C: Send + 'static> PortInner<C> {
         if timed && matches!(submitted, Submitted::Pending | Submitted::Packets(_)) {
             self.timer_submitted(timer, id, h);
         }
+        // Done inside its start: the driver never counted it in flight, nothing to settle.
         match submitted {
             Submitted::Pending => Ok(id),
-            Submitted::Done(c) => {
+            Submitted::Done(mut c) => {
+                c.settles = false;
                 self.deliver(std::iter::once(c));
                 Ok(id)
             }
-            Submitted::Packets(cs) => {
+            Submitted::Packets(mut cs) => {
+                cs.iter_mut().for_each(|c| c.settles = false);
                 self.deliver(cs);
                 // A context's `Clone` that panicked while the driver accepted: raised now that
                 // the packets it made are queued.
@@ -722,6 +752,7 @@ impl<C: Send + 'static> PortInner<C> {
     /// Queues I/O completions produced outside the poller (inline successes, aborts).
     fn deliver(&self, cs: impl IntoIterator<Item = Completion<C>>) {
         let mut cs: Vec<Completion<C>> = cs.into_iter().collect();
+        let finals = finals(&cs);
         self.disarm_completed(cs.iter());
         // A panicking hook leaves the rest of the batch unhooked; it is queued all the same,
         // and the panic raised once it is.
@@ -731,6 +762,7 @@ impl<C: Send + 'static> PortInner<C> {
         let mut st = self.lock();
         if st.is_closed() {
             drop(st);
+            self.driver.settle(finals);
             // Dropped outside the lock: a context may own a Handle whose drop takes locks.
             drop(cs);
         } else {
@@ -741,6 +773,9 @@ impl<C: Send + 'static> PortInner<C> {
                 st.push(c, &mut |w| wake(w, &mut kick));
             }
             self.queued_hint.store(st.queued(), Ordering::Relaxed);
+            // Queued first, settled after, under the lock: never counted in neither place,
+            // and settled before a waiter woken for them can look.
+            self.driver.settle(finals);
             drop(st);
             if kick {
                 self.driver.kick();
@@ -779,12 +814,13 @@ impl<C: Send + 'static> PortInner<C> {
             Some(t) if t.is_zero() => Some(Duration::ZERO),
             _ => wake_at.map(|d| d.saturating_duration_since(Instant::now())),
         };
-        let mut dropped = 0;
+        let (mut dropped, mut ended) = (0, 0);
         // As in `get`: no panic may leave the port with nobody polling.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if let Err(e) = self.driver.wait(left, &mut reaped) {
                 tracing::error!("completion port wait failed: {e}");
             }
+            ended = finals(&reaped);
             self.disarm_completed(reaped.iter());
             dropped = self.run_hook(&mut reaped);
             self.fire_timers();
@@ -796,6 +832,7 @@ impl<C: Send + 'static> PortInner<C> {
         // Queue what was reaped, give back a packet handed to us meanwhile, and promote a
         // waiter to poll in our place.
         self.abandon_poll(id, late, dropped);
+        self.driver.settle(ended);
         if let Err(payload) = polled {
             std::panic::resume_unwind(payload);
         }
@@ -891,11 +928,14 @@ impl<C: Send + 'static> PortInner<C> {
                 // No panic in the poll path (a driver bug, a context's `Clone` or `Drop`) may
                 // leave the port with `polling` set and nobody polling: on unwind, hand the
                 // polling on and queue what was reaped, then let the panic go on.
-                let mut dropped = 0;
+                // What the driver reaped stays counted in flight until it is queued (or
+                // dropped): `ended` of them end an operation, settled then.
+                let (mut dropped, mut ended) = (0, 0);
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     if let Err(e) = self.driver.wait(left, &mut reaped) {
                         tracing::error!("completion port wait failed: {e}");
                     }
+                    ended = finals(&reaped);
                     self.disarm_completed(reaped.iter());
                     dropped = self.run_hook(&mut reaped);
                     self.fire_timers();
@@ -906,6 +946,7 @@ impl<C: Send + 'static> PortInner<C> {
                     let late: Vec<Completion<C>> = reaped.drain(..).collect();
                     drop(reaped);
                     self.abandon_poll(id, late, dropped);
+                    self.driver.settle(ended);
                     assoc::end(self.id);
                     std::panic::resume_unwind(payload);
                 }
@@ -917,12 +958,11 @@ impl<C: Send + 'static> PortInner<C> {
                     // dropped, like everything queued at the close, outside both locks.
                     let n = st.take_handed(id, max - 1, out);
                     if n > 0 {
+                        self.driver.settle(ended);
                         return Ok(self.got(st, n, true));
                     }
                     drop(st);
-                    let late: Vec<Completion<C>> = reaped.drain(..).collect();
-                    drop(reaped);
-                    drop(late);
+                    self.drop_reaped(reaped, ended);
                     st = self.lock();
                     continue;
                 }
@@ -931,6 +971,9 @@ impl<C: Send + 'static> PortInner<C> {
                 st.extend(reaped.drain(..));
                 crate::spare::vec(&mut reaped, batch);
                 drop(reaped);
+                // Queued under the lock we hold: a stats reader (the driver's count first,
+                // then this lock) sees them in one place or both, never in neither.
+                self.driver.settle(ended);
                 let n = st.take_handed(id, max - 1, out);
                 if n > 0 {
                     return Ok(self.got(st, n, true));
@@ -977,6 +1020,15 @@ impl<C: Send + 'static> PortInner<C> {
                 }
             }
         }
+    }
+
+    /// Drops what a poller reaped after the port closed (outside every lock: a context may own
+    /// a `Handle`, whose drop takes locks) and settles the `ended` operations among it.
+    fn drop_reaped(&self, mut reaped: MutexGuard<'_, Vec<Completion<C>>>, ended: usize) {
+        let late: Vec<Completion<C>> = reaped.drain(..).collect();
+        drop(reaped);
+        self.driver.settle(ended);
+        drop(late);
     }
 
     /// Nanoseconds since the port was made (for `last_poll`).
@@ -1042,6 +1094,11 @@ impl<C: Send + 'static> PortInner<C> {
         assoc::set_running(self.id);
         GetError::TimedOut
     }
+}
+
+/// How many of `cs` end an operation the driver counts in flight (see `Completion::settles`).
+fn finals<C>(cs: &[Completion<C>]) -> usize {
+    cs.iter().filter(|c| c.settles).count()
 }
 
 /// Spins briefly (exponential `spin_loop`, then a few yields: a few microseconds) until `ready`.

@@ -161,12 +161,9 @@ impl<S: Service> Shared<S> {
         loop {
             // The connections first: the port's counters alone cannot tell (see
             // `connections_done`); then whatever else is on the port (datagram receives).
-            if self.connections_done() {
-                let s = self.port.stats();
-                let idle = s.queued == 0 && s.in_flight == 0 && s.running == 0;
-                if idle && self.paused.conns.lock().is_empty() {
-                    break;
-                }
+            if self.connections_done() && self.port.is_idle() && self.paused.conns.lock().is_empty()
+            {
+                break;
             }
             if Instant::now() >= deadline {
                 break;

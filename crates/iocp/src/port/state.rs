@@ -106,6 +106,11 @@ impl<P, S> State<P, S> {
         self.waiters.len()
     }
 
+    /// Packets handed to a waiter that has not picked them up yet.
+    pub(crate) fn waiters_handed(&self) -> usize {
+        self.handed.len()
+    }
+
     pub(crate) fn running(&self) -> usize {
         self.running
     }

@@ -302,14 +302,12 @@ impl<C: Send + 'static> Driver<C> {
             // Out of the slab, tried, and parked again under one hold of the listener's lock.
             let mut io = h.io();
             if let Some(mut op) = self.unpark(&mut io, token) {
+                // A completion pushed to `out` stays counted in flight until the port has
+                // queued it and settles it (`settle`).
                 match op.try_io() {
-                    Progress::Done(status) => {
-                        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        out.push(op.complete(status));
-                    }
+                    Progress::Done(status) => out.push(op.complete(status)),
                     _ => {
                         if let Err(c) = self.park(&mut io, op) {
-                            self.in_flight.fetch_sub(1, Ordering::Relaxed);
                             out.push(*c);
                         }
                     }
@@ -336,7 +334,6 @@ impl<C: Send + 'static> Driver<C> {
         // Parked before the lock goes: a cancel never finds such an accept in no place.
         for op in parked {
             if let Err(c) = self.park(&mut io, op) {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
                 out.push(*c);
             }
         }
@@ -363,7 +360,6 @@ impl<C: Send + 'static> Driver<C> {
                 Progress::Again => break,
                 Progress::Done(status) => {
                     let op = pop(io, side);
-                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
                     out.push(op.complete(status));
                 }
                 Progress::AgainOnAccepted => parked.push(pop(io, side)),
@@ -404,11 +400,22 @@ impl<C: Send + 'static> Driver<C> {
         ops.extend(self.files.take_matching(h, target));
         for mut op in ops {
             op.cancel_reason = reason_code(reason);
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
             out.push(op.abort());
             n += 1;
         }
         n
+    }
+
+    /// The port has queued (or handed on, or dropped at its close) `n` completions this driver
+    /// pushed to an `out` (or its file pool's sink) that ended operations: they are no longer in
+    /// flight. Saturating: a shutdown zeroes the count under completions still on their way.
+    pub(crate) fn settle(&self, n: usize) {
+        if n > 0 {
+            let n = n as u64;
+            let _ = self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+        }
     }
 
     pub(crate) fn close_handle(&self, h: &Arc<HandleInner<C>>, out: &mut Vec<Completion<C>>) {
@@ -613,11 +620,14 @@ fn file_worker<C: Send + 'static>(
                 _ => std::thread::yield_now(),
             }
         };
-        in_flight.fetch_sub(1, Ordering::Relaxed);
         let completion = op.complete(status);
+        // The port settles it once queued; without a port nobody will.
         match sink.get().and_then(Weak::upgrade) {
             Some(sink) => sink.deliver_one(completion),
-            None => drop(completion),
+            None => {
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(completion);
+            }
         }
     }
 }

@@ -164,10 +164,11 @@ mod delay {
     static REAPED: AtomicU64 = AtomicU64::new(0);
 
     /// Process wide, for every port: after a poll that reaped completions, the poller holds
-    /// them for `d` before it queues them (`Duration::ZERO` turns it off). In that hand-over
-    /// the completions are neither in flight nor queued, and nobody is running them: what a
-    /// preempted poller looks like to [`stats`](crate::CompletionPort::stats) on a loaded
-    /// machine, made long enough to hit on purpose.
+    /// them for `d` before it queues them (`Duration::ZERO` turns it off): what a preempted
+    /// poller looks like on a loaded machine, made long enough to hit on purpose. In that
+    /// hand-over the completions are not queued and nobody is running them; they must still
+    /// count in flight in [`stats`](crate::CompletionPort::stats), and
+    /// [`is_idle`](crate::CompletionPort::is_idle) must not read true (`tests/handover.rs`).
     pub fn delay_reaped(d: Duration) {
         REAPED.store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }

@@ -190,6 +190,16 @@ impl<C: Send + 'static> Driver<C> {
         }
     }
 
+    /// The port has queued `n` completions that ended operations (`Completion::settles`),
+    /// which the driver counted in flight until now.
+    pub(crate) fn settle(&self, n: usize) {
+        match self {
+            Driver::Epoll(d) => d.settle(n),
+            #[cfg(feature = "uring")]
+            Driver::Uring(d) => d.settle(n),
+        }
+    }
+
     pub(crate) fn stats(&self) -> DriverStats {
         match self {
             Driver::Epoll(d) => d.stats(),

@@ -161,6 +161,10 @@ struct Ring<C> {
     /// Ops queued behind another op of their handle (stream order), not yet in a slab (shared
     /// by the port's rings: an op queued on one ring may start on another).
     waiting: Arc<AtomicU64>,
+    /// Ops that ended into a caller's `out` (out of their slot or the waiting queue) and that
+    /// the port has not yet settled: still in flight to its counters until it has queued them
+    /// (shared by the port's rings; see `Driver::settle`).
+    ended: Arc<AtomicU64>,
     /// The port is shutting down (shared by its rings).
     shut: Arc<AtomicBool>,
     /// A thread is in `io_uring_enter` submitting (see `enter`).
@@ -174,6 +178,7 @@ impl<C: Send + 'static> Ring<C> {
         cfg: &PortConfig,
         index: usize,
         waiting: Arc<AtomicU64>,
+        ended: Arc<AtomicU64>,
         shut: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let entries = cfg.ring_entries.clamp(2, 32768);
@@ -197,6 +202,7 @@ impl<C: Send + 'static> Ring<C> {
             submit_enters: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
             waiting,
+            ended,
             shut,
             submitting: AtomicBool::new(false),
             want_submit: AtomicBool::new(false),
@@ -584,6 +590,9 @@ impl<C: Send + 'static> Ring<C> {
     }
 
     fn finish(&self, sq: &mut Sq<C>, token: Token, status: Status) -> Completion<C> {
+        // Counted as ended before it leaves its slot: a stats reader sees it in one or the
+        // other (or both), never in neither.
+        self.ended.fetch_add(1, Ordering::Relaxed);
         let op = sq.remove(token).expect("invariant: finishing an occupied slot");
         let handle = op.handle.clone();
         let mut io = handle.io();
@@ -769,6 +778,7 @@ pub(crate) struct Driver<C> {
     epfd: Option<std::os::fd::OwnedFd>,
     shut: Arc<AtomicBool>,
     waiting: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
 }
 
 /// Threads take rings in turn: the `n`th thread to start an op uses ring `n % rings`.
@@ -783,8 +793,9 @@ impl<C: Send + 'static> Driver<C> {
         let n = cfg.rings.clamp(1, MAX_RINGS);
         let shut = Arc::new(AtomicBool::new(false));
         let waiting = Arc::new(AtomicU64::new(0));
+        let ended = Arc::new(AtomicU64::new(0));
         let rings = (0..n)
-            .map(|i| Ring::open(cfg, i, waiting.clone(), shut.clone()))
+            .map(|i| Ring::open(cfg, i, waiting.clone(), ended.clone(), shut.clone()))
             .collect::<io::Result<Vec<_>>>()?;
         let epfd = if n > 1 {
             let epfd = rustix::event::epoll::create(rustix::event::epoll::CreateFlags::CLOEXEC)?;
@@ -804,7 +815,7 @@ impl<C: Send + 'static> Driver<C> {
         } else {
             None
         };
-        Ok(Driver { rings, epfd, shut, waiting })
+        Ok(Driver { rings, epfd, shut, waiting, ended })
     }
 
     /// The ring an op starts on: the calling thread's; pooled receives on ring 0.
@@ -900,6 +911,8 @@ impl<C: Send + 'static> Driver<C> {
         let mut n = queued.len();
         let backlogs: Vec<usize> = sqs.iter().map(|sq| sq.backlog.len()).collect();
         let mut touched = vec![false; self.rings.len()];
+        // Ended before they stop waiting (as in `finish`).
+        self.ended.fetch_add(queued.len() as u64, Ordering::Relaxed);
         self.waiting.fetch_sub(queued.len() as u64, Ordering::Relaxed);
         for mut op in queued {
             op.cancel_reason = reason_code(reason);
@@ -952,6 +965,20 @@ impl<C: Send + 'static> Driver<C> {
         for r in &self.rings {
             r.shutdown();
         }
+        // What the shutdown reaped was dropped, never settled.
+        self.ended.store(0, Ordering::Relaxed);
+    }
+
+    /// The port has queued (or handed on, or dropped at its close) `n` completions this driver
+    /// pushed to an `out` that ended operations: they are no longer in flight. Saturating: a
+    /// shutdown zeroes the count under completions still on their way.
+    pub(crate) fn settle(&self, n: usize) {
+        if n > 0 {
+            let n = n as u64;
+            let _ = self
+                .ended
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+        }
     }
 
     pub(crate) fn stats(&self) -> DriverStats {
@@ -966,6 +993,8 @@ impl<C: Send + 'static> Driver<C> {
             total.submitted += s.submitted;
             total.submit_enters += s.submit_enters;
         }
+        // Read after the rings: an op that left its slot meanwhile was counted here first.
+        total.in_flight += self.ended.load(Ordering::Relaxed);
         total
     }
 

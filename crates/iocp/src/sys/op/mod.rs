@@ -235,7 +235,16 @@ impl<C> Op<C> {
         } else {
             status
         };
-        Completion { key: handle.key, op: id, bytes, status, context, payload, timer }
+        Completion {
+            key: handle.key,
+            op: id,
+            bytes,
+            status,
+            context,
+            payload,
+            timer,
+            settles: true,
+        }
     }
 
     /// Builds the completion for a cancelled operation: "aborted", with the bytes it had moved.
@@ -374,6 +383,7 @@ impl<C> Op<C> {
             context,
             payload: Payload::Accept(Box::new(Accepted::new(Some(fd), peer, Vec::new()))),
             timer: NO_TIMER,
+            settles: false,
         })
     }
 

@@ -1,0 +1,60 @@
+//! A completion in the poller's hands (reaped from the kernel, not yet queued) is still counted:
+//! in flight until it is queued, so [`CompletionPort::stats`] never shows it nowhere and
+//! [`CompletionPort::is_idle`] never reads idle under it. Before, the drivers dropped it from
+//! their in-flight count as they reaped it and the port queued it only later: a `Pool::stop`
+//! that polled the counters in that window closed the port under it and the completion was
+//! lost (CI caught `stop_waits_for_pending_operations_then_joins` doing so once).
+//!
+//! `iocp::fault::delay_reaped` holds every poller in that hand-over, process wide: this file is
+//! its own test binary so that nothing else runs under it.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use iocp::{CompletionKey, CompletionPort, Payload};
+use iocp_testkit::{backend_test, deadline, tcp_pair};
+
+backend_test!(a_completion_the_poller_holds_is_counted_and_the_port_is_not_idle, |b| {
+    // Every poll that reaps something holds it 200 ms before queueing it.
+    iocp::fault::delay_reaped(Duration::from_millis(200));
+    let port: Arc<CompletionPort<u32>> = Arc::new(b.build().unwrap());
+    assert!(port.is_idle(), "a new port is idle: {:?}", port.stats());
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    h.recv(Vec::with_capacity(16), 7).unwrap();
+    assert!(!port.is_idle(), "a receive is pending: {:?}", port.stats());
+    client.write_all(b"ping").unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let (p, d) = (port.clone(), done.clone());
+    let getter = thread::spawn(move || {
+        let c = p.get(Some(deadline()));
+        // Still counted as running here: it has not called `get` again.
+        d.store(true, Ordering::SeqCst);
+        c
+    });
+    let mut samples = 0u64;
+    loop {
+        let (s, idle) = (port.stats(), port.is_idle());
+        // Read after the counters: while it is false, the receive was in flight, on its way,
+        // queued or in the getter's hands (running) when they were read.
+        if done.load(Ordering::SeqCst) {
+            break;
+        }
+        assert!(
+            s.in_flight + s.queued + s.running > 0,
+            "after {samples} samples the receive is counted nowhere: {s:?}"
+        );
+        assert!(!idle, "after {samples} samples the port reads idle under the receive: {s:?}");
+        samples += 1;
+    }
+    let c = getter.join().unwrap().expect("the receive's completion");
+    assert_eq!((*c.context(), c.bytes()), (7, 4));
+    assert!(matches!(c.payload(), Payload::Recv(b) if b == b"ping"), "{:?}", c.payload());
+    // The hold lasted 200 ms: the loop sampled it many times, not just its edges.
+    assert!(samples > 10, "only {samples} samples");
+    // (The hold stays on: the other backend's case may be running beside this one.)
+    drop(h);
+});

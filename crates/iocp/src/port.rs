@@ -126,6 +126,7 @@ impl PortBuilder {
             timers_armed: AtomicUsize::new(0),
             queued_hint: AtomicUsize::new(0),
             next_op: AtomicU64::new(1),
+            starts: AtomicU64::new(0),
             hook: OnceLock::new(),
             max,
             report,
@@ -399,10 +400,11 @@ impl<C: Send + 'static> CompletionPort<C> {
     /// it.
     pub fn is_idle(&self) -> bool {
         let inner = &self.shared.inner;
-        let started = inner.next_op.load(Ordering::Acquire);
-        // The driver's count, then the queue (as in `stats`), then the start counter again:
-        // the lock orders a handler's start before the moment it stops running, so a start
-        // between the two reads changes the counter.
+        let started = inner.starts.load(Ordering::Acquire);
+        // The start counter, the driver's count, the queue (as in `stats`), the start counter
+        // again. A start bumps the counter (Release) after the driver counted it: seen at the
+        // first read, its count is visible to the second; made after it by a handler, the
+        // lock orders it before the handler stops running, so the last read sees it.
         if inner.driver.stats().in_flight != 0 {
             return false;
         }
@@ -412,7 +414,7 @@ impl<C: Send + 'static> CompletionPort<C> {
                 return false;
             }
         }
-        inner.next_op.load(Ordering::Acquire) == started
+        inner.starts.load(Ordering::Acquire) == started
     }
 
     /// Counters: packets posted and dequeued, operations in flight, waiters, SQ-full events,
@@ -527,6 +529,8 @@ pub(crate) struct PortInner<C: Send + 'static> {
     /// The poller's scratch vector (one poller at a time).
     reaped: Mutex<Vec<Completion<C>>>,
     next_op: AtomicU64,
+    /// Operations handed to the driver so far (bumped after `submit` returns; `is_idle`).
+    starts: AtomicU64,
     max: usize,
     report: BackendReport,
     /// Operation deadlines: expiry cancels the op, which then completes with `ETIMEDOUT`.
@@ -621,6 +625,9 @@ impl<C: Send + 'static> PortInner<C> {
         let timed = timer != NO_TIMER;
         let defer = BATCH.with(Cell::get) == self.id;
         let submitted = self.driver.submit(op, defer);
+        // Counted once the driver has it (in flight, or queued if done inline): `is_idle`
+        // reads this around its look.
+        self.starts.fetch_add(1, Ordering::Release);
         // Done inline: `deliver` disarms it. Refused: disarmed below.
         if timed && matches!(submitted, Submitted::Pending | Submitted::Packets(_)) {
             self.timer_submitted(timer, id, h);
@@ -817,10 +824,7 @@ impl<C: Send + 'static> PortInner<C> {
         let (mut dropped, mut ended) = (0, 0);
         // As in `get`: no panic may leave the port with nobody polling.
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Err(e) = self.driver.wait(left, &mut reaped) {
-                tracing::error!("completion port wait failed: {e}");
-            }
-            ended = finals(&reaped);
+            self.poll_driver(left, &mut reaped, &mut ended);
             self.disarm_completed(reaped.iter());
             dropped = self.run_hook(&mut reaped);
             self.fire_timers();
@@ -831,8 +835,7 @@ impl<C: Send + 'static> PortInner<C> {
         let n = late.len() + dropped as usize;
         // Queue what was reaped, give back a packet handed to us meanwhile, and promote a
         // waiter to poll in our place.
-        self.abandon_poll(id, late, dropped);
-        self.driver.settle(ended);
+        self.abandon_poll(id, late, dropped, ended);
         if let Err(payload) = polled {
             std::panic::resume_unwind(payload);
         }
@@ -932,10 +935,7 @@ impl<C: Send + 'static> PortInner<C> {
                 // dropped): `ended` of them end an operation, settled then.
                 let (mut dropped, mut ended) = (0, 0);
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    if let Err(e) = self.driver.wait(left, &mut reaped) {
-                        tracing::error!("completion port wait failed: {e}");
-                    }
-                    ended = finals(&reaped);
+                    self.poll_driver(left, &mut reaped, &mut ended);
                     self.disarm_completed(reaped.iter());
                     dropped = self.run_hook(&mut reaped);
                     self.fire_timers();
@@ -945,8 +945,7 @@ impl<C: Send + 'static> PortInner<C> {
                 if let Err(payload) = polled {
                     let late: Vec<Completion<C>> = reaped.drain(..).collect();
                     drop(reaped);
-                    self.abandon_poll(id, late, dropped);
-                    self.driver.settle(ended);
+                    self.abandon_poll(id, late, dropped, ended);
                     assoc::end(self.id);
                     std::panic::resume_unwind(payload);
                 }
@@ -958,6 +957,9 @@ impl<C: Send + 'static> PortInner<C> {
                     // dropped, like everything queued at the close, outside both locks.
                     let n = st.take_handed(id, max - 1, out);
                     if n > 0 {
+                        // Dropped after `got` has let the state lock go (a context may own a
+                        // `Handle`, whose drop takes it).
+                        let _late: Vec<Completion<C>> = reaped.drain(..).collect();
                         self.driver.settle(ended);
                         return Ok(self.got(st, n, true));
                     }
@@ -1022,6 +1024,27 @@ impl<C: Send + 'static> PortInner<C> {
         }
     }
 
+    /// One driver wait into `reaped`; `ended` is set to how many of the reaped completions
+    /// end an operation (to settle once they are queued) even when the wait unwinds (a user
+    /// `Clone` that panicked in a repeating accept is raised at the wait's end, after the
+    /// driver reaped the rest of its batch).
+    fn poll_driver(
+        &self,
+        left: Option<Duration>,
+        reaped: &mut Vec<Completion<C>>,
+        ended: &mut usize,
+    ) {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.driver.wait(left, reaped)
+        }));
+        *ended = finals(reaped);
+        match waited {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("completion port wait failed: {e}"),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
+
     /// Drops what a poller reaped after the port closed (outside every lock: a context may own
     /// a `Handle`, whose drop takes locks) and settles the `ended` operations among it.
     fn drop_reaped(&self, mut reaped: MutexGuard<'_, Vec<Completion<C>>>, ended: usize) {
@@ -1046,18 +1069,27 @@ impl<C: Send + 'static> PortInner<C> {
     /// The poller `id` unwound out of the poll path (or was [`reap`](Self::reap)): give back
     /// what it was handed, queue what it reaped (`late`; `dropped` more went to the hook), and
     /// promote another waiter to poll.
-    fn abandon_poll(&self, id: state::WaiterId, late: Vec<Completion<C>>, dropped: u64) {
+    fn abandon_poll(
+        &self,
+        id: state::WaiterId,
+        late: Vec<Completion<C>>,
+        dropped: u64,
+        ended: usize,
+    ) {
         self.disarm_completed(late.iter());
         let mut st = self.lock();
         let orphan = st.abandon_poll(id);
         let mut kick = false;
         if st.is_closed() {
             drop(st);
+            self.driver.settle(ended);
             drop((orphan, late));
             return;
         }
         st.counts.io_completions += late.len() as u64 + dropped;
         st.extend(late);
+        // Queued, then settled under the lock, before a waiter woken for them can look.
+        self.driver.settle(ended);
         st.dispatch(true, &mut |w| wake(w, &mut kick));
         self.queued_hint.store(st.queued(), Ordering::Relaxed);
         drop(st);

@@ -407,3 +407,41 @@ backend_test!(operation_mix_on_one_socket, |b| {
     h.close();
     ledger.finish(&port);
 });
+
+// A user `Clone` that panics in a repeating accept is raised at the end of the driver's wait,
+// after the rest of the batch was reaped. The port then queued that batch but did not settle
+// it: an operation that completed in the same poll stayed counted in flight forever, and a
+// graceful stop (`is_idle`) waited out its whole grace.
+backend_test!(a_panic_in_the_poll_path_leaves_nothing_counted_in_flight, |b| {
+    let port: CompletionPort<Boom> = b.concurrency(2).build().unwrap();
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    let lh = port.associate(l, CompletionKey(1)).unwrap();
+    let multi = lh.accept_multi(Boom(666)).unwrap();
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(2)).unwrap();
+    h.recv(Vec::with_capacity(16), Boom(7)).unwrap();
+    // Both ready before anyone polls: one poll reaps the receive and the doomed accept.
+    client.write_all(b"alive").unwrap();
+    let _doomed = TcpStream::connect(addr).unwrap();
+    let mut got_recv = false;
+    let end = Instant::now() + deadline();
+    while !got_recv {
+        assert!(Instant::now() < end, "the receive never came: {:?}", port.stats());
+        match catch_unwind(AssertUnwindSafe(|| port.get(Some(quiet())))) {
+            Ok(Ok(c)) => {
+                assert_eq!((c.key(), c.context().0, c.result().unwrap()), (CompletionKey(2), 7, 5));
+                got_recv = true;
+            }
+            Ok(Err(GetError::TimedOut)) | Err(_) => {}
+            Ok(Err(e)) => panic!("{e:?}"),
+        }
+    }
+    lh.cancel(multi).unwrap();
+    let c = port.get(Some(deadline())).unwrap();
+    assert_eq!((c.op(), c.is_aborted()), (multi, true));
+    // Both operations are done and dequeued (settled before the packets could be taken):
+    // nothing is in flight.
+    assert_eq!(port.stats().in_flight, 0, "{:?}", port.stats());
+    drop(h);
+});

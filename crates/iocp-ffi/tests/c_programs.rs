@@ -402,6 +402,92 @@ fn example_echo_server_echoes_and_shuts_down_cleanly() {
     }
 }
 
+/// The example at its descriptor limit (RLIMIT_NOFILE 64 or 65: about 25 connections, at two
+/// descriptors each) stops accepting, and accepts again once connections close: its pool of
+/// pending AcceptEx must not shrink for good when WSASocket fails (it lost a slot per failure,
+/// so after 4 failures it never accepted again).
+#[test]
+fn example_echo_server_accepts_again_after_running_out_of_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let bin = build("examples/c/echo_server.c", "echo_server_fdlimit", false);
+    // Both parities: which call meets the last free descriptor (the association's dup or the
+    // next WSASocket) depends on it; the old example lost its pool at 65 and 67, not at 64.
+    for (env, limit) in backends().into_iter().flat_map(|(e, _)| [(e, 64u64), (e, 65)]) {
+        // Not through IOCP_FFI_WRAPPER: valgrind's own descriptors do not fit under 64.
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--addr", "127.0.0.1", "--port", "0", "--threads", "2", "--accepts", "4"])
+            .env("IOCP_BACKEND", env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+        let cap = move || {
+            // SAFETY: `lim` is a valid rlimit on this closure's stack.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: `cap` runs in the forked child before exec and only calls setrlimit, which is
+        // async-signal-safe and touches only the child's own limits.
+        unsafe { cmd.pre_exec(cap) };
+        let mut child = cmd.spawn().expect("spawn echo_server");
+        let pid = child.id();
+        // Its stderr, line by line: the first "accept: error" line is sent on `lines`.
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, lines) = mpsc::channel();
+        let err_reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for l in stderr.lines().map_while(Result::ok) {
+                if l.contains("accept: error") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the listening line");
+        let port: u16 = line
+            .split(':')
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        // 100 clients: more than the limit lets the server accept (the rest wait in the
+        // listen backlog). Each sends a byte.
+        let clients: Vec<TcpStream> = (0..100)
+            .map(|_| {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.write_all(b"x").expect("send");
+                s
+            })
+            .collect();
+        // The server says when it first runs out (deadline 20 s).
+        let reported = lines.recv_timeout(Duration::from_secs(10)).is_ok();
+        drop(clients);
+        // Every descriptor is given back as those connections close: a new client is served.
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect after");
+        c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        c.write_all(b"after the limit").expect("send after");
+        let mut back = [0u8; 15];
+        let r = c.read_exact(&mut back);
+        // SAFETY: kill(2) of our own child, by pid: SIGTERM asks it to shut down.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        child.stdout = Some(stdout.into_inner());
+        let (ok, out, _) = finish(child, "echo_server");
+        drop(c);
+        let err = err_reader.join().expect("stderr reader");
+        let at = format!("{env}, RLIMIT_NOFILE {limit}");
+        assert!(r.is_ok(), "{at}: no echo after the connections closed ({r:?}):\n{out}{err}");
+        assert!(&back == b"after the limit", "{at}: echo differs");
+        assert!(reported, "{at}: running out of descriptors was not reported:\n{err}");
+        assert!(ok, "{at}: echo_server did not shut down cleanly:\n{out}{err}");
+        assert!(out.contains("outstanding 0"), "{at}: {out}");
+    }
+}
+
 /// Sends SIGINT to `child` and waits for it: it must exit within 2 s, with status 0 (issue 14
 /// §3: a Windows program stopped by Ctrl-C). Returns its stdout.
 fn interrupt_and_finish(

@@ -78,6 +78,8 @@ static void close_conn(IO_CONTEXT *c) {
     pthread_mutex_unlock(&g_lock);
 }
 
+static void refill_accepts(void);
+
 static void free_conn(IO_CONTEXT *c) {
     close_conn(c);
     pthread_mutex_lock(&g_lock);
@@ -85,22 +87,74 @@ static void free_conn(IO_CONTEXT *c) {
     c->next->prev = c->prev;
     pthread_mutex_unlock(&g_lock);
     free(c);
+    refill_accepts(); /* its descriptor is free again */
 }
 
+/* AcceptEx slots that could not be posted: the process is out of descriptors (WSASocket or
+ * AcceptEx said WSAEMFILE, or the accepted socket could not be associated). A connection that
+ * closes gives one back, and refill_accepts() posts the missing slots again then: a server at
+ * its descriptor limit stops accepting for a while; it must not lose its accept pool for good. */
+static volatile long g_accepts_missing;
+
+static int out_of_descriptors(DWORD err) {
+    return err == WSAEMFILE || err == ERROR_TOO_MANY_OPEN_FILES || err == WSAENOBUFS ||
+           err == ERROR_NO_SYSTEM_RESOURCES;
+}
+
+static volatile long g_accept_warned;
+
+static void accept_missing(DWORD err) {
+    __atomic_add_fetch(&g_accepts_missing, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_exchange_n(&g_accept_warned, 1, __ATOMIC_SEQ_CST) == 0) /* said once */
+        fprintf(stderr,
+                "accept: error %u (out of descriptors?); pending accepts are posted again as "
+                "connections close\n",
+                (unsigned)err);
+}
+
+/* Posts one AcceptEx, under g_lock so that the shutdown (which closes g_listen under it) never
+ * races a post onto a closed, maybe reused, listener number. Returns -1 when stopping or when
+ * the slot is counted missing. */
 static int post_accept(void) {
-    SOCKET s = WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
-    if (s == INVALID_SOCKET) return -1;
-    IO_CONTEXT *c = new_context(OP_ACCEPT, s);
-    DWORD bytes = 0;
-    op_started();
-    if (!g_AcceptEx(g_listen, s, c->buf, 0, ADDR_LEN, ADDR_LEN, &bytes, &c->ov) &&
-        WSAGetLastError() != ERROR_IO_PENDING) {
-        op_done();
-        closesocket(s);
-        free(c);
-        return -1;
+    int r = 0;
+    pthread_mutex_lock(&g_lock);
+    if (g_stopping) {
+        r = -1;
+    } else {
+        SOCKET s = WSASocket(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+        if (s == INVALID_SOCKET) {
+            accept_missing((DWORD)WSAGetLastError());
+            r = -1;
+        } else {
+            IO_CONTEXT *c = new_context(OP_ACCEPT, s);
+            DWORD bytes = 0;
+            op_started();
+            if (!g_AcceptEx(g_listen, s, c->buf, 0, ADDR_LEN, ADDR_LEN, &bytes, &c->ov) &&
+                WSAGetLastError() != ERROR_IO_PENDING) {
+                DWORD err = (DWORD)WSAGetLastError();
+                op_done();
+                closesocket(s);
+                free(c);
+                accept_missing(err);
+                r = -1;
+            }
+        }
     }
-    return 0;
+    pthread_mutex_unlock(&g_lock);
+    return r;
+}
+
+/* Posts the slots post_accept() could not (see g_accepts_missing); stops at the first that
+ * fails again (it is counted missing again). */
+static void refill_accepts(void) {
+    long n = __atomic_load_n(&g_accepts_missing, __ATOMIC_SEQ_CST);
+    while (n > 0 && !__atomic_load_n(&g_stopping, __ATOMIC_SEQ_CST)) {
+        if (!__atomic_compare_exchange_n(&g_accepts_missing, &n, n - 1, 0, __ATOMIC_SEQ_CST,
+                                         __ATOMIC_SEQ_CST))
+            continue; /* n was reloaded */
+        if (post_accept() != 0) return;
+        n = __atomic_load_n(&g_accepts_missing, __ATOMIC_SEQ_CST);
+    }
 }
 
 static void post_recv(IO_CONTEXT *c) {
@@ -130,11 +184,15 @@ static void post_send(IO_CONTEXT *c) {
     }
 }
 
-static void on_accept(IO_CONTEXT *c, BOOL ok) {
+static void on_accept(IO_CONTEXT *c, BOOL ok, DWORD err) {
     if (!ok || g_stopping) {
         closesocket(c->sock);
         free(c);
-        if (!g_stopping) post_accept();
+        if (g_stopping) return;
+        /* Out of descriptors: posting again at once would fail again (and spin); wait for a
+         * connection to close. Any other failure (the peer reset first): post again now. */
+        if (out_of_descriptors(err)) accept_missing(err);
+        else post_accept();
         return;
     }
     setsockopt(c->sock, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (char *)&g_listen, sizeof g_listen);
@@ -142,13 +200,21 @@ static void on_accept(IO_CONTEXT *c, BOOL ok) {
     int llen, rlen;
     g_GetAcceptExSockaddrs(c->buf, 0, ADDR_LEN, ADDR_LEN, &local, &llen, &remote, &rlen);
     if (CreateIoCompletionPort((HANDLE)c->sock, g_port, KEY_CONN, 0) == NULL) {
+        DWORD e = GetLastError();
         closesocket(c->sock);
         free(c);
-        post_accept();
+        if (out_of_descriptors(e)) accept_missing(e);
+        else post_accept();
+        return;
+    }
+    pthread_mutex_lock(&g_lock);
+    if (g_stopping) { /* the shutdown walked the list already: this one is not on it */
+        pthread_mutex_unlock(&g_lock);
+        closesocket(c->sock);
+        free(c);
         return;
     }
     __atomic_add_fetch(&g_connections, 1, __ATOMIC_RELAXED);
-    pthread_mutex_lock(&g_lock);
     c->next = g_live.next;
     c->prev = &g_live;
     g_live.next->prev = c;
@@ -165,6 +231,7 @@ static void *worker(void *arg) {
         ULONG_PTR key = 0;
         LPOVERLAPPED ov = NULL;
         BOOL ok = GetQueuedCompletionStatus(g_port, &bytes, &key, &ov, INFINITE);
+        DWORD err = ok ? 0 : GetLastError();
         if (ov == NULL) {
             if (ok && key == KEY_EXIT) break; /* the shutdown packet */
             if (!ok) break;                   /* the port is gone */
@@ -173,7 +240,7 @@ static void *worker(void *arg) {
         IO_CONTEXT *c = (IO_CONTEXT *)ov; /* CONTAINING_RECORD(ov, IO_CONTEXT, ov) */
         switch (c->op) {
         case OP_ACCEPT:
-            on_accept(c, ok);
+            on_accept(c, ok, err);
             break;
         case OP_RECV:
             if (!ok || bytes == 0 || g_stopping) {
@@ -274,9 +341,9 @@ int main(int argc, char **argv) {
     sigwait(&stop, &sig);
 
     /* Shutdown: stop accepting, close every connection, wait for every packet. */
+    pthread_mutex_lock(&g_lock);
     __atomic_store_n(&g_stopping, 1, __ATOMIC_SEQ_CST);
     closesocket(g_listen);
-    pthread_mutex_lock(&g_lock);
     for (IO_CONTEXT *c = g_live.next; c != &g_live; c = c->next) {
         if (!c->closed) {
             closesocket(c->sock);

@@ -8,6 +8,8 @@ and then the server sits for `--settle` seconds (past `--park-after`, so idle co
 parked and hold no buffers). The figure is the growth of the server's RSS from after the
 warm-up to the end, divided by N. Servers run round-robin, the order rotated each repetition;
 medians of the repetitions. The tokio peer runs twice (`tokio`, `tokio-b`): the noise floor.
+The second peer, `node-ws` (Node.js + ws, bench/peers/node-chat), runs when node is installed
+and `npm ci` has run there.
 
   ulimit -n 20000; python3 bench/chat-idle-memory.py [--clients 5000] [--reps 3] [--json F]
       [--only NAME,...] [--before OLD_IOCP_BINARY]
@@ -16,7 +18,7 @@ Rows: iocp on io_uring and on epoll with `--presence-max 0` (the peer sends no p
 events: the same traffic), and iocp on io_uring with presence on (the default: every join is
 an event to the whole room, so N joins are N*N/2 events that must be delivered and freed).
 """
-import argparse, base64, json, os, re, resource, selectors, socket, statistics, subprocess, sys, time
+import argparse, base64, json, os, re, resource, selectors, shutil, socket, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IOCP = os.path.join(ROOT, "target", "release", "iocp")
@@ -33,6 +35,10 @@ def servers(before=None):
         "tokio": ([PEER, "--threads", "2"], "--addr"),
         "tokio-b": ([PEER, "--threads", "2"], "--addr"),
     }
+    node = os.path.join(ROOT, "bench", "peers", "node-chat")
+    if shutil.which("node") and os.path.isdir(os.path.join(node, "node_modules", "ws")):
+        # The second peer (Node.js + ws, one thread; `npm ci` in bench/peers/node-chat).
+        t["node-ws"] = ([shutil.which("node"), os.path.join(node, "server.js")], "--addr")
     if before:
         # Another build of iocp (an earlier commit), for a before/after row.
         t["iocp-uring-before"] = ([before] + common + ["--backend", "uring", "--presence-max", "0"], "--addr")

@@ -8,7 +8,9 @@
 # least 3 repetitions, medians. tokio runs twice (tokio-b: the noise floor), and a third time as
 # tokio-feed (TOKIO_CHAT_FEED=1: what a room holds goes out in one write, `feed` then `flush`,
 # not one `send` per message as the docs' examples do). Server CPU per
-# delivery (utime + stime from /proc/PID/stat over the window) beside every rate. iocp runs with
+# delivery (utime + stime from /proc/PID/stat over the window) beside every rate. The second
+# peer, node-ws (bench/peers/node-chat/server.js: Node.js + ws, one JavaScript thread, as a
+# single-process Node chat runs), joins when node and npm are installed. iocp runs with
 # `--presence-max 0` (no join/leave events; the peer has none) and its rate limit raised.
 #
 #   bench/compare-chat.sh [--reps N] [--duration S] [--threads N] [--cases 1000x10@2,5000x1@0.01,1000x10@8]
@@ -28,6 +30,11 @@ step "building iocp (release)"
 cargo build --release -p iocp-cli --quiet
 step "building the peers (bench/peers, release)"
 (cd bench/peers && cargo build --release --quiet --bin tokio-chat)
+# The second peer, Node.js + ws (bench/peers/node-chat), when node and npm are installed.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    step "installing the node-ws peer (npm ci in bench/peers/node-chat)"
+    (cd bench/peers/node-chat && npm ci --no-audit --no-fund --silent) || step "node-ws: npm ci failed; skipped"
+fi
 
 # 5,000 clients need descriptors on both sides (the servers inherit this).
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -48,6 +55,8 @@ import argparse, datetime, json, os, signal, socket, statistics, subprocess, sys
 ROOT = os.environ["ROOT"]
 IOCP = os.path.join(ROOT, "target", "release", "iocp")
 PEER = os.path.join(ROOT, "bench", "peers", "target", "release", "tokio-chat")
+NODE_PEER = os.path.join(ROOT, "bench", "peers", "node-chat", "server.js")
+HAVE_NODE = os.path.isdir(os.path.join(ROOT, "bench", "peers", "node-chat", "node_modules", "ws"))
 PIDFILE = os.environ["COMPARE_PIDFILE"]
 RUNNING = []
 
@@ -97,6 +106,8 @@ def server_cmd(name):
         # one room are 12.5 million events and the setup alone takes minutes here.
         return [IOCP, "serve", "chat", "--addr", addr, "--threads", str(a.threads),
                 "--rate", "100000", "--burst", "100000", "--presence-max", "0"]
+    if name == "node-ws":
+        return ["node", NODE_PEER, "--addr", addr, "--threads", str(a.threads)]
     return [PEER, "--addr", addr, "--threads", str(a.threads)]
 
 def wait_port(p, limit=10.0):
@@ -136,7 +147,9 @@ def run(name, clients, rooms, rate):
         stop(p)
         time.sleep(0.3)  # let the TIME_WAITs and the CPU settle
 
-servers = ["iocp", "tokio", "tokio-b", "tokio-feed"]
+servers = ["iocp", "tokio", "tokio-b", "tokio-feed"] + (["node-ws"] if HAVE_NODE else [])
+if not HAVE_NODE:
+    log("compare-chat: SKIP node-ws (no node, or npm ci did not run)")
 cases = []
 for c in a.cases.split(","):
     cr, rate = c.split("@")

@@ -124,6 +124,10 @@ static DWORD WINAPI acceptor(LPVOID arg) {
         SOCKET s = WSAAccept(g_listen, (SOCKADDR *)&peer, &len, NULL, 0);
         if (s == INVALID_SOCKET) {
             if (g_stopping) break; /* closesocket(g_listen) woke us */
+            /* Out of descriptors: the connection waits in the backlog and the next WSAAccept
+             * would fail at once again; back off instead of spinning. */
+            int err = WSAGetLastError();
+            if (err == WSAEMFILE || err == WSAENOBUFS) Sleep(10);
             continue;
         }
         CONN *c = (CONN *)HeapAlloc(GetProcessHeap(), HEAP_ZERO_MEMORY, sizeof *c);

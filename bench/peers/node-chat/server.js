@@ -9,6 +9,7 @@
 // member of R (the sender too). No presence events, history, nicknames or rate limits.
 // A member whose socket holds more than SLOW_BYTES unsent skips messages until it drains
 // (`bufferedAmount`), like tokio-chat's lagging receivers and `iocp serve chat --slow skip`.
+// ws sets TCP_NODELAY on every socket itself.
 //
 // Node runs JavaScript on one thread: one process is how a single-machine ws chat is deployed
 // (rooms live in its memory; several processes would need a broker between them). `--threads`
@@ -53,7 +54,6 @@ function roomName(r) {
 const wss = new WebSocketServer({ host, port, maxPayload: 64 * 1024 });
 
 wss.on('connection', (ws) => {
-  ws._socket.setNoDelay(true);
   const nick = `guest${guests++}`;
   const joined = new Set(['lobby']);
   members('lobby').add(ws);

@@ -14,6 +14,7 @@
 # `--presence-max 0` (no join/leave events; the peer has none) and its rate limit raised.
 #
 #   bench/compare-chat.sh [--reps N] [--duration S] [--threads N] [--cases 1000x10@2,5000x1@0.01,1000x10@8]
+#                         [--servers iocp,iocp-skip,tokio,tokio-b,tokio-feed,node-ws]
 #
 # A case is CLIENTSxROOMS@RATE (messages per second per client); the first two offer about
 # 200k and 250k deliveries/s, the third 800k/s, more than this machine delivers (a saturation
@@ -65,6 +66,8 @@ ap.add_argument("--reps", type=int, default=3)
 ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--threads", type=int, default=2, help="server threads and generator threads")
 ap.add_argument("--cases", default="1000x10@2,5000x1@0.01,1000x10@8")
+ap.add_argument("--servers", help="comma-separated subset of iocp, iocp-skip, tokio, tokio-b, "
+                "tokio-feed, node-ws (default: all but iocp-skip)")
 a = ap.parse_args()
 
 def log(m):
@@ -100,12 +103,15 @@ signal.signal(signal.SIGINT, on_signal)
 PORT = 18090
 def server_cmd(name):
     addr = f"127.0.0.1:{PORT}"
-    if name == "iocp":
+    if name in ("iocp", "iocp-skip"):
         # The rate limit raised so that it never refuses the load, and no presence events
         # (join/leave to the whole room): the peer has neither. With presence, 5,000 joins to
         # one room are 12.5 million events and the setup alone takes minutes here.
+        # iocp-skip: a slow client skips to the newest messages instead of being dropped, as
+        # tokio's lagging receivers do (the like-for-like policy above saturation).
+        skip = ["--slow", "skip"] if name == "iocp-skip" else []
         return [IOCP, "serve", "chat", "--addr", addr, "--threads", str(a.threads),
-                "--rate", "100000", "--burst", "100000", "--presence-max", "0"]
+                "--rate", "100000", "--burst", "100000", "--presence-max", "0"] + skip
     if name == "node-ws":
         return ["node", NODE_PEER, "--addr", addr, "--threads", str(a.threads)]
     return [PEER, "--addr", addr, "--threads", str(a.threads)]
@@ -150,6 +156,14 @@ def run(name, clients, rooms, rate):
 servers = ["iocp", "tokio", "tokio-b", "tokio-feed"] + (["node-ws"] if HAVE_NODE else [])
 if not HAVE_NODE:
     log("compare-chat: SKIP node-ws (no node, or npm ci did not run)")
+if a.servers:
+    known = servers + ["iocp-skip"]
+    servers = [s for s in a.servers.split(",") if s]
+    for s in servers:
+        if s not in known:
+            raise SystemExit(f"compare-chat: unknown server {s!r} (known: {', '.join(known)})")
+    if "tokio" not in servers:
+        raise SystemExit("compare-chat: --servers must include tokio (the baseline)")
 cases = []
 for c in a.cases.split(","):
     cr, rate = c.split("@")

@@ -60,12 +60,15 @@ pub struct InFlightByKind {
     /// io_uring: receives and sends queued behind one of their handle's in the kernel (stream
     /// order), not in the kernel yet and not counted by kind.
     pub waiting: u64,
+    /// Completed and taken from the kernel, on their way to the port's queue (a poller holds
+    /// them for the moment): still in flight, no longer of any kind.
+    pub reaped: u64,
 }
 
 impl InFlightByKind {
     /// Every count with its label (`accept`, `connect`, `receive`, `send`, `file`, `other`,
-    /// `waiting`), for an exposition.
-    pub fn labelled(&self) -> [(&'static str, u64); 7] {
+    /// `waiting`, `reaped`), for an exposition.
+    pub fn labelled(&self) -> [(&'static str, u64); 8] {
         [
             ("accept", self.accept),
             ("connect", self.connect),
@@ -74,6 +77,7 @@ impl InFlightByKind {
             ("file", self.file),
             ("other", self.other),
             ("waiting", self.waiting),
+            ("reaped", self.reaped),
         ]
     }
 

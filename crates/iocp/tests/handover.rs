@@ -58,3 +58,39 @@ backend_test!(a_completion_the_poller_holds_is_counted_and_the_port_is_not_idle,
     // (The hold stays on: the other backend's case may be running beside this one.)
     drop(h);
 });
+
+// The same hand-over, seen by kind: the held completion is `reaped`, not any kind. Before,
+// epoll counted it as a file operation (the remainder of its in-flight count) and io_uring
+// not at all (its kinds summed below `stats().in_flight`).
+backend_test!(a_completion_the_poller_holds_counts_as_reaped_by_kind, |b| {
+    iocp::fault::delay_reaped(Duration::from_millis(200));
+    let port: Arc<CompletionPort<u32>> = Arc::new(b.build().unwrap());
+    let (mut client, server) = tcp_pair();
+    let h = port.associate(server, CompletionKey(1)).unwrap();
+    h.recv(Vec::with_capacity(16), 7).unwrap();
+    let k = port.in_flight_by_kind();
+    assert_eq!((k.receive, k.reaped, k.total()), (1, 0, 1), "pending: {k:?}");
+    client.write_all(b"ping").unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let (p, d) = (port.clone(), done.clone());
+    let getter = thread::spawn(move || {
+        let c = p.get(Some(deadline()));
+        d.store(true, Ordering::SeqCst);
+        c
+    });
+    let mut held = 0u64;
+    while !done.load(Ordering::SeqCst) {
+        let k = port.in_flight_by_kind();
+        assert_eq!(k.file, 0, "no file operation exists: {k:?}");
+        assert!(k.total() <= 1, "one operation: {k:?}");
+        if k.reaped == 1 {
+            held += 1;
+        }
+    }
+    let c = getter.join().unwrap().expect("the receive's completion");
+    assert_eq!((*c.context(), c.bytes()), (7, 4));
+    // The hold lasted 200 ms: the receive was seen as reaped many times.
+    assert!(held > 10, "the held receive was counted as reaped {held} times");
+    assert_eq!(port.in_flight_by_kind().total(), 0, "{:?}", port.in_flight_by_kind());
+    drop(h);
+});

@@ -475,8 +475,11 @@ impl<C: Send + 'static> Driver<C> {
                 op.kind.count_in(&mut counts);
             }
         }
+        counts.file += self.files.count();
+        // The rest of the in-flight count: completions a poller (or a file worker) has taken
+        // and not yet queued on the port, which settles them once queued.
         let walked = counts.total();
-        counts.file += self.in_flight.load(Ordering::Relaxed).saturating_sub(walked);
+        counts.reaped = self.in_flight.load(Ordering::Relaxed).saturating_sub(walked);
         counts
     }
 }
@@ -507,6 +510,8 @@ struct FilePool<C: Send + 'static> {
 struct PoolShared<C> {
     state: Mutex<PoolState<C>>,
     work: Condvar,
+    /// Ops a worker took from the queue and has not completed yet.
+    running: AtomicU64,
 }
 
 struct PoolState<C> {
@@ -527,6 +532,7 @@ impl<C: Send + 'static> FilePool<C> {
                     stop: false,
                 }),
                 work: Condvar::new(),
+                running: AtomicU64::new(0),
             }),
             sink: Arc::new(OnceLock::new()),
             max: max.max(1),
@@ -571,6 +577,12 @@ impl<C: Send + 'static> FilePool<C> {
         take
     }
 
+    /// File ops queued or running (for `in_flight_by_kind`).
+    fn count(&self) -> u64 {
+        let queued = self.state().queue.len() as u64;
+        queued + self.shared.running.load(Ordering::Relaxed)
+    }
+
     fn shutdown(&self) -> Vec<Box<Op<C>>> {
         let mut st = self.state();
         st.stop = true;
@@ -601,6 +613,7 @@ fn file_worker<C: Send + 'static>(
                     return;
                 }
                 if let Some(op) = st.queue.pop_front() {
+                    shared.running.fetch_add(1, Ordering::Relaxed);
                     break op;
                 }
                 st.idle += 1;
@@ -621,6 +634,8 @@ fn file_worker<C: Send + 'static>(
             }
         };
         let completion = op.complete(status);
+        // Reaped from here on, until the port has queued and settled it.
+        shared.running.fetch_sub(1, Ordering::Relaxed);
         // The port settles it once queued; without a port nobody will.
         match sink.get().and_then(Weak::upgrade) {
             Some(sink) => sink.deliver_one(completion),

@@ -1001,6 +1001,7 @@ impl<C: Send + 'static> Driver<C> {
     pub(crate) fn in_flight_by_kind(&self) -> crate::stats::InFlightByKind {
         let mut counts = crate::stats::InFlightByKind {
             waiting: self.waiting.load(Ordering::Relaxed),
+            reaped: self.ended.load(Ordering::Relaxed),
             ..Default::default()
         };
         for r in &self.rings {

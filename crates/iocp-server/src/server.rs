@@ -1358,6 +1358,12 @@ impl<S: Service> Shared<S> {
         if let Err(e) = r {
             let (err, ctx, _payload) = e.into_parts();
             if let Ctx::Conn(conn) = ctx {
+                // Dropped as slow while a callback ran (its own push overflowed the queue, or
+                // another connection's did): the slow drop closed the handle under it, and
+                // that is the reason, not an I/O error.
+                if conn.push.as_ref().is_some_and(|p| p.dropped_slow()) {
+                    return self.close(conn, CloseReason::Slow);
+                }
                 if !self.stopping.load(Ordering::Relaxed) {
                     bump(&self.counters.io_errors);
                     tracing::debug!(error = %err, slot = conn.slot, "operation refused");

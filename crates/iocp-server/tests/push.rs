@@ -546,3 +546,63 @@ backend_test!(
         server.stop();
     }
 );
+
+/// Each `flood` line pushes more than the queue holds to the connection itself, inside
+/// `on_read`: the connection is dropped as slow while its callback runs, so its next receive
+/// is refused (the drop closed the handle). Closes are recorded with their reasons.
+struct SelfFlood {
+    closed: Arc<Mutex<Vec<iocp_server::CloseReason>>>,
+}
+
+impl Service for SelfFlood {
+    type Conn = Outbox;
+
+    fn open(&self, _peer: Option<SocketAddr>) -> Outbox {
+        Outbox::detached()
+    }
+
+    fn push(&self) -> Option<PushConfig> {
+        Some(PushConfig { max_messages: 4, max_bytes: 1 << 20, ..PushConfig::default() })
+    }
+
+    fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) -> Outbox {
+        outbox
+    }
+
+    fn on_read(&self, conn: &mut Outbox, io: &mut Io) -> Next {
+        if io.input.contains(&b'\n') {
+            io.input.clear();
+            for _ in 0..64 {
+                // The fifth and later fail: the queue is full, the connection is dropped.
+                let _ = conn.push(Bytes::from(vec![b'x'; 64 << 10]));
+            }
+        }
+        Next::Read
+    }
+
+    fn on_close(&self, _conn: Outbox, reason: iocp_server::CloseReason) {
+        self.closed.lock().push(reason);
+    }
+}
+
+backend_test!(
+    a_connection_dropped_as_slow_inside_its_own_callback_is_closed_as_slow,
+    choice | c | {
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let server = Server::start(SelfFlood { closed: closed.clone() }, config(c)).unwrap();
+        let mut client = connect(server.local_addr());
+        client.write_all(b"flood\n").unwrap();
+        // The server closes the connection: what it sent before, then the end (or a reset).
+        let _ = read_to_end(&mut client);
+        let end = Instant::now() + deadline();
+        while closed.lock().is_empty() {
+            assert!(Instant::now() < end, "never closed: {:?}", server.stats());
+            thread::sleep(Duration::from_millis(2));
+        }
+        let r = server.stop();
+        // Before: refused receive, counted as an I/O error and closed with `Error`.
+        assert_eq!(*closed.lock(), [iocp_server::CloseReason::Slow], "{:?}", r.stats);
+        assert_eq!((r.stats.slow_drops, r.stats.io_errors), (1, 0), "{:?}", r.stats);
+        drop(client);
+    }
+);

@@ -533,15 +533,13 @@ impl<S: Service> Shared<S> {
     /// The send side failed: nothing more is sent; the socket is closed (which ends the
     /// receive) and a parked connection is closed here.
     fn push_failed(&self, pc: &PushConn<S>, reason: CloseReason) {
-        let (parked, reason) = {
+        let parked = {
             let mut st = pc.st.lock();
-            // The send failed because a slow drop closed the socket under it.
-            let reason = if st.slow { CloseReason::Slow } else { reason };
             st.dead = true;
             st.sending = false;
             st.queue.clear();
             st.bytes = 0;
-            (st.parked.take(), reason)
+            st.parked.take()
         };
         // A send's completion, on a worker's own stack: a paused connection is closed here.
         pc.handle.close();

@@ -152,6 +152,15 @@ fn all_backends() -> Vec<(&'static str, &'static str)> {
 }
 
 /// A command running `bin`, under `IOCP_FFI_WRAPPER` when set.
+/// The port in an example's "listening on ADDR:PORT …" line.
+fn listening_port(line: &str) -> u16 {
+    line.split(':')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
 fn command(bin: &Path) -> Command {
     match std::env::var("IOCP_FFI_WRAPPER") {
         Ok(w) if !w.trim().is_empty() => {
@@ -364,12 +373,7 @@ fn example_echo_server_echoes_and_shuts_down_cleanly() {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the listening line");
         assert!(line.contains(&format!("backend {reported}")), "{line}");
-        let port: u16 = line
-            .split(':')
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let port = listening_port(&line);
         // 12 clients (more than the 4 pending accepts), 30 round trips each, sizes up to 10 KB
         // (more than the server's 4 KB buffer: partial receives are echoed piecewise).
         let mut clients: Vec<TcpStream> = (0..12)
@@ -449,12 +453,7 @@ fn example_echo_server_accepts_again_after_running_out_of_descriptors() {
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the listening line");
-        let port: u16 = line
-            .split(':')
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let port = listening_port(&line);
         // 100 clients: more than the limit lets the server accept (the rest wait in the
         // listen backlog). Each sends a byte.
         let clients: Vec<TcpStream> = (0..100)

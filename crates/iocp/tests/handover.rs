@@ -8,33 +8,56 @@
 //! `iocp::fault::delay_reaped` holds every poller in that hand-over, process wide: this file is
 //! its own test binary so that nothing else runs under it.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::io::Write;
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use iocp::{CompletionKey, CompletionPort, Payload};
+use iocp::{Completion, CompletionKey, CompletionPort, GetError, Handle, Payload, PortBuilder};
 use iocp_testkit::{backend_test, deadline, tcp_pair};
 
-backend_test!(a_completion_the_poller_holds_is_counted_and_the_port_is_not_idle, |b| {
-    // Every poll that reaps something holds it 200 ms before queueing it.
+/// A port from `b` whose pollers hold every reaped completion 200 ms before queueing it.
+fn held_port(b: PortBuilder) -> Arc<CompletionPort<u32>> {
     iocp::fault::delay_reaped(Duration::from_millis(200));
-    let port: Arc<CompletionPort<u32>> = Arc::new(b.build().unwrap());
-    assert!(port.is_idle(), "a new port is idle: {:?}", port.stats());
-    let (mut client, server) = tcp_pair();
+    Arc::new(b.build().unwrap())
+}
+
+/// A connected pair whose server side has a receive pending (context 7).
+fn pending_receive(port: &CompletionPort<u32>) -> (TcpStream, Handle<u32>) {
+    let (client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(1)).unwrap();
     h.recv(Vec::with_capacity(16), 7).unwrap();
-    assert!(!port.is_idle(), "a receive is pending: {:?}", port.stats());
+    (client, h)
+}
+
+type Got = thread::JoinHandle<Result<Completion<u32>, GetError>>;
+
+/// Sends `ping` to the receive and dequeues its completion on a thread of its own, which sets
+/// the flag once its `get` has returned (it still counts as running then: it has not called
+/// `get` again).
+fn ping_and_get(port: &Arc<CompletionPort<u32>>, mut client: TcpStream) -> (Arc<AtomicBool>, Got) {
     client.write_all(b"ping").unwrap();
     let done = Arc::new(AtomicBool::new(false));
     let (p, d) = (port.clone(), done.clone());
     let getter = thread::spawn(move || {
         let c = p.get(Some(deadline()));
-        // Still counted as running here: it has not called `get` again.
         d.store(true, Ordering::SeqCst);
+        drop(client);
         c
     });
+    (done, getter)
+}
+
+backend_test!(a_completion_the_poller_holds_is_counted_and_the_port_is_not_idle, |b| {
+    let port = held_port(b);
+    assert!(port.is_idle(), "a new port is idle: {:?}", port.stats());
+    let (client, h) = pending_receive(&port);
+    assert!(!port.is_idle(), "a receive is pending: {:?}", port.stats());
+    let (done, getter) = ping_and_get(&port, client);
     let mut samples = 0u64;
     loop {
         let (s, idle) = (port.stats(), port.is_idle());
@@ -63,21 +86,11 @@ backend_test!(a_completion_the_poller_holds_is_counted_and_the_port_is_not_idle,
 // epoll counted it as a file operation (the remainder of its in-flight count) and io_uring
 // not at all (its kinds summed below `stats().in_flight`).
 backend_test!(a_completion_the_poller_holds_counts_as_reaped_by_kind, |b| {
-    iocp::fault::delay_reaped(Duration::from_millis(200));
-    let port: Arc<CompletionPort<u32>> = Arc::new(b.build().unwrap());
-    let (mut client, server) = tcp_pair();
-    let h = port.associate(server, CompletionKey(1)).unwrap();
-    h.recv(Vec::with_capacity(16), 7).unwrap();
+    let port = held_port(b);
+    let (client, h) = pending_receive(&port);
     let k = port.in_flight_by_kind();
     assert_eq!((k.receive, k.reaped, k.total()), (1, 0, 1), "pending: {k:?}");
-    client.write_all(b"ping").unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let (p, d) = (port.clone(), done.clone());
-    let getter = thread::spawn(move || {
-        let c = p.get(Some(deadline()));
-        d.store(true, Ordering::SeqCst);
-        c
-    });
+    let (done, getter) = ping_and_get(&port, client);
     let mut held = 0u64;
     while !done.load(Ordering::SeqCst) {
         let k = port.in_flight_by_kind();

@@ -13,6 +13,7 @@
 //! - `shutdown()`: the port is closing: abort everything and reclaim what the kernel released.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -219,6 +220,16 @@ impl<C: Send + 'static> Driver<C> {
 }
 
 /// The error of a start on a closed handle (or a port shutting down).
+/// Takes `n` settled completions off a driver's in-flight `count` (`Driver::settle`).
+/// Saturating: a shutdown zeroes the count under completions still on their way.
+pub(crate) fn settle_count(count: &AtomicU64, n: usize) {
+    if n > 0 {
+        let n = n as u64;
+        let _ =
+            count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+}
+
 pub(crate) fn closed_error() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the handle is closed")
 }

@@ -970,15 +970,9 @@ impl<C: Send + 'static> Driver<C> {
     }
 
     /// The port has queued (or handed on, or dropped at its close) `n` completions this driver
-    /// pushed to an `out` that ended operations: they are no longer in flight. Saturating: a
-    /// shutdown zeroes the count under completions still on their way.
+    /// pushed to an `out` that ended operations: they are no longer in flight.
     pub(crate) fn settle(&self, n: usize) {
-        if n > 0 {
-            let n = n as u64;
-            let _ = self
-                .ended
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(n)));
-        }
+        super::settle_count(&self.ended, n);
     }
 
     pub(crate) fn stats(&self) -> DriverStats {

@@ -2,14 +2,14 @@
 //! fix. Every wait has a deadline.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use iocp::{CompletionKey, CompletionPort, GetError, Payload};
+use iocp::{CompletionKey, CompletionPort, GetError, Handle, OpId, Payload, PortBuilder};
 use iocp_testkit::{backend_test, deadline, eventually, listener, quiet, tcp_pair};
 
 /// xorshift64*: a seeded generator without a dependency.
@@ -70,17 +70,35 @@ impl Clone for Boom {
     }
 }
 
-// Bug 1, second part: a panic inside the poll path (here a user `Clone` run by the driver while
-// it accepts) left `polling` set with nobody polling: the port was dead for I/O.
-backend_test!(a_panic_in_the_poll_path_hands_the_polling_on, |b| {
+/// A port (2 threads) whose listener has a repeating accept with a `Boom(666)` context (the
+/// next connection to `addr` panics in the poll path) and a connected pair whose server side
+/// has a receive pending (context 7, key 2).
+struct Doomed {
+    port: CompletionPort<Boom>,
+    lh: Handle<Boom>,
+    multi: OpId,
+    addr: SocketAddr,
+    client: TcpStream,
+    h: Handle<Boom>,
+}
+
+#[allow(clippy::unwrap_used)] // a test helper outside #[test] fns
+fn doomed(b: PortBuilder) -> Doomed {
     let port: CompletionPort<Boom> = b.concurrency(2).build().unwrap();
     let l = listener();
     let addr = l.local_addr().unwrap();
     let lh = port.associate(l, CompletionKey(1)).unwrap();
     let multi = lh.accept_multi(Boom(666)).unwrap();
-    let (mut client, server) = tcp_pair();
+    let (client, server) = tcp_pair();
     let h = port.associate(server, CompletionKey(2)).unwrap();
     h.recv(Vec::with_capacity(16), Boom(7)).unwrap();
+    Doomed { port, lh, multi, addr, client, h }
+}
+
+// Bug 1, second part: a panic inside the poll path (here a user `Clone` run by the driver while
+// it accepts) left `polling` set with nobody polling: the port was dead for I/O.
+backend_test!(a_panic_in_the_poll_path_hands_the_polling_on, |b| {
+    let Doomed { port, lh, multi, addr, mut client, h: _h } = doomed(b);
     let p2 = port.clone();
     let poller =
         thread::spawn(move || catch_unwind(AssertUnwindSafe(|| p2.get(Some(deadline())))).is_err());
@@ -413,14 +431,7 @@ backend_test!(operation_mix_on_one_socket, |b| {
 // it: an operation that completed in the same poll stayed counted in flight forever, and a
 // graceful stop (`is_idle`) waited out its whole grace.
 backend_test!(a_panic_in_the_poll_path_leaves_nothing_counted_in_flight, |b| {
-    let port: CompletionPort<Boom> = b.concurrency(2).build().unwrap();
-    let l = listener();
-    let addr = l.local_addr().unwrap();
-    let lh = port.associate(l, CompletionKey(1)).unwrap();
-    let multi = lh.accept_multi(Boom(666)).unwrap();
-    let (mut client, server) = tcp_pair();
-    let h = port.associate(server, CompletionKey(2)).unwrap();
-    h.recv(Vec::with_capacity(16), Boom(7)).unwrap();
+    let Doomed { port, lh, multi, addr, mut client, h } = doomed(b);
     // Both ready before anyone polls: one poll reaps the receive and the doomed accept.
     client.write_all(b"alive").unwrap();
     let _doomed = TcpStream::connect(addr).unwrap();

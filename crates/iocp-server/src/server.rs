@@ -74,7 +74,10 @@ pub struct ServerConfig {
     /// waits on a buffered receive (one operation per message, as a busy connection wants);
     /// after it, it parks on a zero-byte receive and holds no buffer, and the first bytes that
     /// arrive are read into a buffer sized to them. `Some(ZERO)` parks at once (least memory,
-    /// one more system call per message); `None` never parks.
+    /// one more system call per message); `None` never parks. Whatever the setting, a new
+    /// connection takes no buffer until its first bytes come (it waits on the zero-byte
+    /// receive), and unless it is `None`, a connection's first wait for a next request parks
+    /// at once (most connections quiet after their first exchange stay quiet).
     pub park_after: Option<Duration>,
     /// Once a request has started arriving (unconsumed input is buffered), the rest must come
     /// within this time (slowloris); the service chooses what to answer.
@@ -402,6 +405,10 @@ struct Conn<S: Service> {
     /// The pending buffered receive's deadline is `park_after`, not the idle timeout: when it
     /// expires the connection parks instead of closing.
     parking: bool,
+    /// The last read filled the input buffer: the next one gets a `read_buffer`-sized one.
+    filled: bool,
+    /// The connection has waited for a next request once already (see `drive_request`).
+    waited: bool,
     state: S::Conn,
     io: LazyIo,
     bytes_in: u64,
@@ -1002,6 +1009,8 @@ impl<S: Service> Shared<S> {
             since: 0,
             pending: Pending::Read,
             parking: false,
+            filled: false,
+            waited: false,
             state,
             io: LazyIo::default(),
             bytes_in: 0,
@@ -1041,7 +1050,10 @@ impl<S: Service> Shared<S> {
             (Pending::Linger, _) => self.close(conn, CloseReason::Done),
             (Pending::Ready, Ok(_)) => self.read_now(conn),
             (Pending::Read, Ok(0)) => self.eof(conn),
-            (Pending::Read, Ok(n)) => self.on_input(conn, n),
+            (Pending::Read, Ok(n)) => {
+                conn.filled = conn.io.input.len() == conn.io.input.capacity();
+                self.on_input(conn, n);
+            }
             (Pending::Read, Err(e)) if conn.parking && timed_out(&e) => {
                 conn.parking = false;
                 let park = self.cfg.park_after.unwrap_or_default();
@@ -1086,6 +1098,11 @@ impl<S: Service> Shared<S> {
         bump(&self.counters.parks);
         self.reclaim.note_released();
         conn.io.release();
+        self.await_data(conn, timeout);
+    }
+
+    /// Posts the zero-byte receive: the connection holds no input buffer until data comes.
+    fn await_data(&self, mut conn: Box<Conn<S>>, timeout: Option<Duration>) {
         conn.pending = Pending::Ready;
         let handle = conn.handle.clone();
         let r = handle.with_timeout(timeout).recv_ready(Ctx::Conn(conn));
@@ -1119,6 +1136,7 @@ impl<S: Service> Shared<S> {
             Ok((n, _)) => {
                 // Read here, not by a receive operation: count it as one.
                 self.live.transferred(false, true, n);
+                conn.filled = n == buf.capacity();
                 conn.io.input = buf;
                 self.on_input(conn, n);
             }
@@ -1265,9 +1283,28 @@ impl<S: Service> Shared<S> {
                 }
                 let mut timeout = timeout;
                 conn.parking = false;
+                if conn.bytes_in == 0 && conn.io.input.is_empty() {
+                    // A new connection: wait for data with the zero-byte receive and take a
+                    // buffer sized to what came (`read_now`). A burst of new connections then holds
+                    // a few hundred bytes each while it sends its first request, not
+                    // `read_buffer` each: 5,000 chat clients' 16 KiB buffers were 50 MB of
+                    // transient heap among their long-lived records, and much of it stayed
+                    // in the RSS after the buffers were freed (DESIGN.md §5.2).
+                    return self.await_data(conn, timeout);
+                }
                 if conn.io.input.is_empty() {
                     // Waiting for the next request: keep the buffers for `park_after` (a busy
                     // connection's next message is usually close), then park without them.
+                    // The first such wait parks at once: a connection quiet after its first
+                    // exchange (a WebSocket after its upgrade, a client that said hello) is
+                    // mostly one that stays quiet, and a burst of new connections holding
+                    // their first buffers for `park_after` leaves them, once freed, as holes
+                    // among the long-lived records allocated meanwhile (~400 B per idle chat
+                    // client, DESIGN.md §5.2). A busy one pays one zero-byte receive, once.
+                    if !conn.waited && self.cfg.park_after.is_some() {
+                        conn.waited = true;
+                        return self.park(conn, timeout);
+                    }
                     match self.cfg.park_after {
                         Some(Duration::ZERO) => return self.park(conn, timeout),
                         Some(p) if timeout.is_none_or(|t| p < t) => {
@@ -1277,10 +1314,14 @@ impl<S: Service> Shared<S> {
                         _ => {}
                     }
                 }
-                if conn.io.input.capacity() == conn.io.input.len() {
+                let spare = conn.io.input.capacity() - conn.io.input.len();
+                if spare == 0 || (conn.filled && spare < self.cfg.read_buffer) {
+                    // Full, or the last read filled it (more is coming than it holds): room
+                    // for `read_buffer` more.
                     let room = self.cfg.read_buffer.min(self.cfg.max_input - conn.io.input.len());
                     conn.io.input.reserve_exact(room);
                 }
+                conn.filled = false;
                 conn.pending = Pending::Read;
                 let buf = std::mem::take(&mut conn.io.input);
                 let handle = conn.handle.clone();

@@ -81,6 +81,40 @@ impl Default for PushConfig {
     }
 }
 
+/// A [`PushConfig`] as each connection keeps it: 16 bytes, not 32 (the counts and sizes as
+/// `u32`, a bound above 4 GiB held as 4 GiB: no queue gets near it).
+#[derive(Clone, Copy)]
+struct Limits {
+    max_messages: u32,
+    max_bytes: u32,
+    max_batch: u32,
+    policy: SlowPolicy,
+}
+
+impl Limits {
+    fn new(cfg: PushConfig) -> Self {
+        let cut = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            max_messages: cut(cfg.max_messages),
+            max_bytes: cut(cfg.max_bytes),
+            max_batch: cut(cfg.max_batch),
+            policy: cfg.policy,
+        }
+    }
+
+    fn max_messages(&self) -> usize {
+        self.max_messages as usize
+    }
+
+    fn max_bytes(&self) -> usize {
+        self.max_bytes as usize
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch as usize
+    }
+}
+
 /// Why a push was not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushError {
@@ -180,8 +214,68 @@ pub(super) enum Finish {
     Close(CloseReason),
 }
 
+/// A connection's queued buffers, in order. The first is held inline: a connection that has
+/// at most one buffer waiting behind its send in flight (a member told its welcome and then
+/// its room listing, a chat client between messages) never allocates queue storage; the
+/// `VecDeque` (144 bytes of heap for its first four) is made only when two or more wait,
+/// and given back when they have been taken.
+/// (Boxed, so that a connection that never spills pays 8 bytes for it, not 32.)
+#[derive(Default)]
+struct OutQueue {
+    /// The oldest buffer; `None` only when `rest` is empty too.
+    head: Option<Bytes>,
+    // Boxed on purpose: 8 bytes in every connection rather than 32, for storage that most
+    // never have (and that is given back when drained).
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<Bytes>>>,
+}
+
+impl OutQueue {
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |r| r.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn front(&self) -> Option<&Bytes> {
+        self.head.as_ref()
+    }
+
+    fn push_back(&mut self, buf: Bytes) {
+        if self.head.is_none() {
+            self.head = Some(buf);
+        } else {
+            self.rest.get_or_insert_default().push_back(buf);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let first = self.head.take();
+        if let Some(r) = &mut self.rest {
+            self.head = r.pop_front();
+            if r.is_empty() {
+                // Drained: give the storage back, so that a connection idle after a burst
+                // (a new WebSocket's handshake, welcome and listing queue up together) holds
+                // none. A busy one allocates it again at its next burst: two small
+                // allocations per drained batch, not per message.
+                self.rest = None;
+            }
+        }
+        first
+    }
+
+    fn clear(&mut self) {
+        self.head = None;
+        if let Some(r) = &mut self.rest {
+            r.clear();
+        }
+    }
+}
+
 struct OutState<S: Service> {
-    queue: VecDeque<Bytes>,
+    queue: OutQueue,
     bytes: usize,
     /// The drain token is taken (a kick is posted or a send is in flight).
     sending: bool,
@@ -204,7 +298,7 @@ pub(super) struct PushConn<S: Service> {
     shared: Weak<Shared<S>>,
     handle: Handle<Ctx<S>>,
     id: u64,
-    cfg: PushConfig,
+    cfg: Limits,
     /// Bytes sent (added to the server's count when the connection closes).
     sent: AtomicU64,
     st: Mutex<OutState<S>>,
@@ -221,10 +315,10 @@ impl<S: Service> PushConn<S> {
             shared,
             handle,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            cfg,
+            cfg: Limits::new(cfg),
             sent: AtomicU64::new(0),
             st: Mutex::new(OutState {
-                queue: VecDeque::new(),
+                queue: OutQueue::default(),
                 bytes: 0,
                 sending: false,
                 closing: false,
@@ -363,12 +457,12 @@ impl<S: Service> Target for PushConn<S> {
         let len = buf.len();
         if len > 0 {
             let full = |st: &OutState<S>| {
-                st.queue.len() >= self.cfg.max_messages || st.bytes + len > self.cfg.max_bytes
+                st.queue.len() >= self.cfg.max_messages() || st.bytes + len > self.cfg.max_bytes()
             };
             if full(&st) {
                 let can_skip = self.cfg.policy == SlowPolicy::KeepNewest
-                    && len <= self.cfg.max_bytes
-                    && self.cfg.max_messages > 0;
+                    && len <= self.cfg.max_bytes()
+                    && self.cfg.max_messages() > 0;
                 if !can_skip {
                     st.dead = true;
                     st.slow = true;
@@ -447,15 +541,15 @@ impl<S: Service> Shared<S> {
             return;
         }
         let mut buf;
-        if st.queue.len() == 1 || st.queue.front().is_some_and(|b| b.len() >= pc.cfg.max_batch) {
+        if st.queue.len() == 1 || st.queue.front().is_some_and(|b| b.len() >= pc.cfg.max_batch()) {
             let b = st.queue.pop_front().unwrap_or_default();
             st.bytes -= b.len();
             // Zero-copy when the buffer is not shared (a private reply).
             buf = Vec::from(b);
         } else {
-            buf = Vec::with_capacity(st.bytes.min(pc.cfg.max_batch));
+            buf = Vec::with_capacity(st.bytes.min(pc.cfg.max_batch()));
             while let Some(b) = st.queue.front() {
-                if !buf.is_empty() && buf.len() + b.len() > pc.cfg.max_batch {
+                if !buf.is_empty() && buf.len() + b.len() > pc.cfg.max_batch() {
                     break;
                 }
                 buf.extend_from_slice(b);
@@ -555,5 +649,56 @@ impl<S: Service> Shared<S> {
             Finish::Linger => self.close_gracefully(conn),
             Finish::Close(reason) => self.close(conn, reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The inline-first queue keeps the order, length and emptiness of a plain `VecDeque`
+    /// through any mix of pushes, pops and clears, and allocates no storage while at most one
+    /// buffer waits.
+    #[test]
+    fn the_out_queue_behaves_as_a_deque_and_allocates_only_for_a_second_buffer() {
+        let mut q = OutQueue::default();
+        let mut model = VecDeque::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..10_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match x % 7 {
+                0..=2 => {
+                    let b = Bytes::from(i.to_le_bytes().to_vec());
+                    q.push_back(b.clone());
+                    model.push_back(b);
+                }
+                3..=5 => assert_eq!(q.pop_front(), model.pop_front()),
+                _ if x.is_multiple_of(61) => {
+                    q.clear();
+                    model.clear();
+                }
+                _ => {}
+            }
+            assert_eq!(q.len(), model.len());
+            assert_eq!(q.is_empty(), model.is_empty());
+            assert_eq!(q.front(), model.front());
+        }
+        let mut one = OutQueue::default();
+        for i in 0..100u8 {
+            one.push_back(Bytes::from(vec![i]));
+            assert_eq!(one.pop_front().unwrap()[0], i);
+            assert!(one.rest.is_none(), "one buffer at a time needs no storage");
+        }
+        for i in 0..3u8 {
+            one.push_back(Bytes::from(vec![i]));
+        }
+        assert!(one.rest.is_some());
+        for i in 0..3u8 {
+            assert_eq!(one.pop_front().unwrap()[0], i);
+        }
+        assert!(one.rest.is_none() && one.is_empty(), "a drained queue keeps no storage");
     }
 }

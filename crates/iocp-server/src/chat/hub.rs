@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::ChatConfig;
-use super::proto::{Encoded, Event, ProtoError, now_ms, room_name, valid_nick};
+use super::proto::{
+    Encoded, Event, Listing, ProtoError, encode_listing, now_ms, room_name, valid_nick,
+};
 use crate::server::{Outbox, PushError};
 
 /// The most nicknames a `joined` or `members` event lists (a join to a room of thousands
@@ -27,8 +30,8 @@ pub(crate) const MAX_LISTED: usize = 256;
 pub(crate) fn first_nicks<'a>(
     members: impl Iterator<Item = &'a Arc<Member>>,
     n: usize,
-) -> Vec<(String, u64)> {
-    let mut heap: BinaryHeap<(String, u64)> = BinaryHeap::with_capacity(n.min(1024));
+) -> Vec<(Arc<str>, u64)> {
+    let mut heap: BinaryHeap<(Arc<str>, u64)> = BinaryHeap::with_capacity(n.min(1024));
     for m in members {
         let nick = m.nick.lock();
         if heap.len() < n {
@@ -36,11 +39,21 @@ pub(crate) fn first_nicks<'a>(
         } else if let Some(mut top) = heap.peek_mut()
             && *nick < top.0
         {
-            top.0.clone_from(&nick);
+            top.0 = nick.clone();
             top.1 = m.id();
         }
     }
     heap.into_sorted_vec()
+}
+
+/// The nickname table's key for `nick`: its lower case, sharing `nick` when it is lower case
+/// already (a guest's, most others).
+fn nick_key(nick: &Arc<str>) -> Arc<str> {
+    if nick.bytes().any(|b| b.is_ascii_uppercase()) {
+        nick.to_ascii_lowercase().into()
+    } else {
+        nick.clone()
+    }
 }
 
 /// Which transport a member uses (which encoding it is sent).
@@ -55,9 +68,12 @@ pub(crate) enum Kind {
 pub(crate) struct Member {
     pub(crate) kind: Kind,
     pub(crate) outbox: Outbox,
-    pub(crate) nick: Mutex<String>,
-    /// Rooms joined, the current one last.
-    pub(crate) rooms: Mutex<Vec<String>>,
+    /// Shared (not copied) by the nickname table's key when it is in lower case already, and
+    /// by the rooms' listings.
+    pub(crate) nick: Mutex<Arc<str>>,
+    /// Rooms joined, the current one last: each name shared with the room table's key, and
+    /// one held inline (most members are in one room: no allocation for the list).
+    pub(crate) rooms: Mutex<SmallVec<[Arc<str>; 1]>>,
 }
 
 impl Member {
@@ -66,6 +82,10 @@ impl Member {
     }
 
     pub(crate) fn nick(&self) -> String {
+        self.nick.lock().to_string()
+    }
+
+    fn nick_shared(&self) -> Arc<str> {
         self.nick.lock().clone()
     }
 
@@ -86,15 +106,15 @@ struct Room {
     /// the room's lock), so a join to a room of thousands does not look at every name; only
     /// the leave of a listed member from a room with more than that many looks at them all
     /// again. Entries are found by id, so a nick changed meanwhile cannot leave one stale.
-    listed: Vec<(String, u64)>,
+    listed: Vec<(Arc<str>, u64)>,
 }
 
 impl Room {
     /// Lists member `id` (already in `members`) as `nick`: it joined, or was renamed.
-    fn list(&mut self, nick: &str, id: u64) {
+    fn list(&mut self, nick: &Arc<str>, id: u64) {
         let mut was_listed = false;
         if let Some(i) = self.listed.iter().position(|x| x.1 == id) {
-            if self.listed[i].0 == nick {
+            if self.listed[i].0 == *nick {
                 return; // listed already (a rename raced with the join)
             }
             self.listed.remove(i);
@@ -107,9 +127,9 @@ impl Room {
             self.listed = first_nicks(self.members.values(), MAX_LISTED);
             return;
         }
-        let at = self.listed.partition_point(|x| x.0.as_str() < nick);
+        let at = self.listed.partition_point(|x| *x.0 < **nick);
         if at < MAX_LISTED {
-            self.listed.insert(at, (nick.to_owned(), id));
+            self.listed.insert(at, (nick.clone(), id));
             self.listed.truncate(MAX_LISTED);
         }
     }
@@ -123,10 +143,6 @@ impl Room {
                 self.listed = first_nicks(self.members.values(), MAX_LISTED);
             }
         }
-    }
-
-    fn listed_names(&self) -> Vec<String> {
-        self.listed.iter().map(|x| x.0.clone()).collect()
     }
 }
 
@@ -144,8 +160,9 @@ pub(crate) struct ChatCounters {
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) cfg: ChatConfig,
-    nicks: Mutex<HashMap<String, Arc<Member>>>,
-    rooms: Mutex<HashMap<String, Arc<Mutex<Room>>>>,
+    /// By lower-case nickname.
+    nicks: Mutex<HashMap<Arc<str>, Arc<Member>>>,
+    rooms: Mutex<HashMap<Arc<str>, Arc<Mutex<Room>>>>,
     guests: AtomicU64,
     pub(crate) counters: ChatCounters,
 }
@@ -161,14 +178,27 @@ impl Hub {
         }
     }
 
-    /// Sends one event to one member.
+    /// Sends one event to one member, encoded for its transport only.
     pub(crate) fn tell(&self, m: &Member, ev: &Event) {
-        let e = Encoded::new(ev);
-        self.deliver(m, &e);
+        let buf = match m.kind {
+            Kind::Ws => ev.to_ws(),
+            Kind::Tcp => ev.to_tcp(),
+        };
+        self.send(m, buf);
+    }
+
+    /// Sends a room's member listing to one member, written straight from the room's list.
+    fn tell_listing(&self, m: &Member, listing: Listing, name: &str, room: &Room) {
+        let names = room.listed.iter().map(|x| &*x.0);
+        self.send(m, encode_listing(m.kind == Kind::Ws, listing, name, names));
     }
 
     fn deliver(&self, m: &Member, e: &Encoded) {
-        match m.outbox.push(m.pick(e).clone()) {
+        self.send(m, m.pick(e).clone());
+    }
+
+    fn send(&self, m: &Member, buf: Bytes) {
+        match m.outbox.push(buf) {
             Ok(()) => self.counters.deliveries.fetch_add(1, Ordering::Relaxed),
             Err(PushError::Closed | PushError::Full) => {
                 self.counters.undelivered.fetch_add(1, Ordering::Relaxed)
@@ -179,9 +209,10 @@ impl Hub {
     /// A new member with a guest nickname, in the default room.
     pub(crate) fn enter(&self, kind: Kind, outbox: Outbox) -> Arc<Member> {
         let member = loop {
-            let nick = format!("guest{}", self.guests.fetch_add(1, Ordering::Relaxed));
+            let nick: Arc<str> =
+                format!("guest{}", self.guests.fetch_add(1, Ordering::Relaxed)).into();
             let mut nicks = self.nicks.lock();
-            let key = nick.to_ascii_lowercase();
+            let key = nick_key(&nick);
             if nicks.contains_key(&key) {
                 continue;
             }
@@ -189,7 +220,7 @@ impl Hub {
                 kind,
                 outbox: outbox.clone(),
                 nick: Mutex::new(nick),
-                rooms: Mutex::new(Vec::new()),
+                rooms: Mutex::new(SmallVec::new()),
             });
             nicks.insert(key, m.clone());
             break m;
@@ -210,25 +241,36 @@ impl Hub {
         }
         let key = m.nick().to_ascii_lowercase();
         let mut nicks = self.nicks.lock();
-        if nicks.get(&key).is_some_and(|x| Arc::ptr_eq(x, m)) {
-            nicks.remove(&key);
+        if nicks.get(key.as_str()).is_some_and(|x| Arc::ptr_eq(x, m)) {
+            nicks.remove(key.as_str());
         }
     }
 
     fn room(&self, name: &str, create: bool) -> Result<Arc<Mutex<Room>>, ProtoError> {
-        let mut rooms = self.rooms.lock();
-        if let Some(r) = rooms.get(name) {
-            return Ok(r.clone());
+        Ok(Self::room_in(&mut self.rooms.lock(), &self.cfg, name, create)?.1)
+    }
+
+    /// The room called `name` in the room table (created when `create`), with the table's
+    /// copy of its name.
+    fn room_in(
+        rooms: &mut HashMap<Arc<str>, Arc<Mutex<Room>>>,
+        cfg: &ChatConfig,
+        name: &str,
+        create: bool,
+    ) -> Result<(Arc<str>, Arc<Mutex<Room>>), ProtoError> {
+        if let Some((k, r)) = rooms.get_key_value(name) {
+            return Ok((k.clone(), r.clone()));
         }
         if !create {
             return Err(ProtoError::new("no_such_room", format!("no room #{name}")));
         }
-        if rooms.len() >= self.cfg.max_rooms {
+        if rooms.len() >= cfg.max_rooms {
             return Err(ProtoError::new("too_many_rooms", "the server has too many rooms"));
         }
         let r = Arc::new(Mutex::new(Room::default()));
-        rooms.insert(name.to_owned(), r.clone());
-        Ok(r)
+        let key: Arc<str> = name.into();
+        rooms.insert(key.clone(), r.clone());
+        Ok((key, r))
     }
 
     /// Appends to the room's history (when `keep`) and sends to every member, under the
@@ -250,7 +292,7 @@ impl Hub {
         let name = room_name(raw)?;
         {
             let mut rooms = m.rooms.lock();
-            if let Some(i) = rooms.iter().position(|r| *r == name) {
+            if let Some(i) = rooms.iter().position(|r| **r == *name) {
                 // Already in: it becomes the current room.
                 let r = rooms.remove(i);
                 rooms.push(r);
@@ -263,21 +305,19 @@ impl Hub {
                     format!("at most {} rooms at once", self.cfg.max_rooms_per_member),
                 ));
             }
-            rooms.push(name.clone());
         }
-        let room = match self.room(&name, true) {
-            Ok(r) => r,
-            Err(e) => {
-                m.rooms.lock().retain(|r| *r != name);
-                return Err(e);
-            }
-        };
+        // The room is looked up (or made) and locked under the table's lock, the order `part`
+        // takes them in: a room the last member's leave is taking out of the table cannot be
+        // joined after it is gone (the joiner would be alone in a room nobody else finds).
+        let mut table = self.rooms.lock();
+        let (key, room) = Self::room_in(&mut table, &self.cfg, &name, true)?;
         let mut r = room.lock();
+        drop(table);
+        m.rooms.lock().push(key);
         if r.members.insert(m.id(), m.clone()).is_none() {
-            r.list(&m.nick(), m.id());
+            r.list(&m.nick_shared(), m.id());
         }
-        let members = r.listed_names();
-        self.tell(m, &Event::Joined { room: name.clone(), members });
+        self.tell_listing(m, Listing::Joined, &name, &r);
         // The history, then live events: both under the room's lock, so nothing is missed or
         // repeated between them.
         for e in &r.history {
@@ -293,7 +333,7 @@ impl Hub {
     /// Leaves `name` (or the current room); `tell` answers the member.
     pub(crate) fn leave(&self, m: &Arc<Member>, raw: Option<&str>) -> Result<(), ProtoError> {
         let name = self.which_room(m, raw)?;
-        m.rooms.lock().retain(|r| *r != name);
+        m.rooms.lock().retain(|r| **r != *name);
         self.part(m, &name, true);
         Ok(())
     }
@@ -329,10 +369,10 @@ impl Hub {
             Some(r) => room_name(r)?,
             None => rooms
                 .last()
-                .cloned()
+                .map(|r| r.to_string())
                 .ok_or_else(|| ProtoError::new("not_in_room", "join a room first (/join ROOM)"))?,
         };
-        if !rooms.contains(&name) {
+        if !rooms.iter().any(|r| **r == *name) {
             return Err(ProtoError::new("not_in_room", format!("you are not in #{name}")));
         }
         Ok(name)
@@ -356,7 +396,7 @@ impl Hub {
         let target = self
             .nicks
             .lock()
-            .get(&to.to_ascii_lowercase())
+            .get(to.to_ascii_lowercase().as_str())
             .cloned()
             .ok_or_else(|| ProtoError::new("no_such_nick", format!("nobody is called {to}")))?;
         self.counters.messages.fetch_add(1, Ordering::Relaxed);
@@ -373,7 +413,8 @@ impl Hub {
         valid_nick(new)?;
         let old = {
             let mut nicks = self.nicks.lock();
-            let key = new.to_ascii_lowercase();
+            let new: Arc<str> = new.into();
+            let key = nick_key(&new);
             match nicks.get(&key) {
                 Some(x) if Arc::ptr_eq(x, m) => {}
                 Some(_) => {
@@ -382,21 +423,25 @@ impl Hub {
                 None => {}
             }
             let mut nick = m.nick.lock();
-            let old = std::mem::replace(&mut *nick, new.to_owned());
-            nicks.remove(&old.to_ascii_lowercase());
+            let old = std::mem::replace(&mut *nick, new);
+            nicks.remove(old.to_ascii_lowercase().as_str());
             nicks.insert(key, m.clone());
-            old
+            old.to_string()
         };
         self.tell(m, &Event::Welcome { nick: new.to_owned() });
         let rooms = m.rooms.lock().clone();
         for name in rooms {
             if let Ok(room) = self.room(&name, false) {
-                let ev =
-                    Event::Nick { room: name, old: old.clone(), new: new.to_owned(), ts: now_ms() };
+                let ev = Event::Nick {
+                    room: name.to_string(),
+                    old: old.clone(),
+                    new: new.to_owned(),
+                    ts: now_ms(),
+                };
                 let mut r = room.lock();
                 if r.members.contains_key(&m.id()) {
                     // What it is called now (a later rename may have run already).
-                    r.list(&m.nick(), m.id());
+                    r.list(&m.nick_shared(), m.id());
                 }
                 self.fan_out(&mut r, &ev, false);
             }
@@ -405,10 +450,10 @@ impl Hub {
     }
 
     pub(crate) fn rooms(&self, m: &Member) {
-        let rooms: Vec<(String, Arc<Mutex<Room>>)> =
+        let rooms: Vec<(Arc<str>, Arc<Mutex<Room>>)> =
             self.rooms.lock().iter().map(|(n, r)| (n.clone(), r.clone())).collect();
         let mut list: Vec<(String, usize)> =
-            rooms.into_iter().map(|(n, r)| (n, r.lock().members.len())).collect();
+            rooms.into_iter().map(|(n, r)| (n.to_string(), r.lock().members.len())).collect();
         list.sort();
         self.tell(m, &Event::Rooms(list));
     }
@@ -419,8 +464,7 @@ impl Hub {
             None => self.which_room(m, None)?,
         };
         let room = self.room(&name, false)?;
-        let members = room.lock().listed_names();
-        self.tell(m, &Event::Members { room: name, members });
+        self.tell_listing(m, Listing::Members, &name, &room.lock());
         Ok(())
     }
 
@@ -432,7 +476,7 @@ impl Hub {
     /// Panics unless every room's listing is the first names of its members (tests).
     #[cfg(test)]
     pub(crate) fn check_listings(&self) {
-        let rooms: Vec<(String, Arc<Mutex<Room>>)> =
+        let rooms: Vec<(Arc<str>, Arc<Mutex<Room>>)> =
             self.rooms.lock().iter().map(|(n, r)| (n.clone(), r.clone())).collect();
         for (name, room) in rooms {
             let r = room.lock();

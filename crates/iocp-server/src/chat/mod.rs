@@ -238,8 +238,9 @@ impl Chat {
 
 /// Where a connection is in its protocol.
 enum Phase {
-    /// The web port before an upgrade: HTTP requests.
-    Http,
+    /// The web port before an upgrade: HTTP requests. The outbox waits here for the
+    /// upgrade, which hands it to the member (one copy per connection, not two).
+    Http(Outbox),
     /// A WebSocket.
     Ws(Ws),
     /// The line protocol.
@@ -291,13 +292,22 @@ fn whole_frames(input: &[u8], max_frame: usize, mut open: bool) -> (usize, bool)
     (at, open)
 }
 
+/// Milliseconds on a process-wide monotonic clock, cut to 32 bits: only differences are
+/// used (`wrapping_sub`), which are right for gaps under 49 days. A connection silent for
+/// longer finds its bucket refilled by the gap modulo 49 days, never by more than `burst`.
+fn clock_ms() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
 /// One chat connection.
 pub struct ChatConn {
-    outbox: Outbox,
     phase: Phase,
     member: Option<Arc<Member>>,
-    tokens: f64,
-    refilled: Instant,
+    /// The rate limit's bucket (an `f32`: a burst is at most millions of messages).
+    tokens: f32,
+    /// When the bucket was last refilled ([`clock_ms`]).
+    refilled: u32,
     strikes: u32,
     /// A ping was sent for idleness and nothing came since.
     pinged: bool,
@@ -306,7 +316,7 @@ pub struct ChatConn {
 
 impl std::fmt::Debug for ChatConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatConn").field("outbox", &self.outbox).finish_non_exhaustive()
+        f.debug_struct("ChatConn").field("member", &self.member).finish_non_exhaustive()
     }
 }
 
@@ -357,10 +367,10 @@ impl Chat {
     /// Takes a token; false when the bucket is empty.
     fn allow(&self, conn: &mut ChatConn) -> bool {
         let cfg = &self.hub.cfg;
-        let now = Instant::now();
-        let dt = now.duration_since(conn.refilled).as_secs_f64();
+        let now = clock_ms();
+        let dt = f64::from(now.wrapping_sub(conn.refilled)) / 1000.0;
         conn.refilled = now;
-        conn.tokens = (conn.tokens + dt * cfg.rate).min(cfg.burst);
+        conn.tokens = (f64::from(conn.tokens) + dt * cfg.rate).min(cfg.burst) as f32;
         if conn.tokens >= 1.0 {
             conn.tokens -= 1.0;
             conn.strikes = 0;
@@ -506,11 +516,13 @@ impl Chat {
                         .as_bytes(),
                     );
                     io.consume(n);
-                    conn.phase = Phase::Ws(Ws { ctx: None, fragment_open: false });
-                    // The 101 goes out before the welcome.
-                    let head = Bytes::from(std::mem::take(&mut io.output));
-                    let _ = conn.outbox.push(head);
-                    conn.member = Some(self.hub.enter(Kind::Ws, conn.outbox.clone()));
+                    let ws = Phase::Ws(Ws { ctx: None, fragment_open: false });
+                    if let Phase::Http(outbox) = std::mem::replace(&mut conn.phase, ws) {
+                        // The 101 goes out before the welcome.
+                        let head = Bytes::from(std::mem::take(&mut io.output));
+                        let _ = outbox.push(head);
+                        conn.member = Some(self.hub.enter(Kind::Ws, outbox));
+                    }
                     return self.on_ws(conn, io);
                 }
                 _ => {
@@ -676,18 +688,20 @@ impl Service for Chat {
     }
 
     fn open_push(&self, _peer: Option<SocketAddr>, outbox: Outbox) -> ChatConn {
+        let (phase, tcp) = match self.kind {
+            Kind::Tcp => (Phase::Tcp, Some(outbox)),
+            Kind::Ws => (Phase::Http(outbox), None),
+        };
         let mut conn = ChatConn {
-            outbox: outbox.clone(),
-            phase: Phase::Http,
+            phase,
             member: None,
-            tokens: self.hub.cfg.burst,
-            refilled: Instant::now(),
+            tokens: self.hub.cfg.burst as f32,
+            refilled: clock_ms(),
             strikes: 0,
             pinged: false,
             keep_after_timeout: false,
         };
-        if self.kind == Kind::Tcp {
-            conn.phase = Phase::Tcp;
+        if let Some(outbox) = tcp {
             conn.member = Some(self.hub.enter(Kind::Tcp, outbox));
         }
         conn
@@ -696,7 +710,7 @@ impl Service for Chat {
     fn on_read(&self, conn: &mut ChatConn, io: &mut Io) -> Next {
         conn.pinged = false;
         match conn.phase {
-            Phase::Http => self.on_http(conn, io),
+            Phase::Http(_) => self.on_http(conn, io),
             Phase::Ws(_) => self.on_ws(conn, io),
             Phase::Tcp => self.on_tcp(conn, io),
             Phase::Done => {

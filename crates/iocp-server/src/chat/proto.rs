@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame};
+use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
 
 /// The most bytes of a nickname.
 pub const MAX_NICK: usize = 24;
@@ -322,6 +322,32 @@ impl Event {
         }
     }
 
+    /// The WebSocket text frame carrying [`Event::to_json`].
+    pub fn to_ws(&self) -> Bytes {
+        match self {
+            Event::Joined { room, members } => {
+                encode_listing(true, Listing::Joined, room, members.iter().map(String::as_str))
+            }
+            Event::Members { room, members } => {
+                encode_listing(true, Listing::Members, room, members.iter().map(String::as_str))
+            }
+            _ => ws_text(self.to_json().to_string()),
+        }
+    }
+
+    /// [`Event::to_line`] as bytes.
+    pub fn to_tcp(&self) -> Bytes {
+        match self {
+            Event::Joined { room, members } => {
+                encode_listing(false, Listing::Joined, room, members.iter().map(String::as_str))
+            }
+            Event::Members { room, members } => {
+                encode_listing(false, Listing::Members, room, members.iter().map(String::as_str))
+            }
+            _ => Bytes::from(self.to_line()),
+        }
+    }
+
     /// The line form (TCP), with its line end.
     pub fn to_line(&self) -> String {
         let mut s = String::new();
@@ -355,6 +381,87 @@ impl Event {
     }
 }
 
+/// Which member listing [`encode_listing`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// The answer to a join ([`Event::Joined`]).
+    Joined,
+    /// The answer to `who` ([`Event::Members`]).
+    Members,
+}
+
+/// A member listing encoded for one transport (a WebSocket text frame when `ws`, else a line),
+/// byte for byte what [`Event::Joined`] / [`Event::Members`] with these names encode to, but
+/// written straight from `names` into one buffer of its final size: no copy of the names, no
+/// JSON tree, no second transport's form. A join to a big room sends a listing of hundreds of
+/// names to one member; building it the general way made ~500 short-lived allocations per join
+/// among the new connection's long-lived ones, and the holes they left stayed in the server's
+/// RSS (BENCHMARKS.md "Chat: memory per idle WebSocket client").
+pub fn encode_listing<'a, I>(ws: bool, listing: Listing, room: &str, names: I) -> Bytes
+where
+    I: Iterator<Item = &'a str> + Clone,
+{
+    let (count, chars) = names.clone().fold((0usize, 0usize), |(n, c), x| (n + 1, c + x.len()));
+    if ws {
+        let ty = match listing {
+            Listing::Joined => "joined",
+            Listing::Members => "members",
+        };
+        // {"members":["a","b"],"room":"r","type":"joined"}: the keys in serde_json's order.
+        ws_text_with(40 + room.len() + chars + 3 * count, |out| {
+            out.extend_from_slice(b"{\"members\":[");
+            for (i, n) in names.enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(out, n);
+            }
+            out.extend_from_slice(b"],\"room\":");
+            json_str(out, room);
+            out.extend_from_slice(b",\"type\":\"");
+            out.extend_from_slice(ty.as_bytes());
+            out.extend_from_slice(b"\"}");
+        })
+    } else {
+        let mut s = String::with_capacity(24 + room.len() + chars + count + 1);
+        let _ = match listing {
+            Listing::Joined => write!(s, "* you are in #{room} with: "),
+            Listing::Members => write!(s, "* #{room}: "),
+        };
+        for (i, n) in names.enumerate() {
+            if i > 0 {
+                s.push(' ');
+            }
+            s.push_str(n);
+        }
+        s.push('\n');
+        Bytes::from(s)
+    }
+}
+
+/// `s` as a JSON string (quoted, escaped as serde_json escapes).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The largest WebSocket header a server writes (no mask: 2 bytes and an 8-byte length).
+const MAX_WS_HEADER: usize = 10;
+
+/// A WebSocket text frame whose payload `fill` writes, in one buffer: the payload goes after
+/// room for the largest header, and the header is then written just before it.
+fn ws_text_with(payload_hint: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut out = Vec::with_capacity(MAX_WS_HEADER + payload_hint);
+    out.resize(MAX_WS_HEADER, 0);
+    fill(&mut out);
+    let len = (out.len() - MAX_WS_HEADER) as u64;
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    let start = MAX_WS_HEADER - header.len(len);
+    // Writing the header into exactly its length of slice cannot fail.
+    let _ = header.format(len, &mut &mut out[start..MAX_WS_HEADER]);
+    Bytes::from(out).slice(start..)
+}
+
 /// An event encoded once for each transport, shared by every recipient.
 #[derive(Clone, Debug)]
 pub struct Encoded {
@@ -367,7 +474,7 @@ pub struct Encoded {
 impl Encoded {
     /// Encodes `ev` for both transports.
     pub fn new(ev: &Event) -> Self {
-        Encoded { ws: ws_text(ev.to_json().to_string()), tcp: Bytes::from(ev.to_line()) }
+        Encoded { ws: ev.to_ws(), tcp: ev.to_tcp() }
     }
 }
 

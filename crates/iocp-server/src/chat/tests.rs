@@ -105,6 +105,42 @@ fn parsers_understand_the_documented_commands() {
     assert!(proto::room_name("a b").is_err());
 }
 
+/// The listing written straight from the names is byte for byte the general encoding (the
+/// JSON tree through tungstenite's frame, and the line), for every WebSocket length format
+/// (7-bit, 16-bit, 64-bit) and for names that need escaping.
+#[test]
+fn a_listing_written_directly_is_the_general_encoding() {
+    use proto::{Listing, encode_listing, ws_text};
+    let many: Vec<String> = (0..20_000).map(|i| format!("guest{i}")).collect();
+    let sets: Vec<Vec<String>> = vec![
+        vec![],
+        vec!["ann".into()],
+        (0..20).map(|i| format!("n{i}")).collect(), // 126..65535 bytes: a 16-bit length
+        many,                                       // over 65,535: a 64-bit length
+        vec!["q\"uote".into(), "back\\slash".into(), "tab\tnl\n".into(), "é✓".into()],
+    ];
+    for names in sets {
+        for room in ["lobby", "r\"x"] {
+            let joined = Event::Joined { room: room.into(), members: names.clone() };
+            let members = Event::Members { room: room.into(), members: names.clone() };
+            for (ev, kind) in [(joined, Listing::Joined), (members, Listing::Members)] {
+                let it = names.iter().map(String::as_str);
+                let ws = encode_listing(true, kind, room, it.clone());
+                assert_eq!(
+                    ws,
+                    ws_text(ev.to_json().to_string()),
+                    "{kind:?} {room} {}",
+                    names.len()
+                );
+                assert_eq!(ws, ev.to_ws());
+                let tcp = encode_listing(false, kind, room, it);
+                assert_eq!(tcp, ev.to_line().as_bytes(), "{kind:?} {room} {}", names.len());
+                assert_eq!(tcp, ev.to_tcp());
+            }
+        }
+    }
+}
+
 /// A web connection after its upgrade, on a detached outbox (nothing is sent anywhere).
 fn upgraded(chat: &Chat) -> (ChatConn, Io) {
     let mut conn = chat.open(None);
@@ -330,13 +366,14 @@ fn first_nicks_is_the_sorted_prefix() {
         (0..700).map(|_| hub.enter(Kind::Ws, Outbox::detached())).collect();
     // Names out of insertion order, with ties broken by the rest of the name.
     for (i, m) in ms.iter().enumerate() {
-        *m.nick.lock() = format!("n{}x{i}", (i * 7919) % 701);
+        *m.nick.lock() = format!("n{}x{i}", (i * 7919) % 701).into();
     }
     let mut all: Vec<String> = ms.iter().map(|m| m.nick()).collect();
     all.sort();
     for n in [0, 1, 5, 256, 700, 1000] {
         let want: Vec<String> = all.iter().take(n).cloned().collect();
-        let got: Vec<String> = hub::first_nicks(ms.iter(), n).into_iter().map(|x| x.0).collect();
+        let got: Vec<String> =
+            hub::first_nicks(ms.iter(), n).into_iter().map(|x| x.0.to_string()).collect();
         assert_eq!(got, want, "n = {n}");
     }
     for m in &ms {

@@ -485,6 +485,13 @@ impl Hub {
         }
     }
 
+    /// Whether the room table's `name` has `m` among its members (tests).
+    #[cfg(test)]
+    pub(crate) fn in_room(&self, m: &Member, name: &str) -> bool {
+        let room = self.rooms.lock().get(name).cloned();
+        room.is_some_and(|r| r.lock().members.contains_key(&m.id()))
+    }
+
     /// Members now.
     pub(crate) fn member_count(&self) -> usize {
         self.nicks.lock().len()

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use std::time::Duration;
 
 /// xorshift64*: deterministic noise without a dependency.
 struct Rng(u64);
@@ -418,6 +419,42 @@ fn room_listings_follow_joins_leaves_and_renames() {
     for m in &ms {
         hub.exit(m);
     }
+}
+
+/// A join racing the leave of a room's last member lands in the room the table holds: the
+/// room is looked up and locked under the table's lock, as the leave's removal takes them.
+/// (Before, the join could take the room, the leave then find it empty and drop it from the
+/// table, and the joiner sat alone in a room no one else could find.)
+#[test]
+fn a_join_racing_the_last_leave_lands_in_the_tables_room() {
+    let hub = Arc::new(Hub::new(ChatConfig { presence_max: 0, ..ChatConfig::default() }));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (hub, stop) = (hub.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let a = hub.enter(Kind::Ws, Outbox::detached());
+            while !stop.load(Ordering::Relaxed) {
+                let _ = hub.join(&a, "x");
+                let _ = hub.leave(&a, Some("x"));
+            }
+            hub.exit(&a);
+        })
+    };
+    let b = hub.enter(Kind::Ws, Outbox::detached());
+    let end = Instant::now() + Duration::from_millis(1500);
+    let mut rounds = 0u64;
+    let mut lost = 0u64;
+    while Instant::now() < end {
+        hub.join(&b, "x").unwrap();
+        if !hub.in_room(&b, "x") {
+            lost += 1;
+        }
+        hub.leave(&b, Some("x")).unwrap();
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    assert_eq!(lost, 0, "{lost} of {rounds} joins landed in a room the table no longer had");
 }
 
 /// A frame begun and left unfinished past the request timeout closes with 1008; an idle

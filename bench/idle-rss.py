@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""RSS per idle connection of `iocp serve echo --park-after 0` (issue 12).
+"""RSS per idle connection of `iocp serve echo --park-after 0` (issue 12; `--park-after S` for
+another setting, e.g. the default 1).
 
 Each run starts a fresh server (2 workers), warms it with 200 connections that echo once and
 close, reads its RSS, then opens N connections that each echo 64 B once and stay open, waits
@@ -9,7 +10,7 @@ Python process (blocking sockets, not our engine).
 Usage:
   bench/idle-rss.py BIN uring|epoll N                    one run, one line
   bench/idle-rss.py --bin NAME=BIN [--bin NAME=BIN ...] [--reps 3] [--counts 10000,19000]
-                    [--backends uring,epoll] [--json FILE]
+                    [--backends uring,epoll] [--park-after 0] [--json FILE]
                                                           interleaved reps, a median table
 """
 import argparse, json, random, re, resource, socket, statistics, subprocess, sys, time
@@ -17,11 +18,14 @@ import argparse, json, random, re, resource, socket, statistics, subprocess, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
 
 
+PARK_AFTER = "0"
+
+
 def run(bin_, backend, n):
     port = random.randint(20000, 32000)  # below the ephemeral range (32768-60999)
     p = subprocess.Popen(
         [bin_, "serve", "echo", "--backend", backend, "--addr", f"127.0.0.1:{port}",
-         "--park-after", "0", "--threads", "2", "--max-connections", "20000"],
+         "--park-after", PARK_AFTER, "--threads", "2", "--max-connections", "20000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def rss():
@@ -77,8 +81,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--counts", default="10000,19000")
     ap.add_argument("--backends", default="uring,epoll")
+    ap.add_argument("--park-after", default="0", help="the server's --park-after, seconds")
     ap.add_argument("--json")
     a = ap.parse_args()
+    global PARK_AFTER
+    PARK_AFTER = a.park_after
     bins = [b.split("=", 1) for b in a.bin]
     counts = [int(c) for c in a.counts.split(",")]
     backends = a.backends.split(",")

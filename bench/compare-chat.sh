@@ -15,6 +15,7 @@
 #
 #   bench/compare-chat.sh [--reps N] [--duration S] [--threads N] [--cases 1000x10@2,5000x1@0.01,1000x10@8]
 #                         [--servers iocp,iocp-skip,tokio,tokio-b,tokio-feed,node-ws]
+#   IOCP_BASE_BIN=<an older iocp binary> adds the server name iocp-base (a before/after row)
 #
 # A case is CLIENTSxROOMS@RATE (messages per second per client); the first two offer about
 # 200k and 250k deliveries/s, the third 800k/s, more than this machine delivers (a saturation
@@ -103,14 +104,15 @@ signal.signal(signal.SIGINT, on_signal)
 PORT = 18090
 def server_cmd(name):
     addr = f"127.0.0.1:{PORT}"
-    if name in ("iocp", "iocp-skip"):
+    if name in ("iocp", "iocp-skip", "iocp-base"):
         # The rate limit raised so that it never refuses the load, and no presence events
         # (join/leave to the whole room): the peer has neither. With presence, 5,000 joins to
         # one room are 12.5 million events and the setup alone takes minutes here.
         # iocp-skip: a slow client skips to the newest messages instead of being dropped, as
         # tokio's lagging receivers do (the like-for-like policy above saturation).
         skip = ["--slow", "skip"] if name == "iocp-skip" else []
-        return [IOCP, "serve", "chat", "--addr", addr, "--threads", str(a.threads),
+        binary = os.environ["IOCP_BASE_BIN"] if name == "iocp-base" else IOCP
+        return [binary, "serve", "chat", "--addr", addr, "--threads", str(a.threads),
                 "--rate", "100000", "--burst", "100000", "--presence-max", "0"] + skip
     if name == "node-ws":
         return ["node", NODE_PEER, "--addr", addr, "--threads", str(a.threads)]
@@ -157,7 +159,7 @@ servers = ["iocp", "tokio", "tokio-b", "tokio-feed"] + (["node-ws"] if HAVE_NODE
 if not HAVE_NODE:
     log("compare-chat: SKIP node-ws (no node, or npm ci did not run)")
 if a.servers:
-    known = servers + ["iocp-skip"]
+    known = servers + ["iocp-skip"] + (["iocp-base"] if os.environ.get("IOCP_BASE_BIN") else [])
     servers = [s for s in a.servers.split(",") if s]
     for s in servers:
         if s not in known:

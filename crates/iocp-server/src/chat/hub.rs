@@ -107,6 +107,8 @@ struct Room {
     /// the leave of a listed member from a room with more than that many looks at them all
     /// again. Entries are found by id, so a nick changed meanwhile cannot leave one stale.
     listed: Vec<(Arc<str>, u64)>,
+    /// Taken out of the room table (it emptied); set under the table's lock and the room's.
+    removed: bool,
 }
 
 impl Room {
@@ -306,28 +308,31 @@ impl Hub {
                 ));
             }
         }
-        // The room is looked up (or made) and locked under the table's lock, the order `part`
-        // takes them in: a room the last member's leave is taking out of the table cannot be
-        // joined after it is gone (the joiner would be alone in a room nobody else finds).
-        let mut table = self.rooms.lock();
-        let (key, room) = Self::room_in(&mut table, &self.cfg, &name, true)?;
-        let mut r = room.lock();
-        drop(table);
-        m.rooms.lock().push(key);
-        if r.members.insert(m.id(), m.clone()).is_none() {
-            r.list(&m.nick_shared(), m.id());
+        loop {
+            let (key, room) = Self::room_in(&mut self.rooms.lock(), &self.cfg, &name, true)?;
+            let mut r = room.lock();
+            if r.removed {
+                // The last member's leave took it out of the table after the lookup: joining
+                // it would leave the joiner alone in a room nobody else finds. Look again
+                // (the table then has a new room, or one another joiner made).
+                continue;
+            }
+            m.rooms.lock().push(key);
+            if r.members.insert(m.id(), m.clone()).is_none() {
+                r.list(&m.nick_shared(), m.id());
+            }
+            self.tell_listing(m, Listing::Joined, &name, &r);
+            // The history, then live events: both under the room's lock, so nothing is missed
+            // or repeated between them.
+            for e in &r.history {
+                self.deliver(m, e);
+            }
+            if r.members.len() <= self.cfg.presence_max {
+                let ev = Event::Join { room: name, nick: m.nick(), ts: now_ms() };
+                self.fan_out(&mut r, &ev, false);
+            }
+            return Ok(());
         }
-        self.tell_listing(m, Listing::Joined, &name, &r);
-        // The history, then live events: both under the room's lock, so nothing is missed or
-        // repeated between them.
-        for e in &r.history {
-            self.deliver(m, e);
-        }
-        if r.members.len() <= self.cfg.presence_max {
-            let ev = Event::Join { room: name, nick: m.nick(), ts: now_ms() };
-            self.fan_out(&mut r, &ev, false);
-        }
-        Ok(())
     }
 
     /// Leaves `name` (or the current room); `tell` answers the member.
@@ -356,8 +361,14 @@ impl Hub {
         drop(r);
         if empty && name != self.cfg.default_room {
             let mut rooms = self.rooms.lock();
-            // Still empty (checked again under the table's lock: a join may have come).
-            if rooms.get(name).is_some_and(|r| r.lock().members.is_empty()) {
+            // Still empty (checked again under the table's lock: a join may have come). A
+            // joiner that looked it up before this and locks it after sees `removed`.
+            let gone = rooms.get(name).is_some_and(|r| {
+                let mut r = r.lock();
+                r.removed = r.members.is_empty();
+                r.removed
+            });
+            if gone {
                 rooms.remove(name);
             }
         }

@@ -421,10 +421,9 @@ fn room_listings_follow_joins_leaves_and_renames() {
     }
 }
 
-/// A join racing the leave of a room's last member lands in the room the table holds: the
-/// room is looked up and locked under the table's lock, as the leave's removal takes them.
-/// (Before, the join could take the room, the leave then find it empty and drop it from the
-/// table, and the joiner sat alone in a room no one else could find.)
+/// A join racing the leave of a room's last member lands in the room the table holds: a room
+/// the leave took out of the table after the join looked it up is marked, and the join looks
+/// again. (Before, the joiner sat alone in a room no one else could find.)
 #[test]
 fn a_join_racing_the_last_leave_lands_in_the_tables_room() {
     let hub = Arc::new(Hub::new(ChatConfig { presence_max: 0, ..ChatConfig::default() }));

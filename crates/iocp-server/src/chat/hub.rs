@@ -249,24 +249,23 @@ impl Hub {
     }
 
     fn room(&self, name: &str, create: bool) -> Result<Arc<Mutex<Room>>, ProtoError> {
-        Ok(Self::room_in(&mut self.rooms.lock(), &self.cfg, name, create)?.1)
+        Ok(self.room_entry(name, create)?.1)
     }
 
-    /// The room called `name` in the room table (created when `create`), with the table's
-    /// copy of its name.
-    fn room_in(
-        rooms: &mut HashMap<Arc<str>, Arc<Mutex<Room>>>,
-        cfg: &ChatConfig,
+    /// The room called `name` (created when `create`), with the room table's copy of its name.
+    fn room_entry(
+        &self,
         name: &str,
         create: bool,
     ) -> Result<(Arc<str>, Arc<Mutex<Room>>), ProtoError> {
+        let mut rooms = self.rooms.lock();
         if let Some((k, r)) = rooms.get_key_value(name) {
             return Ok((k.clone(), r.clone()));
         }
         if !create {
             return Err(ProtoError::new("no_such_room", format!("no room #{name}")));
         }
-        if rooms.len() >= cfg.max_rooms {
+        if rooms.len() >= self.cfg.max_rooms {
             return Err(ProtoError::new("too_many_rooms", "the server has too many rooms"));
         }
         let r = Arc::new(Mutex::new(Room::default()));
@@ -309,7 +308,7 @@ impl Hub {
             }
         }
         loop {
-            let (key, room) = Self::room_in(&mut self.rooms.lock(), &self.cfg, &name, true)?;
+            let (key, room) = self.room_entry(&name, true)?;
             let mut r = room.lock();
             if r.removed {
                 // The last member's leave took it out of the table after the lookup: joining

@@ -324,28 +324,28 @@ impl Event {
 
     /// The WebSocket text frame carrying [`Event::to_json`].
     pub fn to_ws(&self) -> Bytes {
-        match self {
-            Event::Joined { room, members } => {
-                encode_listing(true, Listing::Joined, room, members.iter().map(String::as_str))
-            }
-            Event::Members { room, members } => {
-                encode_listing(true, Listing::Members, room, members.iter().map(String::as_str))
-            }
-            _ => ws_text(self.to_json().to_string()),
+        match self.listing() {
+            Some((kind, room, names)) => encode_listing(true, kind, room, names),
+            None => ws_text(self.to_json().to_string()),
         }
     }
 
     /// [`Event::to_line`] as bytes.
     pub fn to_tcp(&self) -> Bytes {
-        match self {
-            Event::Joined { room, members } => {
-                encode_listing(false, Listing::Joined, room, members.iter().map(String::as_str))
-            }
-            Event::Members { room, members } => {
-                encode_listing(false, Listing::Members, room, members.iter().map(String::as_str))
-            }
-            _ => Bytes::from(self.to_line()),
+        match self.listing() {
+            Some((kind, room, names)) => encode_listing(false, kind, room, names),
+            None => Bytes::from(self.to_line()),
         }
+    }
+
+    /// A member listing's kind, room and names, which [`encode_listing`] writes directly.
+    fn listing(&self) -> Option<(Listing, &str, impl Iterator<Item = &str> + Clone)> {
+        let (kind, room, members) = match self {
+            Event::Joined { room, members } => (Listing::Joined, room, members),
+            Event::Members { room, members } => (Listing::Members, room, members),
+            _ => return None,
+        };
+        Some((kind, room.as_str(), members.iter().map(String::as_str)))
     }
 
     /// The line form (TCP), with its line end.
